@@ -1,0 +1,118 @@
+"""Adaptive softmax (Grave et al. 2017) through torch.nn.AdaptiveLogSoftmaxWithLoss."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vqbench.frequency import frequency_order
+from vqbench.head import OutputHead
+from vqbench.registry import register_head
+
+
+def default_cutoffs(vocab_size: int, d_model: int, div_value: float) -> tuple:
+    """Cutoffs at V/16 and V/4 (33,278 tokens -> 2079, 8319; near Grave et al.'s 2000, 10000),
+    fewer when d_model is too narrow to give every tail cluster at least one dimension."""
+    cuts = sorted({c for c in (vocab_size // 16, vocab_size // 4) if 0 < c < vocab_size})
+    cuts = cuts or [vocab_size // 2]
+    while len(cuts) > 1 and d_model // div_value ** len(cuts) < 1:
+        cuts.pop(0)
+    return tuple(cuts)
+
+
+@register_head("adaptive")
+class AdaptiveSoftmax(OutputHead):
+    """Adaptive softmax: a head over the shortlist plus one entry per tail cluster; cluster i
+    projects h to d / div_value^(i+1) dimensions before its own softmax.
+
+    Shapes: hidden [N, d] -> log_probs [N, V]. Token ids are frequency ranks; with unsorted
+    ``token_counts`` the head maps ids to ranks itself.
+
+    Parameters (closed form), with cutoffs c_1 < ... < c_n, c_{n+1} = V, h_i = d // div^i:
+        d * (c_1 + n) + sum_i (d * h_i + h_i * (c_{i+1} - c_i)).
+
+    Options:
+        cutoffs: increasing ids in (0, V), "/"-separated in specs (default V/16, V/4; see
+            default_cutoffs).
+        div_value: the projection shrink factor per cluster (default 4.0).
+    """
+
+    OPTION_TYPES = {"cutoffs": tuple, "div_value": float}
+
+    def __init__(self, vocab_size, d_model, *, cutoffs=None, div_value=4.0, token_counts=None):
+        super().__init__(vocab_size, d_model, token_counts)
+        if isinstance(div_value, bool) or not isinstance(div_value, (int, float)) or div_value <= 1:
+            raise ValueError(f"div_value: must be a number > 1, got {div_value!r}")
+        if cutoffs is None:
+            cutoffs = default_cutoffs(self.vocab_size, self.d_model, div_value)
+        cutoffs = tuple(cutoffs)
+        if not cutoffs or any(isinstance(c, bool) or not isinstance(c, int) for c in cutoffs):
+            raise TypeError(f"cutoffs: expected a non-empty sequence of ints, got {cutoffs!r}")
+        if list(cutoffs) != sorted(set(cutoffs)) or cutoffs[0] <= 0 or cutoffs[-1] >= self.vocab_size:
+            raise ValueError(
+                f"cutoffs: must be strictly increasing ids in (0, {self.vocab_size}) "
+                f"(vocab_size={self.vocab_size}), got {list(cutoffs)}")
+        self.cutoffs = cutoffs
+        self.div_value = float(div_value)
+        self.hidden_sizes = [int(self.d_model // (self.div_value ** (i + 1))) for i in range(len(cutoffs))]
+        if min(self.hidden_sizes) < 1:
+            raise ValueError(
+                f"div_value: d_model={self.d_model} / {self.div_value}^{len(cutoffs)} leaves a tail "
+                f"cluster with no dimension; lower div_value or use fewer cutoffs")
+        self.asm = nn.AdaptiveLogSoftmaxWithLoss(
+            self.d_model, self.vocab_size, list(cutoffs), div_value=self.div_value, head_bias=False)
+
+        order = frequency_order(self.token_counts)
+        self.permuted = bool((order != torch.arange(self.vocab_size)).any())
+        if self.permuted:
+            rank = torch.empty_like(order)
+            rank[order] = torch.arange(self.vocab_size)
+            self.register_buffer("rank_of_token", rank)
+            self.register_buffer("token_of_rank", order)
+        ranked_counts = self.token_counts[order]
+        bounds = [0, *cutoffs, self.vocab_size]
+        mass = torch.stack([ranked_counts[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:])])
+        self.cluster_probability = (mass / mass.sum())[1:].tolist()
+
+    def closed_form_num_parameters(self) -> int:
+        d, bounds = self.d_model, [*self.cutoffs, self.vocab_size]
+        total = d * (self.cutoffs[0] + len(self.cutoffs))
+        for i, h in enumerate(self.hidden_sizes):
+            total += d * h + h * (bounds[i + 1] - bounds[i])
+        return total
+
+    def _ranks(self, target):
+        return self.rank_of_token[target] if self.permuted else target
+
+    def _target_log_prob(self, hidden, target):
+        return self.asm(hidden, self._ranks(target)).output
+
+    def _loss(self, hidden, target):
+        return self.asm(hidden, self._ranks(target)).loss
+
+    def _log_probs(self, hidden):
+        out = self.asm.log_prob(hidden)
+        return out[:, self.rank_of_token] if self.permuted else out
+
+    def _predict(self, hidden):
+        best = self.asm.predict(hidden)
+        return self.token_of_rank[best] if self.permuted else best
+
+    def _tail_flops_per_token(self, i):
+        bounds = [*self.cutoffs, self.vocab_size]
+        h = self.hidden_sizes[i]
+        return 2 * (self.d_model * h + h * (bounds[i + 1] - bounds[i]))
+
+    def _matmul_flops(self, num_tokens, op, target):
+        head = 2 * num_tokens * self.d_model * (self.cutoffs[0] + len(self.cutoffs))
+        tails = range(len(self.cutoffs))
+        if op in ("log_probs", "predict"):
+            # predict: the worst case, every row's best head entry is a cluster
+            return head + num_tokens * sum(self._tail_flops_per_token(i) for i in tails)
+        if target is None:
+            rows = [num_tokens * p for p in self.cluster_probability]
+        else:
+            ranks = self._ranks(target.to(self.asm.head.weight.device))
+            bounds = [*self.cutoffs, self.vocab_size]
+            rows = [int(((ranks >= bounds[i]) & (ranks < bounds[i + 1])).sum()) for i in tails]
+        return head + sum(rows[i] * self._tail_flops_per_token(i) for i in tails)

@@ -1,0 +1,109 @@
+"""Binary hierarchical softmax over a Huffman tree (word2vec, fastText)."""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def huffman_parents(counts: torch.Tensor):
+    """Huffman tree over V leaves. Returns (parent [2V-1], is_right [2V-1]) int64.
+
+    Leaves are 0..V-1, internal nodes V..2V-2, root 2V-2 (parent -1). Ties break by node id.
+    """
+    v = counts.numel()
+    heap = [(float(c), i) for i, c in enumerate(counts.tolist())]
+    heapq.heapify(heap)
+    parent = [-1] * (2 * v - 1)
+    is_right = [0] * (2 * v - 1)
+    for node in range(v, 2 * v - 1):
+        c_left, left = heapq.heappop(heap)
+        c_right, right = heapq.heappop(heap)
+        parent[left], parent[right], is_right[right] = node, node, 1
+        heapq.heappush(heap, (c_left + c_right, node))
+    return torch.tensor(parent), torch.tensor(is_right)
+
+
+class HuffmanTree(nn.Module):
+    """p(w|h) = prod over the internal nodes n on w's path of sigmoid(+-h . u_n):
+    + when the path turns left at n, - when it turns right.
+
+    Parameters: node_weight [V-1, d] -> (V - 1) * d.
+
+    Loss: gathers the vectors on each target's path (padded to the longest path in the
+    batch) and takes one batched dot product. log_probs: h U^T for all V-1 nodes, then
+    log-probabilities pushed down the tree one depth level at a time (no loop over tokens).
+    """
+
+    def __init__(self, vocab_size: int, d_model: int, counts: torch.Tensor):
+        super().__init__()
+        self.vocab_size, self.d_model = vocab_size, d_model
+        parent, is_right = huffman_parents(counts)
+        root = 2 * vocab_size - 2
+        sign = 1 - 2 * is_right  # +1 left, -1 right
+
+        # paths, leaf upwards: internal node index (0-based) and sign; sign 0 marks padding
+        nodes, signs = [], []
+        current = torch.arange(vocab_size)
+        while (current != root).any():
+            active = current != root
+            up = torch.where(active, parent[current], root)
+            nodes.append(torch.where(active, up - vocab_size, 0))
+            signs.append(torch.where(active, sign[current], 0))
+            current = up
+        self.register_buffer("path_nodes", torch.stack(nodes, 1))
+        self.register_buffer("path_signs", torch.stack(signs, 1).to(torch.int8))
+        depth = (self.path_signs != 0).sum(1)
+        self.register_buffer("depth", depth)
+        probs = counts / counts.sum()
+        self.expected_depth = float((probs * depth.double()).sum())
+
+        # node depths from the root, for the level-by-level log_probs
+        node_depth = torch.zeros(2 * vocab_size - 1, dtype=torch.int64)
+        node_depth[:vocab_size] = depth
+        # the k-th ancestor of a leaf at depth D sits at depth D - k - 1
+        on_path = self.path_signs != 0
+        ancestor_depth = depth[:, None] - torch.arange(on_path.shape[1]) - 1
+        node_depth[self.path_nodes[on_path] + vocab_size] = ancestor_depth[on_path]
+        self.levels = []
+        for level in range(1, int(node_depth.max()) + 1):
+            children = (node_depth == level).nonzero().flatten()
+            self.levels.append(len(children))
+            self.register_buffer(f"level{level}_child", children)
+            self.register_buffer(f"level{level}_parent", parent[children] - vocab_size)
+            self.register_buffer(f"level{level}_sign", sign[children])
+
+        bound = 1.0 / math.sqrt(d_model)
+        self.node_weight = nn.Parameter(torch.empty(vocab_size - 1, d_model).uniform_(-bound, bound))
+
+    def num_parameters(self) -> int:
+        return (self.vocab_size - 1) * self.d_model
+
+    def target_log_prob(self, hidden, target):
+        longest = int(self.depth[target].max())
+        nodes = self.path_nodes[target, :longest]                       # [N, D]
+        signs = self.path_signs[target, :longest].to(hidden.dtype)      # [N, D]
+        scores = torch.einsum("nkd,nd->nk", self.node_weight[nodes], hidden)
+        return (F.logsigmoid(signs * scores) * (signs != 0)).sum(1)
+
+    def log_probs(self, hidden):
+        scores = hidden @ self.node_weight.T                            # [N, V-1]
+        out = hidden.new_zeros(hidden.shape[0], 2 * self.vocab_size - 1)
+        for level in range(1, len(self.levels) + 1):
+            child = getattr(self, f"level{level}_child")
+            par = getattr(self, f"level{level}_parent")
+            sgn = getattr(self, f"level{level}_sign").to(hidden.dtype)
+            out[:, child] = out[:, par + self.vocab_size] + F.logsigmoid(sgn * scores[:, par])
+        return out[:, :self.vocab_size]
+
+    def flops(self, num_tokens, op, target):
+        d = self.d_model
+        if op != "loss":
+            return 2 * num_tokens * d * (self.vocab_size - 1)
+        if target is None:
+            return 2 * num_tokens * d * self.expected_depth  # without padding to the longest path
+        return 2 * num_tokens * d * int(self.depth[target.to(self.depth.device)].max())

@@ -1,0 +1,50 @@
+"""Low-rank factorised softmax: Linear(d, r) then Linear(r, V)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqbench.head import LogitsHead, check_int_option
+from vqbench.registry import register_head
+
+
+@register_head("lowrank")
+class LowRankSoftmax(LogitsHead):
+    """Low-rank output layer: logits = (h P^T) W^T (+ b), softmax over V.
+
+    Shapes: hidden [N, d] -> [N, r] -> logits [N, V]; P [r, d]; W [V, r]; b [V] with ``bias=1``.
+
+    Parameters (closed form): r * d + V * r, plus V with ``bias=1``.
+
+    Options:
+        rank: r, 1 <= r <= d (default max(1, d // 4)).
+        bias: add a bias on the V logits (default 0).
+    """
+
+    OPTION_TYPES = {"rank": int, "bias": bool}
+
+    def __init__(self, vocab_size, d_model, *, rank=None, bias=False, token_counts=None):
+        super().__init__(vocab_size, d_model, token_counts)
+        if rank is None:
+            rank = max(1, self.d_model // 4)
+        self.rank = check_int_option("rank", rank, minimum=1, maximum=self.d_model,
+                                     why_max=" (d_model; a larger rank adds nothing)")
+        self.down = nn.Parameter(torch.empty(self.rank, self.d_model).uniform_(
+            -1 / math.sqrt(self.d_model), 1 / math.sqrt(self.d_model)))
+        self.weight = nn.Parameter(torch.empty(self.vocab_size, self.rank).uniform_(
+            -1 / math.sqrt(self.rank), 1 / math.sqrt(self.rank)))
+        self.bias = nn.Parameter(torch.zeros(self.vocab_size)) if bias else None
+
+    def closed_form_num_parameters(self) -> int:
+        extra = self.vocab_size if self.bias is not None else 0
+        return self.rank * self.d_model + self.vocab_size * self.rank + extra
+
+    def _logits(self, hidden):
+        return F.linear(hidden @ self.down.T, self.weight, self.bias)
+
+    def _matmul_flops(self, num_tokens, op, target):
+        return 2 * num_tokens * self.rank * (self.d_model + self.vocab_size)

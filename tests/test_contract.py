@@ -1,0 +1,79 @@
+"""Every head, every option combination: a normalised distribution and one consistent contract."""
+
+import pytest
+import torch
+
+from conftest import D, N, V, build, inputs
+from vqbench import HeadOutput
+
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_log_probs_normalised_and_loss_consistent(spec, dtype):
+    head = build(spec, dtype)
+    hidden, target = inputs(dtype)
+    log_probs = head.log_probs(hidden)
+    assert log_probs.shape == (N, V) and log_probs.dtype == dtype
+    assert torch.logsumexp(log_probs, dim=1).abs().max() < TOL[dtype]
+    from_log_probs = -log_probs.gather(1, target[:, None]).mean()
+    target_lp = head.target_log_prob(hidden, target)
+    assert target_lp.shape == (N,)
+    loss = head.loss(hidden, target)
+    assert loss.dim() == 0
+    assert torch.allclose(loss, from_log_probs, atol=TOL[dtype], rtol=0)
+    assert torch.allclose(loss, -target_lp.mean(), atol=TOL[dtype], rtol=0)
+    assert torch.allclose(target_lp, log_probs.gather(1, target[:, None]).squeeze(1), atol=TOL[dtype] * 10)
+
+
+def test_predict_is_argmax(spec):
+    head = build(spec)
+    hidden, _ = inputs()
+    predicted = head.predict(hidden)
+    assert predicted.dtype == torch.int64
+    assert torch.equal(predicted, head.log_probs(hidden).argmax(dim=1))
+
+
+def test_forward_returns_output_and_loss(spec):
+    head = build(spec)
+    hidden, target = inputs()
+    result = head(hidden, target)
+    assert isinstance(result, HeadOutput)
+    assert torch.allclose(result.output, head.target_log_prob(hidden, target))
+    assert torch.allclose(result.loss, head.loss(hidden, target))
+
+
+def test_gradients_reach_every_parameter(spec):
+    head = build(spec)
+    hidden, target = inputs()
+    hidden.requires_grad_(True)
+    head.loss(hidden, target).backward()
+    assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+    for name, param in head.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_leading_dims(spec):
+    head = build(spec)
+    hidden, target = inputs(n=24)
+    b_s_hidden, b_s_target = hidden.reshape(4, 6, D), target.reshape(4, 6)
+    assert head.log_probs(b_s_hidden).shape == (4, 6, V)
+    assert torch.allclose(head.log_probs(b_s_hidden).reshape(24, V), head.log_probs(hidden))
+    assert head.target_log_prob(b_s_hidden, b_s_target).shape == (4, 6)
+    assert head.predict(b_s_hidden).shape == (4, 6)
+    assert torch.allclose(head.loss(b_s_hidden, b_s_target), head.loss(hidden, target))
+
+
+def test_single_token(spec):
+    head = build(spec)
+    hidden, target = inputs(n=1)
+    assert torch.allclose(head.loss(hidden, target), -head.log_probs(hidden)[0, target[0]])
+
+
+def test_spec_round_trip(spec):
+    head = build(spec)
+    again = build(head.spec)
+    assert again.spec == head.spec
+    assert type(again) is type(head) and again.num_parameters() == head.num_parameters()

@@ -1,0 +1,240 @@
+"""The contract every output layer follows.
+
+An output head maps hidden states ``hidden`` [..., d] to a distribution over V tokens.
+Subclasses implement the private, flat-shape methods (``_loss``, ``_target_log_prob``,
+``_log_probs``, ``_predict``, ``_matmul_flops``, ``closed_form_num_parameters``); this
+class validates the inputs, flattens leading dimensions and restores them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from vqbench.frequency import default_token_counts, validate_token_counts
+
+OPS = ("log_probs", "loss", "predict")
+
+
+class HeadOutput(NamedTuple):
+    """What ``forward`` returns, as torch's AdaptiveLogSoftmaxWithLoss does.
+
+    output: [...] log p(target | hidden); loss: scalar mean negative log-likelihood (nats).
+    """
+
+    output: torch.Tensor
+    loss: torch.Tensor
+
+
+class OutputHead(nn.Module):
+    """Base class of all heads.
+
+    Args:
+        vocab_size: V, the number of tokens (>= 2).
+        d_model: d, the width of the hidden states (>= 1).
+        token_counts: optional [V] non-negative counts. Without it, token ids are taken as
+            sorted by decreasing frequency and a Zipf law (count of id i proportional to
+            1 / (i + 1)) stands in wherever a head needs frequencies.
+    """
+
+    #: registered name, set by ``register_head``
+    name: str = ""
+    #: option name -> type, used to read options from spec strings
+    OPTION_TYPES: dict = {}
+
+    def __init__(self, vocab_size: int, d_model: int, token_counts=None):
+        super().__init__()
+        _check_positive_int("vocab_size", vocab_size, minimum=2)
+        _check_positive_int("d_model", d_model, minimum=1)
+        self.vocab_size = int(vocab_size)
+        self.d_model = int(d_model)
+        if token_counts is None:
+            counts = default_token_counts(self.vocab_size)
+            self.counts_given = False
+        else:
+            counts = validate_token_counts(token_counts, self.vocab_size)
+            self.counts_given = True
+        # float64 on CPU, kept out of the module's buffers so that .to(dtype) leaves it exact
+        self.token_counts = counts
+        self.options: dict = {}
+
+    # ------------------------------------------------------------------ public API
+    def loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood in nats; hidden [..., d], target [...] -> scalar."""
+        flat, _ = self._flatten_hidden(hidden)
+        return self._loss(flat, self._flatten_target(target, hidden))
+
+    def target_log_prob(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """log p(target | hidden); hidden [..., d], target [...] -> [...]."""
+        flat, lead = self._flatten_hidden(hidden)
+        out = self._target_log_prob(flat, self._flatten_target(target, hidden))
+        return out.reshape(lead)
+
+    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Normalised log-probabilities over all V tokens; hidden [..., d] -> [..., V]."""
+        flat, lead = self._flatten_hidden(hidden)
+        return self._log_probs(flat).reshape(*lead, self.vocab_size)
+
+    def predict(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The most probable token (int64); hidden [..., d] -> [...]."""
+        flat, lead = self._flatten_hidden(hidden)
+        return self._predict(flat).reshape(lead)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Unnormalised V logits, for heads that produce them; hidden [..., d] -> [..., V]."""
+        flat, lead = self._flatten_hidden(hidden)
+        return self._logits(flat).reshape(*lead, self.vocab_size)
+
+    def forward(self, hidden: torch.Tensor, target: torch.Tensor) -> HeadOutput:
+        output = self.target_log_prob(hidden, target)
+        return HeadOutput(output, -output.mean())
+
+    def num_parameters(self) -> int:
+        """Trainable parameters, from the closed form in the class docstring."""
+        return int(self.closed_form_num_parameters())
+
+    def flops(self, num_tokens: int, op: str, target: Optional[torch.Tensor] = None) -> int:
+        """Forward FLOPs of the matrix products (2 per multiply-add) for ``num_tokens`` tokens.
+
+        op is one of "log_probs", "loss", "predict". For heads whose cost depends on the
+        targets, ``target`` [num_tokens] gives the exact count of what runs; without it the
+        expectation under the head's token frequencies is returned (rounded to an integer).
+        """
+        _check_positive_int("num_tokens", num_tokens, minimum=1)
+        if op not in OPS:
+            raise ValueError(f"op: unknown op {op!r}; expected one of {', '.join(OPS)}")
+        if target is not None:
+            target = self._flatten_target(target, None)
+            if target.numel() != num_tokens:
+                raise ValueError(
+                    f"target: has {target.numel()} tokens but num_tokens={num_tokens}")
+        return int(round(self._matmul_flops(int(num_tokens), op, target)))
+
+    @property
+    def spec(self) -> str:
+        """The spec string that rebuilds this head (name plus the options given)."""
+        if not self.options:
+            return self.name
+        parts = ",".join(f"{k}={_format_option(v)}" for k, v in self.options.items())
+        return f"{self.name}:{parts}"
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec!r}, vocab_size={self.vocab_size}, d_model={self.d_model}"
+
+    # ------------------------------------------------------------------ to implement
+    def _loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return -self._target_log_prob(hidden, target).mean()
+
+    def _target_log_prob(self, hidden, target):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _log_probs(self, hidden):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _predict(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._log_probs(hidden).argmax(dim=-1)
+
+    def _logits(self, hidden):
+        raise NotImplementedError(f"{self.name}: this head does not produce V logits in one step")
+
+    def _matmul_flops(self, num_tokens: int, op: str, target) -> float:  # pragma: no cover
+        raise NotImplementedError
+
+    def closed_form_num_parameters(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ validation
+    def _reference_parameter(self) -> torch.Tensor:
+        return next(self.parameters())
+
+    def _flatten_hidden(self, hidden):
+        if not isinstance(hidden, torch.Tensor):
+            raise TypeError(f"hidden: expected a torch.Tensor, got {type(hidden).__name__}")
+        if not hidden.is_floating_point():
+            raise TypeError(f"hidden: expected a floating-point tensor, got dtype {hidden.dtype}")
+        if hidden.dim() < 1 or hidden.shape[-1] != self.d_model:
+            raise ValueError(
+                f"hidden: expected shape [..., {self.d_model}] (d_model={self.d_model}), "
+                f"got {list(hidden.shape)}")
+        if hidden.numel() == 0:
+            raise ValueError(f"hidden: needs at least one token, got shape {list(hidden.shape)}")
+        param = self._reference_parameter()
+        if hidden.dtype != param.dtype:
+            raise TypeError(
+                f"hidden: dtype {hidden.dtype} does not match the head's parameters "
+                f"({param.dtype}); convert one of them, e.g. head.to({hidden.dtype})")
+        if hidden.device != param.device:
+            raise ValueError(
+                f"hidden: on {hidden.device} but the head's parameters are on {param.device}")
+        lead = hidden.shape[:-1]
+        return hidden.reshape(-1, self.d_model), lead
+
+    def _flatten_target(self, target, hidden):
+        if not isinstance(target, torch.Tensor):
+            raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"target: expected an integer tensor (int64), got dtype {target.dtype}")
+        if hidden is not None:
+            if tuple(target.shape) != tuple(hidden.shape[:-1]):
+                raise ValueError(
+                    f"target: expected shape {list(hidden.shape[:-1])} to match hidden "
+                    f"{list(hidden.shape)}, got {list(target.shape)}")
+            if target.device != hidden.device:
+                raise ValueError(f"target: on {target.device} but hidden is on {hidden.device}")
+        flat = target.reshape(-1).long()
+        if flat.numel():
+            low, high = int(flat.min()), int(flat.max())
+            if low < 0 or high >= self.vocab_size:
+                raise ValueError(
+                    f"target: token ids must lie in [0, {self.vocab_size}) "
+                    f"(vocab_size={self.vocab_size}), got values in [{low}, {high}]")
+        return flat
+
+
+def _check_positive_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+
+
+def check_int_option(name: str, value, minimum: int = 1, maximum: Optional[int] = None,
+                     why_max: str = "") -> int:
+    """Validate an integer option and return it; errors name the option."""
+    _check_positive_int(name, value, minimum)
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: must be <= {maximum}{why_max}, got {value}")
+    return int(value)
+
+
+def check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name}: unknown option {value!r}; expected one of {', '.join(choices)}")
+    return value
+
+
+def _format_option(value) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (tuple, list)):
+        return "/".join(str(v) for v in value)
+    return str(value)
+
+
+class LogitsHead(OutputHead):
+    """A head that produces all V logits in one step (``_logits``) and normalises them."""
+
+    def _log_probs(self, hidden):
+        return torch.log_softmax(self._logits(hidden), dim=-1)
+
+    def _target_log_prob(self, hidden, target):
+        logits = self._logits(hidden)
+        return logits.gather(1, target[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+
+    def _loss(self, hidden, target):
+        return torch.nn.functional.cross_entropy(self._logits(hidden), target)
+
+    def _predict(self, hidden):
+        return self._logits(hidden).argmax(dim=-1)

@@ -1,0 +1,127 @@
+"""VQ-Logits (arXiv 2505.10202): a K x d codebook and a token -> code map."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from vqbench.head import LogitsHead, check_choice, check_int_option
+from vqbench.mapping import MAPPINGS, build_mapping, validate_mapping
+from vqbench.registry import register_head
+
+PATHS = ("collapsed", "scatter")
+
+
+@register_head("vq")
+class VQLogits(LogitsHead):
+    """VQ-Logits output layer.
+
+    Codebook logits ``L = h C^T`` [N, K] are scattered to the vocabulary by the fixed map M:
+    logit(i) = L[:, M(i)] (+ b_i with ``bias=1``, our extension), then a softmax over V.
+
+    Shapes: hidden [N, d] -> log_probs [N, V]; codebook C [K, d]; mapping M [V] int64 buffer.
+
+    Parameters (closed form): K * d, plus V with ``bias=1``.
+
+    Options:
+        K: codebook size, 1 <= K <= V (default min(1024, V)).
+        mapping: "random", "contiguous", "frequency" (default) or "kmeans" (needs
+            ``embeddings`` [V, d]; the centroids initialise C unless codebook_init="random"),
+            or a [V] integer tensor.
+        path: the loss path, both exact. "scatter" (the paper's) materialises the N x V logits.
+            "collapsed" uses log sum_i exp(logit_i) = logsumexp_k(L[k] + log n_k), n_k the
+            number of tokens of code k (with a bias: the logsumexp of the biases in code k),
+            so the loss costs O(N K d) and no V-sized tensor. Default "collapsed".
+        bias: add a per-token bias b [V] (default 0: the paper's method).
+        seed: seed of the random mapping and of k-means.
+
+    An empty code (no token maps to it) carries no probability: its term is -inf in the
+    collapsed sum and its codebook row gets no gradient.
+    """
+
+    OPTION_TYPES = {"K": int, "mapping": str, "path": str, "bias": bool, "seed": int,
+                    "codebook_init": str}
+
+    def __init__(self, vocab_size, d_model, *, K=None, mapping="frequency", path="collapsed",
+                 bias=False, seed=0, codebook_init="auto", embeddings=None, token_counts=None):
+        super().__init__(vocab_size, d_model, token_counts)
+        if K is None:
+            K = min(1024, self.vocab_size)
+        self.K = check_int_option("K", K, minimum=1, maximum=self.vocab_size,
+                                  why_max=f" (vocab_size; K > V leaves codes that no token uses)")
+        self.path = check_choice("path", path, PATHS)
+        check_choice("codebook_init", codebook_init, ("auto", "random", "centroids"))
+        centroids = None
+        if isinstance(mapping, str):
+            codes, centroids = build_mapping(mapping, self.vocab_size, self.K, self.token_counts,
+                                             seed=seed, embeddings=embeddings)
+        else:
+            codes = validate_mapping(mapping, self.vocab_size, self.K)
+        if codebook_init == "centroids" and centroids is None:
+            raise ValueError("codebook_init: 'centroids' needs mapping='kmeans'")
+
+        bound = 1.0 / math.sqrt(self.d_model)  # nn.Linear's default init, as the softmax head
+        self.codebook = nn.Parameter(torch.empty(self.K, self.d_model).uniform_(-bound, bound))
+        if centroids is not None and codebook_init != "random":
+            with torch.no_grad():
+                self.codebook.copy_(centroids)
+        self.bias = nn.Parameter(torch.zeros(self.vocab_size)) if bias else None
+
+        sizes = torch.bincount(codes, minlength=self.K)
+        first = torch.full((self.K,), self.vocab_size, dtype=torch.int64)
+        first.scatter_reduce_(0, codes, torch.arange(self.vocab_size), "amin")
+        self.register_buffer("mapping", codes)
+        self.register_buffer("code_sizes", sizes)
+        self.register_buffer("first_token", first)
+
+    def closed_form_num_parameters(self) -> int:
+        return self.K * self.d_model + (self.vocab_size if self.bias is not None else 0)
+
+    def codebook_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, d] -> [N, K]."""
+        return hidden @ self.codebook.T
+
+    def _logits(self, hidden):
+        logits = self.codebook_logits(hidden)[:, self.mapping]
+        return logits if self.bias is None else logits + self.bias
+
+    def _code_log_mass(self, dtype) -> torch.Tensor:
+        """[K]: log n_k, or with a bias logsumexp of the biases of code k (-inf when empty)."""
+        if self.bias is None:
+            return self.code_sizes.to(dtype).log()
+        b = self.bias
+        peak = torch.full((self.K,), float("-inf"), dtype=b.dtype, device=b.device)
+        peak = peak.scatter_reduce(0, self.mapping, b.detach(), "amax", include_self=False)
+        total = torch.zeros_like(peak).scatter_add(0, self.mapping, torch.exp(b - peak[self.mapping]))
+        return peak + torch.log(total)
+
+    def _log_normaliser(self, code_logits):
+        return torch.logsumexp(code_logits + self._code_log_mass(code_logits.dtype), dim=-1)
+
+    def _target_log_prob(self, hidden, target):
+        if self.path == "scatter":
+            return super()._target_log_prob(hidden, target)
+        code_logits = self.codebook_logits(hidden)
+        own = code_logits.gather(1, self.mapping[target][:, None]).squeeze(1)
+        if self.bias is not None:
+            own = own + self.bias[target]
+        return own - self._log_normaliser(code_logits)
+
+    def _loss(self, hidden, target):
+        if self.path == "scatter":
+            return super()._loss(hidden, target)
+        return -self._target_log_prob(hidden, target).mean()
+
+    def _predict(self, hidden):
+        if self.bias is not None:
+            return super()._predict(hidden)
+        # tokens of a code tie; argmax over V would pick the code's first token id
+        code_logits = self.codebook_logits(hidden).masked_fill(self.code_sizes == 0, float("-inf"))
+        best = code_logits.max(dim=-1, keepdim=True).values
+        candidates = torch.where(code_logits == best, self.first_token, self.vocab_size)
+        return candidates.min(dim=-1).values
+
+    def _matmul_flops(self, num_tokens, op, target):
+        return 2 * num_tokens * self.d_model * self.K
