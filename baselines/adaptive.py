@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -97,6 +99,14 @@ class AdaptiveSoftmax(OutputHead):
     def _predict(self, hidden):
         best = self.asm.predict(hidden)
         return self.token_of_rank[best] if self.permuted else best
+
+    def largest_intermediate(self, num_tokens, op):
+        if op != "loss":
+            return num_tokens * self.vocab_size
+        bounds = [*self.cutoffs, self.vocab_size]
+        tails = [math.ceil(num_tokens * p) * (bounds[i + 1] - bounds[i])
+                 for i, p in enumerate(self.cluster_probability)]
+        return max(num_tokens * (self.cutoffs[0] + len(self.cutoffs)), *tails)
 
     def _tail_flops_per_token(self, i):
         bounds = [*self.cutoffs, self.vocab_size]

@@ -98,6 +98,13 @@ class ClassTree(nn.Module):
         lse = peak + torch.log(torch.zeros_like(peak).scatter_add(1, index, shifted))
         return class_lp[:, self.class_of] + logits - lse[:, self.class_of]
 
+    def largest_intermediate(self, num_tokens, op):
+        if op != "loss":
+            return num_tokens * self.vocab_size
+        rows = self.tile_rows(num_tokens)
+        tiles = min(num_tokens, self.num_classes + math.ceil(num_tokens / rows))
+        return max(num_tokens * self.num_classes, tiles * self.max_class_size * self.d_model)
+
     def flops(self, num_tokens, op, target):
         d = self.d_model
         head = 2 * num_tokens * d * self.num_classes

@@ -53,5 +53,8 @@ class HierarchicalSoftmax(OutputHead):
     def _log_probs(self, hidden):
         return self.tree.log_probs(hidden)
 
+    def largest_intermediate(self, num_tokens, op):
+        return self.tree.largest_intermediate(num_tokens, op)
+
     def _matmul_flops(self, num_tokens, op, target):
         return self.tree.flops(num_tokens, op, target)

@@ -100,6 +100,11 @@ class HuffmanTree(nn.Module):
             out[:, child] = out[:, par + self.vocab_size] + F.logsigmoid(sgn * scores[:, par])
         return out[:, :self.vocab_size]
 
+    def largest_intermediate(self, num_tokens, op):
+        if op != "loss":
+            return num_tokens * (2 * self.vocab_size - 1)
+        return num_tokens * int(self.depth.max()) * self.d_model
+
     def flops(self, num_tokens, op, target):
         d = self.d_model
         if op != "loss":

@@ -48,5 +48,10 @@ class FullSoftmax(LogitsHead):
             return chunked_linear_cross_entropy(hidden, self.weight, self.bias, target, self.chunk)
         return F.cross_entropy(self._logits(hidden), target)
 
+    def largest_intermediate(self, num_tokens, op):
+        if op == "loss" and self.chunk is not None:
+            return min(self.chunk, num_tokens) * self.vocab_size
+        return num_tokens * self.vocab_size
+
     def _matmul_flops(self, num_tokens, op, target):
         return 2 * num_tokens * self.d_model * self.vocab_size

@@ -112,6 +112,10 @@ class OutputHead(nn.Module):
                     f"target: has {target.numel()} tokens but num_tokens={num_tokens}")
         return int(round(self._matmul_flops(int(num_tokens), op, target)))
 
+    def largest_intermediate(self, num_tokens: int, op: str) -> int:
+        """Elements of the largest tensor that ``op`` creates (analytic; default N x V)."""
+        return num_tokens * self.vocab_size
+
     @property
     def spec(self) -> str:
         """The spec string that rebuilds this head (name plus the options given)."""

@@ -123,5 +123,10 @@ class VQLogits(LogitsHead):
         candidates = torch.where(code_logits == best, self.first_token, self.vocab_size)
         return candidates.min(dim=-1).values
 
+    def largest_intermediate(self, num_tokens, op):
+        if (op == "loss" and self.path == "collapsed") or (op == "predict" and self.bias is None):
+            return num_tokens * self.K
+        return num_tokens * self.vocab_size
+
     def _matmul_flops(self, num_tokens, op, target):
         return 2 * num_tokens * self.d_model * self.K

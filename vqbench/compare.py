@@ -1,0 +1,128 @@
+"""python -m vqbench.compare: measure every head and print citable tables.
+
+With no arguments: a small CPU grid (all five heads, V in {10000, 50257}, d=512, N=256,
+all ops) that finishes in a few minutes on 2 cores; rows go to results/compare.csv and the
+tables to results/compare.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from vqbench.ops import ALL_OPS
+from vqbench.registry import head_class, parse_spec
+from vqbench.sweep import DTYPES, Budget, Grid, ResultsFile, read_rows, run_sweep
+from vqbench.tables import build_tables, render
+
+DEFAULT_HEADS = ["softmax", "softmax:chunk=256", "adaptive", "hierarchical", "hierarchical:tree=huffman",
+                 "lowrank", "vq"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m vqbench.compare",
+        description="Measure parameters, FLOPs, latency and peak memory of LM output layers "
+                    "and print one table per (metric, op).")
+    p.add_argument("--heads", nargs="+", default=DEFAULT_HEADS, metavar="SPEC",
+                   help="head spec strings, e.g. softmax softmax:chunk=256 adaptive hierarchical "
+                        "hierarchical:tree=huffman lowrank vq vq:bias=1 (vq without K= takes each --codebook)")
+    p.add_argument("--vocab", nargs="+", type=int, default=[10000, 50257], metavar="V", help="vocabulary sizes")
+    p.add_argument("--d-model", nargs="+", type=int, default=[512], metavar="D", help="hidden widths")
+    p.add_argument("--codebook", nargs="+", type=int, default=[1024], metavar="K",
+                   help="VQ-Logits codebook sizes, for vq specs without K=")
+    p.add_argument("--tokens", nargs="+", type=int, default=[256], metavar="N", help="tokens per call")
+    p.add_argument("--ops", nargs="+", default=list(ALL_OPS), choices=ALL_OPS, metavar="OP",
+                   help=f"ops to measure: {' '.join(ALL_OPS)}")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"],
+                   help="cpu, cuda or all (cpu plus cuda when present)")
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=list(DTYPES), help="parameter dtypes")
+    p.add_argument("--out", default="results", metavar="DIR", help="folder for NAME.csv and NAME.md")
+    p.add_argument("--name", default="compare", help="stem of the result files (default: compare)")
+    p.add_argument("--format", default="github",
+                   help="table format: github (markdown), latex, csv or any tabulate format")
+    p.add_argument("--from", dest="from_file", metavar="FILE",
+                   help="re-render tables from a stored results CSV without measuring")
+    p.add_argument("--resume", action="store_true",
+                   help="keep NAME.csv and skip every (config, op) already in it")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per op")
+    p.add_argument("--memory-budget-gib", type=float, default=None,
+                   help="skip configs whose analytic footprint exceeds this (default: 60%% of RAM or GPU memory)")
+    p.add_argument("--time-budget-s", type=float, default=None,
+                   help="skip ops whose estimated single call exceeds this many seconds (default: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of inputs and head initialisation")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+
+    for spec in args.heads:
+        try:
+            head_class(parse_spec(spec)[0])
+        except (ValueError, TypeError) as error:
+            p.error(f"--heads: {error}")
+    for flag, values in [("--vocab", args.vocab), ("--d-model", args.d_model), ("--codebook", args.codebook),
+                         ("--tokens", args.tokens)]:
+        if any(v < 1 for v in values):
+            p.error(f"{flag}: sizes must be positive, got {values}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads: must be >= 1, got {args.threads}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device: cuda requested but torch sees no CUDA device")
+    return args
+
+
+def default_memory_budget(devices) -> float:
+    budgets = []
+    for device in devices:
+        if device.startswith("cuda"):
+            budgets.append(0.6 * torch.cuda.get_device_properties(0).total_memory)
+        else:
+            budgets.append(0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return min(budgets)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.from_file:
+        rows = read_rows(args.from_file)
+        print(render(build_tables(rows), args.format))
+        return 0
+
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    if "cuda" in devices and not torch.cuda.is_available():
+        print("no CUDA device: measuring on cpu only", file=sys.stderr)
+        devices = ["cpu"]
+    grid = Grid(heads=args.heads, vocab=args.vocab, d_model=args.d_model, codebook=args.codebook,
+                tokens=args.tokens, ops=args.ops, devices=devices, dtypes=args.dtype)
+    memory = args.memory_budget_gib * 2**30 if args.memory_budget_gib else default_memory_budget(devices)
+    budget = Budget(memory_bytes=memory, seconds_per_call=args.time_budget_s, min_run_time=args.min_run_time)
+
+    os.makedirs(args.out, exist_ok=True)
+    csv_path = os.path.join(args.out, f"{args.name}.csv")
+    if not args.resume and os.path.exists(csv_path):
+        os.remove(csv_path)
+    results = ResultsFile(csv_path)
+    stats = run_sweep(grid, results, budget, threads=args.threads, resume=args.resume,
+                      progress=not args.no_progress, seed=args.seed)
+
+    tables = build_tables(read_rows(csv_path))
+    markdown = render(tables, "github")
+    command = "python -m vqbench.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    with open(os.path.join(args.out, f"{args.name}.md"), "w") as f:
+        f.write(f"# vqbench compare: {args.name}\n\nRegenerate: `{command.strip()}`\n\n"
+                f"Rows: `{csv_path}`.\n\n{markdown}")
+    if args.format not in ("github",):
+        suffix = {"latex": "tex", "csv": "tables.csv"}.get(args.format, f"{args.format}.txt")
+        with open(os.path.join(args.out, f"{args.name}.{suffix}"), "w") as f:
+            f.write(render(tables, args.format))
+    print(render(tables, args.format))
+    print(f"measured {stats.measured}, skipped {stats.skipped}, resumed {stats.resumed}; "
+          f"rows in {csv_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

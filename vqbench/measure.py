@@ -1,0 +1,101 @@
+"""Measuring one head on one op: time, peak memory, counted FLOPs.
+
+Timing uses torch.utils.benchmark (its Timer synchronises CUDA and pins the thread count);
+peak memory comes from the CUDA allocator's peak, or on CPU from the allocation and free
+events that torch.profiler records (a measurement of what the op allocated, not an estimate).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.utils.benchmark as benchmark
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass
+class Timing:
+    median: float   # seconds
+    iqr: float      # seconds, interquartile range
+    samples: int
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_op(fn, device: torch.device, threads: int, min_run_time: float = 0.5,
+            min_samples: int = 5) -> Timing:
+    """Median and IQR of fn() in seconds, after a warm-up call."""
+    fn()
+    synchronize(device)
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    once = timer.timeit(1).median
+    if once * min_samples >= min_run_time:
+        # slow op: one call per sample, at least min_samples of them
+        times = [once] + [timer.timeit(1).median for _ in range(min_samples - 1)]
+    else:
+        times = list(timer.blocked_autorange(min_run_time=min_run_time).times)
+        while len(times) < min_samples:
+            times.extend(timer.blocked_autorange(min_run_time=min_run_time / 2).times)
+    quartiles = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else [times[0]] * 3
+    return Timing(statistics.median(times), quartiles[2] - quartiles[0], len(times))
+
+
+def peak_memory_bytes(fn, device: torch.device) -> int:
+    """Peak bytes that fn() allocated beyond what was live before it (its output included)."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        result = fn()
+        synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - before
+        del result
+        return int(peak)
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    del result
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()   # negative for a free
+        peak = max(peak, live)
+    return int(peak)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the profiler's C++ start/stop lines, which bypass Python's sys.stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def counted_flops(fn) -> int:
+    """FLOPs of the matrix products fn() runs, as torch.utils.flop_counter counts them."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def gemm_rate(device: torch.device, dtype: torch.dtype, threads: int, size: int = 1024) -> float:
+    """FLOP/s of a square matrix product on this device and dtype (the time guard's yardstick)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    timing = time_op(lambda: a @ b, device, threads, min_run_time=0.2, min_samples=3)
+    return 2 * size ** 3 / timing.median

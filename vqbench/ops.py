@@ -1,0 +1,76 @@
+"""The operations vqbench times, as zero-argument callables over fixed inputs.
+
+logits:    the V logits (softmax h W^T, vq h C^T plus scatter), no normalisation; only heads
+           that produce V logits in one step (others raise NotImplementedError).
+log_probs: normalised log-probabilities over V.
+predict:   the argmax token.
+loss:      forward of the training loss (mean NLL), no autograd graph.
+train:     loss forward + backward, gradients for the head's parameters and the hidden states.
+decode:    generation step for N sequences, one token each: log_probs, then one sample per row.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ALL_OPS = ("logits", "log_probs", "predict", "loss", "train", "decode")
+
+
+def make_op(head, op: str, hidden: torch.Tensor, target: torch.Tensor):
+    """Return fn() running ``op`` once. hidden [N, d], target [N] int64."""
+    if op == "logits":
+        if not hasattr(head, "_logits") or type(head)._logits is _base_logits():
+            raise NotImplementedError(f"{head.name} has no one-step V logits")
+        return _no_grad(lambda: head.logits(hidden))
+    if op == "log_probs":
+        return _no_grad(lambda: head.log_probs(hidden))
+    if op == "predict":
+        return _no_grad(lambda: head.predict(hidden))
+    if op == "loss":
+        return _no_grad(lambda: head.loss(hidden, target))
+    if op == "train":
+        trained = hidden.detach().requires_grad_(True)
+
+        def train():
+            head.zero_grad(set_to_none=True)
+            trained.grad = None
+            head.loss(trained, target).backward()
+        return train
+    if op == "decode":
+        generator = torch.Generator(device=hidden.device).manual_seed(0)
+
+        def decode():
+            with torch.inference_mode():
+                probs = head.log_probs(hidden).exp_()
+                return torch.multinomial(probs.float(), 1, generator=generator)
+        return decode
+    raise ValueError(f"op: unknown op {op!r}; expected one of {', '.join(ALL_OPS)}")
+
+
+def _base_logits():
+    from vqbench.head import OutputHead
+    return OutputHead._logits
+
+
+def _no_grad(fn):
+    def run():
+        with torch.no_grad():
+            return fn()
+    return run
+
+
+def analytic_flops(head, op: str, num_tokens: int, target: torch.Tensor) -> int:
+    """Matrix-product FLOPs of ``op``. train = 3x the loss forward (each product has two
+    backward products of the same size); logits and decode = log_probs."""
+    if op == "train":
+        return 3 * head.flops(num_tokens, "loss", target)
+    if op in ("logits", "decode"):
+        return head.flops(num_tokens, "log_probs")
+    return head.flops(num_tokens, op, target)
+
+
+def largest_intermediate(head, op: str, num_tokens: int) -> int:
+    """Elements of the largest tensor ``op`` creates (analytic), for comparison with the
+    measured peak memory."""
+    return int(head.largest_intermediate(num_tokens, "loss" if op == "train" else
+                                         "log_probs" if op in ("logits", "decode") else op))

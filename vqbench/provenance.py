@@ -1,0 +1,60 @@
+"""Where a number came from: software versions, machine, threads, commit, time."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from functools import lru_cache
+
+import torch
+
+import vqbench
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The commit of the checkout vqbench runs from, with '+dirty' for uncommitted changes."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, text=True,
+                                capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               text=True, capture_output=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not commit:
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return cpu_model()
+
+
+def provenance(device: str, threads: int) -> dict:
+    """Fields stored with every result row."""
+    return {
+        "vqbench_version": vqbench.__version__,
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "device_name": device_name(device),
+        "cpu_model": cpu_model(),
+        "threads": threads,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,238 @@
+"""A sweep over heads x V x d x K x N x ops x devices x dtypes, written row by row.
+
+Rows are appended to a CSV file as each (config, op) finishes, so an interrupted sweep
+loses nothing; ``resume=True`` skips every (config, op) already in the file. A configuration
+that raises (out of memory, an invalid combination) is recorded as skipped with its reason;
+guards skip, before trying, configurations whose analytic footprint or time exceeds a budget.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import traceback
+from dataclasses import dataclass, field
+from typing import Iterable, List, Optional, Sequence
+
+import torch
+
+from vqbench.measure import counted_flops, gemm_rate, peak_memory_bytes, time_op
+from vqbench.ops import ALL_OPS, analytic_flops, largest_intermediate, make_op
+from vqbench.provenance import provenance
+from vqbench.registry import make_head, parse_spec
+
+COLUMNS = ["head", "spec", "op", "metric", "unit", "V", "d", "K", "N", "device", "dtype",
+           "value", "spread", "status", "reason", "vqbench_version", "git_commit",
+           "torch_version", "device_name", "cpu_model", "threads", "timestamp"]
+UNIT_KEY = ("spec", "op", "V", "d", "N", "device", "dtype")
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+PARAMS_OP = "params"
+
+
+@dataclass
+class Grid:
+    heads: Sequence[str]
+    vocab: Sequence[int]
+    d_model: Sequence[int]
+    codebook: Sequence[int] = (1024,)
+    tokens: Sequence[int] = (512,)
+    ops: Sequence[str] = ALL_OPS
+    devices: Sequence[str] = ("cpu",)
+    dtypes: Sequence[str] = ("float32",)
+
+    def specs(self) -> List[str]:
+        """Head specs with vq's K filled in from ``codebook`` where a spec leaves it open."""
+        out = []
+        for spec in self.heads:
+            name, options = parse_spec(spec)
+            if name == "vq" and "K" not in options:
+                rest = spec.partition(":")[2]
+                out.extend(f"vq:K={k}" + (f",{rest}" if rest else "") for k in self.codebook)
+            else:
+                out.append(spec)
+        return out
+
+
+@dataclass
+class Budget:
+    memory_bytes: Optional[float] = None    # analytic footprint above this: skipped
+    seconds_per_call: Optional[float] = None  # estimated time of one call above this: skipped
+    min_run_time: float = 0.5                # timing budget per op (torch.utils.benchmark)
+
+
+@dataclass
+class SweepStats:
+    measured: int = 0
+    skipped: int = 0
+    resumed: int = 0
+    errors: List[str] = field(default_factory=list)
+
+
+class ResultsFile:
+    """Append-only CSV of result rows; knows which (config, op) units it holds."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.done = set()
+        if os.path.exists(path):
+            self._repair_tail()
+            for row in read_rows(path):
+                self.done.add(unit_key(row))
+        else:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(COLUMNS)
+
+    def _repair_tail(self):
+        """Drop a half-written last line left by a killed sweep."""
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def append(self, rows: Iterable[dict]) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
+        rows = list(rows)
+        writer.writerows(rows)
+        with open(self.path, "a", newline="") as f:
+            f.write(buffer.getvalue())  # one write per unit: a kill leaves whole units
+            f.flush()
+        for row in rows:
+            self.done.add(unit_key(row))
+
+
+def read_rows(path: str) -> List[dict]:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"results file not found: {path}")
+    with open(path, newline="") as f:
+        return [row for row in csv.DictReader(f) if row.get("metric")]
+
+
+def unit_key(row: dict) -> tuple:
+    return tuple(str(row[k]) for k in UNIT_KEY)
+
+
+def make_inputs(vocab: int, d: int, n: int, device: str, dtype: torch.dtype, seed: int = 0):
+    """The same inputs for every head: hidden [N, d] ~ N(0, 1); targets [N] from a Zipf law."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, d, generator=g).to(device=device, dtype=dtype)
+    zipf = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float64)
+    target = torch.multinomial(zipf, n, replacement=True, generator=g).to(device)
+    return hidden, target
+
+
+def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threads: Optional[int] = None,
+              resume: bool = False, progress: bool = True, seed: int = 0) -> SweepStats:
+    from tqdm.auto import tqdm
+
+    if threads is None:
+        threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    stats = SweepStats()
+    specs = grid.specs()
+    total = len(grid.devices) * len(grid.dtypes) * len(grid.vocab) * len(grid.d_model) * len(specs) \
+        * len(grid.tokens) * (len(grid.ops) + 1)
+    bar = tqdm(total=total, disable=not progress, desc="vqbench", unit="op", dynamic_ncols=True)
+    for device in grid.devices:
+        for dtype_name in grid.dtypes:
+            dtype = DTYPES[dtype_name]
+            rate = gemm_rate(torch.device(device), dtype, threads)
+            for vocab in grid.vocab:
+                for d in grid.d_model:
+                    for spec in specs:
+                        context = dict(spec=spec, V=vocab, d=d, device=device, dtype=dtype_name)
+                        units = [(n, op) for n in grid.tokens for op in (PARAMS_OP, *grid.ops)]
+                        todo = [(n, op) for n, op in units
+                                if not (resume and unit_key({**context, "N": n, "op": op}) in results.done)]
+                        stats.resumed += len(units) - len(todo)
+                        bar.update(len(units) - len(todo))
+                        if not todo:
+                            continue
+                        bar.set_postfix_str(f"{spec} V={vocab} d={d}")
+                        head = None
+                        try:
+                            torch.manual_seed(seed)
+                            head = make_head(spec, vocab, d, device=device, dtype=dtype)
+                            build_error = None
+                        except Exception as error:  # invalid combination, OOM while building
+                            build_error = error
+                        for n, op in todo:
+                            base = base_row(head, context, n, op, threads)
+                            if build_error is not None:
+                                rows = [skipped(base, f"build: {describe(build_error)}")]
+                            else:
+                                rows = measure_unit(head, base, op, n, rate, budget, seed)
+                            results.append(rows)
+                            if rows[0]["status"] == "ok":
+                                stats.measured += 1
+                            else:
+                                stats.skipped += 1
+                            bar.update(1)
+                        del head
+                        if device.startswith("cuda"):
+                            torch.cuda.empty_cache()
+    bar.close()
+    return stats
+
+
+def base_row(head, context: dict, n: int, op: str, threads: int) -> dict:
+    name = parse_spec(context["spec"])[0]
+    k = getattr(head, "K", "") if head is not None else parse_spec(context["spec"])[1].get("K", "")
+    return {**context, "head": name, "K": k, "N": n, "op": op, "spread": "", "status": "ok",
+            "reason": "", **provenance(context["device"], threads)}
+
+
+def skipped(base: dict, reason: str) -> dict:
+    return {**base, "metric": "", "unit": "", "value": "", "status": "skipped", "reason": reason}
+
+
+def describe(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def measure_unit(head, base: dict, op: str, n: int, rate: float, budget: Budget, seed: int) -> List[dict]:
+    """Rows for one (config, op): params, or flops, memory and time of the op."""
+    device = torch.device(base["device"])
+    elem = torch.empty((), dtype=next(head.parameters()).dtype).element_size()
+    if op == PARAMS_OP:
+        count = head.num_parameters()
+        return [{**base, "metric": "params", "unit": "count", "value": count},
+                {**base, "metric": "param_bytes", "unit": "bytes", "value": count * elem}]
+    hidden, target = make_inputs(base["V"], base["d"], n, base["device"], next(head.parameters()).dtype, seed)
+    try:
+        flops = analytic_flops(head, op, n, target)
+        intermediate = largest_intermediate(head, op, n) * elem
+        footprint = intermediate * (3 if op in ("train", "loss") else 2) \
+            + head.num_parameters() * elem * (2 if op == "train" else 1)
+        if budget.memory_bytes is not None and footprint > budget.memory_bytes:
+            return [skipped(base, f"memory guard: needs about {footprint / 2**30:.1f} GiB, "
+                                  f"budget {budget.memory_bytes / 2**30:.1f} GiB")]
+        if budget.seconds_per_call is not None and flops / rate > budget.seconds_per_call:
+            return [skipped(base, f"time guard: about {flops / rate:.1f} s per call at "
+                                  f"{rate / 1e9:.0f} GFLOP/s, budget {budget.seconds_per_call:g} s")]
+        fn = make_op(head, op, hidden, target)
+        peak = peak_memory_bytes(fn, device)
+        counted = counted_flops(fn)
+        timing = time_op(fn, device, int(base["threads"]), min_run_time=budget.min_run_time)
+    except NotImplementedError as error:
+        return [skipped(base, f"not applicable: {error}")]
+    except Exception as error:  # out of memory, a failing kernel: recorded, the sweep goes on
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if os.environ.get("VQBENCH_DEBUG"):
+            traceback.print_exc()
+        return [skipped(base, describe(error))]
+    finally:
+        if head is not None:
+            head.zero_grad(set_to_none=True)
+    return [
+        {**base, "metric": "time", "unit": "s", "value": timing.median, "spread": timing.iqr},
+        {**base, "metric": "flops_analytic", "unit": "FLOP", "value": flops},
+        {**base, "metric": "flops_counted", "unit": "FLOP", "value": counted},
+        {**base, "metric": "peak_memory", "unit": "bytes", "value": peak},
+        {**base, "metric": "intermediate_bytes", "unit": "bytes", "value": intermediate},
+    ]

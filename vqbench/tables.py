@@ -1,0 +1,214 @@
+"""Citable tables from result rows: one table per (metric, op), one unit per table.
+
+Rows are heads with their options, columns the vocabulary size V; each caption states the
+metric, op, unit, device, dtype, threads, torch version and the fixed sizes. Ratio tables
+put every head against full softmax (x faster; % of parameters).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections import OrderedDict, defaultdict
+from typing import Dict, List
+
+from tabulate import tabulate
+
+# metric -> (title, [(unit label, divisor), ...] from small to large)
+METRICS = OrderedDict([
+    ("params", ("Trainable parameters", [("count", 1), ("thousands", 1e3), ("millions", 1e6)])),
+    ("time", ("Latency, median of repeated runs", [("µs", 1e-6), ("ms", 1e-3), ("s", 1)])),
+    ("peak_memory", ("Peak memory allocated by the op (measured)",
+                     [("KiB", 2**10), ("MiB", 2**20), ("GiB", 2**30)])),
+    ("intermediate_bytes", ("Largest intermediate tensor (analytic)",
+                            [("KiB", 2**10), ("MiB", 2**20), ("GiB", 2**30)])),
+    ("flops_analytic", ("Matrix-product FLOPs, analytic / counted by torch.utils.flop_counter",
+                        [("MFLOP", 1e6), ("GFLOP", 1e9), ("TFLOP", 1e12)])),
+])
+# metrics shown inside another metric's table: counted FLOPs next to the analytic count
+COMPANION = {"flops_counted": "flops_analytic"}
+OP_ORDER = ["params", "logits", "log_probs", "predict", "loss", "train", "decode"]
+SPREAD_FLAG = 0.10   # IQR / median above this is flagged
+BASELINE = "softmax"
+
+
+def _number(value: str) -> float:
+    return float(value)
+
+
+def _pick_unit(metric: str, values: List[float]):
+    units = METRICS[metric][1]
+    largest = max(values) if values else 0
+    chosen = units[0]
+    for unit in units:
+        if largest >= unit[1]:
+            chosen = unit
+    return chosen
+
+
+def _format(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}" if value < 1 else f"{value:.2f}"
+
+
+def build_tables(rows: List[dict]) -> List[dict]:
+    """Group rows into tables: each {'caption', 'headers', 'body', 'notes', 'key'}."""
+    groups: Dict[tuple, List[dict]] = defaultdict(list)
+    for row in rows:
+        metric = COMPANION.get(row["metric"], row["metric"]) if row["status"] == "ok" else None
+        if row["status"] == "ok" and metric not in METRICS:
+            continue
+        fixed = (row["device"], row["dtype"], int(row["d"]))
+        if row["op"] == "params":
+            groups[("params", "params", *fixed, None)].append(row)
+        elif row["status"] == "ok":
+            groups[(metric, row["op"], *fixed, int(row["N"]))].append(row)
+        else:  # a skipped unit shows in every metric's table for its op
+            for name in METRICS:
+                if name != "params":
+                    groups[(name, row["op"], *fixed, int(row["N"]))].append(row)
+    tables = []
+    for key in sorted(groups, key=_table_order):
+        table = _one_table(key, groups[key])
+        if table is not None:
+            tables.append(table)
+            ratio = _ratio_table(key, groups[key])
+            if ratio is not None:
+                tables.append(ratio)
+    return tables
+
+
+def _table_order(key):
+    metric, op, device, dtype, d, n = key
+    return (device, dtype, d, -1 if n is None else n, OP_ORDER.index(op) if op in OP_ORDER else 99,
+            list(METRICS).index(metric))
+
+
+def _cells(group_rows, metric):
+    cells, specs, vocab, spread, reasons = {}, [], set(), {}, {}
+    for row in group_rows:
+        spec, v = row["spec"], int(row["V"])
+        if spec not in specs:
+            specs.append(spec)
+        vocab.add(v)
+        if row["status"] == "ok" and row["metric"] == metric and (spec, v) not in cells:
+            cells[(spec, v)] = _number(row["value"])
+            if row.get("spread"):
+                spread[(spec, v)] = _number(row["spread"])
+        elif row["status"] != "ok":
+            reasons.setdefault((spec, v), row["reason"])
+    return cells, specs, sorted(vocab), spread, reasons
+
+
+def _caption_env(group_rows, key):
+    metric, op, device, dtype, d, n = key
+    first = next((r for r in group_rows if r.get("device_name")), group_rows[0])
+    sizes = f"d={d}" + ("" if n is None else f", N={n} tokens")
+    return (f"{first.get('device_name', device)} ({device}), {dtype}, {first.get('threads', '?')} threads, "
+            f"torch {first.get('torch_version', '?')}, vqbench {first.get('git_commit', '?')}; {sizes}; "
+            f"columns: vocabulary size V")
+
+
+def _one_table(key, group_rows):
+    metric, op = key[0], key[1]
+    cells, specs, vocab, spread, reasons = _cells(group_rows, metric)
+    if not cells:
+        return None
+    companion = {name for name, main in COMPANION.items() if main == metric}
+    extra = _cells(group_rows, companion.pop())[0] if companion else {}
+    label, divisor = _pick_unit(metric, list(cells.values()))
+    title = METRICS[metric][0]
+    body, notes, flagged = [], [], False
+    for spec in specs:
+        line = [spec]
+        for v in vocab:
+            if (spec, v) in cells:
+                text = _format(cells[(spec, v)] / divisor)
+                if (spec, v) in extra:
+                    text += " / " + _format(extra[(spec, v)] / divisor)
+                if (spec, v) in spread and cells[(spec, v)] > 0 \
+                        and spread[(spec, v)] / cells[(spec, v)] > SPREAD_FLAG:
+                    text += " †"
+                    flagged = True
+                line.append(text)
+            elif (spec, v) in reasons:
+                notes.append(f"{spec}, V={v}: {reasons[(spec, v)]}")
+                line.append(f"skip[{len(notes)}]")
+            else:
+                line.append("")
+        body.append(line)
+    caption = (f"{title}, in {label}." if op == "params" else f"{title} of `{op}`, in {label}.")
+    caption += f" {_caption_env(group_rows, key)}."
+    if flagged:
+        caption += f" † marks an interquartile range above {SPREAD_FLAG:.0%} of the median."
+    return {"key": key, "caption": caption, "headers": ["head", *[f"V={v}" for v in vocab]],
+            "body": body, "notes": notes}
+
+
+def _ratio_table(key, group_rows):
+    metric, op = key[0], key[1]
+    if metric not in ("time", "params"):
+        return None
+    cells, specs, vocab, _, _ = _cells(group_rows, metric)
+    if BASELINE not in specs:
+        return None
+    body = []
+    for spec in specs:
+        line = [spec]
+        for v in vocab:
+            base, value = cells.get((BASELINE, v)), cells.get((spec, v))
+            if base is None or value is None or value == 0:
+                line.append("")
+            elif metric == "time":
+                line.append(f"{base / value:.2f}x")
+            else:
+                line.append(f"{100 * value / base:.2f}%")
+        body.append(line)
+    if metric == "time":
+        caption = (f"Speed-up of `{op}` over full softmax (softmax time / head time; above 1x is "
+                   f"faster). {_caption_env(group_rows, key)}.")
+    else:
+        caption = f"Parameters as a share of full softmax's. {_caption_env(group_rows, key)}."
+    return {"key": key + ("ratio",), "caption": caption, "headers": ["head", *[f"V={v}" for v in vocab]],
+            "body": body, "notes": []}
+
+
+def render(tables: List[dict], fmt: str = "github") -> str:
+    """Render tables as markdown ("github"), "latex", "csv" or any tabulate format."""
+    parts = []
+    for number, table in enumerate(tables, 1):
+        notes = table["notes"]
+        if fmt == "csv":
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\n")
+            writer.writerow([f"# Table {number}. {table['caption']}"])
+            writer.writerow(table["headers"])
+            writer.writerows(table["body"])
+            for i, note in enumerate(notes, 1):
+                writer.writerow([f"# skip[{i}]: {note}"])
+            parts.append(buffer.getvalue())
+        elif fmt.startswith("latex"):
+            body = tabulate(table["body"], table["headers"], tablefmt="latex_booktabs", disable_numparse=True)
+            note_text = "".join(f"\n% skip[{i}]: {_latex_escape(n)}" for i, n in enumerate(notes, 1))
+            parts.append("\\begin{table}[ht]\n\\centering\n\\small\n"
+                         f"\\caption{{{_latex_escape(table['caption'])}}}\n{body}{note_text}\n\\end{{table}}\n")
+        else:
+            body = tabulate(table["body"], table["headers"], tablefmt=fmt, disable_numparse=True)
+            note_text = "".join(f"\n- skip[{i}]: {n}" for i, n in enumerate(notes, 1))
+            heading = f"**Table {number}.** {table['caption']}" if fmt == "github" else \
+                f"Table {number}. {table['caption']}"
+            parts.append(f"{heading}\n\n{body}\n{note_text}\n")
+    return "\n".join(parts)
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "`": "",
+          "†": r"$\dagger$", "µ": r"$\mu$"}
+
+
+def _latex_escape(text: str) -> str:
+    return re.sub("|".join(re.escape(k) for k in _LATEX), lambda m: _LATEX[m.group(0)], text)
