@@ -44,7 +44,9 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 if grad_hidden is not None:
                     grad_hidden[lo:lo + chunk] = probs @ weight
                 if grad_weight is not None:
-                    grad_weight.addmm_(probs.T.to(grad_weight.dtype), h.to(grad_weight.dtype))
+                    # out= rather than addmm_, so that torch's FLOP counter sees the product
+                    torch.addmm(grad_weight, probs.T.to(grad_weight.dtype), h.to(grad_weight.dtype),
+                                out=grad_weight)
                 if grad_bias is not None:
                     grad_bias += probs.sum(0)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)

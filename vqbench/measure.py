@@ -32,15 +32,22 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_op(fn, device: torch.device, threads: int, min_run_time: float = 0.5,
-            min_samples: int = 5) -> Timing:
-    """Median and IQR of fn() in seconds, after a warm-up call."""
-    fn()
-    synchronize(device)
+            min_samples: int = 5, warmup: bool = True) -> Timing:
+    """Median and IQR of fn() in seconds.
+
+    Fast ops: torch.utils.benchmark's blocked_autorange for ``min_run_time`` seconds (at least
+    ``min_samples`` blocks). Slow ops (one call over ``min_run_time / min_samples``): one call
+    per sample, ``min_samples`` samples, or 3 when one call takes over a second.
+    ``warmup=False`` when the caller has already run fn().
+    """
+    if warmup:
+        fn()
+        synchronize(device)
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
     once = timer.timeit(1).median
     if once * min_samples >= min_run_time:
-        # slow op: one call per sample, at least min_samples of them
-        times = [once] + [timer.timeit(1).median for _ in range(min_samples - 1)]
+        samples = 3 if once > 1.0 else min_samples
+        times = [once] + [timer.timeit(1).median for _ in range(samples - 1)]
     else:
         times = list(timer.blocked_autorange(min_run_time=min_run_time).times)
         while len(times) < min_samples:

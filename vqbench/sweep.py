@@ -108,7 +108,7 @@ def read_rows(path: str) -> List[dict]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"results file not found: {path}")
     with open(path, newline="") as f:
-        return [row for row in csv.DictReader(f) if row.get("metric")]
+        return [row for row in csv.DictReader(f) if row.get("status") in ("ok", "skipped")]
 
 
 def unit_key(row: dict) -> tuple:
@@ -217,7 +217,8 @@ def measure_unit(head, base: dict, op: str, n: int, rate: float, budget: Budget,
         fn = make_op(head, op, hidden, target)
         peak = peak_memory_bytes(fn, device)
         counted = counted_flops(fn)
-        timing = time_op(fn, device, int(base["threads"]), min_run_time=budget.min_run_time)
+        # the two calls above were the warm-up
+        timing = time_op(fn, device, int(base["threads"]), min_run_time=budget.min_run_time, warmup=False)
     except NotImplementedError as error:
         return [skipped(base, f"not applicable: {error}")]
     except Exception as error:  # out of memory, a failing kernel: recorded, the sweep goes on
