@@ -194,3 +194,17 @@ def test_cli_writes_files_and_rejects_bad_arguments(tmp_path, capsys):
         with pytest.raises(SystemExit):
             compare.main(bad)
     assert "nope" in capsys.readouterr().err
+
+
+def test_from_file_selects_rows(tmp_path, capsys):
+    path = tmp_path / "stored.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows(fake_rows())
+    assert compare.main(["--from", str(path), "--vocab", "2000", "--heads", "vq", "--out", str(tmp_path),
+                         "--name", "picked"]) == 0
+    printed = capsys.readouterr().out
+    assert "V=2000" in printed and "V=1000" not in printed and "| softmax" not in printed
+    assert "vq:K=16" in (tmp_path / "picked.md").read_text()
+    assert compare.main(["--from", str(tmp_path / "missing.csv")]) == 2

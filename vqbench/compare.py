@@ -27,25 +27,29 @@ def parse_args(argv=None):
         prog="python -m vqbench.compare",
         description="Measure parameters, FLOPs, latency and peak memory of LM output layers "
                     "and print one table per (metric, op).")
-    p.add_argument("--heads", nargs="+", default=DEFAULT_HEADS, metavar="SPEC",
+    p.add_argument("--heads", nargs="+", default=None, metavar="SPEC",
                    help="head spec strings, e.g. softmax softmax:chunk=256 adaptive hierarchical "
                         "hierarchical:tree=huffman lowrank vq vq:bias=1 (vq without K= takes each --codebook)")
-    p.add_argument("--vocab", nargs="+", type=int, default=[10000, 50257], metavar="V", help="vocabulary sizes")
-    p.add_argument("--d-model", nargs="+", type=int, default=[512], metavar="D", help="hidden widths")
-    p.add_argument("--codebook", nargs="+", type=int, default=[1024], metavar="K",
-                   help="VQ-Logits codebook sizes, for vq specs without K=")
-    p.add_argument("--tokens", nargs="+", type=int, default=[256], metavar="N", help="tokens per call")
-    p.add_argument("--ops", nargs="+", default=list(ALL_OPS), choices=ALL_OPS, metavar="OP",
-                   help=f"ops to measure: {' '.join(ALL_OPS)}")
+    p.add_argument("--vocab", nargs="+", type=int, default=None, metavar="V",
+                   help="vocabulary sizes (default 10000 50257)")
+    p.add_argument("--d-model", nargs="+", type=int, default=None, metavar="D", help="hidden widths (default 512)")
+    p.add_argument("--codebook", nargs="+", type=int, default=None, metavar="K",
+                   help="VQ-Logits codebook sizes, for vq specs without K= (default 1024)")
+    p.add_argument("--tokens", nargs="+", type=int, default=None, metavar="N", help="tokens per call (default 256)")
+    p.add_argument("--ops", nargs="+", default=None, choices=ALL_OPS, metavar="OP",
+                   help=f"ops to measure (default all: {' '.join(ALL_OPS)})")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"],
                    help="cpu, cuda or all (cpu plus cuda when present)")
-    p.add_argument("--dtype", nargs="+", default=["float32"], choices=list(DTYPES), help="parameter dtypes")
+    p.add_argument("--dtype", nargs="+", default=None, choices=list(DTYPES),
+                   help="parameter dtypes (default float32)")
     p.add_argument("--out", default="results", metavar="DIR", help="folder for NAME.csv and NAME.md")
-    p.add_argument("--name", default="compare", help="stem of the result files (default: compare)")
+    p.add_argument("--name", default=None,
+                   help="stem of the result files (default: compare); with --from, also writes DIR/NAME.md")
     p.add_argument("--format", default="github",
                    help="table format: github (markdown), latex, csv or any tabulate format")
     p.add_argument("--from", dest="from_file", metavar="FILE",
-                   help="re-render tables from a stored results CSV without measuring")
+                   help="re-render tables from a stored results CSV without measuring; --heads, --vocab, "
+                        "--d-model, --codebook, --tokens, --ops and --dtype then select rows")
     p.add_argument("--resume", action="store_true",
                    help="keep NAME.csv and skip every (config, op) already in it")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -57,6 +61,13 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of inputs and head initialisation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    args.selection = {k: getattr(args, k) for k in ("heads", "vocab", "d_model", "codebook", "tokens", "ops",
+                                                     "dtype")}
+    defaults = dict(heads=DEFAULT_HEADS, vocab=[10000, 50257], d_model=[512], codebook=[1024], tokens=[256],
+                    ops=list(ALL_OPS), dtype=["float32"])
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
     for spec in args.heads:
         try:
@@ -84,11 +95,46 @@ def default_memory_budget(devices) -> float:
     return min(budgets)
 
 
+def select_rows(rows, selection):
+    """Rows matching the flags given with --from (an unset flag selects everything)."""
+    heads, codebook = selection["heads"], selection["codebook"]
+
+    def keep(row):
+        if heads is not None:
+            open_vq = "vq" in heads and row["head"] == "vq"
+            if row["spec"] not in heads and not open_vq:
+                return False
+        if codebook is not None and row["head"] == "vq" and row["K"] and int(row["K"]) not in codebook:
+            return False
+        for flag, column in (("vocab", "V"), ("d_model", "d"), ("tokens", "N")):
+            if selection[flag] is not None and int(row[column]) not in selection[flag]:
+                return False
+        if selection["ops"] is not None and row["op"] not in selection["ops"] and row["op"] != "params":
+            return False
+        return selection["dtype"] is None or row["dtype"] in selection["dtype"]
+
+    return [row for row in rows if keep(row)]
+
+
+def write_markdown(path, name, command, source, tables):
+    with open(path, "w") as f:
+        f.write(f"# vqbench compare: {name}\n\nRegenerate: `{command.strip()}`\n\n"
+                f"Rows: `{source}`.\n\n{render(tables, 'github')}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.from_file:
-        rows = read_rows(args.from_file)
-        print(render(build_tables(rows), args.format))
+        try:
+            rows = select_rows(read_rows(args.from_file), args.selection)
+        except FileNotFoundError as error:
+            print(f"--from: {error}", file=sys.stderr)
+            return 2
+        tables = build_tables(rows)
+        if args.name:
+            command = "python -m vqbench.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+            write_markdown(os.path.join(args.out, f"{args.name}.md"), args.name, command, args.from_file, tables)
+        print(render(tables, args.format))
         return 0
 
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
@@ -101,6 +147,7 @@ def main(argv=None) -> int:
     budget = Budget(memory_bytes=memory, seconds_per_call=args.time_budget_s, min_run_time=args.min_run_time)
 
     os.makedirs(args.out, exist_ok=True)
+    args.name = args.name or "compare"
     csv_path = os.path.join(args.out, f"{args.name}.csv")
     if not args.resume and os.path.exists(csv_path):
         os.remove(csv_path)
@@ -109,11 +156,8 @@ def main(argv=None) -> int:
                       progress=not args.no_progress, seed=args.seed)
 
     tables = build_tables(read_rows(csv_path))
-    markdown = render(tables, "github")
     command = "python -m vqbench.compare " + " ".join(sys.argv[1:] if argv is None else argv)
-    with open(os.path.join(args.out, f"{args.name}.md"), "w") as f:
-        f.write(f"# vqbench compare: {args.name}\n\nRegenerate: `{command.strip()}`\n\n"
-                f"Rows: `{csv_path}`.\n\n{markdown}")
+    write_markdown(os.path.join(args.out, f"{args.name}.md"), args.name, command, csv_path, tables)
     if args.format not in ("github",):
         suffix = {"latex": "tex", "csv": "tables.csv"}.get(args.format, f"{args.format}.txt")
         with open(os.path.join(args.out, f"{args.name}.{suffix}"), "w") as f:

@@ -46,7 +46,7 @@ def time_op(fn, device: torch.device, threads: int, min_run_time: float = 0.5,
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
     once = timer.timeit(1).median
     if once * min_samples >= min_run_time:
-        samples = 3 if once > 1.0 else min_samples
+        samples = 3 if once > 0.25 else min_samples
         times = [once] + [timer.timeit(1).median for _ in range(samples - 1)]
     else:
         times = list(timer.blocked_autorange(min_run_time=min_run_time).times)
@@ -56,27 +56,31 @@ def time_op(fn, device: torch.device, threads: int, min_run_time: float = 0.5,
     return Timing(statistics.median(times), quartiles[2] - quartiles[0], len(times))
 
 
-def peak_memory_bytes(fn, device: torch.device) -> int:
-    """Peak bytes that fn() allocated beyond what was live before it (its output included)."""
+def peak_memory_and_flops(fn, device: torch.device):
+    """One call of fn(): (peak bytes it allocated beyond what was live before, its output
+    included; FLOPs of its matrix products as torch.utils.flop_counter counts them)."""
+    counter = FlopCounterMode(display=False)
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        result = fn()
+        with counter:
+            result = fn()
         synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - before
         del result
-        return int(peak)
+        return int(peak), int(counter.get_total_flops())
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = fn()
-    del result
+        with counter:
+            result = fn()
+        del result
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     events.sort(key=lambda e: e.start_ns())
     live = peak = 0
     for event in events:
         live += event.nbytes()   # negative for a free
         peak = max(peak, live)
-    return int(peak)
+    return int(peak), int(counter.get_total_flops())
 
 
 @contextlib.contextmanager
@@ -91,13 +95,6 @@ def _quiet_stderr():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def counted_flops(fn) -> int:
-    """FLOPs of the matrix products fn() runs, as torch.utils.flop_counter counts them."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 def gemm_rate(device: torch.device, dtype: torch.dtype, threads: int, size: int = 1024) -> float:

@@ -17,7 +17,7 @@ from typing import Iterable, List, Optional, Sequence
 
 import torch
 
-from vqbench.measure import counted_flops, gemm_rate, peak_memory_bytes, time_op
+from vqbench.measure import gemm_rate, peak_memory_and_flops, time_op
 from vqbench.ops import ALL_OPS, analytic_flops, largest_intermediate, make_op
 from vqbench.provenance import provenance
 from vqbench.registry import make_head, parse_spec
@@ -215,9 +215,8 @@ def measure_unit(head, base: dict, op: str, n: int, rate: float, budget: Budget,
             return [skipped(base, f"time guard: about {flops / rate:.1f} s per call at "
                                   f"{rate / 1e9:.0f} GFLOP/s, budget {budget.seconds_per_call:g} s")]
         fn = make_op(head, op, hidden, target)
-        peak = peak_memory_bytes(fn, device)
-        counted = counted_flops(fn)
-        # the two calls above were the warm-up
+        peak, counted = peak_memory_and_flops(fn, device)
+        # the call above was the warm-up
         timing = time_op(fn, device, int(base["threads"]), min_run_time=budget.min_run_time, warmup=False)
     except NotImplementedError as error:
         return [skipped(base, f"not applicable: {error}")]
