@@ -51,12 +51,17 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                     grad_bias += probs.sum(0)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.n = n
+        ctx.used = False
         return (total / n).to(hidden.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
+        if ctx.used:
+            raise RuntimeError("chunked cross-entropy: backward can run once (its gradients are scaled in place)")
+        ctx.used = True
         scale = grad_output / ctx.n
-        grads = [None if g is None else (g * scale).to(grad_output.dtype) for g in ctx.saved_tensors]
+        # in place: a weight-sized copy here would undo the memory the chunking saves
+        grads = [None if g is None else g.mul_(scale.to(g.dtype)).to(grad_output.dtype) for g in ctx.saved_tensors]
         return (*grads, None, None, None)
 
 

@@ -1,0 +1,48 @@
+"""The asv grid and set-up, built through vqbench's own factories."""
+
+import os
+
+import torch
+
+from vqbench import make_head
+from vqbench.ops import make_op
+from vqbench.sweep import make_inputs
+
+FULL = os.environ.get("VQBENCH_FULL") == "1"
+
+HEADS = ["softmax", "softmax:chunk=256", "adaptive", "hierarchical", "hierarchical:tree=huffman", "lowrank",
+         "vq", "vq:path=scatter"]
+if FULL:
+    VOCAB, D_MODEL, CODEBOOK, TOKENS = [10000, 32000, 50257, 128000], [512, 1024], [256, 1024, 4096], [64, 2048]
+else:  # keeps `asv run --quick` within minutes on 2 cores
+    VOCAB, D_MODEL, CODEBOOK, TOKENS = [8192, 50257], [512], [256, 1024], [256]
+
+PARAMS = [HEADS, VOCAB, D_MODEL, CODEBOOK, TOKENS]
+PARAM_NAMES = ["head", "V", "d", "K", "N"]
+MEMORY_BUDGET = 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def full_spec(head, K):
+    """vq specs take K from the K parameter; other heads run at the first K only."""
+    if head.startswith("vq"):
+        rest = head.partition(":")[2]
+        return f"vq:K={K}" + (f",{rest}" if rest else "")
+    if K != CODEBOOK[0]:
+        raise NotImplementedError("K applies to vq only")
+    return head
+
+
+def build(head, V, d, K, N, device="cpu", ops=("log_probs", "loss", "train", "decode")):
+    """(head module, {op: fn}) or NotImplementedError (asv's skip) for invalid combinations."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NotImplementedError("no CUDA device")
+    spec = full_spec(head, K)
+    if spec.startswith("vq") and K > V:
+        raise NotImplementedError(f"K={K} > V={V}")
+    footprint = 4 * (3 * N * V + 2 * V * d)
+    if device == "cpu" and footprint > MEMORY_BUDGET:
+        raise NotImplementedError(f"about {footprint / 2**30:.1f} GiB exceeds the memory budget")
+    torch.manual_seed(0)
+    module = make_head(spec, V, d, device=device)
+    hidden, target = make_inputs(V, d, N, device, torch.float32)
+    return module, {op: make_op(module, op, hidden, target) for op in ops}

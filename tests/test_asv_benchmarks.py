@@ -1,0 +1,58 @@
+"""The asv suite: discovery (`asv check`) and one small parameter combination of every method."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.bench_heads import HeadsCPU, HeadsCUDA
+from benchmarks.common import CODEBOOK, build, full_spec
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_every_cpu_method_runs_on_one_small_combination():
+    suite = HeadsCPU()
+    args = ("vq", 2048, 64, CODEBOOK[0], 32)
+    suite.setup(*args)
+    for name in dir(suite):
+        if name.startswith(("time_", "peakmem_")):
+            getattr(suite, name)(*args)
+    assert suite.track_params(*args) == CODEBOOK[0] * 64
+    assert suite.track_flops_loss(*args) == 2 * 32 * 64 * CODEBOOK[0]
+    assert suite.track_params.unit == "parameters" and suite.track_flops_loss.unit == "FLOP"
+    assert suite.version and suite.timeout
+
+
+@pytest.mark.parametrize("args,reason", [
+    (("vq", 256, 64, 1024, 32), "K=1024 > V=256"),
+    (("softmax", 2048, 64, CODEBOOK[1], 32), "K applies to vq only"),
+    (("softmax", 10**7, 4096, CODEBOOK[0], 10**5), "memory budget"),
+])
+def test_invalid_combinations_skip_with_a_reason(args, reason):
+    with pytest.raises(NotImplementedError, match=reason):
+        HeadsCPU().setup(*args)
+
+
+def test_cuda_suite_skips_without_cuda():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(NotImplementedError, match="CUDA"):
+        HeadsCUDA().setup("softmax", 2048, 64, CODEBOOK[0], 32)
+
+
+def test_specs_take_k_from_the_parameter():
+    assert full_spec("vq", 256) == "vq:K=256"
+    assert full_spec("vq:path=scatter", 256) == "vq:K=256,path=scatter"
+    head, ops = build("vq:path=scatter", 512, 32, 256, 8)
+    assert head.K == 256 and head.path == "scatter" and set(ops) == {"log_probs", "loss", "train", "decode"}
+
+
+@pytest.mark.skipif(shutil.which("asv") is None, reason="asv is not installed (pip install -e '.[bench]')")
+def test_asv_check_discovers_the_suite():
+    result = subprocess.run([sys.executable, "-m", "asv", "check", "--python=same"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,165 @@
+"""python -m vqbench.plot FILE...: PNG figures from stored result rows (matplotlib).
+
+    python -m vqbench.plot results/cpu-sweep.csv --out results/figures
+
+Figures: latency vs V per head, one per op (log-log, one panel per N); parameters vs V;
+peak memory vs N for train and log_probs. One colour per head spec, the same in every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+
+from vqbench.sweep import read_rows
+
+OPS = ["logits", "log_probs", "predict", "loss", "train", "decode"]
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
+MARKERS = "osD^v<>pXh*"
+
+
+def colours(specs):
+    """A fixed colour and marker per spec: softmax first, then the rest in sorted order."""
+    ordered = sorted(set(specs), key=lambda s: (s != "softmax", s))
+    return {s: (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i, s in enumerate(ordered)}
+
+
+def _series(rows, metric, x_key, **fixed):
+    """{spec: [(x, value, spread)]} for ok rows matching ``fixed`` column values."""
+    out = defaultdict(list)
+    for r in rows:
+        if r["status"] != "ok" or r["metric"] != metric:
+            continue
+        if any(str(r[k]) != str(v) for k, v in fixed.items()):
+            continue
+        spread = float(r["spread"]) if r.get("spread") else 0.0
+        out[r["spec"]].append((int(r[x_key]), float(r["value"]), spread))
+    return {s: sorted(set(points)) for s, points in out.items()}
+
+
+def _caption(rows):
+    r = rows[0]
+    return f"{r['device_name']} ({r['device']}), {r['dtype']}, {r['threads']} threads, torch {r['torch_version']}"
+
+
+def _style(ax, xlabel, ylabel, title):
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _draw(ax, series, palette):
+    for spec in sorted(series, key=lambda s: (s != "softmax", s)):
+        points = series[spec]
+        colour, marker = palette[spec]
+        xs = [p[0] for p in points]
+        ys = [p[1] for p in points]
+        ax.plot(xs, ys, marker=marker, color=colour, label=spec, linewidth=1.5, markersize=5)
+
+
+def plot_latency(rows, palette, d, out_dir, plt):
+    paths = []
+    tokens = sorted({int(r["N"]) for r in rows if r["metric"] == "time" and int(r["d"]) == d})
+    for op in OPS:
+        if not any(r["op"] == op and r["metric"] == "time" for r in rows):
+            continue
+        fig, axes = plt.subplots(1, len(tokens), figsize=(max(7.5, 5.2 * len(tokens)), 5.0), squeeze=False)
+        for ax, n in zip(axes[0], tokens):
+            series = {s: [(x, y * 1e3, e * 1e3) for x, y, e in pts]
+                      for s, pts in _series(rows, "time", "V", op=op, d=d, N=n).items()}
+            _draw(ax, series, palette)
+            _style(ax, "vocabulary size V (tokens)", "median latency (ms)", f"{op}, N={n} tokens")
+        _legend(fig, axes)
+        fig.suptitle(f"Latency of {op} vs vocabulary size, d={d}\n{_caption(rows)}", fontsize=10)
+        paths.append(_save(fig, out_dir, f"latency_{op}_d{d}.png", plt))
+    return paths
+
+
+def plot_params(rows, palette, d, out_dir, plt):
+    fig, ax = plt.subplots(figsize=(6.5, 4.6))
+    series = {s: [(x, y / 1e6, e) for x, y, e in pts] for s, pts in _series(rows, "params", "V", d=d).items()}
+    _draw(ax, series, palette)
+    _style(ax, "vocabulary size V (tokens)", "trainable parameters (millions)", f"Output-layer parameters, d={d}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return [_save(fig, out_dir, f"params_d{d}.png", plt)]
+
+
+def plot_memory(rows, palette, d, vocab, out_dir, plt):
+    paths = []
+    for op in ("train", "log_probs"):
+        fig, ax = plt.subplots(figsize=(6.5, 4.6))
+        series = {s: [(x, max(y, 1) / 2**20, e) for x, y, e in pts]
+                  for s, pts in _series(rows, "peak_memory", "N", op=op, d=d, V=vocab).items()}
+        if not series:
+            plt.close(fig)
+            continue
+        _draw(ax, series, palette)
+        _style(ax, "tokens per call N", "peak memory allocated (MiB)",
+               f"Peak memory of {op}, V={vocab}, d={d}\n{_caption(rows)}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir, f"memory_{op}_V{vocab}_d{d}.png", plt))
+    return paths
+
+
+def _legend(fig, axes):
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.13, 1, 0.90))
+
+
+def _save(fig, out_dir, name, plt):
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vqbench.plot", description=__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="+", metavar="FILE", help="result CSV files written by vqbench.compare")
+    p.add_argument("--out", default="results/figures", help="folder for the PNG files")
+    p.add_argument("--d-model", type=int, default=None, help="hidden width to plot (default: 1024 if present)")
+    p.add_argument("--vocab", type=int, default=None, help="V of the memory-vs-N figures (default: 50257 if present)")
+    p.add_argument("--device", default=None, help="device rows to plot (default: the first in the file)")
+    p.add_argument("--dtype", default=None, help="dtype rows to plot (default: the first in the file)")
+    args = p.parse_args(argv)
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for path in args.files:
+        try:
+            rows.extend(read_rows(path))
+        except FileNotFoundError as error:
+            p.error(str(error))
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        p.error("no measured rows in the given files")
+    device = args.device or ok[0]["device"]
+    dtype = args.dtype or ok[0]["dtype"]
+    ok = [r for r in ok if r["device"] == device and r["dtype"] == dtype]
+    widths = sorted({int(r["d"]) for r in ok})
+    d = args.d_model or (1024 if 1024 in widths else widths[0])
+    vocabs = sorted({int(r["V"]) for r in ok})
+    vocab = args.vocab or (50257 if 50257 in vocabs else vocabs[len(vocabs) // 2])
+    palette = colours(r["spec"] for r in ok)
+    os.makedirs(args.out, exist_ok=True)
+    paths = plot_latency(ok, palette, d, args.out, plt) + plot_params(ok, palette, d, args.out, plt) \
+        + plot_memory(ok, palette, d, vocab, args.out, plt)
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
