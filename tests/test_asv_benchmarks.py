@@ -56,3 +56,20 @@ def test_asv_check_discovers_the_suite():
     result = subprocess.run([sys.executable, "-m", "asv", "check", "--python=same"], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("asv") is None, reason="asv is not installed (pip install -e '.[bench]')")
+def test_asv_runs_one_small_combination_in_this_environment(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path)}  # asv machine --yes writes ~/.asv-machine.json
+    subprocess.run([sys.executable, "-m", "asv", "machine", "--yes"], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=120)
+    combination = r"\('vq', 8192, 512, 256, 256\)"
+    result = subprocess.run(
+        [sys.executable, "-m", "asv", "run", "--python=same", "--quick", "--dry-run", "--show-stderr",
+         "-b", rf"HeadsCPU\.(time_loss|track_params|track_flops_loss){combination}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "failed" not in output.lower(), output
+    assert "131072" in output                        # track_params: K * d = 256 * 512
+    assert str(2 * 256 * 512 * 256) in output        # track_flops_loss: 2 N d K
