@@ -1,0 +1,109 @@
+"""WikiText-style corpora through `datasets`: word vocabulary, frequency-ranked ids, BPTT streams.
+
+    corpus = load_corpus("../shared/data/wikitext-2")    # local train/valid/test.txt, offline
+    corpus = load_corpus("wikitext-2")                    # the hub's wikitext-2-v1, for users online
+
+Tokens are whitespace words plus ``<eos>`` at the end of every line, as in the standard
+setup (pytorch/examples word_language_model): WikiText-2 has V = 33,278 and 2,088,628 training
+tokens. Ids are sorted by decreasing training count (ties by first appearance), the order the
+heads assume when no ``token_counts`` are given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Tuple
+
+import torch
+
+EOS = "<eos>"
+SPLITS = ("train", "validation", "test")
+LOCAL_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
+HUB = {"wikitext-2": ("wikitext", "wikitext-2-v1"), "wikitext-103": ("wikitext", "wikitext-103-v1")}
+
+
+def default_corpus_dir() -> str:
+    """$VQBENCH_DATA, else ../shared/data/wikitext-2 beside the checkout."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.environ.get("VQBENCH_DATA", os.path.join(os.path.dirname(here), "shared", "data", "wikitext-2"))
+
+
+def load_lines(source: str, cache_dir=None) -> Dict[str, List[str]]:
+    """{split: lines} from a local folder of train/valid/test.txt or a hub name."""
+    import datasets
+
+    if source in HUB and not os.path.isdir(source):
+        dataset = datasets.load_dataset(*HUB[source], cache_dir=cache_dir)
+        return {split: [line.rstrip("\n") for line in dataset[split]["text"]] for split in SPLITS}
+    if not os.path.isdir(source):
+        raise FileNotFoundError(f"corpus: no folder {source!r} (expected train.txt, valid.txt, test.txt) "
+                                f"and not a known hub name ({', '.join(HUB)})")
+    files = {split: os.path.join(source, name) for split, name in LOCAL_FILES.items()}
+    for split, path in files.items():
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            raise FileNotFoundError(f"corpus: cannot read {path!r} ({split} split)")
+    dataset = datasets.load_dataset("text", data_files=files, cache_dir=cache_dir)
+    return {split: dataset[split]["text"] for split in SPLITS}
+
+
+def words(lines: List[str]) -> List[str]:
+    out: List[str] = []
+    for line in lines:
+        out.extend(line.split())
+        out.append(EOS)
+    return out
+
+
+@dataclass
+class Corpus:
+    """itos [V] words by decreasing count; counts [V] (training); ids {split: [T] int64}."""
+    itos: List[str]
+    counts: torch.Tensor
+    ids: Dict[str, torch.Tensor]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+
+def build_corpus(lines: Dict[str, List[str]]) -> Corpus:
+    train = words(lines["train"])
+    counter = Counter(train)
+    first = {}
+    for i, word in enumerate(train):
+        first.setdefault(word, i)
+    itos = sorted(counter, key=lambda w: (-counter[w], first[w]))
+    stoi = {w: i for i, w in enumerate(itos)}
+    ids = {}
+    for split in SPLITS:
+        tokens = train if split == "train" else words(lines[split])
+        unknown = [w for w in set(tokens) if w not in stoi]
+        if unknown:
+            raise ValueError(f"corpus: the {split} split has {len(unknown)} words not in the training "
+                             f"vocabulary (e.g. {sorted(unknown)[:3]}); map them to <unk> first")
+        ids[split] = torch.tensor([stoi[w] for w in tokens], dtype=torch.int64)
+    counts = torch.tensor([counter[w] for w in itos], dtype=torch.int64)
+    return Corpus(itos, counts, ids)
+
+
+def load_corpus(source: str = None, cache_dir=None) -> Corpus:
+    return build_corpus(load_lines(source or default_corpus_dir(), cache_dir))
+
+
+def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """[T] -> [B, T // B]: B contiguous streams; the remainder is dropped."""
+    if batch_size < 1 or ids.numel() < batch_size:
+        raise ValueError(f"batch_size: need 1 <= batch_size <= {ids.numel()} tokens, got {batch_size}")
+    length = ids.numel() // batch_size
+    return ids[: length * batch_size].reshape(batch_size, length)
+
+
+def bptt_batches(streams: torch.Tensor, seq_len: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """(input [B, L], target [B, L]) windows over [B, T] streams, target = input shifted by one."""
+    if seq_len < 1:
+        raise ValueError(f"seq_len: must be >= 1, got {seq_len}")
+    for start in range(0, streams.shape[1] - 1, seq_len):
+        length = min(seq_len, streams.shape[1] - 1 - start)
+        yield streams[:, start:start + length], streams[:, start + 1:start + 1 + length]
