@@ -6,7 +6,8 @@ log_probs: normalised log-probabilities over V.
 predict:   the argmax token.
 loss:      forward of the training loss (mean NLL), no autograd graph.
 train:     loss forward + backward, gradients for the head's parameters and the hidden states.
-decode:    generation step for N sequences, one token each: log_probs, then one sample per row.
+decode:    generation step for N sequences, one token each: log_probs, then one sample per row;
+           the small-batch case, so only for N <= DECODE_MAX_BATCH.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import torch
 
 ALL_OPS = ("logits", "log_probs", "predict", "loss", "train", "decode")
+DECODE_MAX_BATCH = 64
 
 
 def make_op(head, op: str, hidden: torch.Tensor, target: torch.Tensor):
@@ -37,6 +39,9 @@ def make_op(head, op: str, hidden: torch.Tensor, target: torch.Tensor):
             head.loss(trained, target).backward()
         return train
     if op == "decode":
+        if hidden.shape[0] > DECODE_MAX_BATCH:
+            raise NotImplementedError(f"decode is the generation case, timed for at most {DECODE_MAX_BATCH} "
+                                      f"sequences, not N={hidden.shape[0]}")
         generator = torch.Generator(device=hidden.device).manual_seed(0)
 
         def decode():
