@@ -6,7 +6,7 @@ setup. VQBENCH_FULL=1 selects the full grid.
 
 import torch
 
-from .common import PARAM_NAMES, PARAMS, build
+from .common import CODEBOOK, D_MODEL, DECODE_BATCHES, HEADS, PARAM_NAMES, PARAMS, VOCAB, build
 
 
 class HeadsCPU:
@@ -28,9 +28,6 @@ class HeadsCPU:
     def time_train_step(self, *args):
         self.ops["train"]()
 
-    def time_decode(self, *args):
-        self.ops["decode"]()
-
     def peakmem_log_probs(self, *args):
         self.ops["log_probs"]()
 
@@ -48,6 +45,20 @@ class HeadsCPU:
     def track_flops_log_probs(self, head, V, d, K, N):
         return self.head.flops(N, "log_probs")
     track_flops_log_probs.unit = "FLOP"
+
+
+class DecodeCPU:
+    """A generation step: log-probabilities and one sample for each of N sequences."""
+    params = [HEADS, VOCAB, D_MODEL, CODEBOOK, DECODE_BATCHES]
+    param_names = PARAM_NAMES
+    timeout = 300
+    version = "1"
+
+    def setup(self, head, V, d, K, N):
+        self.head, self.ops = build(head, V, d, K, N, ops=("decode",))
+
+    def time_decode(self, *args):
+        self.ops["decode"]()
 
 
 class HeadsCUDA:

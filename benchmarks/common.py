@@ -19,6 +19,7 @@ else:  # keeps `asv run --quick` within minutes on 2 cores
 
 PARAMS = [HEADS, VOCAB, D_MODEL, CODEBOOK, TOKENS]
 PARAM_NAMES = ["head", "V", "d", "K", "N"]
+DECODE_BATCHES = [1, 64]   # generation: one token for each of a few sequences
 MEMORY_BUDGET = 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
@@ -32,7 +33,7 @@ def full_spec(head, K):
     return head
 
 
-def build(head, V, d, K, N, device="cpu", ops=("log_probs", "loss", "train", "decode")):
+def build(head, V, d, K, N, device="cpu", ops=("log_probs", "loss", "train")):
     """(head module, {op: fn}) or NotImplementedError (asv's skip) for invalid combinations."""
     if device == "cuda" and not torch.cuda.is_available():
         raise NotImplementedError("no CUDA device")

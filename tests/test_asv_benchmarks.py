@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmarks.bench_heads import HeadsCPU, HeadsCUDA
+from benchmarks.bench_heads import DecodeCPU, HeadsCPU, HeadsCUDA
 from benchmarks.common import CODEBOOK, build, full_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +24,9 @@ def test_every_cpu_method_runs_on_one_small_combination():
     assert suite.track_flops_loss(*args) == 2 * 32 * 64 * CODEBOOK[0]
     assert suite.track_params.unit == "parameters" and suite.track_flops_loss.unit == "FLOP"
     assert suite.version and suite.timeout
+    decode = DecodeCPU()
+    decode.setup("vq", 2048, 64, CODEBOOK[0], 8)
+    decode.time_decode()
 
 
 @pytest.mark.parametrize("args,reason", [
@@ -48,7 +51,7 @@ def test_specs_take_k_from_the_parameter():
     assert full_spec("vq", 256) == "vq:K=256"
     assert full_spec("vq:path=scatter", 256) == "vq:K=256,path=scatter"
     head, ops = build("vq:path=scatter", 512, 32, 256, 8)
-    assert head.K == 256 and head.path == "scatter" and set(ops) == {"log_probs", "loss", "train", "decode"}
+    assert head.K == 256 and head.path == "scatter" and set(ops) == {"log_probs", "loss", "train"}
 
 
 @pytest.mark.skipif(shutil.which("asv") is None, reason="asv is not installed (pip install -e '.[bench]')")
