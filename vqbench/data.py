@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Dict, Iterator, List, Tuple
 
 import torch
@@ -89,7 +90,14 @@ def build_corpus(lines: Dict[str, List[str]]) -> Corpus:
 
 
 def load_corpus(source: str = None, cache_dir=None) -> Corpus:
-    return build_corpus(load_lines(source or default_corpus_dir(), cache_dir))
+    """The corpus at ``source`` (default: default_corpus_dir()); cached per process, not to be mutated."""
+    return _load_corpus(os.path.abspath(source) if source and os.path.isdir(source)
+                        else source or default_corpus_dir(), cache_dir)
+
+
+@lru_cache(maxsize=4)
+def _load_corpus(source: str, cache_dir) -> Corpus:
+    return build_corpus(load_lines(source, cache_dir))
 
 
 def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
