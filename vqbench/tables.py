@@ -108,8 +108,9 @@ def _caption_env(group_rows, key):
     metric, op, device, dtype, d, n = key
     first = next((r for r in group_rows if r.get("device_name")), group_rows[0])
     sizes = f"d={d}" + ("" if n is None else f", N={n} tokens")
+    commits = ", ".join(sorted({r.get("git_commit") or "?" for r in group_rows}))
     return (f"{first.get('device_name', device)} ({device}), {dtype}, {first.get('threads', '?')} threads, "
-            f"torch {first.get('torch_version', '?')}, vqbench {first.get('git_commit', '?')}; {sizes}; "
+            f"torch {first.get('torch_version', '?')}, vqbench {commits}; {sizes}; "
             f"columns: vocabulary size V")
 
 
