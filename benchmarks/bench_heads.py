@@ -6,7 +6,7 @@ setup. VQBENCH_FULL=1 selects the full grid.
 
 import torch
 
-from .common import CODEBOOK, D_MODEL, DECODE_BATCHES, HEADS, PARAM_NAMES, PARAMS, VOCAB, build
+from .common import CODEBOOK, CUDA_PARAMS, D_MODEL, DECODE_BATCHES, HEADS, PARAM_NAMES, PARAMS, VOCAB, build
 
 
 class HeadsCPU:
@@ -62,7 +62,7 @@ class DecodeCPU:
 
 
 class HeadsCUDA:
-    params = PARAMS
+    params = CUDA_PARAMS
     param_names = PARAM_NAMES
     timeout = 600
     version = "1"

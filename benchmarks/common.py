@@ -15,11 +15,13 @@ HEADS = ["softmax", "softmax:chunk=256", "adaptive", "hierarchical", "hierarchic
 if FULL:
     VOCAB, D_MODEL, CODEBOOK, TOKENS = [10000, 32000, 50257, 128000], [512, 1024], [256, 1024, 4096], [64, 2048]
 else:  # keeps `asv run --quick` within minutes on 2 cores
-    VOCAB, D_MODEL, CODEBOOK, TOKENS = [8192, 50257], [512], [256, 1024], [256]
+    VOCAB, D_MODEL, CODEBOOK, TOKENS = [8192, 50257], [512], [1024], [256]
 
 PARAMS = [HEADS, VOCAB, D_MODEL, CODEBOOK, TOKENS]
 PARAM_NAMES = ["head", "V", "d", "K", "N"]
 DECODE_BATCHES = [1, 64]   # generation: one token for each of a few sequences
+# the GPU suite at one LM-sized configuration per head (each combination costs a process even when skipped)
+CUDA_PARAMS = [HEADS, [50257], [1024], [1024], [2048]]
 MEMORY_BUDGET = 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 

@@ -31,7 +31,7 @@ def test_every_cpu_method_runs_on_one_small_combination():
 
 @pytest.mark.parametrize("args,reason", [
     (("vq", 256, 64, 1024, 32), "K=1024 > V=256"),
-    (("softmax", 2048, 64, CODEBOOK[1], 32), "K applies to vq only"),
+    (("softmax", 2048, 64, CODEBOOK[0] + 1, 32), "K applies to vq only"),
     (("softmax", 10**7, 4096, CODEBOOK[0], 10**5), "memory budget"),
 ])
 def test_invalid_combinations_skip_with_a_reason(args, reason):
@@ -66,7 +66,7 @@ def test_asv_runs_one_small_combination_in_this_environment(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path)}  # asv machine --yes writes ~/.asv-machine.json
     subprocess.run([sys.executable, "-m", "asv", "machine", "--yes"], cwd=ROOT, env=env, check=True,
                    capture_output=True, timeout=120)
-    combination = r"\('vq', 8192, 512, 256, 256\)"
+    combination = r"\('vq', 8192, 512, 1024, 256\)"
     result = subprocess.run(
         [sys.executable, "-m", "asv", "run", "--python=same", "--quick", "--dry-run", "--show-stderr",
          "-b", rf"HeadsCPU\.(time_loss|track_params|track_flops_loss){combination}"],
@@ -74,5 +74,5 @@ def test_asv_runs_one_small_combination_in_this_environment(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "failed" not in output.lower(), output
-    assert "131072" in output                        # track_params: K * d = 256 * 512
-    assert str(2 * 256 * 512 * 256) in output        # track_flops_loss: 2 N d K
+    assert str(1024 * 512) in output                 # track_params: K * d
+    assert str(2 * 256 * 512 * 1024) in output       # track_flops_loss: 2 N d K
