@@ -209,7 +209,7 @@ def train_frozen(cfg: TrainConfig, corpus, run: "Run"):
         elapsed += time.perf_counter() - start
         tokens += cfg.frozen_batch
         if step % cfg.log_every == 0:
-            run.log(step=step, loss=float(loss), tokens_per_s=tokens / elapsed)
+            run.log(step=step, loss=float(loss.detach()), tokens_per_s=tokens / elapsed)
         if step % cfg.eval_every == 0 and step < cfg.steps:
             run.log(step=step, valid_ppl=frozen_ppl(head, valid_h, valid_t))
     run.save(body=body.state_dict(), head=head.state_dict(), step=cfg.steps)
