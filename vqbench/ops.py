@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from vqbench.head import OutputHead
+
 ALL_OPS = ("logits", "log_probs", "predict", "loss", "train", "decode")
 DECODE_MAX_BATCH = 64
 
@@ -21,7 +23,7 @@ DECODE_MAX_BATCH = 64
 def make_op(head, op: str, hidden: torch.Tensor, target: torch.Tensor):
     """Return fn() running ``op`` once. hidden [N, d], target [N] int64."""
     if op == "logits":
-        if not hasattr(head, "_logits") or type(head)._logits is _base_logits():
+        if type(head)._logits is OutputHead._logits:
             raise NotImplementedError(f"{head.name} has no one-step V logits")
         return _no_grad(lambda: head.logits(hidden))
     if op == "log_probs":
@@ -50,11 +52,6 @@ def make_op(head, op: str, hidden: torch.Tensor, target: torch.Tensor):
                 return torch.multinomial(probs.float(), 1, generator=generator)
         return decode
     raise ValueError(f"op: unknown op {op!r}; expected one of {', '.join(ALL_OPS)}")
-
-
-def _base_logits():
-    from vqbench.head import OutputHead
-    return OutputHead._logits
 
 
 def _no_grad(fn):

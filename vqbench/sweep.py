@@ -12,7 +12,7 @@ import csv
 import io
 import os
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence
 
 import torch
@@ -67,7 +67,6 @@ class SweepStats:
     measured: int = 0
     skipped: int = 0
     resumed: int = 0
-    errors: List[str] = field(default_factory=list)
 
 
 class ResultsFile:

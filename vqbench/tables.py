@@ -33,10 +33,6 @@ SPREAD_FLAG = 0.10   # IQR / median above this is flagged
 BASELINE = "softmax"
 
 
-def _number(value: str) -> float:
-    return float(value)
-
-
 def _pick_unit(metric: str, values: List[float]):
     units = METRICS[metric][1]
     largest = max(values) if values else 0
@@ -96,9 +92,9 @@ def _cells(group_rows, metric):
             specs.append(spec)
         vocab.add(v)
         if row["status"] == "ok" and row["metric"] == metric and (spec, v) not in cells:
-            cells[(spec, v)] = _number(row["value"])
+            cells[(spec, v)] = float(row["value"])
             if row.get("spread"):
-                spread[(spec, v)] = _number(row["spread"])
+                spread[(spec, v)] = float(row["spread"])
         elif row["status"] != "ok":
             reasons.setdefault((spec, v), row["reason"])
     return cells, specs, sorted(vocab), spread, reasons
