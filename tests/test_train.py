@@ -49,6 +49,20 @@ def test_resume_continues_exactly(tmp_path):
     assert losses(halves)[-2:] == pytest.approx(losses(straight)[-2:], rel=1e-6)
 
 
+def test_resume_continues_exactly_with_a_learned_mapping(tmp_path):
+    common = SMALL + ["--head", "vq:K=64", "--log-every", "5", "--checkpoint-every", "10", "--eval-every", "1000",
+                      "--reassign-every", "4"]
+    straight = str(tmp_path / "straight")
+    train.train(train.parse_args(common + ["--steps", "20", "--out", straight]))
+    halves = str(tmp_path / "halves")
+    train.train(train.parse_args(common + ["--steps", "10", "--out", halves]))
+    train.train(train.parse_args(common + ["--steps", "20", "--out", halves, "--resume"]))
+    assert losses(halves)[-2:] == pytest.approx(losses(straight)[-2:], rel=1e-6)
+    with open(os.path.join(straight, "log.jsonl")) as f:
+        moves = [r["reassigned_tokens"] for r in map(json.loads, f) if "reassigned_tokens" in r]
+    assert len(moves) == 5 and moves[0] > 0
+
+
 def test_frozen_protocol_trains_the_head_on_a_trained_body(tmp_path):
     body = str(tmp_path / "body")
     train.train(train.parse_args(SMALL + ["--head", "softmax", "--steps", "60", "--out", body]))
@@ -60,6 +74,16 @@ def test_frozen_protocol_trains_the_head_on_a_trained_body(tmp_path):
     curve = losses(out)
     assert curve[-1] < curve[0]
     assert math.isfinite(summary["valid_ppl"]) and summary["protocol"] == "frozen"
+    cached = [name for name in os.listdir(body) if ".hidden-" in name]
+    assert sorted(name.split("-")[1] for name in cached) == ["test", "train", "valid"]
+
+    learned = str(tmp_path / "learned")  # same hidden states from the cache, learned mapping
+    again = train.train(train.parse_args(SMALL + [
+        "--head", "vq:K=128", "--protocol", "frozen", "--body-from", f"{body}/checkpoint.pt",
+        "--steps", "60", "--log-every", "10", "--frozen-batch", "256", "--reassign-every", "20", "--out", learned]))
+    assert math.isfinite(again["valid_ppl"])
+    with open(os.path.join(learned, "log.jsonl")) as f:
+        assert sum("reassigned_tokens" in r for r in map(json.loads, f)) == 3
 
 
 def test_bad_arguments():

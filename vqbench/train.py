@@ -25,6 +25,7 @@ import torch
 
 from vqbench.data import batchify, bptt_batches, load_corpus
 from vqbench.lm import LanguageModel, LSTMBody, detach_state
+from vqbench.reassign import CodeReassigner
 from vqbench.registry import make_head
 
 
@@ -51,6 +52,7 @@ class TrainConfig:
     body_from: Optional[str] = None
     embeddings_from: Optional[str] = None
     frozen_batch: int = 2048
+    reassign_every: int = 0
     threads: Optional[int] = None
     resume: bool = False
 
@@ -69,6 +71,16 @@ def build_head(cfg: TrainConfig, corpus, d_model: int):
         options["embeddings"] = torch.load(cfg.embeddings_from, map_location="cpu")["head"]["weight"]
     torch.manual_seed(cfg.seed + 1)
     return make_head(cfg.head, corpus.vocab_size, d_model, **options)
+
+
+def build_reassigner(cfg: TrainConfig, head, saved=None):
+    """The learned-mapping rule of vqbench.reassign when --reassign-every > 0, else None."""
+    if not cfg.reassign_every:
+        return None
+    reassigner = CodeReassigner(head, cfg.reassign_every)
+    if saved is not None and "reassigner" in saved:
+        reassigner.load_state_dict(saved["reassigner"])
+    return reassigner
 
 
 @torch.no_grad()
@@ -105,14 +117,20 @@ def train_joint(cfg: TrainConfig, corpus, run: "Run"):
     head = build_head(cfg, corpus, cfg.d_model)
     model = LanguageModel(body, head)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    step, state = 0, None
+    step, state, saved = 0, None, None
     if cfg.resume and os.path.exists(run.checkpoint):
         saved = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         step, state = saved["step"], saved["state"]
         torch.set_rng_state(saved["rng"])
+    reassigner = build_reassigner(cfg, head, saved)
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    def save(step, state):
+        run.save(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step, state=state,
+                 rng=torch.get_rng_state(), body=body.state_dict(), head=head.state_dict(),
+                 **({"reassigner": reassigner.state_dict()} if reassigner else {}))
 
     streams = batchify(run.train_ids, cfg.batch_size)
     per_rank = cfg.batch_size // world
@@ -126,6 +144,8 @@ def train_joint(cfg: TrainConfig, corpus, run: "Run"):
         start = time.perf_counter()
         loss, state, hidden = wrapped(x, y, state)
         state = detach_state(state)
+        if reassigner:
+            reassigner.observe(hidden, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -133,6 +153,9 @@ def train_joint(cfg: TrainConfig, corpus, run: "Run"):
         elapsed += time.perf_counter() - start
         tokens += y.numel() * world
         step += 1
+        moved = reassigner.maybe_reassign(step) if reassigner else None
+        if moved is not None:
+            run.log(step=step, reassigned_tokens=moved)
         if step % cfg.log_every == 0:
             head_seconds += time_head(head, hidden.detach(), y)
             timed_steps += 1
@@ -143,13 +166,11 @@ def train_joint(cfg: TrainConfig, corpus, run: "Run"):
             run.log(step=step, loss=float(logged), tokens_per_s=tokens / elapsed,
                     output_share=output_share(head_seconds, timed_steps, elapsed, step - run.first_step))
         if rank == 0 and step % cfg.checkpoint_every == 0:
-            run.save(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step, state=state,
-                     rng=torch.get_rng_state(), body=body.state_dict(), head=head.state_dict())
+            save(step, state)
         if rank == 0 and step % cfg.eval_every == 0 and step < cfg.steps:
             run.log(step=step, valid_ppl=perplexity(body, head, run.valid_ids, cfg.bptt))
     if rank == 0:
-        run.save(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step, state=state,
-                 rng=torch.get_rng_state(), body=body.state_dict(), head=head.state_dict())
+        save(step, state)
     return body, head, {"tokens_per_s": tokens / max(elapsed, 1e-9),
                         "output_share": output_share(head_seconds, timed_steps, elapsed, step - run.first_step)}
 
@@ -194,8 +215,9 @@ def train_frozen(cfg: TrainConfig, corpus, run: "Run"):
     body = LSTMBody(corpus.vocab_size, d_model, cfg.layers, cfg.dropout)
     body.load_state_dict(saved["body"])
     head = build_head(cfg, corpus, d_model)
-    train_h, train_t = hidden_states(body, run.train_ids, cfg.bptt, cfg.batch_size)
-    valid_h, valid_t = hidden_states(body, run.valid_ids, cfg.bptt, 10)
+    reassigner = build_reassigner(cfg, head)
+    train_h, train_t = frozen_states(cfg, body, "train", run.train_ids, cfg.batch_size)
+    valid_h, valid_t = frozen_states(cfg, body, "valid", run.valid_ids, 10)
     optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     tokens, elapsed = 0, 0.0
@@ -208,12 +230,29 @@ def train_frozen(cfg: TrainConfig, corpus, run: "Run"):
         optimizer.step()
         elapsed += time.perf_counter() - start
         tokens += cfg.frozen_batch
+        if reassigner:
+            reassigner.observe(train_h[pick], train_t[pick])
+            moved = reassigner.maybe_reassign(step)
+            if moved is not None:
+                run.log(step=step, reassigned_tokens=moved)
         if step % cfg.log_every == 0:
             run.log(step=step, loss=float(loss.detach()), tokens_per_s=tokens / elapsed)
         if step % cfg.eval_every == 0 and step < cfg.steps:
             run.log(step=step, valid_ppl=frozen_ppl(head, valid_h, valid_t))
     run.save(body=body.state_dict(), head=head.state_dict(), step=cfg.steps)
     return body, head, {"tokens_per_s": tokens / max(elapsed, 1e-9), "output_share": 1.0}
+
+
+def frozen_states(cfg: TrainConfig, body, split, ids, batch_size):
+    """hidden_states of a frozen body, cached in a file beside its checkpoint (the ablations share them)."""
+    stamp = os.stat(cfg.body_from).st_mtime_ns
+    path = f"{cfg.body_from}.hidden-{split}-{stamp}-{len(ids)}-b{batch_size}-t{cfg.bptt}.pt"
+    if os.path.exists(path):
+        return torch.load(path)
+    states = hidden_states(body, ids, cfg.bptt, batch_size)
+    torch.save(states, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return states
 
 
 @torch.no_grad()
@@ -265,18 +304,28 @@ def train(cfg: TrainConfig) -> dict:
     if int(os.environ.get("RANK", "0")) != 0:
         return {}
     if cfg.protocol == "frozen":
-        valid = frozen_ppl(head, *hidden_states(body, run.valid_ids, cfg.bptt, 10))
-        test = frozen_ppl(head, *hidden_states(body, run.test_ids, cfg.bptt, 10))
+        valid = frozen_ppl(head, *frozen_states(cfg, body, "valid", run.valid_ids, 10))
+        test = frozen_ppl(head, *frozen_states(cfg, body, "test", run.test_ids, 10))
     else:
         valid = perplexity(body, head, run.valid_ids, cfg.bptt)
         test = perplexity(body, head, run.test_ids, cfg.bptt)
     summary = {"head": cfg.head, "protocol": cfg.protocol, "output_params": head.num_parameters(),
-               "valid_ppl": valid, "test_ppl": test, **speed, "seconds": time.time() - started,
+               "valid_ppl": valid, "test_ppl": test, **within_code_share(head, run.test_ids), **speed, "seconds": time.time() - started,
                "torch_version": torch.__version__, "threads": torch.get_num_threads(), "config": asdict(cfg)}
     with open(os.path.join(run.dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     run.log(**{k: v for k, v in summary.items() if k != "config"})
     return summary
+
+
+def within_code_share(head, targets) -> dict:
+    """For VQ-Logits without bias: the mean over test targets of log n (n: tokens sharing the target's code),
+    the nats each target pays for the uniform choice inside its code. Exactly, test perplexity = (perplexity
+    of the codes) x exp(within_code_nats): no codebook can remove the second factor, only the mapping."""
+    if not hasattr(head, "code_sizes") or head.bias is not None:
+        return {}
+    nats = float(head.code_sizes[head.mapping[targets]].double().log().mean())
+    return {"within_code_nats": nats, "within_code_ppl_factor": math.exp(nats)}
 
 
 def parse_args(argv=None) -> TrainConfig:
