@@ -96,10 +96,3 @@ def _quiet_stderr():
         os.dup2(saved, 2)
         os.close(saved)
 
-
-def gemm_rate(device: torch.device, dtype: torch.dtype, threads: int, size: int = 1024) -> float:
-    """FLOP/s of a square matrix product on this device and dtype (the time guard's yardstick)."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    timing = time_op(lambda: a @ b, device, threads, min_run_time=0.2, min_samples=3)
-    return 2 * size ** 3 / timing.median

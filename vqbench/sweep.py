@@ -17,14 +17,16 @@ from typing import Iterable, List, Optional, Sequence
 
 import torch
 
-from vqbench.measure import gemm_rate, peak_memory_and_flops, time_op
+from vqbench.floors import Ceilings, floor_seconds, least_traffic, measure_ceilings
+from vqbench.measure import peak_memory_and_flops, time_op
 from vqbench.ops import ALL_OPS, analytic_flops, largest_intermediate, make_op
 from vqbench.provenance import provenance
 from vqbench.registry import make_head, parse_spec
 
 COLUMNS = ["head", "spec", "op", "metric", "unit", "V", "d", "K", "N", "device", "dtype",
            "value", "spread", "status", "reason", "vqbench_version", "git_commit",
-           "torch_version", "device_name", "cpu_model", "threads", "timestamp"]
+           "torch_version", "device_name", "cpu_model", "threads", "timestamp",
+           "cpu_allocator", "gemm_flop_s", "copy_byte_s", "fill_byte_s"]
 UNIT_KEY = ("spec", "op", "V", "d", "N", "device", "dtype")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
@@ -76,6 +78,11 @@ class ResultsFile:
         self.path = path
         self.done = set()
         if os.path.exists(path):
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), None)
+            if header != COLUMNS:
+                raise ValueError(f"results file {path}: its columns are not this vqbench's "
+                                 f"(an older sweep); measure into a new file instead of resuming it")
             self._repair_tail()
             for row in read_rows(path):
                 self.done.add(unit_key(row))
@@ -138,7 +145,7 @@ def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threa
     for device in grid.devices:
         for dtype_name in grid.dtypes:
             dtype = DTYPES[dtype_name]
-            rate = gemm_rate(torch.device(device), dtype, threads)
+            ceilings = measure_ceilings(torch.device(device), dtype, threads)
             for vocab in grid.vocab:
                 for d in grid.d_model:
                     for spec in specs:
@@ -159,11 +166,11 @@ def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threa
                         except Exception as error:  # invalid combination, OOM while building
                             build_error = error
                         for n, op in todo:
-                            base = base_row(head, context, n, op, threads)
+                            base = {**base_row(head, context, n, op, threads), **ceilings.as_row()}
                             if build_error is not None:
                                 rows = [skipped(base, f"build: {describe(build_error)}")]
                             else:
-                                rows = measure_unit(head, base, op, n, rate, budget, seed)
+                                rows = measure_unit(head, base, op, n, ceilings, budget, seed)
                             results.append(rows)
                             if rows[0]["status"] == "ok":
                                 stats.measured += 1
@@ -193,7 +200,8 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
-def measure_unit(head, base: dict, op: str, n: int, rate: float, budget: Budget, seed: int) -> List[dict]:
+def measure_unit(head, base: dict, op: str, n: int, ceilings: Ceilings, budget: Budget,
+                 seed: int) -> List[dict]:
     """Rows for one (config, op): params, or flops, memory and time of the op."""
     device = torch.device(base["device"])
     elem = torch.empty((), dtype=next(head.parameters()).dtype).element_size()
@@ -202,6 +210,7 @@ def measure_unit(head, base: dict, op: str, n: int, rate: float, budget: Budget,
         return [{**base, "metric": "params", "unit": "count", "value": count},
                 {**base, "metric": "param_bytes", "unit": "bytes", "value": count * elem}]
     hidden, target = make_inputs(base["V"], base["d"], n, base["device"], next(head.parameters()).dtype, seed)
+    rate = ceilings.gemm_flop_s
     try:
         flops = analytic_flops(head, op, n, target)
         intermediate = largest_intermediate(head, op, n) * elem
@@ -234,4 +243,6 @@ def measure_unit(head, base: dict, op: str, n: int, rate: float, budget: Budget,
         {**base, "metric": "flops_counted", "unit": "FLOP", "value": counted},
         {**base, "metric": "peak_memory", "unit": "bytes", "value": peak},
         {**base, "metric": "intermediate_bytes", "unit": "bytes", "value": intermediate},
+        {**base, "metric": "floor", "unit": "s",
+         "value": floor_seconds(flops, *least_traffic(head, op, n, elem), ceilings)},
     ]

@@ -26,8 +26,10 @@ METRICS = OrderedDict([
     ("flops_analytic", ("Matrix-product FLOPs, analytic / counted by torch.utils.flop_counter",
                         [("MFLOP", 1e6), ("GFLOP", 1e9), ("TFLOP", 1e12)])),
 ])
-# metrics shown inside another metric's table: counted FLOPs next to the analytic count
-COMPANION = {"flops_counted": "flops_analytic"}
+# metrics grouped with another metric's table: counted FLOPs shown next to the analytic count;
+# the floor (vqbench.floors) gives each latency table its "x over floor" table
+COMPANION = {"flops_counted": "flops_analytic", "floor": "time"}
+SHOWN_INSIDE = {"flops_counted"}
 OP_ORDER = ["params", "logits", "log_probs", "predict", "loss", "train", "decode"]
 SPREAD_FLAG = 0.10   # IQR / median above this is flagged
 BASELINE = "softmax"
@@ -72,9 +74,9 @@ def build_tables(rows: List[dict]) -> List[dict]:
         table = _one_table(key, groups[key])
         if table is not None:
             tables.append(table)
-            ratio = _ratio_table(key, groups[key])
-            if ratio is not None:
-                tables.append(ratio)
+            for derived in (_ratio_table(key, groups[key]), _floor_table(key, groups[key])):
+                if derived is not None:
+                    tables.append(derived)
     return tables
 
 
@@ -105,7 +107,8 @@ def _caption_env(group_rows, key):
     first = next((r for r in group_rows if r.get("device_name")), group_rows[0])
     sizes = f"d={d}" + ("" if n is None else f", N={n} tokens")
     commits = ", ".join(sorted({r.get("git_commit") or "?" for r in group_rows}))
-    return (f"{first.get('device_name', device)} ({device}), {dtype}, {first.get('threads', '?')} threads, "
+    allocator = ", THP allocator" if device == "cpu" and first.get("cpu_allocator") == "thp" else ""
+    return (f"{first.get('device_name', device)} ({device}{allocator}), {dtype}, {first.get('threads', '?')} threads, "
             f"torch {first.get('torch_version', '?')}, vqbench {commits}; {sizes}; "
             f"columns: vocabulary size V")
 
@@ -115,8 +118,8 @@ def _one_table(key, group_rows):
     cells, specs, vocab, spread, reasons = _cells(group_rows, metric)
     if not cells:
         return None
-    companion = {name for name, main in COMPANION.items() if main == metric}
-    extra = _cells(group_rows, companion.pop())[0] if companion else {}
+    companion = [name for name, main in COMPANION.items() if main == metric and name in SHOWN_INSIDE]
+    extra = _cells(group_rows, companion[0])[0] if companion else {}
     label, divisor = _pick_unit(metric, list(cells.values()))
     title = METRICS[metric][0]
     body, notes, flagged = [], [], False
@@ -171,6 +174,31 @@ def _ratio_table(key, group_rows):
     else:
         caption = f"Parameters as a share of full softmax's. {_caption_env(group_rows, key)}."
     return {"key": key + ("ratio",), "caption": caption, "headers": ["head", *[f"V={v}" for v in vocab]],
+            "body": body, "notes": []}
+
+
+def _floor_table(key, group_rows):
+    """Median time over the op's floor (vqbench.floors): 1x is as fast as the machine allows."""
+    metric, op = key[0], key[1]
+    if metric != "time":
+        return None
+    times, specs, vocab, _, _ = _cells(group_rows, "time")
+    floors = _cells(group_rows, "floor")[0]
+    if not floors:
+        return None
+    body = []
+    for spec in specs:
+        line = [spec]
+        for v in vocab:
+            t, f = times.get((spec, v)), floors.get((spec, v))
+            line.append(f"{t / f:.2f}x" if t is not None and f else "")
+        body.append(line)
+    first = next(r for r in group_rows if r.get("gemm_flop_s"))
+    ceilings = (f"ceilings: GEMM {float(first['gemm_flop_s']) / 1e9:.0f} GFLOP/s, copy "
+                f"{float(first['copy_byte_s']) / 1e9:.1f} GB/s, fill {float(first['fill_byte_s']) / 1e9:.1f} GB/s")
+    caption = (f"Time of `{op}` over its floor, max(FLOPs / GEMM rate, least bytes / bandwidth): 1x is the "
+               f"machine's limit ({ceilings}). {_caption_env(group_rows, key)}.")
+    return {"key": key + ("floor",), "caption": caption, "headers": ["head", *[f"V={v}" for v in vocab]],
             "body": body, "notes": []}
 
 

@@ -1,0 +1,75 @@
+"""The machine's ceilings and each measured op's floor.
+
+Ceilings, measured once per (device, dtype) at the start of a sweep and stored in every row:
+    gemm  FLOP/s of a large square matrix product;
+    copy  bytes/s of a large tensor copy into an existing tensor, counting bytes read plus written;
+    fill  bytes/s of filling an existing large tensor (bytes written).
+Floor of an op (seconds): the larger of its matrix-product FLOPs over the GEMM rate and its least
+memory traffic (every input read once over the copy rate, every output written once over the fill
+rate). A row's "x over floor" is its median time over this floor: 1x would be perfect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vqbench.measure import time_op
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    gemm_flop_s: float
+    copy_byte_s: float
+    fill_byte_s: float
+
+    def as_row(self) -> dict:
+        return {"gemm_flop_s": f"{self.gemm_flop_s:.6g}", "copy_byte_s": f"{self.copy_byte_s:.6g}",
+                "fill_byte_s": f"{self.fill_byte_s:.6g}"}
+
+
+def measure_ceilings(device: torch.device, dtype: torch.dtype, threads: int,
+                     gemm_size: int = None, buffer_bytes: int = None) -> Ceilings:
+    """GEMM rate and copy/fill bandwidth on ``device`` in ``dtype`` (torch.utils.benchmark medians)."""
+    cuda = device.type == "cuda"
+    gemm_size = gemm_size or (8192 if cuda else 2048)
+    buffer_bytes = buffer_bytes or (2 << 30 if cuda else 512 << 20)  # far beyond any cache
+    a = torch.randn(gemm_size, gemm_size, device=device).to(dtype)
+    b = torch.randn(gemm_size, gemm_size, device=device).to(dtype)
+    gemm = time_op(lambda: torch.mm(a, b), device, threads, min_run_time=0.3, min_samples=3).median
+    del a, b
+    elements = buffer_bytes // torch.empty((), dtype=dtype).element_size()
+    src = torch.ones(elements, device=device, dtype=dtype)
+    dst = torch.empty_like(src)
+    dst.fill_(0)  # first touch outside the timing
+    copy = time_op(lambda: dst.copy_(src), device, threads, min_run_time=0.3, min_samples=3).median
+    fill = time_op(lambda: dst.fill_(1), device, threads, min_run_time=0.3, min_samples=3).median
+    return Ceilings(2 * gemm_size ** 3 / gemm, 2 * buffer_bytes / copy, buffer_bytes / fill)
+
+
+def least_traffic(head, op: str, num_tokens: int, element_size: int):
+    """(bytes read, bytes written) that ``op`` cannot avoid: the hidden states and parameters read
+    once; the output written once (N x V for logits and log_probs, N token ids for predict and
+    decode, a scalar loss, and for train the parameter and hidden-state gradients)."""
+    n, d, v = num_tokens, head.d_model, head.vocab_size
+    params = head.num_parameters() * element_size
+    read = n * d * element_size + params + (8 * n if op in ("loss", "train") else 0)
+    if op in ("logits", "log_probs"):
+        written = n * v * element_size
+    elif op in ("predict", "decode"):
+        written = 8 * n
+    elif op == "loss":
+        written = element_size
+    elif op == "train":
+        written = params + n * d * element_size
+    else:
+        raise ValueError(f"op: unknown op {op!r}")
+    return read, written
+
+
+def floor_seconds(flops: float, read_bytes: float, written_bytes: float, ceilings: Ceilings) -> float:
+    """max(FLOPs / GEMM rate, read / copy rate + written / fill rate)."""
+    compute = flops / ceilings.gemm_flop_s
+    memory = read_bytes / ceilings.copy_byte_s + written_bytes / ceilings.fill_byte_s
+    return max(compute, memory)
