@@ -69,12 +69,19 @@ class VQLogits(LogitsHead):
                 self.codebook.copy_(centroids)
         self.bias = nn.Parameter(torch.zeros(self.vocab_size)) if bias else None
 
-        sizes = torch.bincount(codes, minlength=self.K)
-        first = torch.full((self.K,), self.vocab_size, dtype=torch.int64)
-        first.scatter_reduce_(0, codes, torch.arange(self.vocab_size), "amin")
         self.register_buffer("mapping", codes)
-        self.register_buffer("code_sizes", sizes)
-        self.register_buffer("first_token", first)
+        self.register_buffer("code_sizes", torch.empty(self.K, dtype=torch.int64))
+        self.register_buffer("first_token", torch.empty(self.K, dtype=torch.int64))
+        self.set_mapping(codes)
+
+    @torch.no_grad()
+    def set_mapping(self, codes: torch.Tensor) -> None:
+        """Replace the token -> code map ([V] integers in [0, K)) and the per-code tables derived from it."""
+        codes = validate_mapping(codes, self.vocab_size, self.K).to(self.mapping.device)
+        self.mapping.copy_(codes)
+        self.code_sizes.copy_(torch.bincount(codes, minlength=self.K))
+        self.first_token.fill_(self.vocab_size)
+        self.first_token.scatter_reduce_(0, codes, torch.arange(self.vocab_size, device=codes.device), "amin")
 
     def closed_form_num_parameters(self) -> int:
         return self.K * self.d_model + (self.vocab_size if self.bias is not None else 0)
@@ -83,9 +90,28 @@ class VQLogits(LogitsHead):
         """[N, d] -> [N, K]."""
         return hidden @ self.codebook.T
 
+    def _spread(self, code_values_t: torch.Tensor) -> torch.Tensor:
+        """[K, N] per-code values -> [N, V] per-token values, value[:, i] = code_values[:, M(i)].
+
+        Gathered as whole rows into a [V, N] tensor (each row one contiguous copy of N values) and
+        returned as its transposed view, with the bias added in the same layout. On CPU this runs
+        close to the cost of writing the output once; indexing the columns of an [N, V] tensor,
+        ``(h C^T)[:, M]``, is several times slower.
+        """
+        spread = code_values_t.index_select(0, self.mapping)
+        if self.bias is not None:
+            spread.add_(self.bias[:, None])  # in place: index_select's backward does not need its output
+        return spread.T
+
     def _logits(self, hidden):
-        logits = self.codebook_logits(hidden)[:, self.mapping]
-        return logits if self.bias is None else logits + self.bias
+        return self._spread(self.codebook @ hidden.T)
+
+    def _log_probs(self, hidden):
+        # normalise the K codebook logits (the collapsed log-normaliser), then spread once: the
+        # V-wide output is written a single time instead of by a scatter and a log_softmax
+        code_logits_t = self.codebook @ hidden.T
+        log_z = torch.logsumexp(code_logits_t + self._code_log_mass(code_logits_t.dtype)[:, None], dim=0)
+        return self._spread(code_logits_t - log_z)
 
     def _code_log_mass(self, dtype) -> torch.Tensor:
         """[K]: log n_k, or with a bias logsumexp of the biases of code k (-inf when empty)."""
