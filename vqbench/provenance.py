@@ -57,4 +57,10 @@ def provenance(device: str, threads: int) -> dict:
         "cpu_model": cpu_model(),
         "threads": threads,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_allocator": cpu_allocator(),
     }
+
+
+def cpu_allocator() -> str:
+    """'thp' when PyTorch puts large CPU tensors on transparent huge pages (THP_MEM_ALLOC_ENABLE=1)."""
+    return "thp" if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else "default"
