@@ -130,6 +130,8 @@ def run_all(runs: List[QualityRun], lanes: int) -> None:
                 if not queue:
                     return
                 run = queue.pop(0)
+            if finished(run):  # another runner may have finished it meanwhile
+                continue
             command = (["taskset", "-c", str(index)] if pin else []) + run.command()
             print(" ".join(command), flush=True)
             os.makedirs(run.out, exist_ok=True)
