@@ -61,3 +61,18 @@ def test_table_has_ratios_to_softmax_and_each_runs_budget(tmp_results):
     assert int(rows["joint-adaptive"]["steps"]) == quality.STEPS // 2
     text = open(path).read()
     assert "1.250" in text and "262,144" in text and "python -m vqbench.train --head vq:K=1024" in text
+    assert os.path.getsize(os.path.join(tmp_results, "pareto.png")) > 1000
+
+
+def test_report_states_the_perplexity_claim_from_the_table(tmp_path, monkeypatch):
+    from vqbench.report import build_report
+
+    monkeypatch.setattr(quality, "QUALITY_DIR", str(tmp_path / "quality"))
+    monkeypatch.setattr(quality, "RUNS_DIR", str(tmp_path / "quality" / "runs"))
+    fake_summary(quality.JOINT[0], valid=240.0, test=200.0, params=8_000_000)
+    fake_summary(quality.JOINT[-1], valid=300.0, test=250.0, params=262_144)
+    quality.write_table()
+    report = build_report(str(tmp_path))
+    claim = next(line for line in report.splitlines() if line.startswith("| perplexity"))
+    assert "+25%" in claim and "262,144" in claim and "not measured" not in report
+    assert "## Quality on WikiText-2" in report

@@ -200,7 +200,33 @@ def write_table() -> str:
     path = os.path.join(QUALITY_DIR, "quality.md")
     with open(path, "w") as f:
         f.write(text)
+    plot_pareto(rows, os.path.join(QUALITY_DIR, "pareto.png"))
     return path
+
+
+def plot_pareto(rows: List[dict], path: str) -> None:
+    """Test perplexity against output-layer parameters, one point per run (joint filled, frozen hollow)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    for r in rows:
+        joint = r["protocol"] == "joint"
+        colour = "#d62728" if r["head"].startswith("vq") else "#1f77b4"
+        ax.scatter(r["output_params"], r["test_ppl"], s=36, color=colour if joint else "white",
+                   edgecolors=colour, zorder=3)
+        ax.annotate(r["run"], (r["output_params"], r["test_ppl"]), fontsize=6, xytext=(4, 2),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("output-layer parameters")
+    ax.set_ylabel("WikiText-2 test perplexity")
+    ax.set_title("Quality vs size of the output layer (filled: joint, hollow: frozen body; red: VQ-Logits)",
+                 fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 QUALITY_README = """# Quality: WikiText-2 perplexity with each output layer

@@ -7,6 +7,7 @@ cuda-*.csv, quality/*.csv and figures/*.png. Measures nothing.
 from __future__ import annotations
 
 import argparse
+import csv
 import glob
 import os
 import sys
@@ -156,12 +157,36 @@ def claims_table(headline, sweep, quality):
             lines.append(f"| output-layer parameters, largest cut in the sweep | up to 99% fewer | "
                          f"{100 * cut:.2f}% fewer ({r['spec']}, V={r['V']}, d={r['d']}) | results/cpu-sweep.csv |")
     if quality:
-        for row in quality:
-            lines.append(f"| perplexity | +4% over softmax | {row} | results/quality/ |")
+        for row in quality_claims(quality):
+            lines.append(f"| perplexity | +4% over softmax | {row} | results/quality/quality.csv |")
     else:
         lines.append("| perplexity | +4% over softmax | not measured yet: no quality results under "
                      "results/quality/ | |")
     return "\n".join(lines)
+
+
+def quality_claims(quality):
+    """Sentences for the perplexity claim: the paper's formulation at K=1024 and the best VQ variant, joint."""
+    by_run = {r["run"]: r for r in quality}
+    soft = by_run.get("joint-softmax")
+    if soft is None:
+        return []
+
+    def said(r):
+        ratio = float(r["test_ppl_ratio"])
+        return (f"test ppl {float(r['test_ppl']):.1f} vs softmax {float(soft['test_ppl']):.1f}: "
+                f"{100 * (ratio - 1):+.0f}% ({r['run']}, {int(r['output_params']):,} output parameters "
+                f"vs {int(soft['output_params']):,})")
+
+    out = []
+    if "joint-vq-K1024" in by_run:
+        out.append("K=1024, the paper's formulation, trained jointly: " + said(by_run["joint-vq-K1024"]))
+    joint_vq = [r for r in quality if r["protocol"] == "joint" and r["head"].startswith("vq")]
+    if joint_vq:
+        best = min(joint_vq, key=lambda r: float(r["test_ppl"]))
+        if best["run"] != "joint-vq-K1024":
+            out.append("best VQ variant, trained jointly: " + said(best))
+    return out
 
 
 def environment(rows):
@@ -191,7 +216,11 @@ def build_report(results_dir: str) -> str:
         return read_rows(path) if os.path.exists(path) else []
 
     headline, sweep = load("headline.csv"), load("cpu-sweep.csv")
-    quality = []  # filled by the quality runs (results/quality/) once they exist
+    quality_csv = os.path.join(results_dir, "quality", "quality.csv")
+    quality = []
+    if os.path.exists(quality_csv):
+        with open(quality_csv, newline="") as f:
+            quality = list(csv.DictReader(f))
     parts = ["# vqbench report", "",
              "Built by `python -m vqbench.report` from the files under `results/` alone; every number below is in "
              "one of them, and `results/README.md` gives the command that regenerates each.", ""]
@@ -214,6 +243,14 @@ def build_report(results_dir: str) -> str:
         chosen = select(sweep, d=[1024], N=[2048], metric=["time"], op=["logits", "loss", "train"])
         parts += [render([t for t in build_tables(chosen) if t["key"][-1] == "ratio"], "github")]
         parts += ["## Skipped configurations", "", skip_summary(sweep), ""]
+    if quality:
+        parts += ["## Quality on WikiText-2", "",
+                  "From `results/quality/quality.csv` (`python -m vqbench.quality table`; commands, setup and all "
+                  "columns in `results/quality/quality.md`).", "",
+                  "| run | output params | valid ppl | test ppl | test ppl / softmax |", "|---|---|---|---|---|"]
+        parts += [f"| {r['run']} | {int(r['output_params']):,} | {float(r['valid_ppl']):.1f} | "
+                  f"{float(r['test_ppl']):.1f} | {float(r['test_ppl_ratio']):.3f} |" for r in quality]
+        parts += ["", "![quality vs parameters](quality/pareto.png)", ""]
     figures = sorted(glob.glob(os.path.join(results_dir, "figures", "*.png")))
     if figures:
         parts += ["## Figures", "", "From `python -m vqbench.plot`.", ""]
