@@ -40,6 +40,10 @@ class ClassTree(nn.Module):
         # class_tokens[c, j]: the j-th token of class c; padding slots point at token 0, masked
         members = starts[:, None] + slots
         class_tokens = torch.where(slots < sizes[:, None], order[members.clamp(max=vocab_size - 1)], 0)
+        self.register_buffer("order", order, persistent=False)
+        ends = torch.cumsum(sizes, 0)
+        self.class_bounds = [(int(e - z), int(e)) for e, z in zip(ends, sizes)]  # rows of each class in order
+        self.ids_in_frequency_order = bool(torch.equal(order, torch.arange(vocab_size)))
         self.register_buffer("class_of", class_of)
         self.register_buffer("position", position)
         self.register_buffer("class_sizes", sizes)
@@ -88,15 +92,24 @@ class ClassTree(nn.Module):
         return class_lp + within
 
     def log_probs(self, hidden):
-        n = hidden.shape[0]
-        class_lp = torch.log_softmax(hidden @ self.class_weight.T, dim=-1)
-        logits = hidden @ self.word_weight.T                                   # [N, V]
-        index = self.class_of.expand(n, -1)
-        peak = logits.new_full((n, self.num_classes), float("-inf"))
-        peak = peak.scatter_reduce(1, index, logits.detach(), "amax", include_self=False)
-        shifted = torch.exp(logits - peak[:, self.class_of])
-        lse = peak + torch.log(torch.zeros_like(peak).scatter_add(1, index, shifted))
-        return class_lp[:, self.class_of] + logits - lse[:, self.class_of]
+        # token-major layout [V, N]: each class is a set of rows (a contiguous block when ids are
+        # in frequency order, as in vqbench's corpora), normalised by one logsumexp over its rows;
+        # the result is returned transposed
+        class_lp = torch.log_softmax(self.class_weight @ hidden.T, dim=0)    # [C, N]
+        logits = self.word_weight @ hidden.T                                 # [V, N]
+        out = torch.empty_like(logits)
+        for c, (lo, hi) in enumerate(self.class_bounds):
+            if self.ids_in_frequency_order:
+                block = logits[lo:hi]
+            else:
+                members = self.order[lo:hi]
+                block = logits.index_select(0, members)
+            normalised = block - (torch.logsumexp(block, dim=0) - class_lp[c])
+            if self.ids_in_frequency_order:
+                out[lo:hi] = normalised
+            else:
+                out.index_copy_(0, members, normalised)
+        return out.T
 
     def largest_intermediate(self, num_tokens, op):
         if op != "loss":

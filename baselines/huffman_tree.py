@@ -91,14 +91,16 @@ class HuffmanTree(nn.Module):
         return (F.logsigmoid(signs * scores) * (signs != 0)).sum(1)
 
     def log_probs(self, hidden):
-        scores = hidden @ self.node_weight.T                            # [N, V-1]
-        out = hidden.new_zeros(hidden.shape[0], 2 * self.vocab_size - 1)
+        # node-major layout [nodes, N]: each level moves whole rows (contiguous), which is far
+        # faster than indexing columns of an [N, nodes] tensor; the result is returned transposed
+        scores = self.node_weight @ hidden.T                            # [V-1, N]
+        out = hidden.new_zeros(2 * self.vocab_size - 1, hidden.shape[0])
         for level in range(1, len(self.levels) + 1):
             child = getattr(self, f"level{level}_child")
             par = getattr(self, f"level{level}_parent")
             sgn = getattr(self, f"level{level}_sign").to(hidden.dtype)
-            out[:, child] = out[:, par + self.vocab_size] + F.logsigmoid(sgn * scores[:, par])
-        return out[:, :self.vocab_size]
+            out[child] = out[par + self.vocab_size] + F.logsigmoid(sgn[:, None] * scores[par])
+        return out[:self.vocab_size].T
 
     def largest_intermediate(self, num_tokens, op):
         if op != "loss":
