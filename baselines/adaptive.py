@@ -93,8 +93,18 @@ class AdaptiveSoftmax(OutputHead):
         return self.asm(hidden, self._ranks(target)).loss
 
     def _log_probs(self, hidden):
-        out = self.asm.log_prob(hidden)
-        return out[:, self.rank_of_token] if self.permuted else out
+        # AdaptiveLogSoftmaxWithLoss.log_prob's arithmetic in a rank-major [V, N] layout: each
+        # cluster fills a block of whole rows, and a permutation to token ids is a row gather
+        asm, bounds = self.asm, [*self.cutoffs, self.vocab_size]
+        head = torch.log_softmax(asm.head.weight @ hidden.T, dim=0)          # [c_1 + n, N]
+        out = hidden.new_empty(self.vocab_size, hidden.shape[0])
+        out[:self.cutoffs[0]] = head[:self.cutoffs[0]]
+        for i, tail in enumerate(asm.tail):
+            projected = tail[1].weight @ (tail[0].weight @ hidden.T)         # [c_{i+1} - c_i, N]
+            out[bounds[i]:bounds[i + 1]] = torch.log_softmax(projected, dim=0) + head[self.cutoffs[0] + i]
+        if self.permuted:
+            out = out.index_select(0, self.rank_of_token)
+        return out.T
 
     def _predict(self, hidden):
         best = self.asm.predict(hidden)
