@@ -1,12 +1,16 @@
 """A learned VQ-Logits mapping: tokens periodically re-assigned to the code that maximises their likelihood.
 
-Rule (hard EM with the normaliser held fixed). Under VQ-Logits a token v in code k has
-log p(v | h) = h . c_k (+ b_v) - log Z(h). Between two re-assignments we add up, for every training
-position whose target is v, the scores h . c_k of all K codes. At a re-assignment each token seen since
-the last one moves to the code with the largest summed score, i.e. the code that maximises its own
-log-likelihood over those positions if Z(h) did not change. Tokens not seen keep their code. The
-codebook (and bias) then keep training under the new map; Z is recomputed exactly, so the loss stays
-the exact VQ-Logits loss at every step.
+Rule (one hard-EM step on a first-order bound). Under VQ-Logits a token v in code k has
+log p(v | h) = s_k(h) (+ b_v) - log Z(h), s_k = h . c_k, Z = sum over tokens of exp(logit). Moving v
+from code j to code k changes the log-likelihood of a window of training positions by
+    [S_vk - w_v m_k] - [S_vj - w_v m_j]   to first order in Z (a lower bound, as log is concave),
+where S_vk = sum of s_k over the positions whose target is v, m_k = sum over all positions of
+exp(s_k) / Z (the probability one more token in code k would take), and w_v = exp(b_v) (1 without
+bias). Between two re-assignments both are accumulated over the training batches; at a
+re-assignment every token seen since the last one moves to argmax_k (S_vk - w_v m_k), staying put
+when no move gains. Tokens not seen keep their code. The codebook (and bias) keep training under the
+new map and the loss stays the exact VQ-Logits loss at every step. (Dropping the m_k term, that is
+holding Z fixed, is a trap: every token then flocks to the few codes that score high everywhere.)
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class CodeReassigner:
         dtype = torch.float64 if head.codebook.dtype == torch.float64 else torch.float32
         self.score_sums = torch.zeros(head.vocab_size, head.K, dtype=dtype, device=device)
         self.counts = torch.zeros(head.vocab_size, dtype=torch.int64, device=device)
+        self.code_mass = torch.zeros(head.K, dtype=dtype, device=device)
 
     @torch.no_grad()
     def observe(self, hidden: torch.Tensor, targets: torch.Tensor) -> None:
@@ -40,8 +45,10 @@ class CodeReassigner:
         hidden = hidden.detach().reshape(-1, self.head.d_model).to(dtype)
         targets = targets.reshape(-1)
         scores = hidden @ self.head.codebook.detach().to(dtype).T  # [N, K]
+        log_z = torch.logsumexp(scores + self.head._code_log_mass(dtype).detach(), dim=1)  # [N]
         self.score_sums.index_add_(0, targets, scores)
         self.counts += torch.bincount(targets, minlength=self.head.vocab_size)
+        self.code_mass += torch.exp(scores - log_z[:, None]).sum(0)
 
     @torch.no_grad()
     def maybe_reassign(self, step: int):
@@ -51,18 +58,27 @@ class CodeReassigner:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(self.score_sums)  # every process must get the same map
             torch.distributed.all_reduce(self.counts)
+            torch.distributed.all_reduce(self.code_mass)
         seen = self.counts > 0
+        weight = torch.ones(self.head.vocab_size, dtype=self.code_mass.dtype, device=self.code_mass.device)
+        if self.head.bias is not None:
+            weight = torch.exp(self.head.bias.detach().to(weight.dtype))
+        gain = self.score_sums[seen] - weight[seen, None] * self.code_mass[None, :]
         codes = self.head.mapping.clone()
-        codes[seen] = self.score_sums[seen].argmax(dim=1)
+        current = gain.gather(1, codes[seen][:, None]).squeeze(1)
+        best, choice = gain.max(dim=1)
+        codes[seen] = torch.where(best > current, choice, codes[seen])
         moved = int((codes != self.head.mapping).sum())
         self.head.set_mapping(codes)
         self.score_sums.zero_()
         self.counts.zero_()
+        self.code_mass.zero_()
         return moved
 
     def state_dict(self) -> dict:
-        return {"score_sums": self.score_sums, "counts": self.counts}
+        return {"score_sums": self.score_sums, "counts": self.counts, "code_mass": self.code_mass}
 
     def load_state_dict(self, state: dict) -> None:
         self.score_sums.copy_(state["score_sums"])
         self.counts.copy_(state["counts"])
+        self.code_mass.copy_(state["code_mass"])
