@@ -4,7 +4,8 @@ Ceilings, measured once per (device, dtype) at the start of a sweep and stored i
     gemm  FLOP/s of a large square matrix product;
     copy  bytes/s of a large tensor copy into an existing tensor, counting bytes read plus written;
     fill  bytes/s of filling an existing large tensor (bytes written).
-Floor of an op (seconds): the larger of its matrix-product FLOPs over the GEMM rate and its least
+Floor of an op (seconds): the larger of its matrix-product FLOPs (the analytic count, or the FLOPs
+torch.utils.flop_counter counted in the call when fewer) over the GEMM rate and its least
 memory traffic (every input read once over the copy rate, every output written once over the fill
 rate). A row's "x over floor" is its median time over this floor: 1x would be perfect.
 """
@@ -33,7 +34,7 @@ def measure_ceilings(device: torch.device, dtype: torch.dtype, threads: int,
                      gemm_size: int = None, buffer_bytes: int = None) -> Ceilings:
     """GEMM rate and copy/fill bandwidth on ``device`` in ``dtype`` (torch.utils.benchmark medians)."""
     cuda = device.type == "cuda"
-    gemm_size = gemm_size or (8192 if cuda else 2048)
+    gemm_size = gemm_size or (8192 if cuda else 4096)  # large enough to reach the peak rate
     buffer_bytes = buffer_bytes or (2 << 30 if cuda else 512 << 20)  # far beyond any cache
     a = torch.randn(gemm_size, gemm_size, device=device).to(dtype)
     b = torch.randn(gemm_size, gemm_size, device=device).to(dtype)

@@ -219,6 +219,7 @@ def plot_pareto(rows: List[dict], path: str) -> None:
         ax.annotate(r["run"], (r["output_params"], r["test_ppl"]), fontsize=6, xytext=(4, 2),
                     textcoords="offset points")
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("output-layer parameters")
     ax.set_ylabel("WikiText-2 test perplexity")
     ax.set_title("Quality vs size of the output layer (filled: joint, hollow: frozen body; red: VQ-Logits)",

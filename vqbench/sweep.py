@@ -244,5 +244,7 @@ def measure_unit(head, base: dict, op: str, n: int, ceilings: Ceilings, budget: 
         {**base, "metric": "peak_memory", "unit": "bytes", "value": peak},
         {**base, "metric": "intermediate_bytes", "unit": "bytes", "value": intermediate},
         {**base, "metric": "floor", "unit": "s",
-         "value": floor_seconds(flops, *least_traffic(head, op, n, elem), ceilings)},
+         # the FLOPs actually run when fewer than the analytic count (adaptive predict's is a worst case)
+         "value": floor_seconds(min(flops, counted) if counted else flops, *least_traffic(head, op, n, elem),
+                                ceilings)},
     ]
