@@ -141,16 +141,30 @@ class VQLogits(LogitsHead):
         return -self._target_log_prob(hidden, target).mean()
 
     def _predict(self, hidden):
-        if self.bias is not None:
-            return super()._predict(hidden)
-        # tokens of a code tie; argmax over V would pick the code's first token id
-        code_logits = self.codebook_logits(hidden).masked_fill(self.code_sizes == 0, float("-inf"))
+        # argmax over V without the V logits: inside a code the winner is fixed (its first token id,
+        # or with a bias the first id of its largest bias), so only each code's winner competes
+        winner, winner_bias = self._code_winners()
+        code_logits = self.codebook_logits(hidden)
+        if winner_bias is not None:
+            code_logits = code_logits + winner_bias
+        code_logits = code_logits.masked_fill(self.code_sizes == 0, float("-inf"))
         best = code_logits.max(dim=-1, keepdim=True).values
-        candidates = torch.where(code_logits == best, self.first_token, self.vocab_size)
+        candidates = torch.where(code_logits == best, winner, self.vocab_size)
         return candidates.min(dim=-1).values
 
+    def _code_winners(self):
+        """([K] token id, [K] bias or None): the token an argmax over V picks inside each code."""
+        if self.bias is None:
+            return self.first_token, None
+        b = self.bias.detach()
+        peak = torch.full((self.K,), float("-inf"), dtype=b.dtype, device=b.device)
+        peak = peak.scatter_reduce(0, self.mapping, b, "amax", include_self=False)
+        ids = torch.where(b == peak[self.mapping], torch.arange(self.vocab_size, device=b.device), self.vocab_size)
+        winner = torch.full((self.K,), self.vocab_size, dtype=torch.int64, device=b.device)
+        return winner.scatter_reduce(0, self.mapping, ids, "amin"), peak
+
     def largest_intermediate(self, num_tokens, op):
-        if (op == "loss" and self.path == "collapsed") or (op == "predict" and self.bias is None):
+        if (op == "loss" and self.path == "collapsed") or op == "predict":
             return num_tokens * self.K
         return num_tokens * self.vocab_size
 
