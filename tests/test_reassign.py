@@ -14,6 +14,7 @@ def vq_head(**options):
     return make_head("vq", V, D, K=K, mapping="random", **options).double()
 
 
+@torch.no_grad()
 def window_log_likelihood(head, hidden, targets):
     return float(head.target_log_prob(hidden, targets).sum())
 
