@@ -99,16 +99,9 @@ class ClassTree(nn.Module):
         logits = self.word_weight @ hidden.T                                 # [V, N]
         out = torch.empty_like(logits)
         for c, (lo, hi) in enumerate(self.class_bounds):
-            if self.ids_in_frequency_order:
-                block = logits[lo:hi]
-            else:
-                members = self.order[lo:hi]
-                block = logits.index_select(0, members)
-            normalised = block - (torch.logsumexp(block, dim=0) - class_lp[c])
-            if self.ids_in_frequency_order:
-                out[lo:hi] = normalised
-            else:
-                out.index_copy_(0, members, normalised)
+            rows = slice(lo, hi) if self.ids_in_frequency_order else self.order[lo:hi]
+            block = logits[rows]
+            out[rows] = block - (torch.logsumexp(block, dim=0) - class_lp[c])
         return out.T
 
     def largest_intermediate(self, num_tokens, op):

@@ -156,25 +156,18 @@ def _ratio_table(key, group_rows):
     cells, specs, vocab, _, _ = _cells(group_rows, metric)
     if BASELINE not in specs:
         return None
-    body = []
-    for spec in specs:
-        line = [spec]
-        for v in vocab:
-            base, value = cells.get((BASELINE, v)), cells.get((spec, v))
-            if base is None or value is None or value == 0:
-                line.append("")
-            elif metric == "time":
-                line.append(f"{base / value:.2f}x")
-            else:
-                line.append(f"{100 * value / base:.2f}%")
-        body.append(line)
+    def cell(spec, v):
+        base, value = cells.get((BASELINE, v)), cells.get((spec, v))
+        if base is None or value is None or value == 0:
+            return ""
+        return f"{base / value:.2f}x" if metric == "time" else f"{100 * value / base:.2f}%"
+
     if metric == "time":
         caption = (f"Speed-up of `{op}` over full softmax (softmax time / head time; above 1x is "
                    f"faster). {_caption_env(group_rows, key)}.")
     else:
         caption = f"Parameters as a share of full softmax's. {_caption_env(group_rows, key)}."
-    return {"key": key + ("ratio",), "caption": caption, "headers": ["head", *[f"V={v}" for v in vocab]],
-            "body": body, "notes": []}
+    return _derived(key + ("ratio",), caption, specs, vocab, cell)
 
 
 def _floor_table(key, group_rows):
@@ -186,20 +179,22 @@ def _floor_table(key, group_rows):
     floors = _cells(group_rows, "floor")[0]
     if not floors:
         return None
-    body = []
-    for spec in specs:
-        line = [spec]
-        for v in vocab:
-            t, f = times.get((spec, v)), floors.get((spec, v))
-            line.append(f"{t / f:.2f}x" if t is not None and f else "")
-        body.append(line)
+    def cell(spec, v):
+        t, f = times.get((spec, v)), floors.get((spec, v))
+        return f"{t / f:.2f}x" if t is not None and f else ""
+
     first = next(r for r in group_rows if r.get("gemm_flop_s"))
     ceilings = (f"ceilings: GEMM {float(first['gemm_flop_s']) / 1e9:.0f} GFLOP/s, copy "
                 f"{float(first['copy_byte_s']) / 1e9:.1f} GB/s, fill {float(first['fill_byte_s']) / 1e9:.1f} GB/s")
     caption = (f"Time of `{op}` over its floor, max(FLOPs / GEMM rate, least bytes / bandwidth): 1x is the "
                f"machine's limit ({ceilings}). {_caption_env(group_rows, key)}.")
-    return {"key": key + ("floor",), "caption": caption, "headers": ["head", *[f"V={v}" for v in vocab]],
-            "body": body, "notes": []}
+    return _derived(key + ("floor",), caption, specs, vocab, cell)
+
+
+def _derived(key, caption, specs, vocab, cell):
+    """A table computed from others: heads as rows, V as columns, cell(spec, V) as text."""
+    return {"key": key, "caption": caption, "headers": ["head", *[f"V={v}" for v in vocab]],
+            "body": [[spec, *[cell(spec, v) for v in vocab]] for spec in specs], "notes": []}
 
 
 def render(tables: List[dict], fmt: str = "github") -> str:

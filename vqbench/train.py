@@ -223,18 +223,19 @@ def train_frozen(cfg: TrainConfig, corpus, run: "Run"):
     tokens, elapsed = 0, 0.0
     for step in range(1, cfg.steps + 1):
         pick = torch.randint(0, train_t.numel(), (cfg.frozen_batch,), generator=generator)
+        hidden, targets = train_h[pick], train_t[pick]
         start = time.perf_counter()
-        loss = head.loss(train_h[pick], train_t[pick])
+        loss = head.loss(hidden, targets)
+        if reassigner:  # timed, as in the joint protocol: it is part of training a learned mapping
+            reassigner.observe(hidden, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         elapsed += time.perf_counter() - start
         tokens += cfg.frozen_batch
-        if reassigner:
-            reassigner.observe(train_h[pick], train_t[pick])
-            moved = reassigner.maybe_reassign(step)
-            if moved is not None:
-                run.log(step=step, reassigned_tokens=moved)
+        moved = reassigner.maybe_reassign(step) if reassigner else None
+        if moved is not None:
+            run.log(step=step, reassigned_tokens=moved)
         if step % cfg.log_every == 0:
             run.log(step=step, loss=float(loss.detach()), tokens_per_s=tokens / elapsed)
         if step % cfg.eval_every == 0 and step < cfg.steps:
@@ -310,7 +311,8 @@ def train(cfg: TrainConfig) -> dict:
         valid = perplexity(body, head, run.valid_ids, cfg.bptt)
         test = perplexity(body, head, run.test_ids, cfg.bptt)
     summary = {"head": cfg.head, "protocol": cfg.protocol, "output_params": head.num_parameters(),
-               "valid_ppl": valid, "test_ppl": test, **within_code_share(head, run.test_ids), **speed, "seconds": time.time() - started,
+               "valid_ppl": valid, "test_ppl": test, **within_code_share(head, run.test_ids), **speed,
+               "seconds": time.time() - started,
                "torch_version": torch.__version__, "threads": torch.get_num_threads(), "config": asdict(cfg)}
     with open(os.path.join(run.dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -117,11 +117,15 @@ class VQLogits(LogitsHead):
         """[K]: log n_k, or with a bias logsumexp of the biases of code k (-inf when empty)."""
         if self.bias is None:
             return self.code_sizes.to(dtype).log()
-        b = self.bias
-        peak = torch.full((self.K,), float("-inf"), dtype=b.dtype, device=b.device)
-        peak = peak.scatter_reduce(0, self.mapping, b.detach(), "amax", include_self=False)
-        total = torch.zeros_like(peak).scatter_add(0, self.mapping, torch.exp(b - peak[self.mapping]))
+        peak = self._code_bias_peak()
+        total = torch.zeros_like(peak).scatter_add(0, self.mapping, torch.exp(self.bias - peak[self.mapping]))
         return peak + torch.log(total)
+
+    def _code_bias_peak(self) -> torch.Tensor:
+        """[K]: the largest bias in each code (-inf when empty), without gradient."""
+        b = self.bias.detach()
+        peak = torch.full((self.K,), float("-inf"), dtype=b.dtype, device=b.device)
+        return peak.scatter_reduce(0, self.mapping, b, "amax", include_self=False)
 
     def _log_normaliser(self, code_logits):
         return torch.logsumexp(code_logits + self._code_log_mass(code_logits.dtype), dim=-1)
@@ -156,9 +160,7 @@ class VQLogits(LogitsHead):
         """([K] token id, [K] bias or None): the token an argmax over V picks inside each code."""
         if self.bias is None:
             return self.first_token, None
-        b = self.bias.detach()
-        peak = torch.full((self.K,), float("-inf"), dtype=b.dtype, device=b.device)
-        peak = peak.scatter_reduce(0, self.mapping, b, "amax", include_self=False)
+        b, peak = self.bias.detach(), self._code_bias_peak()
         ids = torch.where(b == peak[self.mapping], torch.arange(self.vocab_size, device=b.device), self.vocab_size)
         winner = torch.full((self.K,), self.vocab_size, dtype=torch.int64, device=b.device)
         return winner.scatter_reduce(0, self.mapping, ids, "amin"), peak
