@@ -40,6 +40,8 @@ class AdaptiveSoftmax(OutputHead):
     """
 
     OPTION_TYPES = {"cutoffs": tuple, "div_value": float}
+    #: log_probs computes each tail cluster for groups of tokens in scratch tensors of this size
+    SCRATCH_ELEMENTS = 1 << 24
 
     def __init__(self, vocab_size, d_model, *, cutoffs=None, div_value=4.0, token_counts=None):
         super().__init__(vocab_size, d_model, token_counts)
@@ -93,18 +95,49 @@ class AdaptiveSoftmax(OutputHead):
         return self.asm(hidden, self._ranks(target)).loss
 
     def _log_probs(self, hidden):
-        # AdaptiveLogSoftmaxWithLoss.log_prob's arithmetic in a rank-major [V, N] layout: each
-        # cluster fills a block of whole rows, and a permutation to token ids is a row gather
-        asm, bounds = self.asm, [*self.cutoffs, self.vocab_size]
-        head = torch.log_softmax(asm.head.weight @ hidden.T, dim=0)          # [c_1 + n, N]
-        out = hidden.new_empty(self.vocab_size, hidden.shape[0])
-        out[:self.cutoffs[0]] = head[:self.cutoffs[0]]
-        for i, tail in enumerate(asm.tail):
-            projected = tail[1].weight @ (tail[0].weight @ hidden.T)         # [c_{i+1} - c_i, N]
-            out[bounds[i]:bounds[i + 1]] = torch.log_softmax(projected, dim=0) + head[self.cutoffs[0] + i]
+        if torch.is_grad_enabled() and (hidden.requires_grad or self.asm.head.weight.requires_grad):
+            return self._log_probs_differentiable(hidden)
+        out = hidden.new_empty(hidden.shape[0], self.vocab_size)
+        self._log_probs_into(hidden, out)
+        return out
+
+    def _log_probs_differentiable(self, hidden):
+        """AdaptiveLogSoftmaxWithLoss.log_prob's arithmetic, with token ids in place of ranks."""
+        asm, c1 = self.asm, self.cutoffs[0]
+        head = torch.log_softmax(hidden @ asm.head.weight.T, dim=-1)         # [N, c_1 + n]
+        blocks = [head[:, :c1]] + [torch.log_softmax(tail(hidden), dim=-1) + head[:, c1 + i, None]
+                                   for i, tail in enumerate(asm.tail)]
+        by_rank = torch.cat(blocks, dim=1)
+        return by_rank.index_select(1, self.rank_of_token) if self.permuted else by_rank
+
+    @torch.no_grad()
+    def _log_probs_into(self, hidden, out):
+        # each cluster's block is computed for a group of tokens in a scratch tensor of at most
+        # SCRATCH_ELEMENTS, normalised there while it is still in cache (log_softmax along its rows,
+        # the fast direction) and written to the output once
         if self.permuted:
-            out = out.index_select(0, self.rank_of_token)
-        return out.T
+            by_rank = hidden.new_empty(hidden.shape[0], self.vocab_size)
+            self._write_by_rank(hidden, by_rank)
+            torch.index_select(by_rank, 1, self.rank_of_token, out=out)
+        else:
+            self._write_by_rank(hidden, out)
+
+    def _write_by_rank(self, hidden, out):
+        asm, c1, bounds = self.asm, self.cutoffs[0], [*self.cutoffs, self.vocab_size]
+        head = torch.log_softmax(hidden @ asm.head.weight.T, dim=-1)         # [N, c_1 + n]
+        out[:, :c1] = head[:, :c1]
+        n = hidden.shape[0]
+        for i, tail in enumerate(asm.tail):
+            projected = hidden @ tail[0].weight.T                            # [N, h_i]
+            size = bounds[i + 1] - bounds[i]
+            group = max(1, min(n, self.SCRATCH_ELEMENTS // size))
+            scratch = hidden.new_empty(group, size)
+            for lo in range(0, n, group):
+                hi = min(n, lo + group)
+                block = scratch[:hi - lo]
+                torch.mm(projected[lo:hi], tail[1].weight.T, out=block)
+                torch.log_softmax(block, dim=-1, out=block)  # row by row: each row is read before it is written
+                torch.add(block, head[lo:hi, c1 + i, None], out=out[lo:hi, bounds[i]:bounds[i + 1]])
 
     def _predict(self, hidden):
         best = self.asm.predict(hidden)

@@ -29,6 +29,7 @@ class HierarchicalSoftmax(OutputHead):
     """
 
     OPTION_TYPES = {"tree": str, "classes": int}
+    OUTPUT_TOKEN_MAJOR = True  # both trees build log_probs token-major, [V, N]
 
     def __init__(self, vocab_size, d_model, *, tree="class", classes=None, token_counts=None):
         super().__init__(vocab_size, d_model, token_counts)

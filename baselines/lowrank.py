@@ -46,5 +46,11 @@ class LowRankSoftmax(LogitsHead):
     def _logits(self, hidden):
         return F.linear(hidden @ self.down.T, self.weight, self.bias)
 
+    def _logits_into(self, hidden, out):
+        if self.bias is None:
+            torch.mm(hidden @ self.down.T, self.weight.T, out=out)
+        else:
+            torch.addmm(self.bias, hidden @ self.down.T, self.weight.T, out=out)
+
     def _matmul_flops(self, num_tokens, op, target):
         return 2 * num_tokens * self.rank * (self.d_model + self.vocab_size)

@@ -43,6 +43,12 @@ class FullSoftmax(LogitsHead):
     def _logits(self, hidden):
         return F.linear(hidden, self.weight, self.bias)
 
+    def _logits_into(self, hidden, out):
+        if self.bias is None:
+            torch.mm(hidden, self.weight.T, out=out)
+        else:
+            torch.addmm(self.bias, hidden, self.weight.T, out=out)
+
     def _loss(self, hidden, target):
         if self.chunk is not None:
             return chunked_linear_cross_entropy(hidden, self.weight, self.bias, target, self.chunk)

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from vqbench import compare, sweep
+from vqbench import compare, ops, sweep
 from vqbench.sweep import COLUMNS, Budget, Grid, ResultsFile, read_rows, run_sweep
 from vqbench.tables import build_tables, render
 
@@ -28,10 +28,10 @@ def tiny_sweep(tmp_path, heads, ops=("log_probs", "loss", "train"), budget=FAST,
 def test_rows_follow_the_schema_and_counts_agree(tmp_path):
     heads = ["softmax", "softmax:chunk=3", "adaptive", "hierarchical", "hierarchical:tree=huffman",
              "lowrank", "vq"]
-    rows, stats = tiny_sweep(tmp_path, heads, ops=sweep.ALL_OPS, codebook=[4, 8])
+    rows, stats = tiny_sweep(tmp_path, heads, ops=ops.ALL_OPS, codebook=[4, 8])
     with open(tmp_path / "rows.csv") as f:
         assert next(csv.reader(f)) == COLUMNS
-    assert stats.measured > 0 and stats.skipped == 3  # logits: adaptive, class tree, huffman
+    assert stats.measured > 0 and stats.skipped == 6  # logits(_into): adaptive, class tree, huffman
     for row in rows:
         for field in ("vqbench_version", "git_commit", "torch_version", "device_name", "cpu_model",
                       "threads", "timestamp"):
@@ -44,7 +44,8 @@ def test_rows_follow_the_schema_and_counts_agree(tmp_path):
     times = [float(r["value"]) for r in ok if r["metric"] == "time"]
     assert times and all(t > 0 for t in times)
     assert all(float(r["spread"]) >= 0 for r in ok if r["metric"] == "time")
-    assert all(int(r["value"]) > 0 for r in ok if r["metric"] == "peak_memory" and r["op"] != "predict")
+    assert all(int(r["value"]) > 0 for r in ok if r["metric"] == "peak_memory"
+               and r["op"] not in ("predict", "logits_into", "log_probs_into"))
     by_unit = {}
     for r in ok:
         by_unit.setdefault((r["spec"], r["op"], r["N"]), {})[r["metric"]] = float(r["value"])
@@ -55,6 +56,10 @@ def test_rows_follow_the_schema_and_counts_agree(tmp_path):
         if spec == "adaptive" and op in ("predict", "decode"):
             continue
         assert metrics["flops_analytic"] == metrics["flops_counted"], (spec, op)
+    # writing into the reused buffer allocates less than returning a fresh output
+    for spec in ("softmax", "lowrank", "vq:K=8"):
+        for op in ("logits", "log_probs"):
+            assert by_unit[(spec, op + "_into", "8")]["peak_memory"] < by_unit[(spec, op, "8")]["peak_memory"]
     # train counts the backward products too: three times the forward
     assert by_unit[("softmax", "train", "8")]["flops_counted"] == 3 * by_unit[("softmax", "loss", "8")]["flops_counted"]
 

@@ -77,3 +77,36 @@ def test_spec_round_trip(spec):
     again = build(head.spec)
     assert again.spec == head.spec
     assert type(again) is type(head) and again.num_parameters() == head.num_parameters()
+
+
+@pytest.mark.parametrize("layout", ["new_output", "row-major", "leading dims"])
+def test_out_writes_the_same_values(spec, layout):
+    head = build(spec)
+    hidden, _ = inputs(n=24)
+    if layout == "leading dims":
+        hidden = hidden.reshape(4, 6, D)
+        out = head.new_output(4, 6)
+        assert out.shape == (4, 6, V) and out.dtype == torch.float64
+    else:
+        out = head.new_output(24) if layout == "new_output" else torch.empty(24, V, dtype=torch.float64)
+    with torch.no_grad():
+        expected = head.log_probs(hidden)
+        out.fill_(float("nan"))
+        assert head.log_probs(hidden, out=out) is out
+        assert torch.allclose(out, expected, atol=1e-12, rtol=0)
+        try:
+            expected = head.logits(hidden)
+        except NotImplementedError:
+            return
+        out.fill_(float("nan"))
+        assert head.logits(hidden, out=out) is out
+        assert torch.allclose(out, expected, atol=1e-12, rtol=0)
+
+
+def test_new_output_layout():
+    """Heads that build token-major outputs hand out the transposed view of a [V, N] tensor."""
+    for spec, token_major in [("softmax", False), ("lowrank", False), ("vq:K=10", True), ("adaptive", False),
+                              ("hierarchical", True), ("hierarchical:tree=huffman", True)]:
+        out = build(spec).new_output(5)
+        assert out.shape == (5, V)
+        assert out.T.is_contiguous() is token_major and out.is_contiguous() is not token_major

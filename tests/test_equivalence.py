@@ -120,6 +120,25 @@ def test_softmax_log_probs_match_torch():
     assert torch.allclose(head.loss(hidden, target), F.cross_entropy(logits, target))
 
 
+@pytest.mark.parametrize("permuted", [False, True])
+def test_adaptive_log_probs_match_torch_with_and_without_autograd(permuted):
+    """The inference path (tails in token groups, written once) equals torch's log_prob, as the
+    differentiable path does; a small scratch forces several groups per cluster."""
+    counts = torch.rand(V, generator=torch.Generator().manual_seed(5)) + 0.1 if permuted else None
+    head = build("adaptive:cutoffs=10/40,div_value=2", token_counts=counts)
+    head.SCRATCH_ELEMENTS = 200
+    assert head.permuted is permuted
+    hidden, _ = inputs()
+    reference = head.asm.log_prob(hidden)
+    if permuted:
+        reference = reference[:, head.rank_of_token]
+    with_graph = head.log_probs(hidden)
+    assert with_graph.requires_grad
+    with torch.no_grad():
+        assert torch.allclose(head.log_probs(hidden), reference, atol=1e-12, rtol=0)
+    assert torch.allclose(with_graph, reference, atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("spec", ["adaptive", "hierarchical", "hierarchical:tree=huffman", "vq:K=10"])
 def test_unsorted_token_counts_follow_the_tokens(spec):
     """Relabelling the tokens (with their counts) relabels the distribution: the head sorts ids itself."""

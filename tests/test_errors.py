@@ -100,3 +100,23 @@ def test_baseline_bad_options(spec, kwargs, match, error):
 def test_bad_sizes(vocab_size, d_model, match, error):
     with pytest.raises(error, match=match):
         vqbench.make_head("softmax", vocab_size, d_model)
+
+
+def test_bad_out(spec):
+    head = build(spec)
+    hidden, _ = inputs()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"out.*shape.*\[40, 97\]"):
+            head.log_probs(hidden, out=torch.empty(N, V + 1, dtype=torch.float64))
+        with pytest.raises(TypeError, match="out.*dtype"):
+            head.log_probs(hidden, out=torch.empty(N, V, dtype=torch.float32))
+        with pytest.raises(TypeError, match="out"):
+            head.log_probs(hidden, out=[[0.0] * V] * N)
+        with pytest.raises(ValueError, match="out.*share memory"):
+            head.log_probs(hidden, out=torch.empty(N, 1, dtype=torch.float64).expand(N, V))
+        with pytest.raises(ValueError, match="out.*strides"):
+            head.log_probs(hidden.reshape(4, 10, D), out=torch.empty(10, 4, V, dtype=torch.float64).transpose(0, 1))
+    with pytest.raises(RuntimeError, match="out.*no_grad"):
+        head.log_probs(hidden, out=head.new_output(N))
+    with pytest.raises(TypeError, match="lead"):
+        head.new_output(2.0)

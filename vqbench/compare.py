@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from vqbench.ops import ALL_OPS
+from vqbench.ops import ALL_OPS, DEFAULT_OPS
 from vqbench.registry import head_class, parse_spec
 from vqbench.sweep import DTYPES, Budget, Grid, ResultsFile, read_rows, run_sweep
 from vqbench.tables import build_tables, render
@@ -37,7 +37,8 @@ def parse_args(argv=None):
                    help="VQ-Logits codebook sizes, for vq specs without K= (default 1024)")
     p.add_argument("--tokens", nargs="+", type=int, default=None, metavar="N", help="tokens per call (default 256)")
     p.add_argument("--ops", nargs="+", default=None, choices=ALL_OPS, metavar="OP",
-                   help=f"ops to measure (default all: {' '.join(ALL_OPS)})")
+                   help=f"ops to measure (default {' '.join(DEFAULT_OPS)}; on request: "
+                        f"{' '.join(op for op in ALL_OPS if op not in DEFAULT_OPS)})")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "all"],
                    help="cpu, cuda or all (cpu plus cuda when present)")
     p.add_argument("--dtype", nargs="+", default=None, choices=list(DTYPES),
@@ -68,7 +69,7 @@ def parse_args(argv=None):
     args.selection = {k: getattr(args, k) for k in ("heads", "vocab", "d_model", "codebook", "tokens", "ops",
                                                      "dtype")}
     defaults = dict(heads=DEFAULT_HEADS, vocab=[10000, 50257], d_model=[512], codebook=[1024], tokens=[256],
-                    ops=list(ALL_OPS), dtype=["float32"])
+                    ops=list(DEFAULT_OPS), dtype=["float32"])
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -51,12 +51,12 @@ def measure_ceilings(device: torch.device, dtype: torch.dtype, threads: int,
 
 def least_traffic(head, op: str, num_tokens: int, element_size: int):
     """(bytes read, bytes written) that ``op`` cannot avoid: the hidden states and parameters read
-    once; the output written once (N x V for logits and log_probs, N token ids for predict and
+    once; the output written once (N x V for logits and log_probs, also *_into, N token ids for predict and
     decode, a scalar loss, and for train the parameter and hidden-state gradients)."""
     n, d, v = num_tokens, head.d_model, head.vocab_size
     params = head.num_parameters() * element_size
     read = n * d * element_size + params + (8 * n if op in ("loss", "train") else 0)
-    if op in ("logits", "log_probs"):
+    if op in ("logits", "log_probs", "logits_into", "log_probs_into"):
         written = n * v * element_size
     elif op in ("predict", "decode"):
         written = 8 * n

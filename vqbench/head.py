@@ -43,6 +43,8 @@ class OutputHead(nn.Module):
     name: str = ""
     #: option name -> type, used to read options from spec strings
     OPTION_TYPES: dict = {}
+    #: True when the head writes V-wide outputs fastest token-major (see ``new_output``)
+    OUTPUT_TOKEN_MAJOR: bool = False
 
     def __init__(self, vocab_size: int, d_model: int, token_counts=None):
         super().__init__()
@@ -72,20 +74,49 @@ class OutputHead(nn.Module):
         out = self._target_log_prob(flat, self._flatten_target(target, hidden))
         return out.reshape(lead)
 
-    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Normalised log-probabilities over all V tokens; hidden [..., d] -> [..., V]."""
+    def log_probs(self, hidden: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Normalised log-probabilities over all V tokens; hidden [..., d] -> [..., V].
+
+        out: optional [..., V] tensor of the head's dtype and device to write into (returned), for
+        inference; ``new_output`` allocates one in the layout this head writes fastest, to reuse.
+        """
         flat, lead = self._flatten_hidden(hidden)
-        return self._log_probs(flat).reshape(*lead, self.vocab_size)
+        if out is None:
+            return self._log_probs(flat).reshape(*lead, self.vocab_size)
+        self._log_probs_into(flat, self._flatten_out(out, flat, lead))
+        return out
 
     def predict(self, hidden: torch.Tensor) -> torch.Tensor:
         """The most probable token (int64); hidden [..., d] -> [...]."""
         flat, lead = self._flatten_hidden(hidden)
         return self._predict(flat).reshape(lead)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Unnormalised V logits, for heads that produce them; hidden [..., d] -> [..., V]."""
+    def logits(self, hidden: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Unnormalised V logits, for heads that produce them; hidden [..., d] -> [..., V].
+
+        out: as in ``log_probs``.
+        """
         flat, lead = self._flatten_hidden(hidden)
-        return self._logits(flat).reshape(*lead, self.vocab_size)
+        if out is None:
+            return self._logits(flat).reshape(*lead, self.vocab_size)
+        self._logits_into(flat, self._flatten_out(out, flat, lead))
+        return out
+
+    def new_output(self, *lead: int) -> torch.Tensor:
+        """An uninitialised [*lead, V] tensor (dtype and device of the head) laid out as this head
+        writes it fastest: token-major, i.e. the transposed view of a [V, N] tensor, for heads that
+        build their outputs token by token (``OUTPUT_TOKEN_MAJOR``), else row-major [N, V]."""
+        for size in lead:
+            _check_positive_int("lead", size, minimum=1)
+        param = self._reference_parameter()
+        n = 1
+        for size in lead:
+            n *= size
+        if self.OUTPUT_TOKEN_MAJOR:
+            buffer = torch.empty(self.vocab_size, n, dtype=param.dtype, device=param.device).T
+        else:
+            buffer = torch.empty(n, self.vocab_size, dtype=param.dtype, device=param.device)
+        return buffer.reshape(*lead, self.vocab_size)
 
     def forward(self, hidden: torch.Tensor, target: torch.Tensor) -> HeadOutput:
         output = self.target_log_prob(hidden, target)
@@ -143,6 +174,13 @@ class OutputHead(nn.Module):
     def _logits(self, hidden):
         raise NotImplementedError(f"{self.name}: this head does not produce V logits in one step")
 
+    def _log_probs_into(self, hidden, out):
+        """Write log_probs into out [N, V]; heads with a direct write override this copy."""
+        out.copy_(self._log_probs(hidden))
+
+    def _logits_into(self, hidden, out):
+        out.copy_(self._logits(hidden))
+
     def _matmul_flops(self, num_tokens: int, op: str, target) -> float:  # pragma: no cover
         raise NotImplementedError
 
@@ -174,6 +212,29 @@ class OutputHead(nn.Module):
                 f"hidden: on {hidden.device} but the head's parameters are on {param.device}")
         lead = hidden.shape[:-1]
         return hidden.reshape(-1, self.d_model), lead
+
+    def _flatten_out(self, out, hidden, lead):
+        """out [*lead, V] -> its [N, V] view, checked; hidden is the flattened [N, d] input."""
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out: expected a torch.Tensor, got {type(out).__name__}")
+        if tuple(out.shape) != (*lead, self.vocab_size):
+            raise ValueError(f"out: expected shape {[*lead, self.vocab_size]} (hidden's leading shape, "
+                             f"vocab_size={self.vocab_size}), got {list(out.shape)}")
+        if out.dtype != hidden.dtype or out.device != hidden.device:
+            raise TypeError(f"out: expected dtype {hidden.dtype} on {hidden.device} (as hidden), "
+                            f"got {out.dtype} on {out.device}")
+        if torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in self.parameters())):
+            raise RuntimeError("out: writing into a given tensor does not record gradients; call under "
+                               "torch.no_grad() or torch.inference_mode(), or leave out unset")
+        try:
+            flat = out.view(-1, self.vocab_size)
+        except RuntimeError:
+            raise ValueError(f"out: its strides {out.stride()} cannot be viewed as [N, V] without a copy; "
+                             f"allocate it with new_output()") from None
+        if 0 in flat.stride():
+            raise ValueError("out: has elements that share memory (an expanded tensor); "
+                             "allocate it with new_output()")
+        return flat
 
     def _flatten_target(self, target, hidden):
         if not isinstance(target, torch.Tensor):
@@ -232,6 +293,13 @@ class LogitsHead(OutputHead):
 
     def _log_probs(self, hidden):
         return torch.log_softmax(self._logits(hidden), dim=-1)
+
+    def _log_probs_into(self, hidden, out):
+        self._logits_into(hidden, out)
+        if out.is_contiguous():
+            torch.log_softmax(out, dim=-1, out=out)  # row by row: each row is read before it is written
+        else:
+            out.copy_(torch.log_softmax(out, dim=-1))
 
     def _target_log_prob(self, hidden, target):
         logits = self._logits(hidden)

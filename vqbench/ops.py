@@ -3,6 +3,11 @@
 logits:    the V logits (softmax h W^T, vq h C^T plus scatter), no normalisation; only heads
            that produce V logits in one step (others raise NotImplementedError).
 log_probs: normalised log-probabilities over V.
+logits_into, log_probs_into: the same, written into one output tensor allocated (in the head's
+           preferred layout, ``new_output``) and first touched before the timing, as an inference
+           loop that reuses its buffer does; the plain ops above return a fresh tensor each call,
+           whose allocation and first-touch page faults they pay. Heads without a direct write
+           copy their fresh result into the buffer, and pay for that too.
 predict:   the argmax token.
 loss:      forward of the training loss (mean NLL), no autograd graph.
 train:     loss forward + backward, gradients for the head's parameters and the hidden states.
@@ -16,7 +21,10 @@ import torch
 
 from vqbench.head import OutputHead
 
-ALL_OPS = ("logits", "log_probs", "predict", "loss", "train", "decode")
+ALL_OPS = ("logits", "log_probs", "logits_into", "log_probs_into", "predict", "loss", "train", "decode")
+#: the default ops of a sweep: the *_into variants are asked for by name
+DEFAULT_OPS = ("logits", "log_probs", "predict", "loss", "train", "decode")
+INTO_OPS = {"logits_into": "logits", "log_probs_into": "log_probs"}
 DECODE_MAX_BATCH = 64
 
 
@@ -28,6 +36,13 @@ def make_op(head, op: str, hidden: torch.Tensor, target: torch.Tensor):
         return _no_grad(lambda: head.logits(hidden))
     if op == "log_probs":
         return _no_grad(lambda: head.log_probs(hidden))
+    if op in INTO_OPS:
+        if op == "logits_into" and type(head)._logits is OutputHead._logits:
+            raise NotImplementedError(f"{head.name} has no one-step V logits")
+        out = head.new_output(hidden.shape[0])
+        out.fill_(0)  # first touch outside the timing
+        method = head.logits if op == "logits_into" else head.log_probs
+        return _no_grad(lambda: method(hidden, out=out))
     if op == "predict":
         return _no_grad(lambda: head.predict(hidden))
     if op == "loss":
@@ -63,7 +78,8 @@ def _no_grad(fn):
 
 def analytic_flops(head, op: str, num_tokens: int, target: torch.Tensor) -> int:
     """Matrix-product FLOPs of ``op``. train = 3x the loss forward (each product has two
-    backward products of the same size); logits and decode = log_probs."""
+    backward products of the same size); logits, decode and the *_into ops = log_probs."""
+    op = INTO_OPS.get(op, op)
     if op == "train":
         return 3 * head.flops(num_tokens, "loss", target)
     if op in ("logits", "decode"):
@@ -73,6 +89,7 @@ def analytic_flops(head, op: str, num_tokens: int, target: torch.Tensor) -> int:
 
 def largest_intermediate(head, op: str, num_tokens: int) -> int:
     """Elements of the largest tensor ``op`` creates (analytic), for comparison with the
-    measured peak memory."""
+    measured peak memory; for the *_into ops, what the plain op would create)."""
+    op = INTO_OPS.get(op, op)
     return int(head.largest_intermediate(num_tokens, "loss" if op == "train" else
                                          "log_probs" if op in ("logits", "decode") else op))

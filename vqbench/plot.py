@@ -13,9 +13,10 @@ import os
 import sys
 from collections import defaultdict
 
+from vqbench.ops import ALL_OPS
 from vqbench.sweep import read_rows
 
-OPS = ["logits", "log_probs", "predict", "loss", "train", "decode"]
+OPS = list(ALL_OPS)
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
 MARKERS = "osD^v<>pXh*"

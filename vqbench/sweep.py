@@ -19,7 +19,7 @@ import torch
 
 from vqbench.floors import Ceilings, floor_seconds, least_traffic, measure_ceilings
 from vqbench.measure import peak_memory_and_flops, time_op
-from vqbench.ops import ALL_OPS, analytic_flops, largest_intermediate, make_op
+from vqbench.ops import DEFAULT_OPS, analytic_flops, largest_intermediate, make_op
 from vqbench.provenance import provenance
 from vqbench.registry import make_head, parse_spec
 
@@ -40,7 +40,7 @@ class Grid:
     d_model: Sequence[int]
     codebook: Sequence[int] = (1024,)
     tokens: Sequence[int] = (512,)
-    ops: Sequence[str] = ALL_OPS
+    ops: Sequence[str] = DEFAULT_OPS
     devices: Sequence[str] = ("cpu",)
     dtypes: Sequence[str] = ("float32",)
 

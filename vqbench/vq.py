@@ -90,15 +90,23 @@ class VQLogits(LogitsHead):
         """[N, d] -> [N, K]."""
         return hidden @ self.codebook.T
 
-    def _spread(self, code_values_t: torch.Tensor) -> torch.Tensor:
+    OUTPUT_TOKEN_MAJOR = True
+
+    def _spread(self, code_values_t: torch.Tensor, out=None) -> torch.Tensor:
         """[K, N] per-code values -> [N, V] per-token values, value[:, i] = code_values[:, M(i)].
 
         Gathered as whole rows into a [V, N] tensor (each row one contiguous copy of N values) and
         returned as its transposed view, with the bias added in the same layout. On CPU this runs
         close to the cost of writing the output once; indexing the columns of an [N, V] tensor,
-        ``(h C^T)[:, M]``, is several times slower.
+        ``(h C^T)[:, M]``, is several times slower. With ``out`` [N, V] the gather writes into it
+        (row by row when out is the transposed view of a [V, N] tensor, as ``new_output`` makes).
         """
-        spread = code_values_t.index_select(0, self.mapping)
+        if out is None:
+            spread = code_values_t.index_select(0, self.mapping)
+        elif out.T.is_contiguous():
+            spread = torch.index_select(code_values_t, 0, self.mapping, out=out.T)
+        else:
+            spread = torch.index_select(code_values_t.T, 1, self.mapping, out=out).T
         if self.bias is not None:
             spread.add_(self.bias[:, None])  # in place: index_select's backward does not need its output
         return spread.T
@@ -106,12 +114,21 @@ class VQLogits(LogitsHead):
     def _logits(self, hidden):
         return self._spread(self.codebook @ hidden.T)
 
+    def _logits_into(self, hidden, out):
+        self._spread(self.codebook @ hidden.T, out)
+
     def _log_probs(self, hidden):
-        # normalise the K codebook logits (the collapsed log-normaliser), then spread once: the
-        # V-wide output is written a single time instead of by a scatter and a log_softmax
+        return self._spread(self._normalised_code_logits_t(hidden))
+
+    def _log_probs_into(self, hidden, out):
+        self._spread(self._normalised_code_logits_t(hidden), out)
+
+    def _normalised_code_logits_t(self, hidden):
+        """[N, d] -> [K, N] codebook logits minus each token's log-normaliser: normalising the K codes
+        before the spread writes the V-wide output once, instead of by a scatter and a log_softmax."""
         code_logits_t = self.codebook @ hidden.T
         log_z = torch.logsumexp(code_logits_t + self._code_log_mass(code_logits_t.dtype)[:, None], dim=0)
-        return self._spread(code_logits_t - log_z)
+        return code_logits_t.sub_(log_z)
 
     def _code_log_mass(self, dtype) -> torch.Tensor:
         """[K]: log n_k, or with a bias logsumexp of the biases of code k (-inf when empty)."""
