@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vqbench.frequency import balanced_bins, frequency_order
@@ -19,9 +20,9 @@ class ClassTree(nn.Module):
 
     Parameters: class_weight [C, d], word_weight [V, d] -> C * d + V * d.
 
-    The loss touches only each target's class: targets are sorted by class and packed into
-    tiles of T = ceil(N / C) rows of one class; one batched matmul multiplies every tile by
-    its class's (padded) word vectors. Padding costs at most about 2x the unpadded work.
+    The loss touches only each target's class: targets are grouped by class and each group
+    multiplies its class's word vectors, a contiguous block of rows when ids are in frequency
+    order (else one row gather of the weight first), so the work is exactly sum_c n_c |c| d.
     """
 
     def __init__(self, vocab_size: int, d_model: int, counts: torch.Tensor, num_classes: int):
@@ -35,11 +36,6 @@ class ClassTree(nn.Module):
         starts = torch.cumsum(sizes, 0) - sizes
         position = torch.empty(vocab_size, dtype=torch.int64)
         position[order] = torch.arange(vocab_size) - starts[class_sorted]
-        width = int(sizes.max())
-        slots = torch.arange(width)
-        # class_tokens[c, j]: the j-th token of class c; padding slots point at token 0, masked
-        members = starts[:, None] + slots
-        class_tokens = torch.where(slots < sizes[:, None], order[members.clamp(max=vocab_size - 1)], 0)
         self.register_buffer("order", order, persistent=False)
         ends = torch.cumsum(sizes, 0)
         self.class_bounds = [(int(e - z), int(e)) for e, z in zip(ends, sizes)]  # rows of each class in order
@@ -47,8 +43,7 @@ class ClassTree(nn.Module):
         self.register_buffer("class_of", class_of)
         self.register_buffer("position", position)
         self.register_buffer("class_sizes", sizes)
-        self.register_buffer("class_tokens", class_tokens)
-        self.max_class_size = width
+        self.class_size_list = sizes.tolist()
         probs = counts / counts.sum()
         self.class_probability = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, class_of, probs)
 
@@ -59,36 +54,20 @@ class ClassTree(nn.Module):
     def num_parameters(self) -> int:
         return (self.num_classes + self.vocab_size) * self.d_model
 
-    def tile_rows(self, num_tokens: int) -> int:
-        return max(1, math.ceil(num_tokens / self.num_classes))
-
     def target_log_prob(self, hidden, target):
-        n = hidden.shape[0]
         cls = self.class_of[target]
         class_lp = torch.log_softmax(hidden @ self.class_weight.T, dim=-1).gather(1, cls[:, None]).squeeze(1)
-
-        rows = self.tile_rows(n)
+        # targets grouped by class; each group multiplies only its class's block of word vectors
+        # (a slice of one split of the weight: its backward is one concatenation, no scatter)
         perm = torch.argsort(cls, stable=True)
-        cls_sorted = cls[perm]
-        per_class = torch.bincount(cls_sorted, minlength=self.num_classes)
-        tiles_per_class = (per_class + rows - 1) // rows
-        tile_start = torch.cumsum(tiles_per_class, 0) - tiles_per_class
-        group_start = torch.cumsum(per_class, 0) - per_class
-        rank = torch.arange(n, device=hidden.device) - group_start[cls_sorted]
-        tile = tile_start[cls_sorted] + rank // rows
-        slot = rank % rows
-        num_tiles = int(tiles_per_class.sum())
-
-        packed = hidden.new_zeros(num_tiles, rows, self.d_model)
-        packed = packed.index_put((tile, slot), hidden[perm])
-        tile_class = torch.zeros(num_tiles, dtype=torch.int64, device=hidden.device)
-        tile_class[tile] = cls_sorted
-        words = self.word_weight[self.class_tokens[tile_class]]             # [tiles, S, d]
-        logits = torch.bmm(packed, words.transpose(1, 2))[tile, slot]         # [N, S]
-        valid = torch.arange(self.max_class_size, device=hidden.device) < self.class_sizes[cls_sorted, None]
-        logits = logits.masked_fill(~valid, float("-inf"))
-        word_lp = torch.log_softmax(logits, dim=-1).gather(1, self.position[target[perm]][:, None]).squeeze(1)
-        within = torch.empty_like(word_lp).index_put((perm,), word_lp)
+        per_class = torch.bincount(cls, minlength=self.num_classes).tolist()
+        hidden_groups = hidden[perm].split(per_class)
+        position_groups = self.position[target[perm]].split(per_class)
+        words = self.word_weight if self.ids_in_frequency_order else self.word_weight.index_select(0, self.order)
+        word_blocks = words.split(self.class_size_list)
+        nll = [F.cross_entropy(h @ w.T, p, reduction="none")                # [n_c]
+               for h, w, p, n in zip(hidden_groups, word_blocks, position_groups, per_class) if n]
+        within = torch.empty_like(class_lp).index_put((perm,), -torch.cat(nll))
         return class_lp + within
 
     def log_probs(self, hidden):
@@ -107,9 +86,9 @@ class ClassTree(nn.Module):
     def largest_intermediate(self, num_tokens, op):
         if op != "loss":
             return num_tokens * self.vocab_size
-        rows = self.tile_rows(num_tokens)
-        tiles = min(num_tokens, self.num_classes + math.ceil(num_tokens / rows))
-        return max(num_tokens * self.num_classes, tiles * self.max_class_size * self.d_model)
+        # the grouped hidden states, or the logits of the class with the most expected work
+        per_class = torch.ceil(num_tokens * self.class_probability) * self.class_sizes.double().cpu()
+        return int(max(num_tokens * self.num_classes, num_tokens * self.d_model, per_class.max()))
 
     def flops(self, num_tokens, op, target):
         d = self.d_model
@@ -117,10 +96,7 @@ class ClassTree(nn.Module):
         if op != "loss":
             return head + 2 * num_tokens * d * self.vocab_size
         if target is None:
-            # the algorithm's expectation, without tile padding
             mean_size = float((self.class_probability * self.class_sizes.double().cpu()).sum())
             return head + 2 * num_tokens * d * mean_size
-        rows = self.tile_rows(num_tokens)
-        per_class = torch.bincount(self.class_of[target.to(self.class_of.device)], minlength=self.num_classes)
-        num_tiles = int(((per_class + rows - 1) // rows).sum())
-        return head + 2 * num_tiles * rows * self.max_class_size * d
+        cls = self.class_of[target.to(self.class_of.device)]
+        return head + 2 * d * int(self.class_sizes[cls].sum())

@@ -34,8 +34,8 @@ class HuffmanTree(nn.Module):
 
     Parameters: node_weight [V-1, d] -> (V - 1) * d.
 
-    Loss: gathers the vectors on each target's path (padded to the longest path in the
-    batch) and takes one batched dot product. log_probs: h U^T for all V-1 nodes, then
+    Loss: gathers the vectors on each target's path (sum of the depths rows, no padding) and
+    takes one dot product per (token, node). log_probs: h U^T for all V-1 nodes, then
     log-probabilities pushed down the tree one depth level at a time (no loop over tokens).
     """
 
@@ -84,11 +84,15 @@ class HuffmanTree(nn.Module):
         return (self.vocab_size - 1) * self.d_model
 
     def target_log_prob(self, hidden, target):
-        longest = int(self.depth[target].max())
-        nodes = self.path_nodes[target, :longest]                       # [N, D]
-        signs = self.path_signs[target, :longest].to(hidden.dtype)      # [N, D]
-        scores = torch.einsum("nkd,nd->nk", self.node_weight[nodes], hidden)
-        return (F.logsigmoid(signs * scores) * (signs != 0)).sum(1)
+        # one entry per (token, node on its path), token by token: E = sum of the targets' depths
+        depth = self.depth[target]                                          # [N]
+        on_path = self.path_signs[target] != 0                              # [N, D]
+        nodes = self.path_nodes[target][on_path]                            # [E]
+        signs = self.path_signs[target][on_path].to(hidden.dtype)           # [E]
+        token = torch.arange(target.shape[0], device=target.device).repeat_interleave(depth)
+        # row gathers (index_select: its backward is an index_add, no padded [N, D, d] tensor)
+        scores = torch.einsum("ed,ed->e", hidden.index_select(0, token), self.node_weight.index_select(0, nodes))
+        return hidden.new_zeros(target.shape[0]).index_add(0, token, F.logsigmoid(signs * scores))
 
     def log_probs(self, hidden):
         # node-major layout [nodes, N]: each level moves whole rows (contiguous), which is far
@@ -112,5 +116,5 @@ class HuffmanTree(nn.Module):
         if op != "loss":
             return 2 * num_tokens * d * (self.vocab_size - 1)
         if target is None:
-            return 2 * num_tokens * d * self.expected_depth  # without padding to the longest path
-        return 2 * num_tokens * d * int(self.depth[target.to(self.depth.device)].max())
+            return 2 * num_tokens * d * self.expected_depth
+        return 2 * d * int(self.depth[target.to(self.depth.device)].sum())

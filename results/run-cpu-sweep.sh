@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the committed CPU results (2 threads, float32, THP allocator):
 #   cpu-sweep  the full grid with a 1 s per-call time guard (about 80 minutes on 2 cores);
-#   headline   V=50257, d=1024, K=1024, N=2048, every head and op, no time guard;
-#   cpu-floors d=1024, V in {10000, 50257, 128000}, N in {64, 2048}, with a 2 s time guard:
+#   headline   V=50257, d=1024, K=1024, N=2048, every head and op (also the *_into ops), no time guard;
+#   cpu-floors d=1024, V in {10000, 50257, 128000}, N in {64, 2048}, with a 3 s time guard:
 #              the x-over-floor tables of issue 7;
 #   chunk-memory  softmax train at V=128000, N=2048, plain vs chunked, no time guard.
 # Pass a step name (cpu-sweep, headline, cpu-floors, chunk-memory) to run only that one.
@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 COMMON=(--threads 2 --min-run-time 0.2 --out results --no-progress)
 HEADS=(softmax softmax:chunk=256 adaptive hierarchical hierarchical:tree=huffman lowrank)
+OPS=(logits log_probs logits_into log_probs_into predict loss train)
 STEP="${1:-}"
 if [ -z "$STEP" ] || [ "$STEP" = cpu-sweep ]; then
 python -m vqbench.compare --heads "${HEADS[@]}" vq --vocab 10000 32000 50257 128000 256000 \
@@ -18,11 +19,11 @@ python -m vqbench.compare --heads "${HEADS[@]}" vq --vocab 10000 32000 50257 128
 fi
 if [ -z "$STEP" ] || [ "$STEP" = headline ]; then
 python -m vqbench.compare --heads "${HEADS[@]}" vq:K=1024 vq:K=1024,path=scatter vq:K=1024,bias=1 \
-    --vocab 50257 --d-model 1024 --tokens 2048 --name headline "${COMMON[@]}"
+    --vocab 50257 --d-model 1024 --tokens 2048 --ops "${OPS[@]}" decode --name headline "${COMMON[@]}"
 fi
 if [ -z "$STEP" ] || [ "$STEP" = cpu-floors ]; then
 python -m vqbench.compare --heads "${HEADS[@]}" vq --vocab 10000 50257 128000 --d-model 1024 \
-    --codebook 256 1024 4096 --tokens 64 2048 --ops logits log_probs predict loss train --time-budget-s 2 \
+    --codebook 256 1024 4096 --tokens 64 2048 --ops "${OPS[@]}" --time-budget-s 3 \
     --name cpu-floors "${COMMON[@]}"
 fi
 if [ -z "$STEP" ] || [ "$STEP" = chunk-memory ]; then
