@@ -70,17 +70,22 @@ class ClassTree(nn.Module):
         within = torch.empty_like(class_lp).index_put((perm,), -torch.cat(nll))
         return class_lp + within
 
-    def log_probs(self, hidden):
-        # token-major layout [V, N]: each class is a set of rows (a contiguous block when ids are
-        # in frequency order, as in vqbench's corpora), normalised by one logsumexp over its rows;
-        # the result is returned transposed
+    def log_probs(self, hidden, out_t=None):
+        """[N, d] -> [N, V], built token-major ([V, N], returned transposed); out_t: an optional
+        [V, N] destination (no autograd). Each class is a set of rows (a contiguous block when ids
+        are in frequency order, as in vqbench's corpora), normalised by one logsumexp over them."""
         class_lp = torch.log_softmax(self.class_weight @ hidden.T, dim=0)    # [C, N]
-        logits = self.word_weight @ hidden.T                                 # [V, N]
-        out = torch.empty_like(logits)
+        logits = torch.mm(self.word_weight, hidden.T, out=out_t)             # [V, N]
+        # without autograd the logits are normalised where they lie
+        out = torch.empty_like(logits) if logits.requires_grad else logits
         for c, (lo, hi) in enumerate(self.class_bounds):
             rows = slice(lo, hi) if self.ids_in_frequency_order else self.order[lo:hi]
             block = logits[rows]
-            out[rows] = block - (torch.logsumexp(block, dim=0) - class_lp[c])
+            shift = torch.logsumexp(block, dim=0) - class_lp[c]
+            if out is logits and isinstance(rows, slice):
+                block.sub_(shift)
+            else:
+                out[rows] = block - shift
         return out.T
 
     def largest_intermediate(self, num_tokens, op):

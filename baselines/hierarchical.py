@@ -54,6 +54,12 @@ class HierarchicalSoftmax(OutputHead):
     def _log_probs(self, hidden):
         return self.tree.log_probs(hidden)
 
+    def _log_probs_into(self, hidden, out):
+        if isinstance(self.tree, ClassTree) and out.T.is_contiguous():
+            self.tree.log_probs(hidden, out_t=out.T)
+        else:
+            out.copy_(self.tree.log_probs(hidden))
+
     def largest_intermediate(self, num_tokens, op):
         return self.tree.largest_intermediate(num_tokens, op)
 

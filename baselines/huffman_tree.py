@@ -62,20 +62,26 @@ class HuffmanTree(nn.Module):
         probs = counts / counts.sum()
         self.expected_depth = float((probs * depth.double()).sum())
 
-        # node depths from the root, for the level-by-level log_probs
+        # internal nodes by depth from the root, with their two children (node ids), for the
+        # level-by-level log_probs
         node_depth = torch.zeros(2 * vocab_size - 1, dtype=torch.int64)
         node_depth[:vocab_size] = depth
         # the k-th ancestor of a leaf at depth D sits at depth D - k - 1
         on_path = self.path_signs != 0
         ancestor_depth = depth[:, None] - torch.arange(on_path.shape[1]) - 1
         node_depth[self.path_nodes[on_path] + vocab_size] = ancestor_depth[on_path]
-        self.levels = []
-        for level in range(1, int(node_depth.max()) + 1):
-            children = (node_depth == level).nonzero().flatten()
-            self.levels.append(len(children))
-            self.register_buffer(f"level{level}_child", children)
-            self.register_buffer(f"level{level}_parent", parent[children] - vocab_size)
-            self.register_buffer(f"level{level}_sign", sign[children])
+        children = torch.arange(2 * vocab_size - 2)
+        left_child = torch.empty(vocab_size - 1, dtype=torch.int64)
+        right_child = torch.empty(vocab_size - 1, dtype=torch.int64)
+        left_child[parent[children][is_right[children] == 0] - vocab_size] = children[is_right[children] == 0]
+        right_child[parent[children][is_right[children] == 1] - vocab_size] = children[is_right[children] == 1]
+        internal_depth = node_depth[vocab_size:]
+        self.num_levels = int(internal_depth.max()) + 1
+        for level in range(self.num_levels):
+            nodes = (internal_depth == level).nonzero().flatten()            # internal node indices
+            self.register_buffer(f"level{level}_node", nodes, persistent=False)
+            self.register_buffer(f"level{level}_left", left_child[nodes], persistent=False)
+            self.register_buffer(f"level{level}_right", right_child[nodes], persistent=False)
 
         bound = 1.0 / math.sqrt(d_model)
         self.node_weight = nn.Parameter(torch.empty(vocab_size - 1, d_model).uniform_(-bound, bound))
@@ -96,14 +102,19 @@ class HuffmanTree(nn.Module):
 
     def log_probs(self, hidden):
         # node-major layout [nodes, N]: each level moves whole rows (contiguous), which is far
-        # faster than indexing columns of an [N, nodes] tensor; the result is returned transposed
+        # faster than indexing columns of an [N, nodes] tensor; the result is returned transposed.
+        # Both branch log-probabilities come from one logsigmoid over all nodes:
+        # log sigmoid(-s) = log sigmoid(s) - s.
         scores = self.node_weight @ hidden.T                            # [V-1, N]
-        out = hidden.new_zeros(2 * self.vocab_size - 1, hidden.shape[0])
-        for level in range(1, len(self.levels) + 1):
-            child = getattr(self, f"level{level}_child")
-            par = getattr(self, f"level{level}_parent")
-            sgn = getattr(self, f"level{level}_sign").to(hidden.dtype)
-            out[child] = out[par + self.vocab_size] + F.logsigmoid(sgn[:, None] * scores[par])
+        go_left = F.logsigmoid(scores)
+        go_right = go_left - scores if scores.requires_grad else torch.sub(go_left, scores, out=scores)
+        out = hidden.new_empty(2 * self.vocab_size - 1, hidden.shape[0])
+        out[-1] = 0                                                     # the root
+        for level in range(self.num_levels):
+            node = getattr(self, f"level{level}_node")
+            above = out[node + self.vocab_size]                         # log p(reaching the node)
+            out.index_copy_(0, getattr(self, f"level{level}_left"), go_left[node].add_(above))
+            out.index_copy_(0, getattr(self, f"level{level}_right"), go_right[node].add_(above))
         return out[:self.vocab_size].T
 
     def largest_intermediate(self, num_tokens, op):

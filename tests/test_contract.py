@@ -110,3 +110,21 @@ def test_new_output_layout():
         out = build(spec).new_output(5)
         assert out.shape == (5, V)
         assert out.T.is_contiguous() is token_major and out.is_contiguous() is not token_major
+
+
+def test_log_probs_gradients_match_the_loss_path(spec):
+    """log_probs under autograd is differentiable and agrees with target_log_prob's gradients
+    (two independent implementations for every head but the plain softmax)."""
+    head = build(spec)
+    hidden, target = inputs()
+    hidden.requires_grad_(True)
+    wrt = [hidden, *head.parameters()]
+    from_log_probs = torch.autograd.grad(head.log_probs(hidden).gather(1, target[:, None]).sum(), wrt,
+                                         allow_unused=True)
+    from_target = torch.autograd.grad(head.target_log_prob(hidden, target).sum(), wrt, allow_unused=True)
+    for a, b in zip(from_log_probs, from_target):
+        if a is None or b is None:
+            assert a is None or not a.any()
+            assert b is None or not b.any()
+        else:
+            assert torch.allclose(a, b, atol=1e-10, rtol=0)

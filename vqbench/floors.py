@@ -1,6 +1,7 @@
 """The machine's ceilings and each measured op's floor.
 
-Ceilings, measured once per (device, dtype) at the start of a sweep and stored in every row:
+Ceilings, measured once per (device, dtype) at the start of a sweep and stored in every row (each
+the fastest of several calls):
     gemm  FLOP/s of a large square matrix product;
     copy  bytes/s of a large tensor copy into an existing tensor, counting bytes read plus written;
     fill  bytes/s of filling an existing large tensor (bytes written).
@@ -15,8 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from vqbench.measure import time_op
+import torch.utils.benchmark as benchmark
 
 
 @dataclass(frozen=True)
@@ -32,21 +32,33 @@ class Ceilings:
 
 def measure_ceilings(device: torch.device, dtype: torch.dtype, threads: int,
                      gemm_size: int = None, buffer_bytes: int = None) -> Ceilings:
-    """GEMM rate and copy/fill bandwidth on ``device`` in ``dtype`` (torch.utils.benchmark medians)."""
+    """GEMM rate and copy/fill bandwidth on ``device`` in ``dtype``.
+
+    A ceiling is the best the machine does, so each is the fastest of several timed calls
+    (torch.utils.benchmark, one call per sample): on a shared machine a median taken while a
+    neighbour is busy would lower the ceilings and flatter every floor ratio of the run.
+    """
     cuda = device.type == "cuda"
     gemm_size = gemm_size or (8192 if cuda else 4096)  # large enough to reach the peak rate
     buffer_bytes = buffer_bytes or (2 << 30 if cuda else 512 << 20)  # far beyond any cache
     a = torch.randn(gemm_size, gemm_size, device=device).to(dtype)
     b = torch.randn(gemm_size, gemm_size, device=device).to(dtype)
-    gemm = time_op(lambda: torch.mm(a, b), device, threads, min_run_time=0.3, min_samples=3).median
+    gemm = fastest_call(lambda: torch.mm(a, b), threads, samples=4)
     del a, b
     elements = buffer_bytes // torch.empty((), dtype=dtype).element_size()
     src = torch.ones(elements, device=device, dtype=dtype)
     dst = torch.empty_like(src)
     dst.fill_(0)  # first touch outside the timing
-    copy = time_op(lambda: dst.copy_(src), device, threads, min_run_time=0.3, min_samples=3).median
-    fill = time_op(lambda: dst.fill_(1), device, threads, min_run_time=0.3, min_samples=3).median
+    copy = fastest_call(lambda: dst.copy_(src), threads, samples=20)
+    fill = fastest_call(lambda: dst.fill_(1), threads, samples=20)
     return Ceilings(2 * gemm_size ** 3 / gemm, 2 * buffer_bytes / copy, buffer_bytes / fill)
+
+
+def fastest_call(fn, threads: int, samples: int) -> float:
+    """Seconds of the fastest of ``samples`` single calls of fn() after one warm-up call."""
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    timer.timeit(1)
+    return min(timer.timeit(1).median for _ in range(samples))
 
 
 def least_traffic(head, op: str, num_tokens: int, element_size: int):

@@ -292,7 +292,12 @@ class LogitsHead(OutputHead):
     """A head that produces all V logits in one step (``_logits``) and normalises them."""
 
     def _log_probs(self, hidden):
-        return torch.log_softmax(self._logits(hidden), dim=-1)
+        logits = self._logits(hidden)
+        if logits.requires_grad:
+            return torch.log_softmax(logits, dim=-1)
+        # normalised in place: no second N x V tensor to allocate and first-touch
+        return torch.log_softmax(logits, dim=-1, out=logits) if logits.is_contiguous() \
+            else torch.log_softmax(logits, dim=-1)
 
     def _log_probs_into(self, hidden, out):
         self._logits_into(hidden, out)

@@ -10,6 +10,7 @@ named after the head, sizes and op; the top operators are printed with tabulate.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 
@@ -37,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--active", type=int, default=3, help="profiler schedule: recorded steps")
     p.add_argument("--top", type=int, default=15, help="operators to print")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--cpu-allocator", choices=["thp", "default"], default="thp",
+                   help="as in vqbench.compare: thp (default) puts large CPU tensors on transparent huge pages")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device: cuda requested but torch sees no CUDA device")
@@ -55,6 +58,10 @@ def profile_op(args):
     """Run the op under torch.profiler's schedule; return the profiler (its trace written)."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_allocator == "thp":
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+    else:
+        os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
     torch.manual_seed(0)
     dtype = DTYPES[args.dtype]
     head = make_head(args.head, args.vocab, args.d_model, device=args.device, dtype=dtype)
@@ -93,7 +100,8 @@ def main(argv=None) -> int:
     rows = top_operators(prof, args.top, args.device)
     headers = ["operator", "calls", "self time (ms)", "total time (ms)", "GFLOP", "self memory (MiB)"]
     print(f"{args.head} {args.op}: V={args.vocab}, d={args.d_model}, N={args.tokens}, {args.device}, "
-          f"{args.dtype}, {torch.get_num_threads()} threads; {args.active} recorded steps, totals over them")
+          f"{args.dtype}, {torch.get_num_threads()} threads, {args.cpu_allocator} allocator; "
+          f"{args.active} recorded steps, totals over them")
     print(tabulate(rows, headers, tablefmt="github", floatfmt=".2f"))
     print(f"trace: {args.logdir}/{run_name(args)} (tensorboard --logdir {args.logdir})", file=sys.stderr)
     return 0
