@@ -34,3 +34,15 @@ def inputs(dtype=torch.float64, n=N, vocab_size=V, d_model=D, seed=1):
 @pytest.fixture(params=SPECS)
 def spec(request):
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def small_ceilings(monkeypatch):
+    """Sweeps in tests measure the machine's ceilings on small operands: the full-size measurement
+    (tested in test_floors) takes seconds and a sweep repeats it before every head."""
+    from vqbench import floors, sweep
+
+    def measure(device, dtype, threads):
+        return floors.measure_ceilings(device, dtype, threads, gemm_size=256, buffer_bytes=8 << 20)
+
+    monkeypatch.setattr(sweep, "measure_ceilings", measure)

@@ -56,3 +56,23 @@ def test_floor_tables_divide_time_by_floor():
     floor = [t for t in tables if t["key"][-1] == "floor"]
     assert len(floor) == 1 and floor[0]["body"] == [["vq:K=8", "1.50x"]]
     assert "GEMM 100 GFLOP/s" in floor[0]["caption"] and "1.50x" in render(floor)
+
+
+def test_ceilings_are_measured_before_each_head(tmp_path, monkeypatch):
+    from vqbench import sweep
+    calls = []
+    rates = iter(range(1, 100))
+
+    def measure(device, dtype, threads):
+        calls.append(device)
+        rate = float(next(rates)) * 1e9
+        return Ceilings(rate, rate, rate)
+
+    monkeypatch.setattr(sweep, "measure_ceilings", measure)
+    path = str(tmp_path / "rows.csv")
+    sweep.run_sweep(sweep.Grid(heads=["softmax", "vq:K=4"], vocab=[50], d_model=[8], tokens=[4], ops=("loss",)),
+                    sweep.ResultsFile(path), sweep.Budget(min_run_time=0.002), threads=1, progress=False)
+    rows = sweep.read_rows(path)
+    assert len(calls) == 2
+    assert {r["gemm_flop_s"] for r in rows if r["spec"] == "softmax"} == {"1e+09"}
+    assert {r["gemm_flop_s"] for r in rows if r["spec"] == "vq:K=4"} == {"2e+09"}

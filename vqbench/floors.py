@@ -1,7 +1,7 @@
 """The machine's ceilings and each measured op's floor.
 
-Ceilings, measured once per (device, dtype) at the start of a sweep and stored in every row (each
-the fastest of several calls):
+Ceilings, measured before each head's measurements in a sweep and stored in its rows (each the
+fastest of several calls):
     gemm  FLOP/s of a large square matrix product;
     copy  bytes/s of a large tensor copy into an existing tensor, counting bytes read plus written;
     fill  bytes/s of filling an existing large tensor (bytes written).

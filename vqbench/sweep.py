@@ -145,7 +145,6 @@ def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threa
     for device in grid.devices:
         for dtype_name in grid.dtypes:
             dtype = DTYPES[dtype_name]
-            ceilings = measure_ceilings(torch.device(device), dtype, threads)
             for vocab in grid.vocab:
                 for d in grid.d_model:
                     for spec in specs:
@@ -158,6 +157,9 @@ def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threa
                         if not todo:
                             continue
                         bar.set_postfix_str(f"{spec} V={vocab} d={d}")
+                        # measured again before every head: on a shared machine the rates drift
+                        # over minutes, and a floor is fair only against the rate of its moment
+                        ceilings = measure_ceilings(torch.device(device), dtype, threads)
                         head = None
                         try:
                             torch.manual_seed(seed)

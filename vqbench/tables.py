@@ -183,9 +183,13 @@ def _floor_table(key, group_rows):
         t, f = times.get((spec, v)), floors.get((spec, v))
         return f"{t / f:.2f}x" if t is not None and f else ""
 
-    first = next(r for r in group_rows if r.get("gemm_flop_s"))
-    ceilings = (f"ceilings: GEMM {float(first['gemm_flop_s']) / 1e9:.0f} GFLOP/s, copy "
-                f"{float(first['copy_byte_s']) / 1e9:.1f} GB/s, fill {float(first['fill_byte_s']) / 1e9:.1f} GB/s")
+    def span(column, digits):
+        values = sorted({float(r[column]) / 1e9 for r in group_rows if r.get(column)})
+        low, high = f"{values[0]:.{digits}f}", f"{values[-1]:.{digits}f}"
+        return low if low == high else f"{low}-{high}"
+
+    ceilings = (f"ceilings, measured before each head: GEMM {span('gemm_flop_s', 0)} GFLOP/s, copy "
+                f"{span('copy_byte_s', 1)} GB/s, fill {span('fill_byte_s', 1)} GB/s")
     caption = (f"Time of `{op}` over its floor, max(FLOPs / GEMM rate, least bytes / bandwidth): 1x is the "
                f"machine's limit ({ceilings}). {_caption_env(group_rows, key)}.")
     return _derived(key + ("floor",), caption, specs, vocab, cell)
