@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqbench.head import LogitsHead, check_int_option
+from vqbench.head import LogitsHead, check_int_option, linear_into
 from vqbench.registry import register_head
 
 
@@ -47,10 +47,7 @@ class LowRankSoftmax(LogitsHead):
         return F.linear(hidden @ self.down.T, self.weight, self.bias)
 
     def _logits_into(self, hidden, out):
-        if self.bias is None:
-            torch.mm(hidden @ self.down.T, self.weight.T, out=out)
-        else:
-            torch.addmm(self.bias, hidden @ self.down.T, self.weight.T, out=out)
+        linear_into(hidden @ self.down.T, self.weight, self.bias, out)
 
     def _matmul_flops(self, num_tokens, op, target):
         return 2 * num_tokens * self.rank * (self.d_model + self.vocab_size)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.chunked_cross_entropy import chunked_linear_cross_entropy
-from vqbench.head import LogitsHead, check_int_option
+from vqbench.head import LogitsHead, check_int_option, linear_into
 from vqbench.registry import register_head
 
 
@@ -44,10 +44,7 @@ class FullSoftmax(LogitsHead):
         return F.linear(hidden, self.weight, self.bias)
 
     def _logits_into(self, hidden, out):
-        if self.bias is None:
-            torch.mm(hidden, self.weight.T, out=out)
-        else:
-            torch.addmm(self.bias, hidden, self.weight.T, out=out)
+        linear_into(hidden, self.weight, self.bias, out)
 
     def _loss(self, hidden, target):
         if self.chunk is not None:

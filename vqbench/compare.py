@@ -14,6 +14,7 @@ import sys
 import torch
 
 from vqbench.ops import ALL_OPS, DEFAULT_OPS
+from vqbench.provenance import use_cpu_allocator
 from vqbench.registry import head_class, parse_spec
 from vqbench.sweep import DTYPES, Budget, Grid, ResultsFile, read_rows, run_sweep
 from vqbench.tables import build_tables, render
@@ -142,10 +143,7 @@ def main(argv=None) -> int:
         print(render(tables, args.format))
         return 0
 
-    if args.cpu_allocator == "thp":
-        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"  # read by PyTorch at each large CPU allocation
-    else:
-        os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
+    use_cpu_allocator(args.cpu_allocator)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
         print("no CUDA device: measuring on cpu only", file=sys.stderr)

@@ -8,6 +8,7 @@ class validates the inputs, flattens leading dimensions and restores them.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -109,9 +110,7 @@ class OutputHead(nn.Module):
         for size in lead:
             _check_positive_int("lead", size, minimum=1)
         param = self._reference_parameter()
-        n = 1
-        for size in lead:
-            n *= size
+        n = math.prod(lead)
         if self.OUTPUT_TOKEN_MAJOR:
             buffer = torch.empty(self.vocab_size, n, dtype=param.dtype, device=param.device).T
         else:
@@ -295,16 +294,11 @@ class LogitsHead(OutputHead):
         logits = self._logits(hidden)
         if logits.requires_grad:
             return torch.log_softmax(logits, dim=-1)
-        # normalised in place: no second N x V tensor to allocate and first-touch
-        return torch.log_softmax(logits, dim=-1, out=logits) if logits.is_contiguous() \
-            else torch.log_softmax(logits, dim=-1)
+        return log_softmax_rows_(logits)  # no second N x V tensor to allocate and first-touch
 
     def _log_probs_into(self, hidden, out):
         self._logits_into(hidden, out)
-        if out.is_contiguous():
-            torch.log_softmax(out, dim=-1, out=out)  # row by row: each row is read before it is written
-        else:
-            out.copy_(torch.log_softmax(out, dim=-1))
+        log_softmax_rows_(out)
 
     def _target_log_prob(self, hidden, target):
         logits = self._logits(hidden)
@@ -315,6 +309,22 @@ class LogitsHead(OutputHead):
 
     def _predict(self, hidden):
         return argmax_over_tokens(self._logits(hidden))
+
+
+def linear_into(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor) -> None:
+    """out = x W^T (+ b), written into out; x [N, k], weight [V, k], bias [V] or None, out [N, V]."""
+    if bias is None:
+        torch.mm(x, weight.T, out=out)
+    else:
+        torch.addmm(bias, x, weight.T, out=out)
+
+
+def log_softmax_rows_(x: torch.Tensor) -> torch.Tensor:
+    """Normalise the rows of x [N, V] in place (no autograd) and return it. Contiguous rows go
+    through log_softmax's out= directly: it reads each row before writing it."""
+    if x.is_contiguous():
+        return torch.log_softmax(x, dim=-1, out=x)
+    return x.copy_(torch.log_softmax(x, dim=-1))
 
 
 def argmax_over_tokens(scores: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,6 @@ named after the head, sizes and op; the top operators are printed with tabulate.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 
@@ -19,6 +18,7 @@ from tabulate import tabulate
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
 from vqbench.ops import ALL_OPS, make_op
+from vqbench.provenance import use_cpu_allocator
 from vqbench.registry import make_head
 from vqbench.sweep import DTYPES, make_inputs
 
@@ -58,10 +58,7 @@ def profile_op(args):
     """Run the op under torch.profiler's schedule; return the profiler (its trace written)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.cpu_allocator == "thp":
-        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
-    else:
-        os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
+    use_cpu_allocator(args.cpu_allocator)
     torch.manual_seed(0)
     dtype = DTYPES[args.dtype]
     head = make_head(args.head, args.vocab, args.d_model, device=args.device, dtype=dtype)

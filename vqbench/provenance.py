@@ -62,6 +62,15 @@ def provenance(device: str, threads: int) -> dict:
     }
 
 
+def use_cpu_allocator(name: str) -> None:
+    """'thp': large CPU tensors on transparent huge pages (PyTorch reads THP_MEM_ALLOC_ENABLE at each
+    large allocation); 'default': the plain allocator."""
+    if name == "thp":
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+    else:
+        os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
+
+
 def cpu_allocator() -> str:
     """'thp' when PyTorch puts large CPU tensors on transparent huge pages (THP_MEM_ALLOC_ENABLE=1)."""
     return "thp" if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else "default"

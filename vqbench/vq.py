@@ -43,6 +43,7 @@ class VQLogits(LogitsHead):
 
     OPTION_TYPES = {"K": int, "mapping": str, "path": str, "bias": bool, "seed": int,
                     "codebook_init": str}
+    OUTPUT_TOKEN_MAJOR = True
 
     def __init__(self, vocab_size, d_model, *, K=None, mapping="frequency", path="collapsed",
                  bias=False, seed=0, codebook_init="auto", embeddings=None, token_counts=None):
@@ -89,8 +90,6 @@ class VQLogits(LogitsHead):
     def codebook_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, d] -> [N, K]."""
         return hidden @ self.codebook.T
-
-    OUTPUT_TOKEN_MAJOR = True
 
     def _spread(self, code_values_t: torch.Tensor, out=None) -> torch.Tensor:
         """[K, N] per-code values -> [N, V] per-token values, value[:, i] = code_values[:, M(i)].
