@@ -1,4 +1,4 @@
-"""The quality plan covers the issue's runs; best-two selection and the table read the run summaries."""
+"""The quality plan file, the queue order and best-seed selection, and the tables read from run summaries."""
 
 import csv
 import json
@@ -8,71 +8,118 @@ import pytest
 
 from vqbench import quality
 
-
-def fake_summary(run, valid, test, params=1000, steps=quality.STEPS, **extra):
-    os.makedirs(run.out, exist_ok=True)
-    with open(os.path.join(run.out, "summary.json"), "w") as f:
-        json.dump({"output_params": params, "valid_ppl": valid, "test_ppl": test, "tokens_per_s": 100.0,
-                   "config": {"steps": steps}, **extra}, f)
+PLAN = {
+    "protocol": "joint", "common_flags": ["--threads", "1"],
+    "best_seeds": {"seeds": [1, 2], "groups": ["vq", "other"]},
+    "runs": [
+        {"name": "softmax", "head": "softmax", "group": "reference", "seeds": [0, 1, 2], "varies": "reference"},
+        {"name": "vq-K1024", "head": "vq:K=1024", "group": "paper", "seeds": [0, 1, 2]},
+        {"name": "adaptive", "head": "adaptive", "group": "other", "seeds": [0]},
+        {"name": "lowrank", "head": "lowrank", "group": "other", "seeds": [0]},
+        {"name": "vq-bias", "head": "vq:K=1024,bias=1", "group": "vq", "seeds": [0]},
+        {"name": "vq-learned", "head": "vq:K=1024", "group": "vq", "seeds": [0], "flags": ["--reassign-every", "500"]},
+    ],
+}
 
 
 @pytest.fixture
-def tmp_results(tmp_path, monkeypatch):
-    monkeypatch.setattr(quality, "QUALITY_DIR", str(tmp_path))
-    monkeypatch.setattr(quality, "RUNS_DIR", str(tmp_path / "runs"))
-    return tmp_path
+def plan(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(PLAN))
+    return quality.Plan(str(path))
 
 
-def test_plan_covers_five_heads_and_every_ablation():
-    joint = {r.head.split(":")[0] for r in quality.JOINT}
-    assert joint == {"softmax", "adaptive", "hierarchical", "lowrank", "vq"}
-    assert any("tree=huffman" in r.head for r in quality.JOINT)
-    heads = " ".join(r.head for r in quality.FROZEN)
-    for part in ("K=256", "K=1024", "K=4096", "mapping=random", "mapping=contiguous", "mapping=kmeans",
-                 "codebook_init=random", "bias=1"):
-        assert part in heads
-    assert any("--reassign-every" in r.flags for r in quality.FROZEN)
-    assert all("--body-from" in r.flags for r in quality.FROZEN)
-    for run in quality.JOINT + quality.FROZEN:
-        command = run.command()
-        assert command[:3] == ["python", "-m", "vqbench.train"] and "--steps" in command
+def fake_summary(runs_dir, run, valid, test, params=1000, stop="plateau: 2 epochs", seed=0, **extra):
+    folder = os.path.join(runs_dir, run)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "summary.json"), "w") as f:
+        json.dump({"output_params": params, "valid_ppl": valid, "test_ppl": test, "tokens_per_s": 100.0,
+                   "epochs": 8, "best_epoch": 7, "stop": stop, "last_epoch_gain": 0.004, "precision": "float32",
+                   "cpu_model": "test CPU", "git_commit": "abc", "seed": seed, **extra}, f)
 
 
-def test_best_two_are_the_lowest_frozen_validation_perplexities(tmp_results):
-    with pytest.raises(RuntimeError, match="frozen"):
-        quality.best_joint()
-    for i, run in enumerate(quality.FROZEN):
-        fake_summary(run, valid=500 - i, test=400)
-    best = quality.best_joint()
-    assert [r.name for r in best] == [r.name.replace("frozen-", "joint-") for r in quality.FROZEN[::-1][:2]]
-    assert all(r.protocol == "joint" and "--body-from" not in r.flags for r in best)
-    assert "--reassign-every" in best[1].flags  # the last two frozen runs: bias, then kmeans-learned
+def test_the_committed_plan_covers_every_head_three_seeds_and_the_paper_form():
+    plan = quality.Plan(quality.DEFAULT_PLAN)
+    heads = {e["head"].split(":")[0] for e in plan.entries}
+    assert heads == {"softmax", "adaptive", "hierarchical", "lowrank", "vq"}
+    assert any("tree=huffman" in e["head"] for e in plan.entries)
+    by_group = {e["group"]: e for e in plan.entries}
+    assert by_group["reference"]["head"] == "softmax" and by_group["reference"]["seeds"] == [0, 1, 2]
+    assert by_group["paper"]["head"] == "vq:K=1024" and by_group["paper"]["seeds"] == [0, 1, 2]
+    assert plan.best_seeds == (1, 2) and set(plan.best_groups) == {"vq", "other"}
 
 
-def test_table_has_ratios_to_softmax_and_each_runs_budget(tmp_results):
-    fake_summary(quality.JOINT[0], valid=240.0, test=200.0, params=8_000_000)
-    fake_summary(quality.JOINT[-1], valid=300.0, test=250.0, params=262_144, within_code_ppl_factor=1.5)
-    fake_summary(quality.JOINT[1], valid=230.0, test=210.0, steps=quality.STEPS // 2)  # an unfinished budget shows
-    path = quality.write_table()
-    with open(os.path.join(tmp_results, "quality.csv")) as f:
-        rows = {r["run"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"joint-softmax", "joint-vq-K1024", "joint-adaptive"}
-    assert float(rows["joint-vq-K1024"]["test_ppl_ratio"]) == pytest.approx(1.25)
-    assert int(rows["joint-adaptive"]["steps"]) == quality.STEPS // 2
+def test_queue_runs_seed_zero_first_and_adds_best_seeds_once_decidable(plan, tmp_path):
+    runs_dir = str(tmp_path / "runs")
+    names = [r.run for r in plan.runs(runs_dir)]
+    assert names[:6] == ["joint-softmax-s0", "joint-vq-K1024-s0", "joint-adaptive-s0", "joint-lowrank-s0",
+                         "joint-vq-bias-s0", "joint-vq-learned-s0"]
+    assert names[6:] == ["joint-softmax-s1", "joint-vq-K1024-s1", "joint-softmax-s2", "joint-vq-K1024-s2"]
+    fake_summary(runs_dir, "joint-vq-bias-s0", valid=150, test=140)
+    fake_summary(runs_dir, "joint-vq-learned-s0", valid=140, test=150)  # lower valid wins, not lower test
+    fake_summary(runs_dir, "joint-adaptive-s0", valid=120, test=110)
+    fake_summary(runs_dir, "joint-lowrank-s0", valid=130, test=120, stop="steps: the cap of 10 steps")
+    names = [r.run for r in plan.runs(runs_dir)]
+    assert names[10:] == ["joint-vq-learned-s1", "joint-vq-learned-s2"]  # "other" waits for lowrank
+    learned = [r for r in plan.runs(runs_dir) if r.run == "joint-vq-learned-s1"][0]
+    command = learned.command(runs_dir, "/ck", plan.common)
+    assert command[:3] == ["python", "-m", "vqbench.train"] and "--reassign-every" in command
+    assert command[command.index("--seed") + 1] == "1" and command[-1] == "--resume"
+    assert command[command.index("--checkpoint-dir") + 1] == "/ck/joint-vq-learned-s1"
+
+
+def test_table_gives_mean_std_and_seed_paired_ratios(plan, tmp_path):
+    runs_dir = str(tmp_path / "results" / "runs")
+    for seed, (soft, vq) in enumerate([(100.0, 120.0), (110.0, 121.0), (105.0, 126.0)]):
+        fake_summary(runs_dir, f"joint-softmax-s{seed}", valid=soft + 5, test=soft, params=6_000_000, seed=seed)
+        fake_summary(runs_dir, f"joint-vq-K1024-s{seed}", valid=vq + 5, test=vq, params=200_000, seed=seed,
+                     within_code_ppl_factor=3.0)
+    fake_summary(runs_dir, "joint-adaptive-s0", valid=110, test=99.0, params=1_000_000)
+    fake_summary(runs_dir, "joint-lowrank-s0", valid=110, test=99.0, stop="steps: the cap of 5 steps")
+    path = quality.write_tables(plan, runs_dir, str(tmp_path / "results"), "plan.json")
+    with open(tmp_path / "results" / "quality.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["run"] for r in rows} == {f"joint-{n}-s{s}" for n in ("softmax", "vq-K1024") for s in range(3)} | \
+        {"joint-adaptive-s0"}  # the capped lowrank run is not finished
+    for column in ("run", "head", "protocol", "seed", "epochs", "valid_ppl", "test_ppl", "output_params",
+                   "git_commit"):
+        assert column in rows[0]
+    summary = {v["name"]: v for v in quality.aggregate([quality.typed_quality_row(r) for r in rows], "softmax")}
+    ratios = [1.2, 1.1, 1.2]
+    assert summary["vq-K1024"]["ratio_mean"] == pytest.approx(sum(ratios) / 3)
+    assert summary["vq-K1024"]["ratio_std"] == pytest.approx(0.0577350, rel=1e-4)
+    assert summary["softmax"]["test_mean"] == pytest.approx(105.0) and summary["softmax"]["test_std"] == pytest.approx(5.0)
+    assert summary["adaptive"]["ratio_mean"] == pytest.approx(0.99) and summary["adaptive"]["seeds"] == 1
     text = open(path).read()
-    assert "1.250" in text and "262,144" in text and "python -m vqbench.train --head vq:K=1024" in text
-    assert os.path.getsize(os.path.join(tmp_results, "pareto.png")) > 1000
+    assert "1.167 ± 0.058" in text and "105.0 ± 5.0" in text and "1 (single seed)" in text
+    assert "joint-lowrank-s0" in text.split("Runs not finished yet:")[1]
+    assert os.path.getsize(tmp_path / "results" / "pareto.png") > 1000
 
 
-def test_report_states_the_perplexity_claim_from_the_table(tmp_path, monkeypatch):
+def test_report_states_the_perplexity_claim_from_the_table(plan, tmp_path):
     from vqbench.report import build_report
 
-    monkeypatch.setattr(quality, "QUALITY_DIR", str(tmp_path / "quality"))
-    monkeypatch.setattr(quality, "RUNS_DIR", str(tmp_path / "quality" / "runs"))
-    fake_summary(quality.JOINT[0], valid=240.0, test=200.0, params=8_000_000)
-    fake_summary(quality.JOINT[-1], valid=300.0, test=250.0, params=262_144)
-    quality.write_table()
+    runs_dir = str(tmp_path / "quality" / "runs")
+    fake_summary(runs_dir, "joint-softmax-s0", valid=240.0, test=200.0, params=8_000_000)
+    fake_summary(runs_dir, "joint-vq-K1024-s0", valid=300.0, test=250.0, params=262_144)
+    quality.write_tables(plan, runs_dir, str(tmp_path / "quality"), "plan.json")
     report = build_report(str(tmp_path))
     claim = next(line for line in report.splitlines() if line.startswith("| perplexity"))
-    assert "+25%" in claim and "262,144" in claim and "not measured" not in report
+    assert "1.250" in claim and "+25.0%" in claim and "262,144" in claim and "not measured" not in report
     assert "## Quality on WikiText-2" in report
+
+
+def test_report_says_when_quality_is_not_measured(tmp_path):
+    from vqbench.report import build_report
+    report = build_report(str(tmp_path))
+    assert "not measured yet" in report
+
+
+@pytest.mark.parametrize("content, match", [("{", "not a quality plan"), ('{"runs": [{"name": "a"}]}', "needs name"),
+                                            ('{"runs": []}', "reference")])
+def test_bad_plans_are_refused_with_one_line(tmp_path, capsys, content, match):
+    path = tmp_path / "plan.json"
+    path.write_text(content)
+    assert quality.main(["plan", "--plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1

@@ -1,5 +1,6 @@
 """Training each head on a slice of WikiText-2: the loss falls, perplexity is finite, resume
-continues exactly, frozen training works, and 2-process DDP matches one process."""
+continues exactly and refuses other settings, the schedule decays and stops, summaries carry their
+provenance, frozen training works, and 2-process DDP matches one process."""
 
 import json
 import math
@@ -16,12 +17,16 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(default_corpus_dir()),
                                 reason=f"no WikiText-2 at {default_corpus_dir()}")
 
 SMALL = ["--d-model", "32", "--layers", "1", "--bptt", "20", "--batch-size", "8", "--train-tokens", "40000",
-         "--eval-tokens", "4000", "--lr", "0.005", "--threads", "1"]
+         "--eval-tokens", "4000", "--optimizer", "adam", "--lr", "0.005", "--threads", "1"]
+
+
+def records(folder):
+    with open(os.path.join(folder, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
 
 
 def losses(folder):
-    with open(os.path.join(folder, "log.jsonl")) as f:
-        return [r["loss"] for r in map(json.loads, f) if "loss" in r and "valid_ppl" not in r]
+    return [r["loss"] for r in records(folder) if "loss" in r]
 
 
 @pytest.mark.parametrize("head", ["softmax", "softmax:chunk=64", "adaptive", "hierarchical",
@@ -29,19 +34,20 @@ def losses(folder):
 def test_every_head_learns(tmp_path, head):
     out = str(tmp_path / "run")
     summary = train.train(train.parse_args(SMALL + ["--head", head, "--steps", "200", "--log-every", "20",
-                                                     "--eval-every", "1000", "--out", out]))
+                                                     "--out", out]))
     curve = losses(out)
     assert len(curve) == 10
-    assert sum(curve[-3:]) / 3 < sum(curve[:2]) / 2 - 0.5, curve
+    assert sum(curve[-3:]) / 3 < sum(curve[:2]) / 2 - 0.3, curve
     assert math.isfinite(summary["valid_ppl"]) and math.isfinite(summary["test_ppl"])
     assert summary["valid_ppl"] < 33278
     assert 0 < summary["output_share"] <= 1.5 and summary["tokens_per_s"] > 0
     assert os.path.exists(os.path.join(out, "summary.json")) and os.path.exists(os.path.join(out, "checkpoint.pt"))
+    assert summary["stop"].startswith("steps") and summary["evaluated"] == "last"
 
 
 @pytest.mark.parametrize("learned", [False, True], ids=["fixed-mapping", "learned-mapping"])
 def test_resume_continues_exactly(tmp_path, learned):
-    common = SMALL + ["--head", "vq:K=64", "--log-every", "5", "--checkpoint-every", "10", "--eval-every", "1000"]
+    common = SMALL + ["--head", "vq:K=64", "--log-every", "5", "--checkpoint-every", "10"]
     if learned:
         common += ["--reassign-every", "4"]
     straight = str(tmp_path / "straight")
@@ -50,6 +56,8 @@ def test_resume_continues_exactly(tmp_path, learned):
     train.train(train.parse_args(common + ["--steps", "10", "--out", halves]))
     train.train(train.parse_args(common + ["--steps", "20", "--out", halves, "--resume"]))
     assert losses(halves)[-2:] == pytest.approx(losses(straight)[-2:], rel=1e-6)
+    steps = [r["step"] for r in records(halves) if "loss" in r]
+    assert steps == sorted(set(steps))  # no step logged twice
     if learned:
         with open(os.path.join(straight, "log.jsonl")) as f:
             moves = [r["reassigned_tokens"] for r in map(json.loads, f) if "reassigned_tokens" in r]
@@ -58,11 +66,12 @@ def test_resume_continues_exactly(tmp_path, learned):
 
 def test_frozen_protocol_trains_the_head_on_a_trained_body(tmp_path):
     body = str(tmp_path / "body")
-    train.train(train.parse_args(SMALL + ["--head", "softmax", "--steps", "60", "--out", body]))
+    train.train(train.parse_args(SMALL + ["--head", "softmax", "--epochs", "1", "--train-tokens", "4000",
+                                          "--out", body]))
     out = str(tmp_path / "frozen")
     summary = train.train(train.parse_args(SMALL + [
-        "--head", "vq:K=128,mapping=kmeans", "--protocol", "frozen", "--body-from", f"{body}/checkpoint.pt",
-        "--embeddings-from", f"{body}/checkpoint.pt", "--steps", "60", "--log-every", "10",
+        "--head", "vq:K=128,mapping=kmeans", "--protocol", "frozen", "--body-from", f"{body}/best.pt",
+        "--embeddings-from", f"{body}/best.pt", "--steps", "60", "--log-every", "10",
         "--frozen-batch", "256", "--out", out]))
     curve = losses(out)
     assert curve[-1] < curve[0]
@@ -72,7 +81,7 @@ def test_frozen_protocol_trains_the_head_on_a_trained_body(tmp_path):
 
     learned = str(tmp_path / "learned")  # same hidden states from the cache, learned mapping
     again = train.train(train.parse_args(SMALL + [
-        "--head", "vq:K=128", "--protocol", "frozen", "--body-from", f"{body}/checkpoint.pt",
+        "--head", "vq:K=128", "--protocol", "frozen", "--body-from", f"{body}/best.pt",
         "--steps", "60", "--log-every", "10", "--frozen-batch", "256", "--reassign-every", "20", "--out", learned]))
     assert math.isfinite(again["valid_ppl"])
     with open(os.path.join(learned, "log.jsonl")) as f:
@@ -82,8 +91,105 @@ def test_frozen_protocol_trains_the_head_on_a_trained_body(tmp_path):
 def test_bad_arguments():
     with pytest.raises(SystemExit):
         train.parse_args(["--protocol", "sideways"])
+    with pytest.raises(SystemExit):
+        train.parse_args(SMALL + ["--protocol", "frozen", "--steps", "1", "--out", "/tmp/x"])
     with pytest.raises(ValueError, match="body_from"):
-        train.train(train.parse_args(SMALL + ["--protocol", "frozen", "--steps", "1", "--out", "/tmp/x"]))
+        train.train(train.TrainConfig(protocol="frozen", steps=1, out="/tmp/x"))
+
+
+TINY = SMALL + ["--head", "vq:K=32", "--train-tokens", "3200", "--log-every", "5", "--checkpoint-every", "5"]
+
+
+@pytest.mark.parametrize("change", [["--head", "softmax"], ["--lr", "0.01"], ["--optimizer", "sgd"],
+                                    ["--seed", "1"], ["--d-model", "16"], ["--dropout", "0.1"],
+                                    ["--reassign-every", "3"], ["--plateau", "0.05"], ["--bptt", "10"]])
+def test_resume_refuses_other_settings(tmp_path, change):
+    out = str(tmp_path / "run")
+    train.train(train.parse_args(TINY + ["--steps", "10", "--out", out]))
+    before = open(os.path.join(out, "log.jsonl")).read()
+    flag = change[0].lstrip("-").replace("-", "_")
+    with pytest.raises(ValueError, match=rf"resume: .*{flag}="):
+        train.train(train.parse_args(TINY + ["--steps", "20", "--out", out, "--resume"] + change))
+    assert open(os.path.join(out, "log.jsonl")).read() == before  # nothing written
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path):
+    out = str(tmp_path / "run")
+    train.train(train.parse_args(TINY + ["--steps", "5", "--out", out]))
+    before = open(os.path.join(out, "log.jsonl")).read()
+    with pytest.raises(ValueError, match="out: .*already holds a run"):
+        train.train(train.parse_args(TINY + ["--steps", "5", "--out", out]))
+    assert open(os.path.join(out, "log.jsonl")).read() == before
+
+
+def test_summary_records_provenance_and_every_invocation(tmp_path):
+    out = str(tmp_path / "run")
+    train.train(train.parse_args(TINY + ["--steps", "10", "--out", out]))
+    summary = train.train(train.parse_args(TINY + ["--steps", "15", "--out", out, "--resume"]))
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f) == json.loads(json.dumps(summary))
+    assert summary["git_commit"] and summary["config"]["steps"] == 15 and summary["config"]["head"] == "vq:K=32"
+    ranges = [(i["from_step"], i["to_step"]) for i in summary["invocations"]]
+    assert ranges == [(0, 10), (10, 15)]
+    assert all(i["git_commit"] and i["cpu_model"] and "argv" in i for i in summary["invocations"])
+    for key in ("seed", "epochs", "best_epoch", "stop", "history", "precision", "cpu_model", "corpus"):
+        assert key in summary
+
+
+def test_a_killed_run_logs_each_step_once_after_resume(tmp_path):
+    out = str(tmp_path / "run")
+    train.train(train.parse_args(TINY + ["--steps", "12", "--checkpoint-every", "10", "--out", out]))
+    # as if killed after step 12 with the last checkpoint at step 10 (the final save overwrote it: redo it)
+    straight = str(tmp_path / "straight")
+    train.train(train.parse_args(TINY + ["--steps", "10", "--checkpoint-every", "10", "--out", straight]))
+    os.replace(os.path.join(straight, "checkpoint.pt"), os.path.join(out, "checkpoint.pt"))
+    with open(os.path.join(out, "log.jsonl"), "a") as f:
+        f.write('{"step": 13, "loss": 1.0')  # a torn line
+    train.train(train.parse_args(TINY + ["--steps", "15", "--checkpoint-every", "10", "--out", out, "--resume"]))
+    steps = [r["step"] for r in records(out) if "loss" in r]
+    assert steps == [5, 10, 15]
+    with open(os.path.join(out, "log.superseded.jsonl")) as f:
+        assert len(f.readlines()) >= 2  # step 12's records and the torn line, kept aside, not deleted
+
+
+def test_schedule_decays_on_plateau_and_stops_after_patience():
+    cfg = train.TrainConfig(lr=20.0, lr_decay=4.0, plateau=0.01, patience=2)
+    schedule = train.Schedule(cfg.lr)
+    assert schedule.end_epoch(1, 10, 300.0, cfg) and schedule.lr == 20.0
+    assert schedule.end_epoch(2, 20, 200.0, cfg) and schedule.lr == 20.0
+    assert schedule.end_epoch(3, 30, 199.5, cfg) and schedule.lr == 5.0  # 0.25% better: decay
+    assert not schedule.stopped(cfg)
+    assert not schedule.end_epoch(4, 40, 201.0, cfg) and schedule.lr == 1.25  # worse: decay again
+    assert schedule.stopped(cfg) and schedule.best_epoch == 3 and schedule.best_valid == 199.5
+    assert [h["epoch"] for h in schedule.history] == [1, 2, 3, 4]
+
+
+def test_full_schedule_evaluates_the_best_model_and_seeds_change_the_run(tmp_path):
+    runs = {}
+    for seed in (0, 1):
+        out = str(tmp_path / f"s{seed}")
+        runs[seed] = train.train(train.parse_args(TINY + ["--epochs", "3", "--seed", str(seed), "--out", out]))
+    s0 = runs[0]
+    assert s0["evaluated"] == "best" and s0["stop"].startswith("epochs") and s0["epochs"] == 3
+    assert s0["valid_ppl"] == pytest.approx(min(h["valid_ppl"] for h in s0["history"]))
+    assert os.path.exists(tmp_path / "s0" / "best.pt")
+    assert runs[0]["test_ppl"] != runs[1]["test_ppl"]
+
+
+def test_checkpoints_are_loaded_without_running_code(tmp_path):
+    import pickle
+    out = tmp_path / "run"
+    out.mkdir()
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    with open(out / "checkpoint.pt", "wb") as f:
+        pickle.dump({"format": 2, "x": Payload()}, f)
+    with pytest.raises(ValueError, match="resume: .*not a readable vqbench checkpoint"):
+        train.train(train.parse_args(TINY + ["--steps", "5", "--out", str(out), "--resume"]))
+    assert not (tmp_path / "ran").exists()
 
 
 def test_two_process_ddp_matches_one_process(tmp_path):

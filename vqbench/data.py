@@ -11,6 +11,7 @@ heads assume when no ``token_counts`` are given.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -87,6 +88,17 @@ def build_corpus(lines: Dict[str, List[str]]) -> Corpus:
         ids[split] = torch.tensor([stoi[w] for w in tokens], dtype=torch.int64)
     counts = torch.tensor([counter[w] for w in itos], dtype=torch.int64)
     return Corpus(itos, counts, ids)
+
+
+def corpus_fingerprint(corpus: Corpus) -> str:
+    """A short hash of the vocabulary and the three splits' ids: two runs share a corpus iff they match."""
+    cached = getattr(corpus, "_fingerprint", None)
+    if cached is None:
+        digest = hashlib.sha256("\n".join(corpus.itos).encode())
+        for split in SPLITS:
+            digest.update(corpus.ids[split].numpy().tobytes())
+        cached = corpus._fingerprint = digest.hexdigest()[:16]
+    return cached
 
 
 def load_corpus(source: str = None, cache_dir=None) -> Corpus:

@@ -121,6 +121,10 @@ class OutputHead(nn.Module):
         output = self.target_log_prob(hidden, target)
         return HeadOutput(output, -output.mean())
 
+    def quality_metrics(self, targets: torch.Tensor) -> dict:
+        """Head-specific figures for a training summary, over the test targets [T] (none by default)."""
+        return {}
+
     def num_parameters(self) -> int:
         """Trainable parameters, from the closed form in the class docstring."""
         return int(self.closed_form_num_parameters())

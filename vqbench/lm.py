@@ -32,10 +32,6 @@ class LanguageModel(nn.Module):
         hidden, state = self.body(ids, state)
         return self.head.loss(hidden, targets), state, hidden
 
-    def target_log_prob(self, ids, targets, state=None):
-        hidden, state = self.body(ids, state)
-        return self.head.target_log_prob(hidden, targets), state
-
 
 def detach_state(state):
     return None if state is None else tuple(s.detach() for s in state)

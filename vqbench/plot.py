@@ -123,6 +123,35 @@ def _save(fig, out_dir, name, plt):
     return path
 
 
+def plot_quality_pareto(summary, path: str) -> None:
+    """Test perplexity ratio to softmax (mean ± std over seeds) against output-layer parameters, one point per
+    variant of ``vqbench.quality.aggregate``; hollow markers for single-seed variants."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    for s in summary:
+        if s["ratio_mean"] != s["ratio_mean"]:  # NaN: no paired reference seed
+            continue
+        colour = "#d62728" if s["head"].startswith("vq") else "#1f77b4"
+        spread = 0.0 if s["ratio_std"] != s["ratio_std"] else s["ratio_std"]
+        ax.errorbar(s["output_params"], s["ratio_mean"], yerr=spread, fmt="o", color=colour, capsize=3,
+                    markerfacecolor=colour if s["seeds"] > 1 else "white", zorder=3)
+        ax.annotate(s["name"], (s["output_params"], s["ratio_mean"]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.axhline(1.04, color="grey", linestyle=":", linewidth=1)
+    ax.annotate("paper's claim: +4%", (ax.get_xlim()[0], 1.04), fontsize=7, xytext=(2, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("output-layer parameters")
+    ax.set_ylabel("test perplexity / softmax (same seed)")
+    ax.set_title("WikiText-2: quality vs size of the output layer (red: VQ-Logits; hollow: one seed)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vqbench.plot", description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+", metavar="FILE", help="result CSV files written by vqbench.compare")

@@ -1,13 +1,14 @@
-"""python -m vqbench.quality: the WikiText-2 quality runs, their table and the paper-claims table.
+"""python -m vqbench.quality: the WikiText-2 quality runs of a plan file, and their tables.
 
-    python -m vqbench.quality plan                 # every command, in order
-    python -m vqbench.quality run [--phase joint]  # run what is missing (phases: joint, frozen, best)
-    python -m vqbench.quality table                # results/quality/quality.{md,csv}
+    python -m vqbench.quality plan                  # every command of configs/quality.json, in order
+    python -m vqbench.quality run --checkpoints DIR # run or resume what is unfinished, two lanes
+    python -m vqbench.quality table                 # results/quality/quality.{csv,md} and pareto.png
 
-joint: the five heads trained with the same LSTM body from scratch. frozen: the VQ-Logits ablations,
-each a head trained on the hidden states of the trained softmax model. best: the two VQ variants with
-the lowest frozen validation perplexity, trained again under joint. Runs whose summary.json already
-has the full budget are skipped; an interrupted run resumes from its checkpoint.
+The plan (``--plan``, default configs/quality.json) lists head variants, each with its seeds and a
+group; every run uses vqbench.train's schedule. A run is finished when its summary.json says the
+schedule ended it (epochs or plateau); an unfinished run resumes from its checkpoint. Checkpoints go to
+``--checkpoints`` (default $VQBENCH_CHECKPOINTS, else beside the runs), since they are too large to
+commit: run folders keep log.jsonl and summary.json.
 """
 
 from __future__ import annotations
@@ -15,242 +16,272 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from tabulate import tabulate
 
-QUALITY_DIR = os.path.join("results", "quality")
-RUNS_DIR = os.path.join(QUALITY_DIR, "runs")
-STEPS = 4000
-COMMON = ("--steps", str(STEPS), "--threads", "1")
-SOFTMAX_CHECKPOINT = os.path.join(RUNS_DIR, "joint-softmax", "checkpoint.pt")
-BODY = ("--body-from", SOFTMAX_CHECKPOINT)
-KMEANS = ("--embeddings-from", SOFTMAX_CHECKPOINT)  # k-means over the trained softmax's output weights
-REASSIGN = ("--reassign-every", "500")
+DEFAULT_PLAN = os.path.join("configs", "quality.json")
+DEFAULT_RESULTS = os.path.join("results", "quality")
+CSV_COLUMNS = ["run", "name", "head", "protocol", "seed", "group", "epochs", "best_epoch", "stop", "valid_ppl",
+               "test_ppl", "last_epoch_gain", "output_params", "within_code_ppl_factor", "tokens_per_s",
+               "precision", "cpu_model", "git_commit", "varies"]
 
 
 @dataclass(frozen=True)
-class QualityRun:
+class PlannedRun:
     name: str
     head: str
     protocol: str
-    flags: Tuple[str, ...] = ()
-    varies: str = ""
+    seed: int
+    group: str
+    flags: Tuple[str, ...]
+    varies: str
 
     @property
-    def out(self) -> str:
-        return os.path.join(RUNS_DIR, self.name)
+    def run(self) -> str:
+        return f"{self.protocol}-{self.name}-s{self.seed}"
 
-    def command(self) -> List[str]:
+    def command(self, runs_dir: str, checkpoints: str, common: Tuple[str, ...]) -> List[str]:
         return ["python", "-m", "vqbench.train", "--head", self.head, "--protocol", self.protocol,
-                *COMMON, *self.flags, "--out", self.out, "--resume"]
+                "--seed", str(self.seed), *common, *self.flags, "--out", os.path.join(runs_dir, self.run),
+                "--checkpoint-dir", os.path.join(checkpoints, self.run), "--resume"]
 
 
-JOINT = [
-    QualityRun("joint-softmax", "softmax", "joint", varies="reference"),
-    QualityRun("joint-adaptive", "adaptive", "joint"),
-    QualityRun("joint-hierarchical", "hierarchical", "joint", varies="two-level, frequency-binned classes"),
-    QualityRun("joint-huffman", "hierarchical:tree=huffman", "joint", varies="binary Huffman tree"),
-    QualityRun("joint-lowrank", "lowrank", "joint"),
-    QualityRun("joint-vq-K1024", "vq:K=1024", "joint", varies="the paper's formulation, frequency mapping"),
-]
+class Plan:
+    """The plan file: variants (name, head, group, seeds, flags, varies) and the best-seeds rule."""
 
-FROZEN = [
-    QualityRun("frozen-vq-K256", "vq:K=256", "frozen", BODY, "K"),
-    QualityRun("frozen-vq-K1024", "vq:K=1024", "frozen", BODY, "K (and mapping: frequency)"),
-    QualityRun("frozen-vq-K4096", "vq:K=4096", "frozen", BODY, "K"),
-    QualityRun("frozen-vq-K1024-random", "vq:K=1024,mapping=random", "frozen", BODY, "mapping"),
-    QualityRun("frozen-vq-K1024-contiguous", "vq:K=1024,mapping=contiguous", "frozen", BODY, "mapping"),
-    QualityRun("frozen-vq-K1024-kmeans", "vq:K=1024,mapping=kmeans", "frozen", BODY + KMEANS,
-               "mapping; codebook from the k-means centroids"),
-    QualityRun("frozen-vq-K1024-kmeans-scratch", "vq:K=1024,mapping=kmeans,codebook_init=random", "frozen",
-               BODY + KMEANS, "codebook from scratch"),
-    QualityRun("frozen-vq-K1024-learned", "vq:K=1024", "frozen", BODY + REASSIGN,
-               "learned mapping from frequency init"),
-    QualityRun("frozen-vq-K1024-kmeans-learned", "vq:K=1024,mapping=kmeans", "frozen", BODY + KMEANS + REASSIGN,
-               "learned mapping from k-means init"),
-    QualityRun("frozen-vq-K1024-bias", "vq:K=1024,bias=1", "frozen", BODY, "bias=1"),
-]
+    def __init__(self, path: str):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            self.protocol = data.get("protocol", "joint")
+            self.common = tuple(data.get("common_flags", ()))
+            self.best_seeds = tuple(data.get("best_seeds", {}).get("seeds", ()))
+            self.best_groups = tuple(data.get("best_seeds", {}).get("groups", ()))
+            self.entries = [dict(e) for e in data["runs"]]
+            for e in self.entries:
+                missing = [k for k in ("name", "head", "group", "seeds") if k not in e]
+                if missing or not all(isinstance(s, int) and s >= 0 for s in e["seeds"]):
+                    raise ValueError(f"run {e.get('name', '?')!r}: needs name, head, group and seeds >= 0")
+        except OSError as error:
+            raise ValueError(f"plan: cannot read {path!r} ({error.strerror})") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"plan: {path!r} is not a quality plan ({type(error).__name__}: {error})") from None
+        names = [e["name"] for e in self.entries]
+        if len(set(names)) != len(names) or [e for e in self.entries if e["group"] == "reference"][:1] == []:
+            raise ValueError(f"plan: {path!r} needs unique run names and one entry of group 'reference'")
+
+    def planned(self, entry: dict, seed: int) -> PlannedRun:
+        return PlannedRun(entry["name"], entry["head"], self.protocol, seed, entry["group"],
+                          tuple(entry.get("flags", ())), entry.get("varies", ""))
+
+    def reference(self) -> dict:
+        return next(e for e in self.entries if e["group"] == "reference")
+
+    def runs(self, runs_dir: str) -> List[PlannedRun]:
+        """Every run in queue order: by seed, then plan order; the best-seeds runs once decidable."""
+        seeds = sorted({s for e in self.entries for s in e["seeds"]})
+        queue = [self.planned(e, s) for s in seeds for e in self.entries if s in e["seeds"]]
+        for entry in self.best_entries(runs_dir).values():
+            queue += [self.planned(entry, s) for s in self.best_seeds if s not in entry["seeds"]]
+        return queue
+
+    def best_entries(self, runs_dir: str) -> Dict[str, dict]:
+        """{group: entry} with the lowest seed-0 validation perplexity, for groups whose seed-0 runs are all
+        finished (selection on validation, never on test)."""
+        chosen = {}
+        for group in self.best_groups:
+            members = [e for e in self.entries if e["group"] == group]
+            done = [(summary_of(runs_dir, self.planned(e, 0).run), e) for e in members]
+            if members and all(finished(s) for s, _ in done):
+                chosen[group] = min(done, key=lambda pair: pair[0]["valid_ppl"])[1]
+        return chosen
 
 
-def summary(run: QualityRun):
-    path = os.path.join(run.out, "summary.json")
-    if not os.path.exists(path):
+def summary_of(runs_dir: str, run: str) -> Optional[dict]:
+    path = os.path.join(runs_dir, run, "summary.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
         return None
-    with open(path) as f:
-        return json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"runs: cannot read {path!r} ({error})") from None
 
 
-def finished(run: QualityRun) -> bool:
-    done = summary(run)
-    return done is not None and done["config"]["steps"] == STEPS
+def finished(summary: Optional[dict]) -> bool:
+    """True when the schedule ended the run (epoch budget or plateau), not a --steps cap or a kill."""
+    return summary is not None and not str(summary.get("stop", "steps")).startswith("steps")
 
 
-def best_joint(n: int = 2) -> List[QualityRun]:
-    """The n frozen VQ variants with the lowest validation perplexity, as joint runs (needs the frozen runs)."""
-    done = [(summary(r)["valid_ppl"], r) for r in FROZEN if finished(r)]
-    if len(done) < len(FROZEN):
-        raise RuntimeError(f"best: {len(FROZEN) - len(done)} frozen runs unfinished; run --phase frozen first")
-    chosen = [r for _, r in sorted(done, key=lambda pair: pair[0])[:n]]
-    return [QualityRun(r.name.replace("frozen-", "joint-", 1), r.head, "joint",
-                       tuple(f for f in _drop_body(r.flags)), r.varies + " (best under frozen)") for r in chosen]
+def default_checkpoints(runs_dir: str) -> str:
+    return os.environ.get("VQBENCH_CHECKPOINTS") or runs_dir
 
 
-def _drop_body(flags: Sequence[str]):
-    skip = False
-    for f in flags:
-        if skip:
-            skip = False
-            continue
-        if f == "--body-from":
-            skip = True
-            continue
-        yield f
-
-
-def phase_runs(phase: str) -> List[QualityRun]:
-    return {"joint": lambda: JOINT, "frozen": lambda: FROZEN, "best": best_joint}[phase]()
-
-
-def run_all(runs: List[QualityRun], lanes: int) -> None:
-    """Run the unfinished runs on ``lanes`` single-threaded lanes (pinned to one core each with taskset)."""
-    todo = [r for r in runs if not finished(r)]
+def run_all(plan: Plan, runs_dir: str, checkpoints: str, lanes: int, only=None) -> None:
+    """Run the unfinished runs on ``lanes`` single-threaded lanes (pinned to a core each with taskset). A
+    lane takes the first unfinished run in queue order, so after a stop the runs in progress resume first."""
     pin = lanes > 1 and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= lanes
-    queue, failures, lock = list(todo), [], threading.Lock()
+    lock, failures, taken = threading.Lock(), [], set()
+
+    def next_run():
+        with lock:
+            for run in plan.runs(runs_dir):
+                if run.run not in taken and (not only or run.run in only or run.name in only) \
+                        and not finished(summary_of(runs_dir, run.run)):
+                    taken.add(run.run)
+                    return run
+        return None
 
     def lane(index):
-        while True:
-            with lock:
-                if not queue:
-                    return
-                run = queue.pop(0)
-            if finished(run):  # another runner may have finished it meanwhile
-                continue
-            command = (["taskset", "-c", str(index)] if pin else []) + run.command()
+        while (run := next_run()) is not None:
+            command = run.command(runs_dir, checkpoints, plan.common)
+            command = (["taskset", "-c", str(index)] if pin else []) + [sys.executable] + command[1:]
             print(" ".join(command), flush=True)
-            os.makedirs(run.out, exist_ok=True)
-            with open(os.path.join(run.out, "stdout.log"), "a") as log:
+            os.makedirs(os.path.join(runs_dir, run.run), exist_ok=True)
+            with open(os.path.join(checkpoints, f"{run.run}.stdout.log"), "a") as log:
                 if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode:
-                    failures.append(run.name)
+                    failures.append(run.run)
 
+    os.makedirs(checkpoints, exist_ok=True)
     threads = [threading.Thread(target=lane, args=(i,)) for i in range(lanes)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     if failures:
-        raise RuntimeError(f"runs failed (see their stdout.log): {', '.join(failures)}")
+        raise RuntimeError(f"runs failed (see their stdout.log under {checkpoints}): {', '.join(failures)}")
 
 
-def all_runs() -> List[QualityRun]:
-    runs = JOINT + FROZEN
-    try:
-        runs += [r for r in best_joint() if r.name not in {j.name for j in JOINT}]
-    except RuntimeError:
-        pass
-    return runs
+# --------------------------------------------------------------------------- tables
 
-
-COLUMNS = ["run", "head", "protocol", "flags", "output_params", "valid_ppl", "test_ppl", "test_ppl_ratio",
-           "within_code_ppl_factor", "tokens_per_s", "steps", "varies"]
-
-
-def table_rows() -> List[dict]:
-    reference = summary(JOINT[0])
+def table_rows(plan: Plan, runs_dir: str) -> List[dict]:
+    """One row per finished run, in queue order."""
     rows = []
-    for run in all_runs():
-        done = summary(run)
-        if done is None:
+    for run in plan.runs(runs_dir):
+        s = summary_of(runs_dir, run.run)
+        if not finished(s):
             continue
-        flags = " ".join(f for f in _drop_body(run.flags))
-        rows.append({"run": run.name, "head": run.head, "protocol": run.protocol, "flags": flags,
-                     "output_params": done["output_params"], "valid_ppl": done["valid_ppl"],
-                     "test_ppl": done["test_ppl"],
-                     "test_ppl_ratio": done["test_ppl"] / reference["test_ppl"] if reference else float("nan"),
-                     "within_code_ppl_factor": done.get("within_code_ppl_factor", ""),
-                     "tokens_per_s": done["tokens_per_s"], "steps": done["config"]["steps"],
-                     "varies": run.varies})
+        rows.append({"run": run.run, "name": run.name, "head": run.head, "protocol": run.protocol,
+                     "seed": run.seed, "group": run.group, "epochs": s["epochs"], "best_epoch": s["best_epoch"],
+                     "stop": s["stop"], "valid_ppl": s["valid_ppl"], "test_ppl": s["test_ppl"],
+                     "last_epoch_gain": s["last_epoch_gain"], "output_params": s["output_params"],
+                     "within_code_ppl_factor": s.get("within_code_ppl_factor", ""),
+                     "tokens_per_s": s["tokens_per_s"], "precision": s["precision"], "cpu_model": s["cpu_model"],
+                     "git_commit": s["git_commit"], "varies": run.varies})
     return rows
 
 
-def write_table() -> str:
-    rows = table_rows()
+def typed_quality_row(row: dict) -> dict:
+    """A quality.csv row (strings) with its numbers as numbers."""
+    out = dict(row)
+    for key in ("seed", "epochs", "best_epoch", "output_params"):
+        out[key] = int(row[key])
+    for key in ("valid_ppl", "test_ppl", "last_epoch_gain", "tokens_per_s"):
+        out[key] = float(row[key])
+    out.setdefault("varies", "")
+    return out
+
+
+def mean_std(values: List[float]) -> Tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
+
+
+def aggregate(rows: List[dict], reference: str) -> List[dict]:
+    """Per variant: test/valid perplexity mean and std over seeds, and the ratio to the reference paired by
+    seed (the same seed gives both the same initialisation of the body, dropout stream and data order)."""
+    by_name: Dict[str, List[dict]] = {}
+    for r in rows:
+        by_name.setdefault(r["name"], []).append(r)
+    ref = {r["seed"]: r for r in by_name.get(reference, [])}
+    ref_params = next(iter(ref.values()))["output_params"] if ref else None
+    out = []
+    for name, group in by_name.items():
+        tests = [r["test_ppl"] for r in group]
+        ratios = [r["test_ppl"] / ref[r["seed"]]["test_ppl"] for r in group if r["seed"] in ref]
+        test_mean, test_std = mean_std(tests)
+        valid_mean, valid_std = mean_std([r["valid_ppl"] for r in group])
+        ratio_mean, ratio_std = mean_std(ratios) if ratios else (math.nan, math.nan)
+        params = group[0]["output_params"]
+        out.append({"name": name, "head": group[0]["head"], "group": group[0]["group"], "seeds": len(group),
+                    "test_mean": test_mean, "test_std": test_std, "valid_mean": valid_mean, "valid_std": valid_std,
+                    "ratio_mean": ratio_mean, "ratio_std": ratio_std, "ratio_seeds": len(ratios),
+                    "output_params": params,
+                    "fewer_params": 1 - params / ref_params if ref_params else math.nan,
+                    "epochs": "/".join(str(r["epochs"]) for r in group),
+                    "last_epoch_gain": max(r["last_epoch_gain"] for r in group), "varies": group[0]["varies"]})
+    return out
+
+
+def _pm(mean: float, std: float, digits: int) -> str:
+    if math.isnan(mean):
+        return ""
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+
+
+def markdown_table(summary: List[dict]) -> str:
+    headers = ["variant", "head", "seeds", "test ppl", "valid ppl", "test ppl / softmax", "output params",
+               "fewer params", "epochs", "max last-epoch gain", "varies"]
+    body = [[s["name"], s["head"], s["seeds"] if s["seeds"] > 1 else "1 (single seed)",
+             _pm(s["test_mean"], s["test_std"], 1), _pm(s["valid_mean"], s["valid_std"], 1),
+             _pm(s["ratio_mean"], s["ratio_std"], 3), f"{s['output_params']:,}",
+             "" if math.isnan(s["fewer_params"]) else f"{100 * s['fewer_params']:.1f}%", s["epochs"],
+             f"{100 * s['last_epoch_gain']:.2f}%", s["varies"]] for s in summary]
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str) -> str:
+    rows = table_rows(plan, runs_dir)
     if not rows:
-        raise RuntimeError(f"table: no finished runs under {RUNS_DIR}; run `python -m vqbench.quality run` first")
-    with open(os.path.join(QUALITY_DIR, "quality.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        raise ValueError(f"table: no finished runs under {runs_dir!r}; run `python -m vqbench.quality run` first")
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, "quality.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    shown = [{**r, "output_params": f"{r['output_params']:,}", "valid_ppl": f"{r['valid_ppl']:.1f}",
-              "test_ppl": f"{r['test_ppl']:.1f}", "test_ppl_ratio": f"{r['test_ppl_ratio']:.3f}",
-              "within_code_ppl_factor": f"{r['within_code_ppl_factor']:.2f}" if r["within_code_ppl_factor"] != "" else "",
-              "tokens_per_s": f"{r['tokens_per_s']:,.0f}"} for r in rows]
-    headers = ["run", "head", "protocol", "flags", "output params", "valid ppl", "test ppl", "test ppl / softmax",
-               "within-code factor", "tokens/s", "steps", "varies"]
-    body = tabulate([[r[c] for c in COLUMNS] for r in shown], headers=headers, tablefmt="github",
-                    disable_numparse=True)
-    commands = "\n".join(" ".join(r.command()) for r in all_runs())
-    text = QUALITY_README.format(table=body, commands=commands, steps=STEPS)
-    path = os.path.join(QUALITY_DIR, "quality.md")
+    summary = aggregate(rows, plan.reference()["name"])
+    from vqbench.plot import plot_quality_pareto
+    plot_quality_pareto(summary, os.path.join(results_dir, "pareto.png"))
+    commands = "\n".join(" ".join(r.command(runs_dir, "$VQBENCH_CHECKPOINTS", plan.common))
+                         for r in plan.runs(runs_dir))
+    unfinished = [r.run for r in plan.runs(runs_dir) if not finished(summary_of(runs_dir, r.run))]
+    cpus = sorted({r["cpu_model"] for r in rows})
+    text = QUALITY_MD.format(plan=plan_path, table=markdown_table(summary), commands=commands,
+                             cpus=", ".join(cpus), precision=", ".join(sorted({r["precision"] for r in rows})),
+                             unfinished=", ".join(unfinished) or "none")
+    path = os.path.join(results_dir, "quality.md")
     with open(path, "w") as f:
         f.write(text)
-    plot_pareto(rows, os.path.join(QUALITY_DIR, "pareto.png"))
     return path
 
 
-def plot_pareto(rows: List[dict], path: str) -> None:
-    """Test perplexity against output-layer parameters, one point per run (joint filled, frozen hollow)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+QUALITY_MD = """# Quality: WikiText-2 perplexity with each output layer
 
-    fig, ax = plt.subplots(figsize=(7.5, 5.0))
-    for r in rows:
-        joint = r["protocol"] == "joint"
-        colour = "#d62728" if r["head"].startswith("vq") else "#1f77b4"
-        ax.scatter(r["output_params"], r["test_ppl"], s=36, color=colour if joint else "white",
-                   edgecolors=colour, zorder=3)
-        ax.annotate(r["run"], (r["output_params"], r["test_ppl"]), fontsize=6, xytext=(4, 2),
-                    textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("output-layer parameters")
-    ax.set_ylabel("WikiText-2 test perplexity")
-    ax.set_title("Quality vs size of the output layer (filled: joint, hollow: frozen body; red: VQ-Logits)",
-                 fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-QUALITY_README = """# Quality: WikiText-2 perplexity with each output layer
-
-Regenerate: `python -m vqbench.quality run && python -m vqbench.quality table` (the runs take about two hours
-on 2 CPU cores; each command below can also be run alone). Every run: a 2-layer LSTM body (d=256, dropout
-0.2), Adam lr 2e-3, gradient clip 0.25, BPTT 35, batch 20 streams, {steps} steps, seed 0, one thread
-(two runs side by side, one per core, so tokens/s are indicative; head speed is measured by
-`python -m vqbench.compare`). Perplexities use each head's exact, normalised `target_log_prob` on the full
-validation and test splits. `joint`: body and head trained together from scratch. `frozen`: the head alone,
-trained for {steps} steps of 2048 positions drawn from the hidden states of the trained `joint-softmax`
-body; its ratio is to the same softmax model's test perplexity. A frozen head sees 8.2M positions, 2.9x
-the 2.8M of a joint run, and trains on dropout-free hidden states, so frozen ratios flatter the head:
-compare frozen runs with each other, and read the paper's claim from the joint rows. A run extended
-with `--resume` (the budget grew from 3000 to 4000 steps once the softmax model had not yet reached
-validation perplexity 250) continues exactly; its tokens/s cover the last segment only.
-`--reassign-every 500` is the learned
-mapping of `vqbench/reassign.py`. "within-code factor" is exp(mean log n) over test targets, n the number
-of tokens sharing the target's code: VQ-Logits perplexity is exactly (perplexity over codes) x this factor.
+Regenerate: `python -m vqbench.quality run --checkpoints DIR && python -m vqbench.quality table` (plan:
+`{plan}`). Every run trains a 2-layer LSTM body (d=200, dropout 0.2, BPTT 35, 20 streams) jointly with its
+head under one schedule (`python -m vqbench.train --help`): SGD at learning rate 20 with gradient clipping
+at 0.25 (the recipe of PyTorch's word_language_model example), the learning rate divided by 4 after an
+epoch that improves validation perplexity by less than 1%, training stopped after 2 such epochs in a row
+or 12 epochs, and the best-validation model evaluated on test with the head's exact, normalised
+`target_log_prob`. A seed sets the initialisation, the dropout stream and the data order, identically
+for every head; ratios to softmax pair runs of the same seed (mean ± std over seeds). "max last-epoch
+gain": the largest relative validation improvement of a run's last epoch (under 1% means converged).
+CPU: {cpus}; precision: {precision}; one thread per run, two runs side by side (tokens/s in
+quality.csv are indicative; head speed is measured by `python -m vqbench.compare`).
 
 {table}
 
-Commands (in order; the best two frozen variants are re-run under joint):
+Runs not finished yet: {unfinished}.
+
+Commands (in queue order):
 
 ```
 {commands}
@@ -261,31 +292,29 @@ Commands (in order; the best two frozen variants are re-run under joint):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vqbench.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=["plan", "run", "table"])
-    p.add_argument("--phase", choices=["joint", "frozen", "best"], action="append",
-                   help="phase(s) to run (default: all, in order)")
+    p.add_argument("--plan", default=DEFAULT_PLAN, help=f"plan file (default {DEFAULT_PLAN})")
+    p.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default {DEFAULT_RESULTS})")
+    p.add_argument("--checkpoints", help="checkpoint folder (default $VQBENCH_CHECKPOINTS, else the runs folder)")
     p.add_argument("--lanes", type=int, default=2, help="runs at once, one core each (default 2)")
-    p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs of the phases (by name)")
+    p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or variants (by name)")
     args = p.parse_args(argv)
     if args.lanes < 1:
         p.error("--lanes: must be >= 1")
-    phases = args.phase or ["joint", "frozen", "best"]
-    if args.action == "plan":
-        for phase in phases:
-            try:
-                runs = phase_runs(phase)
-            except RuntimeError as error:
-                print(f"# {phase}: {error}")
-                continue
-            for run in runs:
-                print(("# done: " if finished(run) else "") + " ".join(run.command()))
-    elif args.action == "run":
-        for phase in phases:
-            runs = phase_runs(phase)
-            if args.only:
-                runs = [r for r in runs if r.name in args.only]
-            run_all(runs, args.lanes)
-    else:
-        print(write_table())
+    try:
+        plan = Plan(args.plan)
+        runs_dir = os.path.join(args.results, "runs")
+        checkpoints = args.checkpoints or default_checkpoints(runs_dir)
+        if args.action == "plan":
+            for run in plan.runs(runs_dir):
+                done = finished(summary_of(runs_dir, run.run))
+                print(("# done: " if done else "") + " ".join(run.command(runs_dir, checkpoints, plan.common)))
+        elif args.action == "run":
+            run_all(plan, runs_dir, checkpoints, args.lanes, args.only)
+        else:
+            print(write_tables(plan, runs_dir, args.results, args.plan))
+    except (ValueError, RuntimeError) as error:
+        print(f"python -m vqbench.quality: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

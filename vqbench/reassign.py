@@ -45,7 +45,7 @@ class CodeReassigner:
         hidden = hidden.detach().reshape(-1, self.head.d_model).to(dtype)
         targets = targets.reshape(-1)
         scores = hidden @ self.head.codebook.detach().to(dtype).T  # [N, K]
-        log_z = torch.logsumexp(scores + self.head._code_log_mass(dtype).detach(), dim=1)  # [N]
+        log_z = torch.logsumexp(scores + self.head.code_log_mass(dtype).detach(), dim=1)  # [N]
         self.score_sums.index_add_(0, targets, scores)
         self.counts += torch.bincount(targets, minlength=self.head.vocab_size)
         self.code_mass += torch.exp(scores - log_z[:, None]).sum(0)

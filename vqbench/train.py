@@ -1,13 +1,22 @@
 """python -m vqbench.train: a small LSTM language model with any head as its output layer.
 
-    python -m vqbench.train --head softmax --steps 3000 --out results/quality/runs/softmax
-    python -m vqbench.train --head vq:K=1024 --protocol frozen --body-from results/quality/runs/softmax/checkpoint.pt
+    python -m vqbench.train --head softmax --seed 0 --out results/quality/runs/joint-softmax-s0
+    python -m vqbench.train --head vq:K=1024 --protocol frozen --body-from RUN/best.pt --out ...
     torchrun --nproc_per_node=2 -m vqbench.train --head softmax ...      # DDP: gloo on CPU, nccl on CUDA
 
-Protocols: ``joint`` trains body and head together from scratch (same body, seed, data order and
-budget for every head). ``frozen`` loads a trained body, computes its hidden states once and trains
-only the head on them. Evaluation uses the head's exact, normalised ``target_log_prob``. The run
-folder gets log.jsonl, checkpoint.pt (``--resume`` continues from it) and summary.json.
+Protocols: ``joint`` trains body and head together from scratch; ``frozen`` loads a trained body,
+computes its hidden states once and trains only the head on them. Both run the same loop and the
+same schedule: up to ``--epochs`` passes over the training split; after each epoch the validation
+perplexity is measured, the learning rate divided by ``--lr-decay`` when the epoch improved it by
+less than ``--plateau`` (relative), and training stops once ``--patience`` epochs in a row did so.
+The best-validation model (best.pt) is the one evaluated on test. ``--steps`` caps the number of
+optimiser steps (short runs, tests); a run stopped by it is evaluated as it stands.
+
+A seed sets the body's and the head's initialisation, the dropout stream and the data order (the
+training stream is rotated by an offset drawn from the seed and the epoch), identically for every
+head. The run folder gets log.jsonl and summary.json; checkpoint.pt and best.pt go to
+``--checkpoint-dir`` (default: the run folder). ``--resume`` continues exactly from checkpoint.pt
+and refuses a checkpoint written with another head, corpus, model, optimiser, schedule or seed.
 """
 
 from __future__ import annotations
@@ -18,15 +27,21 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Optional
+from dataclasses import asdict, dataclass, field, fields
+from typing import List, Optional
 
 import torch
 
-from vqbench.data import batchify, bptt_batches, load_corpus
+from vqbench.data import batchify, bptt_batches, corpus_fingerprint, load_corpus
+from vqbench.evaluate import EVAL_BATCH, hidden_states, perplexity, state_perplexity
 from vqbench.lm import LanguageModel, LSTMBody, detach_state
+from vqbench.provenance import cpu_model, git_commit
 from vqbench.reassign import CodeReassigner
 from vqbench.registry import make_head
+
+CHECKPOINT_FORMAT = 2
+OPTIMIZERS = ("sgd", "adam")
+PROTOCOLS = ("joint", "frozen")
 
 
 @dataclass
@@ -35,15 +50,21 @@ class TrainConfig:
     protocol: str = "joint"
     data: Optional[str] = None
     out: str = "results/quality/runs/run"
-    steps: int = 3000
+    checkpoint_dir: Optional[str] = None
+    epochs: int = 12
+    steps: int = 0
     batch_size: int = 20
     bptt: int = 35
-    d_model: int = 256
+    d_model: int = 200
     layers: int = 2
     dropout: float = 0.2
-    lr: float = 2e-3
+    optimizer: str = "sgd"
+    lr: float = 20.0
+    lr_decay: float = 4.0
+    plateau: float = 0.01
+    patience: int = 2
     clip: float = 0.25
-    eval_every: int = 1000
+    eval_every: int = 0
     checkpoint_every: int = 500
     log_every: int = 50
     seed: int = 0
@@ -57,6 +78,242 @@ class TrainConfig:
     resume: bool = False
 
 
+# Settings a run may change between invocations: where files go, how often it reports, how long it
+# trains. Every other field decides the trained model, so a resume must match it exactly.
+FREE_FIELDS = ("out", "checkpoint_dir", "epochs", "steps", "eval_every", "checkpoint_every", "log_every",
+               "threads", "resume")
+POSITIVE_INT = ("epochs", "batch_size", "bptt", "d_model", "layers", "patience", "checkpoint_every",
+                "log_every", "frozen_batch")
+NON_NEGATIVE_INT = ("steps", "eval_every", "seed", "train_tokens", "eval_tokens", "reassign_every")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise ValueError naming the setting when one is out of range (before any work is done)."""
+    for name in POSITIVE_INT:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name}: must be >= 1, got {getattr(cfg, name)}")
+    for name in NON_NEGATIVE_INT:
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name}: must be >= 0, got {getattr(cfg, name)}")
+    if cfg.protocol not in PROTOCOLS:
+        raise ValueError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    checks = {"lr": cfg.lr > 0, "clip": cfg.clip > 0, "lr_decay": cfg.lr_decay >= 1,
+              "plateau": 0 <= cfg.plateau < 1, "dropout": 0 <= cfg.dropout < 1}
+    for name, ok in checks.items():
+        if not (ok and math.isfinite(getattr(cfg, name))):
+            raise ValueError(f"{name}: out of range ({getattr(cfg, name)!r}; lr and clip > 0, lr_decay >= 1, "
+                             f"0 <= plateau < 1, 0 <= dropout < 1)")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ValueError(f"threads: must be >= 1, got {cfg.threads}")
+    if cfg.protocol == "frozen" and not cfg.body_from:
+        raise ValueError("body_from: the frozen protocol needs the checkpoint of a trained body")
+    for name in ("body_from", "embeddings_from"):
+        path = getattr(cfg, name)
+        if path and not os.path.isfile(path):
+            raise ValueError(f"{name}: no checkpoint file {path!r}")
+
+
+def identity(cfg: TrainConfig) -> dict:
+    """The settings that decide the trained model (all but FREE_FIELDS)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in FREE_FIELDS}
+
+
+def load_checkpoint(path: str, what: str) -> dict:
+    """A checkpoint written by this module, loaded without running code (weights_only)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{what}: no checkpoint file {path!r}") from None
+    except Exception as error:  # torch raises many types for a foreign or damaged file
+        raise ValueError(f"{what}: {path!r} is not a readable vqbench checkpoint ({type(error).__name__})") from None
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{what}: {path!r} is not a vqbench checkpoint of format {CHECKPOINT_FORMAT}")
+    return saved
+
+
+def seeded(seed: int, purpose: int) -> None:
+    """Seed the global generator for one purpose (0 body, 1 head, 2 dropout) of one run seed."""
+    torch.manual_seed(1000 * seed + purpose)
+
+
+# --------------------------------------------------------------------------- schedule
+
+@dataclass
+class Schedule:
+    """Learning rate, best validation perplexity and the epochs-without-progress count."""
+    lr: float
+    best_valid: float = math.inf
+    best_epoch: int = 0
+    slow_epochs: int = 0
+    history: List[dict] = field(default_factory=list)
+
+    def end_epoch(self, epoch: int, step: int, valid: float, cfg: TrainConfig) -> bool:
+        """Record epoch ``epoch`` (1-based); returns True when its model is the best so far."""
+        gain = (self.best_valid - valid) / self.best_valid if math.isfinite(self.best_valid) else 1.0
+        improved = valid < self.best_valid
+        self.history.append({"epoch": epoch, "step": step, "valid_ppl": valid, "lr": self.lr,
+                             "relative_gain": gain})
+        if improved:
+            self.best_valid, self.best_epoch = valid, epoch
+        if gain < cfg.plateau:
+            self.lr /= cfg.lr_decay
+            self.slow_epochs += 1
+        else:
+            self.slow_epochs = 0
+        return improved
+
+    def stopped(self, cfg: TrainConfig) -> bool:
+        return self.slow_epochs >= cfg.patience
+
+
+# --------------------------------------------------------------------------- the two protocols
+
+class JointTask:
+    """Body and head trained together on BPTT windows of the training streams (the LSTM state carries
+    over from window to window and starts afresh each epoch)."""
+
+    def __init__(self, cfg: TrainConfig, corpus, rank: int, world: int):
+        if cfg.batch_size % world:
+            raise ValueError(f"batch_size: {cfg.batch_size} streams do not split over {world} processes")
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.train_ids, self.valid_ids, self.test_ids = split_ids(cfg, corpus)
+        seeded(cfg.seed, 0)
+        self.body = LSTMBody(corpus.vocab_size, cfg.d_model, cfg.layers, cfg.dropout)
+        self.head = build_head(cfg, corpus, cfg.d_model)
+        self.model = LanguageModel(self.body, self.head)
+        self.wrapped = torch.nn.parallel.DistributedDataParallel(self.model) if world > 1 else self.model
+        self.lstm_state = None
+
+    def trainable(self) -> torch.nn.Module:
+        return self.model
+
+    def epoch_batches(self, epoch: int) -> list:
+        """This process's (x [B, L], y [B, L]) windows of epoch ``epoch`` (0-based)."""
+        offset = int(torch.randint(0, self.train_ids.numel(), (1,), generator=data_generator(self.cfg, epoch)))
+        streams = batchify(self.train_ids.roll(-offset), self.cfg.batch_size)
+        per_rank = self.cfg.batch_size // self.world
+        return list(bptt_batches(streams[self.rank * per_rank:(self.rank + 1) * per_rank], self.cfg.bptt))
+
+    def begin_epoch(self) -> None:
+        self.lstm_state = None
+
+    def loss(self, batch):
+        x, y = batch
+        loss, state, hidden = self.wrapped(x, y, self.lstm_state)
+        self.lstm_state = detach_state(state)
+        return loss, hidden, y
+
+    def logged_loss(self, loss) -> float:
+        """The global batch's mean loss, as one process would report it."""
+        value = loss.detach().clone()
+        if self.world > 1:
+            torch.distributed.all_reduce(value)
+            value /= self.world
+        return float(value)
+
+    def evaluate(self, split: str) -> float:
+        ids = {"validation": self.valid_ids, "test": self.test_ids}[split]
+        return perplexity(self.body, self.head, ids, self.cfg.bptt)
+
+    def state_dict(self) -> dict:
+        return {"lstm_state": self.lstm_state}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.lstm_state = saved["lstm_state"]
+
+
+class FrozenTask:
+    """Only the head trains, on the hidden states of a trained body computed once (cached beside the
+    body's checkpoint): each epoch is a pass over a permutation of the training positions."""
+
+    def __init__(self, cfg: TrainConfig, corpus, rank: int, world: int):
+        if world > 1:
+            raise ValueError("protocol: the frozen protocol runs in one process")
+        self.cfg = cfg
+        saved = load_checkpoint(cfg.body_from, "body_from")
+        body_cfg = saved["config"]
+        if saved["corpus"] != corpus_fingerprint(corpus):
+            raise ValueError(f"body_from: {cfg.body_from!r} was trained on another corpus")
+        self.body = LSTMBody(corpus.vocab_size, body_cfg["d_model"], body_cfg["layers"], body_cfg["dropout"])
+        self.body.load_state_dict(saved["body"])
+        self.head = build_head(cfg, corpus, body_cfg["d_model"])
+        train_ids, valid_ids, test_ids = split_ids(cfg, corpus)
+        self.states = {"train": self.cached_states("train", train_ids, cfg.batch_size),
+                       "validation": self.cached_states("valid", valid_ids, EVAL_BATCH),
+                       "test": self.cached_states("test", test_ids, EVAL_BATCH)}
+
+    def cached_states(self, split: str, ids, batch_size: int):
+        """hidden_states of the frozen body, cached in a file beside its checkpoint (runs share them)."""
+        stamp = os.stat(self.cfg.body_from).st_mtime_ns
+        path = f"{self.cfg.body_from}.hidden-{split}-{stamp}-{len(ids)}-b{batch_size}-t{self.cfg.bptt}.pt"
+        if os.path.exists(path):
+            try:
+                return tuple(torch.load(path, map_location="cpu", weights_only=True))
+            except Exception:  # a damaged cache is recomputed, never trusted
+                pass
+        states = hidden_states(self.body, ids, self.cfg.bptt, batch_size)
+        torch.save(states, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        return states
+
+    def trainable(self) -> torch.nn.Module:
+        return self.head
+
+    def epoch_batches(self, epoch: int) -> list:
+        targets = self.states["train"][1]
+        order = torch.randperm(targets.numel(), generator=data_generator(self.cfg, epoch))
+        return list(order.split(self.cfg.frozen_batch))
+
+    def begin_epoch(self) -> None:
+        pass
+
+    def loss(self, batch):
+        hidden, targets = self.states["train"][0][batch], self.states["train"][1][batch]
+        return self.head.loss(hidden, targets), hidden, targets
+
+    def logged_loss(self, loss) -> float:
+        return float(loss.detach())
+
+    def evaluate(self, split: str) -> float:
+        return state_perplexity(self.head, *self.states[split])
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, saved: dict) -> None:
+        pass
+
+
+TASKS = {"joint": JointTask, "frozen": FrozenTask}
+
+
+def split_ids(cfg: TrainConfig, corpus):
+    cut = lambda ids, n: ids[:n] if n else ids  # noqa: E731
+    return (cut(corpus.ids["train"], cfg.train_tokens), cut(corpus.ids["validation"], cfg.eval_tokens),
+            cut(corpus.ids["test"], cfg.eval_tokens))
+
+
+def data_generator(cfg: TrainConfig, epoch: int) -> torch.Generator:
+    """The generator of epoch ``epoch``'s data order: a function of the seed and the epoch only."""
+    return torch.Generator().manual_seed(1_000_003 * cfg.seed + epoch)
+
+
+def build_head(cfg: TrainConfig, corpus, d_model: int):
+    options = {"token_counts": corpus.counts}
+    if cfg.embeddings_from:
+        options["embeddings"] = load_checkpoint(cfg.embeddings_from, "embeddings_from")["head"]["weight"]
+    seeded(cfg.seed, 1)
+    return make_head(cfg.head, corpus.vocab_size, d_model, **options)
+
+
+def make_optimizer(cfg: TrainConfig, module: torch.nn.Module, lr: float):
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(module.parameters(), lr=lr)
+    return torch.optim.SGD(module.parameters(), lr=lr)
+
+
 def distributed():
     """(rank, world size); initialises torch.distributed when started by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -65,122 +322,239 @@ def distributed():
     return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
 
 
-def build_head(cfg: TrainConfig, corpus, d_model: int):
-    options = {"token_counts": corpus.counts}
-    if cfg.embeddings_from:
-        options["embeddings"] = torch.load(cfg.embeddings_from, map_location="cpu")["head"]["weight"]
-    torch.manual_seed(cfg.seed + 1)
-    return make_head(cfg.head, corpus.vocab_size, d_model, **options)
+# --------------------------------------------------------------------------- the run's files
+
+class Run:
+    """The run folder (log.jsonl, summary.json) and the checkpoint folder (checkpoint.pt, best.pt)."""
+
+    def __init__(self, cfg: TrainConfig, rank: int):
+        self.cfg, self.dir, self.rank = cfg, cfg.out, rank
+        self.checkpoint_dir = cfg.checkpoint_dir or cfg.out
+        self.checkpoint = os.path.join(self.checkpoint_dir, "checkpoint.pt")
+        self.best = os.path.join(self.checkpoint_dir, "best.pt")
+        self.log_path = os.path.join(self.dir, "log.jsonl")
+        if rank == 0:
+            for folder, what in ((self.dir, "out"), (self.checkpoint_dir, "checkpoint_dir")):
+                try:
+                    os.makedirs(folder, exist_ok=True)
+                except OSError as error:
+                    raise ValueError(f"{what}: cannot create {folder!r} ({error.strerror})") from None
+                if not os.access(folder, os.W_OK):
+                    raise ValueError(f"{what}: {folder!r} is not writable")
+            if not cfg.resume and (os.path.exists(self.log_path) or os.path.exists(self.checkpoint)):
+                raise ValueError(f"out: {self.dir!r} already holds a run; pass --resume to continue it, "
+                                 f"or choose another --out (nothing was changed)")
+
+    def log(self, **record) -> None:
+        if self.rank == 0:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(json.dumps(record), flush=True)
+
+    def set_aside_log_after(self, step: int) -> None:
+        """On resume: the records a killed process wrote after the checkpoint's step will be written
+        again; they move to log.superseded.jsonl so that log.jsonl holds each step once."""
+        if self.rank or not os.path.exists(self.log_path):
+            return
+        with open(self.log_path) as f:
+            lines = [line for line in f if line.strip()]
+        keep, later = [], []
+        for line in lines:
+            try:
+                record_step = json.loads(line).get("step", 0)
+            except ValueError:
+                record_step = math.inf  # a torn last line
+            (later if record_step > step else keep).append(line)
+        if later:
+            with open(os.path.join(self.dir, "log.superseded.jsonl"), "a") as f:
+                f.writelines(later)
+            tmp = self.log_path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(keep)
+            os.replace(tmp, self.log_path)
+
+    def save(self, path: str, payload: dict) -> None:
+        if self.rank == 0:
+            torch.save({"format": CHECKPOINT_FORMAT, **payload}, path + ".tmp")
+            os.replace(path + ".tmp", path)  # a kill never leaves half a checkpoint
 
 
-def build_reassigner(cfg: TrainConfig, head, saved=None):
-    """The learned-mapping rule of vqbench.reassign when --reassign-every > 0, else None."""
-    if not cfg.reassign_every:
-        return None
-    reassigner = CodeReassigner(head, cfg.reassign_every)
-    if saved is not None and "reassigner" in saved:
-        reassigner.load_state_dict(saved["reassigner"])
-    return reassigner
+# --------------------------------------------------------------------------- the loop
 
+class Trainer:
+    """One training loop for both protocols: epochs of optimiser steps, evaluation at epoch ends,
+    the plateau schedule, checkpoints that resume exactly."""
 
-@torch.no_grad()
-def perplexity(body, head, ids: torch.Tensor, bptt: int, batch_size: int = 10) -> float:
-    """exp(mean NLL) of the split under the head's exact target_log_prob."""
-    body.eval()
-    head.eval()
-    total, count, state = 0.0, 0, None
-    for x, y in bptt_batches(batchify(ids, batch_size), bptt):
-        hidden, state = body(x, state)
-        lp = head.target_log_prob(hidden, y)
-        total -= float(lp.double().sum())
-        count += lp.numel()
-    body.train()
-    head.train()
-    return math.exp(total / count)
+    def __init__(self, cfg: TrainConfig):
+        validate(cfg)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.cfg = cfg
+        self.rank, self.world = distributed()
+        self.corpus = load_corpus(cfg.data)
+        self.run = Run(cfg, self.rank)
+        self.task = TASKS[cfg.protocol](cfg, self.corpus, self.rank, self.world)
+        self.head = self.task.head
+        self.schedule = Schedule(cfg.lr)
+        self.epoch, self.window, self.step = 0, 0, 0
+        self.invocations: List[dict] = []
+        self.optimizer = make_optimizer(cfg, self.task.trainable(), cfg.lr)
+        self.reassigner = CodeReassigner(self.head, cfg.reassign_every) if cfg.reassign_every else None
+        if cfg.resume and os.path.exists(self.run.checkpoint):
+            self.restore(load_checkpoint(self.run.checkpoint, "resume"))
+        else:
+            seeded(cfg.seed, 2)  # the dropout stream, the same for every head
+        self.run.set_aside_log_after(self.step)
+        self.invocation = {"argv": sys.argv[1:], "git_commit": git_commit(), "cpu_model": cpu_model(),
+                           "torch_version": str(torch.__version__), "threads": torch.get_num_threads(),
+                           "world_size": self.world, "epochs": cfg.epochs, "steps": cfg.steps,
+                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_step": self.step,
+                           "to_step": self.step}
+        self.run.log(step=self.step, invocation=self.invocation)
+        self.tokens, self.elapsed, self.head_seconds, self.timed_steps = 0, 0.0, 0.0, 0
 
-
-def _windows(streams, bptt, start):
-    """Endless (new_epoch, x, y) over BPTT windows, epoch after epoch, from window ``start``."""
-    windows = list(bptt_batches(streams, bptt))
-    index = start
-    while True:
-        yield index % len(windows) == 0, *windows[index % len(windows)]
-        index += 1
-
-
-def train_joint(cfg: TrainConfig, corpus, run: "Run"):
-    rank, world = distributed()
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size: {cfg.batch_size} streams do not split over {world} processes")
-    torch.manual_seed(cfg.seed)
-    body = LSTMBody(corpus.vocab_size, cfg.d_model, cfg.layers, cfg.dropout)
-    head = build_head(cfg, corpus, cfg.d_model)
-    model = LanguageModel(body, head)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    step, state, saved = 0, None, None
-    if cfg.resume and os.path.exists(run.checkpoint):
-        saved = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        step, state = saved["step"], saved["state"]
+    def restore(self, saved: dict) -> None:
+        mine, theirs = identity(self.cfg), saved["config"]
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if differ:
+            shown = ", ".join(f"{k}={theirs.get(k)!r} (now {mine.get(k)!r})" for k in differ)
+            raise ValueError(f"resume: {self.run.checkpoint!r} was written with other settings: {shown}")
+        if saved["corpus"] != corpus_fingerprint(self.corpus):
+            raise ValueError(f"resume: {self.run.checkpoint!r} was trained on another corpus")
+        if saved["world_size"] != self.world:
+            raise ValueError(f"resume: {self.run.checkpoint!r} was written by {saved['world_size']} processes, "
+                             f"not {self.world}")
+        self.task.trainable().load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.task.load_state_dict(saved["task"])
+        self.schedule = Schedule(**saved["schedule"])
+        self.epoch, self.window, self.step = saved["epoch"], saved["window"], saved["step"]
+        self.invocations = list(saved["invocations"])
         torch.set_rng_state(saved["rng"])
-    reassigner = build_reassigner(cfg, head, saved)
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        if self.reassigner is not None:
+            self.reassigner.load_state_dict(saved["reassigner"])
 
-    def save(step, state):
-        run.save(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step, state=state,
-                 rng=torch.get_rng_state(), body=body.state_dict(), head=head.state_dict(),
-                 **({"reassigner": reassigner.state_dict()} if reassigner else {}))
+    def payload(self) -> dict:
+        return {"config": identity(self.cfg), "corpus": corpus_fingerprint(self.corpus),
+                "world_size": self.world, "model": self.task.trainable().state_dict(),
+                "optimizer": self.optimizer.state_dict(), "task": self.task.state_dict(),
+                "schedule": asdict(self.schedule), "epoch": self.epoch, "window": self.window,
+                "step": self.step, "invocations": self.invocations + [self.invocation],
+                "rng": torch.get_rng_state(),
+                **({"reassigner": self.reassigner.state_dict()} if self.reassigner else {})}
 
-    streams = batchify(run.train_ids, cfg.batch_size)
-    per_rank = cfg.batch_size // world
-    streams = streams[rank * per_rank:(rank + 1) * per_rank]
-    windows = _windows(streams, cfg.bptt, step)
-    tokens, elapsed, head_seconds, timed_steps = 0, 0.0, 0.0, 0
-    while step < cfg.steps:
-        new_epoch, x, y = next(windows)
-        if new_epoch:
-            state = None  # a new epoch starts the streams afresh
+    def checkpoint(self) -> None:
+        self.invocation["to_step"] = self.step
+        self.run.save(self.run.checkpoint, self.payload())
+
+    def save_best(self) -> None:
+        self.run.save(self.run.best, {"config": identity(self.cfg), "corpus": corpus_fingerprint(self.corpus),
+                                      "epoch": self.epoch + 1, "step": self.step,
+                                      "valid_ppl": self.schedule.best_valid,
+                                      "body": self.task.body.state_dict(), "head": self.head.state_dict()})
+
+    def capped(self) -> bool:
+        return bool(self.cfg.steps) and self.step >= self.cfg.steps
+
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.epochs or self.schedule.stopped(self.cfg)
+
+    def fit(self) -> None:
+        while not self.finished() and not self.capped():
+            batches = self.task.epoch_batches(self.epoch)
+            if self.window == 0:
+                self.task.begin_epoch()
+            while self.window < len(batches) and not self.capped():
+                self.train_step(batches[self.window])
+            if self.window == len(batches):
+                self.end_epoch()
+        self.checkpoint()
+
+    def train_step(self, batch) -> None:
         start = time.perf_counter()
-        loss, state, hidden = wrapped(x, y, state)
-        state = detach_state(state)
-        if reassigner:
-            reassigner.observe(hidden, y)
-        optimizer.zero_grad(set_to_none=True)
+        loss, hidden, targets = self.task.loss(batch)
+        if self.reassigner:  # timed: observing is part of training a learned mapping
+            self.reassigner.observe(hidden, targets)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        optimizer.step()
-        elapsed += time.perf_counter() - start
-        tokens += y.numel() * world
-        step += 1
-        moved = reassigner.maybe_reassign(step) if reassigner else None
+        torch.nn.utils.clip_grad_norm_(self.task.trainable().parameters(), self.cfg.clip)
+        self.optimizer.step()
+        self.elapsed += time.perf_counter() - start
+        self.tokens += targets.numel() * self.world
+        self.step += 1
+        self.window += 1
+        moved = self.reassigner.maybe_reassign(self.step) if self.reassigner else None
         if moved is not None:
-            run.log(step=step, reassigned_tokens=moved)
-        if step % cfg.log_every == 0:
-            head_seconds += time_head(head, hidden.detach(), y)
-            timed_steps += 1
-            logged = loss.detach().clone()
-            if world > 1:  # the global batch's mean loss, as one process would report it
-                torch.distributed.all_reduce(logged)
-                logged /= world
-            run.log(step=step, loss=float(logged), tokens_per_s=tokens / elapsed,
-                    output_share=output_share(head_seconds, timed_steps, elapsed, step - run.first_step))
-        if rank == 0 and step % cfg.checkpoint_every == 0:
-            save(step, state)
-        if rank == 0 and step % cfg.eval_every == 0 and step < cfg.steps:
-            run.log(step=step, valid_ppl=perplexity(body, head, run.valid_ids, cfg.bptt))
-    if rank == 0:
-        save(step, state)
-    return body, head, {"tokens_per_s": tokens / max(elapsed, 1e-9),
-                        "output_share": output_share(head_seconds, timed_steps, elapsed, step - run.first_step)}
+            self.run.log(step=self.step, reassigned_tokens=moved)
+        if self.step % self.cfg.log_every == 0:
+            self.head_seconds += time_head(self.head, hidden.detach(), targets)
+            self.timed_steps += 1
+            self.run.log(step=self.step, epoch=self.epoch + 1, loss=self.task.logged_loss(loss),
+                         lr=self.schedule.lr, tokens_per_s=self.tokens / self.elapsed, **self.speed())
+        if self.rank == 0 and self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+            self.run.log(step=self.step, valid_ppl=self.task.evaluate("validation"))
+        if self.step % self.cfg.checkpoint_every == 0:
+            self.checkpoint()
 
+    def end_epoch(self) -> None:
+        valid = self.task.evaluate("validation") if self.rank == 0 else 0.0
+        if self.world > 1:  # every process must take the same schedule decision
+            shared = torch.tensor([valid], dtype=torch.float64)
+            torch.distributed.broadcast(shared, 0)
+            valid = float(shared)
+        if self.schedule.end_epoch(self.epoch + 1, self.step, valid, self.cfg):
+            self.save_best()
+        self.run.log(**self.schedule.history[-1])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule.lr
+        self.epoch, self.window = self.epoch + 1, 0
+        self.checkpoint()
 
-def output_share(head_seconds, timed_steps, elapsed, steps):
-    """Share of a training step spent in the output layer: mean head forward+backward time
-    (timed on a step's hidden states every log_every steps) over the mean step time."""
-    if not timed_steps or not steps or not elapsed:
-        return float("nan")
-    return (head_seconds / timed_steps) / (elapsed / steps)
+    def speed(self) -> dict:
+        """tokens/s and the output layer's share of a step in this invocation."""
+        steps = self.step - self.invocation["from_step"]
+        share = float("nan")
+        if self.timed_steps and steps and self.elapsed:
+            share = (self.head_seconds / self.timed_steps) / (self.elapsed / steps)
+        return {"output_share": share}
+
+    def evaluated_model(self) -> str:
+        """Load the best-validation model when the schedule ended the run; 'best' or 'last'."""
+        if self.finished() and os.path.exists(self.run.best):
+            best = load_checkpoint(self.run.best, "best")
+            self.task.body.load_state_dict(best["body"])
+            self.head.load_state_dict(best["head"])
+            return "best"
+        return "last"
+
+    def summary(self) -> dict:
+        evaluated = self.evaluated_model()
+        valid, test = self.task.evaluate("validation"), self.task.evaluate("test")
+        history = self.schedule.history
+        return {
+            "head": self.cfg.head, "protocol": self.cfg.protocol, "seed": self.cfg.seed,
+            "output_params": self.head.num_parameters(), "valid_ppl": valid, "test_ppl": test,
+            "evaluated": evaluated, "best_epoch": self.schedule.best_epoch, "epochs": self.epoch,
+            "steps": self.step, "stop": self.stop_reason(),
+            "last_epoch_gain": history[-1]["relative_gain"] if history else None,
+            "history": history, **self.head.quality_metrics(self.task_test_targets()),
+            "tokens_per_s": self.tokens / max(self.elapsed, 1e-9), **self.speed(),
+            "precision": str(next(self.head.parameters()).dtype).replace("torch.", ""),
+            "git_commit": git_commit(), "cpu_model": cpu_model(), "torch_version": str(torch.__version__),
+            "threads": torch.get_num_threads(), "corpus": corpus_fingerprint(self.corpus),
+            "config": asdict(self.cfg), "invocations": self.invocations + [self.invocation]}
+
+    def task_test_targets(self) -> torch.Tensor:
+        if isinstance(self.task, FrozenTask):
+            return self.task.states["test"][1]
+        return self.task.test_ids
+
+    def stop_reason(self) -> str:
+        if self.schedule.stopped(self.cfg):
+            return f"plateau: {self.cfg.patience} epochs in a row improved validation by < {self.cfg.plateau:g}"
+        if self.epoch >= self.cfg.epochs:
+            return f"epochs: the budget of {self.cfg.epochs} epochs"
+        return f"steps: the cap of {self.cfg.steps} steps"
 
 
 def time_head(head, hidden, targets) -> float:
@@ -195,166 +569,52 @@ def time_head(head, hidden, targets) -> float:
     return seconds
 
 
-@torch.no_grad()
-def hidden_states(body, ids, bptt, batch_size):
-    """All hidden states of a split: ([T, d], [T] targets), from a frozen body."""
-    body.eval()
-    hs, ts, state = [], [], None
-    for x, y in bptt_batches(batchify(ids, batch_size), bptt):
-        h, state = body(x, state)
-        hs.append(h.reshape(-1, h.shape[-1]))
-        ts.append(y.reshape(-1))
-    return torch.cat(hs), torch.cat(ts)
-
-
-def train_frozen(cfg: TrainConfig, corpus, run: "Run"):
-    if not cfg.body_from:
-        raise ValueError("body_from: the frozen protocol needs the checkpoint of a trained body")
-    saved = torch.load(cfg.body_from, map_location="cpu", weights_only=False)
-    d_model = saved["body"]["embedding.weight"].shape[1]
-    body = LSTMBody(corpus.vocab_size, d_model, cfg.layers, cfg.dropout)
-    body.load_state_dict(saved["body"])
-    head = build_head(cfg, corpus, d_model)
-    reassigner = build_reassigner(cfg, head)
-    train_h, train_t = frozen_states(cfg, body, "train", run.train_ids, cfg.batch_size)
-    valid_h, valid_t = frozen_states(cfg, body, "valid", run.valid_ids, 10)
-    optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    tokens, elapsed = 0, 0.0
-    for step in range(1, cfg.steps + 1):
-        pick = torch.randint(0, train_t.numel(), (cfg.frozen_batch,), generator=generator)
-        hidden, targets = train_h[pick], train_t[pick]
-        start = time.perf_counter()
-        loss = head.loss(hidden, targets)
-        if reassigner:  # timed, as in the joint protocol: it is part of training a learned mapping
-            reassigner.observe(hidden, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        elapsed += time.perf_counter() - start
-        tokens += cfg.frozen_batch
-        moved = reassigner.maybe_reassign(step) if reassigner else None
-        if moved is not None:
-            run.log(step=step, reassigned_tokens=moved)
-        if step % cfg.log_every == 0:
-            run.log(step=step, loss=float(loss.detach()), tokens_per_s=tokens / elapsed)
-        if step % cfg.eval_every == 0 and step < cfg.steps:
-            run.log(step=step, valid_ppl=frozen_ppl(head, valid_h, valid_t))
-    run.save(body=body.state_dict(), head=head.state_dict(), step=cfg.steps)
-    return body, head, {"tokens_per_s": tokens / max(elapsed, 1e-9), "output_share": 1.0}
-
-
-def frozen_states(cfg: TrainConfig, body, split, ids, batch_size):
-    """hidden_states of a frozen body, cached in a file beside its checkpoint (the ablations share them)."""
-    stamp = os.stat(cfg.body_from).st_mtime_ns
-    path = f"{cfg.body_from}.hidden-{split}-{stamp}-{len(ids)}-b{batch_size}-t{cfg.bptt}.pt"
-    if os.path.exists(path):
-        return torch.load(path)
-    states = hidden_states(body, ids, cfg.bptt, batch_size)
-    torch.save(states, path + ".tmp")
-    os.replace(path + ".tmp", path)
-    return states
-
-
-@torch.no_grad()
-def frozen_ppl(head, hidden, targets, chunk=8192):
-    total = sum(-float(head.target_log_prob(hidden[i:i + chunk], targets[i:i + chunk]).double().sum())
-                for i in range(0, targets.numel(), chunk))
-    return math.exp(total / targets.numel())
-
-
-class Run:
-    """The run folder: log.jsonl, checkpoint.pt, summary.json."""
-
-    def __init__(self, cfg: TrainConfig, corpus):
-        self.cfg, self.dir = cfg, cfg.out
-        os.makedirs(self.dir, exist_ok=True)
-        self.checkpoint = os.path.join(self.dir, "checkpoint.pt")
-        cut = lambda ids, n: ids[:n] if n else ids  # noqa: E731
-        self.train_ids = cut(corpus.ids["train"], cfg.train_tokens)
-        self.valid_ids = cut(corpus.ids["validation"], cfg.eval_tokens)
-        self.test_ids = cut(corpus.ids["test"], cfg.eval_tokens)
-        self.first_step = 0
-        if cfg.resume and os.path.exists(self.checkpoint):
-            self.first_step = torch.load(self.checkpoint, map_location="cpu", weights_only=False)["step"]
-
-    def log(self, **record):
-        if int(os.environ.get("RANK", "0")) == 0:
-            with open(os.path.join(self.dir, "log.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-            print(json.dumps(record), flush=True)
-
-    def save(self, **payload):
-        tmp = self.checkpoint + ".tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, self.checkpoint)  # a kill never leaves half a checkpoint
-
-
 def train(cfg: TrainConfig) -> dict:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    corpus = load_corpus(cfg.data)
-    run = Run(cfg, corpus)
+    """Train (or continue) a run; returns its summary (empty on processes other than rank 0)."""
     started = time.time()
-    if cfg.protocol == "joint":
-        body, head, speed = train_joint(cfg, corpus, run)
-    elif cfg.protocol == "frozen":
-        body, head, speed = train_frozen(cfg, corpus, run)
-    else:
-        raise ValueError(f"protocol: unknown protocol {cfg.protocol!r}; expected joint or frozen")
-    if int(os.environ.get("RANK", "0")) != 0:
+    trainer = Trainer(cfg)
+    trainer.fit()
+    if trainer.rank != 0:
         return {}
-    if cfg.protocol == "frozen":
-        valid = frozen_ppl(head, *frozen_states(cfg, body, "valid", run.valid_ids, 10))
-        test = frozen_ppl(head, *frozen_states(cfg, body, "test", run.test_ids, 10))
-    else:
-        valid = perplexity(body, head, run.valid_ids, cfg.bptt)
-        test = perplexity(body, head, run.test_ids, cfg.bptt)
-    summary = {"head": cfg.head, "protocol": cfg.protocol, "output_params": head.num_parameters(),
-               "valid_ppl": valid, "test_ppl": test, **within_code_share(head, run.test_ids), **speed,
-               "seconds": time.time() - started,
-               "torch_version": torch.__version__, "threads": torch.get_num_threads(), "config": asdict(cfg)}
-    with open(os.path.join(run.dir, "summary.json"), "w") as f:
+    summary = trainer.summary()
+    trainer.invocation["seconds"] = time.time() - started
+    with open(os.path.join(trainer.run.dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    run.log(**{k: v for k, v in summary.items() if k != "config"})
+    trainer.run.log(step=trainer.step, summary={k: v for k, v in summary.items()
+                                                if k not in ("config", "history", "invocations")})
     return summary
-
-
-def within_code_share(head, targets) -> dict:
-    """For VQ-Logits without bias: the mean over test targets of log n (n: tokens sharing the target's code),
-    the nats each target pays for the uniform choice inside its code. Exactly, test perplexity = (perplexity
-    of the codes) x exp(within_code_nats): no codebook can remove the second factor, only the mapping."""
-    if not hasattr(head, "code_sizes") or head.bias is not None:
-        return {}
-    nats = float(head.code_sizes[head.mapping[targets]].double().log().mean())
-    return {"within_code_nats": nats, "within_code_ppl_factor": math.exp(nats)}
 
 
 def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(prog="python -m vqbench.train", description=__doc__.split("\n\n")[0])
-    defaults = TrainConfig()
-    for name, value in asdict(defaults).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            p.add_argument(flag, action="store_true", help=f"(default {value})")
-        else:
-            kind = type(value) if value is not None else str
-            if name == "threads":
-                kind = int
-            p.add_argument(flag, type=kind, default=value, help=f"(default {value})")
+    for item in fields(TrainConfig):
+        flag = "--" + item.name.replace("_", "-")
+        default = item.default
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true", help=f"(default {default})")
+            continue
+        kind = {"threads": int}.get(item.name, type(default) if default is not None else str)
+        p.add_argument(flag, type=kind, default=default, help=f"(default {default})")
     args = p.parse_args(argv)
-    if args.protocol not in ("joint", "frozen"):
-        p.error(f"--protocol: expected joint or frozen, got {args.protocol!r}")
-    for name in ("steps", "batch_size", "bptt", "d_model", "layers"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')}: must be >= 1")
-    return TrainConfig(**vars(args))
+    cfg = TrainConfig(**vars(args))
+    try:
+        validate(cfg)
+    except ValueError as error:
+        name, _, why = str(error).partition(": ")
+        p.error(f"--{name.replace('_', '-')}: {why}")
+    return cfg
 
 
 def main(argv=None) -> int:
-    train(parse_args(argv))
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    cfg = parse_args(argv)
+    try:
+        train(cfg)
+    except ValueError as error:
+        print(f"python -m vqbench.train: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 

@@ -35,18 +35,21 @@ class VQLogits(LogitsHead):
             number of tokens of code k (with a bias: the logsumexp of the biases in code k),
             so the loss costs O(N K d) and no V-sized tensor. Default "collapsed".
         bias: add a per-token bias b [V] (default 0: the paper's method).
+        bias_init: "zeros" (default) or "unigram": b starts at the log of each token's count
+            (``token_counts``), so the choice inside a code starts at the unigram shares.
         seed: seed of the random mapping and of k-means.
 
     An empty code (no token maps to it) carries no probability: its term is -inf in the
     collapsed sum and its codebook row gets no gradient.
     """
 
-    OPTION_TYPES = {"K": int, "mapping": str, "path": str, "bias": bool, "seed": int,
+    OPTION_TYPES = {"K": int, "mapping": str, "path": str, "bias": bool, "bias_init": str, "seed": int,
                     "codebook_init": str}
     OUTPUT_TOKEN_MAJOR = True
 
     def __init__(self, vocab_size, d_model, *, K=None, mapping="frequency", path="collapsed",
-                 bias=False, seed=0, codebook_init="auto", embeddings=None, token_counts=None):
+                 bias=False, bias_init="zeros", seed=0, codebook_init="auto", embeddings=None,
+                 token_counts=None):
         super().__init__(vocab_size, d_model, token_counts)
         if K is None:
             K = min(1024, self.vocab_size)
@@ -68,7 +71,15 @@ class VQLogits(LogitsHead):
         if centroids is not None and codebook_init != "random":
             with torch.no_grad():
                 self.codebook.copy_(centroids)
+        check_choice("bias_init", bias_init, ("zeros", "unigram"))
+        if bias_init != "zeros" and not bias:
+            raise ValueError("bias_init: needs bias=1")
         self.bias = nn.Parameter(torch.zeros(self.vocab_size)) if bias else None
+        if bias_init == "unigram":
+            with torch.no_grad():  # zero counts get the smallest count's bias, not -inf
+                counts = self.token_counts.clamp(min=float(self.token_counts[self.token_counts > 0].min()))
+                log_counts = counts.log()
+                self.bias.copy_((log_counts - log_counts.mean()).to(self.bias.dtype))
 
         self.register_buffer("mapping", codes)
         self.register_buffer("code_sizes", torch.empty(self.K, dtype=torch.int64))
@@ -128,12 +139,12 @@ class VQLogits(LogitsHead):
         code_logits_t = self.codebook @ hidden.T
         # log Z = logsumexp_k(L_k + log n_k) in one scratch [K, N] tensor, a third faster than
         # torch.logsumexp's temporaries; the peak is only a shift, so it takes no gradient
-        scratch = code_logits_t + self._code_log_mass(code_logits_t.dtype)[:, None]
+        scratch = code_logits_t + self.code_log_mass(code_logits_t.dtype)[:, None]
         peak = scratch.detach().amax(dim=0)
         log_z = scratch.sub_(peak).exp_().sum(dim=0).log_().add_(peak)
         return code_logits_t.sub_(log_z)
 
-    def _code_log_mass(self, dtype) -> torch.Tensor:
+    def code_log_mass(self, dtype) -> torch.Tensor:
         """[K]: log n_k, or with a bias logsumexp of the biases of code k (-inf when empty)."""
         if self.bias is None:
             return self.code_sizes.to(dtype).log()
@@ -148,7 +159,7 @@ class VQLogits(LogitsHead):
         return peak.scatter_reduce(0, self.mapping, b, "amax", include_self=False)
 
     def _log_normaliser(self, code_logits):
-        return torch.logsumexp(code_logits + self._code_log_mass(code_logits.dtype), dim=-1)
+        return torch.logsumexp(code_logits + self.code_log_mass(code_logits.dtype), dim=-1)
 
     def _target_log_prob(self, hidden, target):
         if self.path == "scatter":
@@ -184,6 +195,15 @@ class VQLogits(LogitsHead):
         ids = torch.where(b == peak[self.mapping], torch.arange(self.vocab_size, device=b.device), self.vocab_size)
         winner = torch.full((self.K,), self.vocab_size, dtype=torch.int64, device=b.device)
         return winner.scatter_reduce(0, self.mapping, ids, "amin"), peak
+
+    def quality_metrics(self, targets: torch.Tensor) -> dict:
+        """Without bias: the mean over targets [T] of log n (n: the tokens sharing the target's code), the
+        nats each target pays for the uniform choice inside its code. Exactly, perplexity = (perplexity of
+        the codes) x exp(within_code_nats): no codebook removes the second factor, only the mapping can."""
+        if self.bias is not None:
+            return {}
+        nats = float(self.code_sizes[self.mapping[targets]].double().log().mean())
+        return {"within_code_nats": nats, "within_code_ppl_factor": math.exp(nats)}
 
     def largest_intermediate(self, num_tokens, op):
         if (op == "loss" and self.path == "collapsed") or op == "predict":
