@@ -42,7 +42,7 @@ def small_ceilings(monkeypatch):
     (tested in test_floors) takes seconds and a sweep repeats it before every head."""
     from vqbench import floors, sweep
 
-    def measure(device, dtype, threads):
+    def measure(device, dtype, threads, **sizes):
         return floors.measure_ceilings(device, dtype, threads, gemm_size=256, buffer_bytes=8 << 20)
 
     monkeypatch.setattr(sweep, "measure_ceilings", measure)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import torch
 
@@ -53,7 +54,12 @@ def parse_args(argv=None):
                    help="re-render tables from a stored results CSV without measuring; --heads, --vocab, "
                         "--d-model, --codebook, --tokens, --ops and --dtype then select rows")
     p.add_argument("--resume", action="store_true",
-                   help="keep NAME.csv and skip every (config, op) already in it")
+                   help="keep NAME.csv and skip every (config, op) already complete in it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start NAME.csv afresh; the old file is kept as NAME.csv.bak-TIME (never deleted)")
+    p.add_argument("--ceilings", choices=["full", "small"], default="full",
+                   help="full (default): ceilings on operands large enough to reach the machine's peak; small: "
+                        "a 256-square GEMM and 8 MiB buffers, for smoke tests (floors are then not meaningful)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per op")
     p.add_argument("--memory-budget-gib", type=float, default=None,
@@ -84,6 +90,8 @@ def parse_args(argv=None):
                          ("--tokens", args.tokens)]:
         if any(v < 1 for v in values):
             p.error(f"{flag}: sizes must be positive, got {values}")
+    if args.resume and args.overwrite:
+        p.error("--overwrite: cannot be combined with --resume")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads: must be >= 1, got {args.threads}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -156,11 +164,22 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     args.name = args.name or "compare"
     csv_path = os.path.join(args.out, f"{args.name}.csv")
-    if not args.resume and os.path.exists(csv_path):
-        os.remove(csv_path)
-    results = ResultsFile(csv_path)
-    stats = run_sweep(grid, results, budget, threads=args.threads, resume=args.resume,
-                      progress=not args.no_progress, seed=args.seed)
+    if os.path.exists(csv_path) and not args.resume:
+        if not args.overwrite:
+            print(f"--name: {csv_path} exists; pass --resume to add to it, or --overwrite to start afresh "
+                  f"(the old file is then kept as a backup); nothing was changed", file=sys.stderr)
+            return 2
+        backup = f"{csv_path}.bak-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(csv_path, backup)
+        print(f"--overwrite: the old rows are kept in {backup}", file=sys.stderr)
+    try:
+        results = ResultsFile(csv_path)
+    except ValueError as error:
+        print(f"--name: {error}", file=sys.stderr)
+        return 2
+    with results:
+        stats = run_sweep(grid, results, budget, threads=args.threads, resume=args.resume,
+                          progress=not args.no_progress, seed=args.seed, ceilings=args.ceilings)
 
     tables = build_tables(read_rows(csv_path))
     command = "python -m vqbench.compare " + " ".join(sys.argv[1:] if argv is None else argv)

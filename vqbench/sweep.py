@@ -9,8 +9,10 @@ guards skip, before trying, configurations whose analytic footprint or time exce
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import os
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence
@@ -31,6 +33,7 @@ UNIT_KEY = ("spec", "op", "V", "d", "N", "device", "dtype")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
 PARAMS_OP = "params"
+CEILING_SIZES = {"full": {}, "small": {"gemm_size": 256, "buffer_bytes": 8 << 20}}
 
 
 @dataclass
@@ -72,31 +75,38 @@ class SweepStats:
 
 
 class ResultsFile:
-    """Append-only CSV of result rows; knows which (config, op) units it holds."""
+    """Append-only CSV of result rows; knows which (config, op) units it holds complete.
+
+    Holds an exclusive lock (``PATH.lock``) while open, so two sweeps never write one file. A unit is
+    done only when all its metric rows are there (or its skipped row); on opening, the lines of
+    incomplete units (a kill, a full disk) move to ``PATH.incomplete-TIME`` and the unit is measured
+    again. Nothing is ever deleted.
+    """
 
     def __init__(self, path: str):
         self.path = path
         self.done = set()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._lock = open(path + ".lock", "a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise ValueError(f"results file {path}: another vqbench process is writing it "
+                             f"(lock {path}.lock); wait for it or choose another --name") from None
         if os.path.exists(path):
             with open(path, newline="") as f:
                 header = next(csv.reader(f), None)
             if header != COLUMNS:
+                self.close()
                 raise ValueError(f"results file {path}: its columns are not this vqbench's "
-                                 f"(an older sweep); measure into a new file instead of resuming it")
-            self._repair_tail()
+                                 f"(an older sweep or another file); measure into a new file instead")
+            self._set_aside_incomplete()
             for row in read_rows(path):
                 self.done.add(unit_key(row))
         else:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             with open(path, "w", newline="") as f:
                 csv.writer(f).writerow(COLUMNS)
-
-    def _repair_tail(self):
-        """Drop a half-written last line left by a killed sweep."""
-        with open(self.path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
 
     def append(self, rows: Iterable[dict]) -> None:
         buffer = io.StringIO()
@@ -108,6 +118,59 @@ class ResultsFile:
             f.flush()
         for row in rows:
             self.done.add(unit_key(row))
+
+    def close(self) -> None:
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _set_aside_incomplete(self):
+        """Move the lines of incomplete units (and a torn last line) to PATH.incomplete-TIME."""
+        with open(self.path, newline="") as f:
+            lines = f.read().splitlines(keepends=True)
+        header, body = lines[0], lines[1:]
+        torn = [body.pop()] if body and not body[-1].endswith("\n") else []
+        rows = list(csv.DictReader([header] + body))
+        complete = complete_units(rows)
+        keep = [line for line, row in zip(body, rows) if unit_key(row) in complete]
+        aside = [line for line, row in zip(body, rows) if unit_key(row) not in complete] + torn
+        if not aside:
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        with open(f"{self.path}.incomplete-{stamp}", "a", newline="") as f:
+            f.writelines([header] + [line if line.endswith("\n") else line + "\n" for line in aside])
+        with open(self.path + ".tmp", "w", newline="") as f:
+            f.writelines([header] + keep)
+        os.replace(self.path + ".tmp", self.path)
+
+
+# the metric rows of a measured unit: every one must be present for the unit to count as done
+UNIT_METRICS = {PARAMS_OP: {"params", "param_bytes"}}
+TIMED_METRICS = {"time", "flops_analytic", "flops_counted", "peak_memory", "intermediate_bytes", "floor"}
+
+
+def complete_units(rows: Iterable[dict]) -> set:
+    """Unit keys whose rows are complete: a skipped row, or every metric of the unit's op."""
+    seen = {}
+    skipped_units = set()
+    for row in rows:
+        key = unit_key(row)
+        if row.get("status") == "skipped":
+            skipped_units.add(key)
+        elif row.get("status") == "ok":
+            seen.setdefault(key, set()).add(row.get("metric"))
+    done = set(skipped_units)
+    for key, metrics in seen.items():
+        op = key[UNIT_KEY.index("op")]
+        if UNIT_METRICS.get(op, TIMED_METRICS) <= metrics:
+            done.add(key)
+    return done
 
 
 def read_rows(path: str) -> List[dict]:
@@ -131,7 +194,9 @@ def make_inputs(vocab: int, d: int, n: int, device: str, dtype: torch.dtype, see
 
 
 def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threads: Optional[int] = None,
-              resume: bool = False, progress: bool = True, seed: int = 0) -> SweepStats:
+              resume: bool = False, progress: bool = True, seed: int = 0, ceilings: str = "full") -> SweepStats:
+    """Measure every unit of ``grid`` into ``results``; ``ceilings="small"`` measures the machine's ceilings on
+    small operands (smoke tests: floors then mean nothing)."""
     from tqdm.auto import tqdm
 
     if threads is None:
@@ -159,7 +224,7 @@ def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threa
                         bar.set_postfix_str(f"{spec} V={vocab} d={d}")
                         # measured again before every head: on a shared machine the rates drift
                         # over minutes, and a floor is fair only against the rate of its moment
-                        ceilings = measure_ceilings(torch.device(device), dtype, threads)
+                        rates = measure_ceilings(torch.device(device), dtype, threads, **CEILING_SIZES[ceilings])
                         head = None
                         try:
                             torch.manual_seed(seed)
@@ -168,11 +233,11 @@ def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threa
                         except Exception as error:  # invalid combination, OOM while building
                             build_error = error
                         for n, op in todo:
-                            base = {**base_row(head, context, n, op, threads), **ceilings.as_row()}
+                            base = {**base_row(head, context, n, op, threads), **rates.as_row()}
                             if build_error is not None:
                                 rows = [skipped(base, f"build: {describe(build_error)}")]
                             else:
-                                rows = measure_unit(head, base, op, n, ceilings, budget, seed)
+                                rows = measure_unit(head, base, op, n, rates, budget, seed)
                             results.append(rows)
                             if rows[0]["status"] == "ok":
                                 stats.measured += 1
