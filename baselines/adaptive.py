@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from vqbench.frequency import frequency_order
-from vqbench.head import OutputHead
+from vqbench.head import OutputHead, sample_rows
 from vqbench.registry import register_head
 
 
@@ -138,6 +138,18 @@ class AdaptiveSoftmax(OutputHead):
                 torch.mm(projected[lo:hi], tail[1].weight.T, out=block)
                 torch.log_softmax(block, dim=-1, out=block)  # row by row: each row is read before it is written
                 torch.add(block, head[lo:hi, c1 + i, None], out=out[lo:hi, bounds[i]:bounds[i + 1]])
+
+    def _sample(self, hidden, generator, temperature):
+        if temperature != 1.0:  # p^(1/T) does not factor into head and cluster
+            return super()._sample(hidden, generator, temperature)
+        c1, bounds = self.cutoffs[0], [*self.cutoffs, self.vocab_size]
+        first = sample_rows(hidden @ self.asm.head.weight.T, generator)  # a shortlist token or a cluster
+        rank = first.clone()
+        for i, tail in enumerate(self.asm.tail):
+            picked = (first == c1 + i).nonzero().squeeze(1)
+            if picked.numel():
+                rank[picked] = bounds[i] + sample_rows(tail(hidden[picked]), generator)
+        return self.token_of_rank[rank] if self.permuted else rank
 
     def _predict(self, hidden):
         best = self.asm.predict(hidden)

@@ -71,3 +71,27 @@ def chunked_linear_cross_entropy(hidden, weight, bias, target, chunk: int):
     grads_for = (enabled and hidden.requires_grad, enabled and weight.requires_grad,
                  enabled and bias is not None and bias.requires_grad)
     return ChunkedLinearCrossEntropy.apply(hidden, weight, bias, target, chunk, grads_for)
+
+
+def _chunk_terms(hidden, weight, bias, target):
+    logits = hidden @ weight.T
+    if bias is not None:
+        logits = logits + bias
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    lse = torch.logsumexp(logits, dim=1)
+    nll = lse - logits.gather(1, target[:, None]).squeeze(1)
+    return torch.stack([nll, lse - logits.mean(dim=1)]).to(hidden.dtype)
+
+
+def chunked_token_terms(hidden, weight, bias, target, chunk: int) -> torch.Tensor:
+    """[2, N]: per-token NLL and minus the mean log-probability over V, chunk by chunk.
+
+    Each chunk's C x V logits are recomputed in backward (activation checkpointing) instead of kept,
+    so any reduction of these terms, per-token ones included, has exact gradients at the memory of
+    one chunk's logits.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    parts = [checkpoint(_chunk_terms, hidden[lo:lo + chunk], weight, bias, target[lo:lo + chunk],
+                        use_reentrant=False) for lo in range(0, hidden.shape[0], chunk)]
+    return torch.cat(parts, dim=1)

@@ -88,6 +88,19 @@ class ClassTree(nn.Module):
                 out[rows] = block - shift
         return out.T
 
+    def sample(self, hidden, generator):
+        """[N] tokens: a class from p(c|h), then a word from the softmax over that class's rows."""
+        from vqbench.head import sample_rows
+        cls = sample_rows(hidden @ self.class_weight.T, generator)
+        token = torch.empty_like(cls)
+        for c in torch.unique(cls).tolist():
+            picked = (cls == c).nonzero().squeeze(1)
+            lo, hi = self.class_bounds[c]
+            rows = torch.arange(lo, hi, device=hidden.device) if self.ids_in_frequency_order else self.order[lo:hi]
+            position = sample_rows(hidden[picked] @ self.word_weight[rows].T, generator)
+            token[picked] = rows[position]
+        return token
+
     def largest_intermediate(self, num_tokens, op):
         if op != "loss":
             return num_tokens * self.vocab_size

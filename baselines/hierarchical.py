@@ -54,6 +54,11 @@ class HierarchicalSoftmax(OutputHead):
     def _log_probs(self, hidden):
         return self.tree.log_probs(hidden)
 
+    def _sample(self, hidden, generator, temperature):
+        if temperature != 1.0:  # p^(1/T) does not factor over the tree's levels
+            return super()._sample(hidden, generator, temperature)
+        return self.tree.sample(hidden, generator)
+
     def _log_probs_into(self, hidden, out):
         if isinstance(self.tree, ClassTree) and out.T.is_contiguous():
             self.tree.log_probs(hidden, out_t=out.T)

@@ -75,6 +75,8 @@ class HuffmanTree(nn.Module):
         right_child = torch.empty(vocab_size - 1, dtype=torch.int64)
         left_child[parent[children][is_right[children] == 0] - vocab_size] = children[is_right[children] == 0]
         right_child[parent[children][is_right[children] == 1] - vocab_size] = children[is_right[children] == 1]
+        self.register_buffer("left_child", left_child, persistent=False)
+        self.register_buffer("right_child", right_child, persistent=False)
         internal_depth = node_depth[vocab_size:]
         self.num_levels = int(internal_depth.max()) + 1
         for level in range(self.num_levels):
@@ -116,6 +118,24 @@ class HuffmanTree(nn.Module):
             out.index_copy_(0, getattr(self, f"level{level}_left"), go_left[node].add_(above))
             out.index_copy_(0, getattr(self, f"level{level}_right"), go_right[node].add_(above))
         return out[:self.vocab_size].T
+
+    def sample(self, hidden, generator):
+        """[N] tokens, each by walking down from the root: left with probability sigmoid(h . u_node)."""
+        from vqbench.head import uniform
+        n, v = hidden.shape[0], self.vocab_size
+        node = torch.full((n,), v - 2, dtype=torch.int64, device=hidden.device)  # the root's index
+        token = torch.empty(n, dtype=torch.int64, device=hidden.device)
+        active = torch.arange(n, device=hidden.device)
+        while active.numel():
+            here = node[active]
+            scores = torch.einsum("nd,nd->n", hidden[active], self.node_weight[here])
+            left = uniform(active.numel(), hidden, generator) < torch.sigmoid(scores.double())
+            child = torch.where(left, self.left_child[here], self.right_child[here])
+            leaf = child < v
+            token[active[leaf]] = child[leaf]
+            node[active[~leaf]] = child[~leaf] - v
+            active = active[~leaf]
+        return token
 
     def largest_intermediate(self, num_tokens, op):
         if op != "loss":

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.chunked_cross_entropy import chunked_linear_cross_entropy
+from baselines.chunked_cross_entropy import chunked_linear_cross_entropy, chunked_token_terms
 from vqbench.head import LogitsHead, check_int_option, linear_into
 from vqbench.registry import register_head
 
@@ -50,6 +50,18 @@ class FullSoftmax(LogitsHead):
         if self.chunk is not None:
             return chunked_linear_cross_entropy(hidden, self.weight, self.bias, target, self.chunk)
         return F.cross_entropy(self._logits(hidden), target)
+
+    def _token_nll(self, hidden, target):
+        if self.chunk is None:
+            return super()._token_nll(hidden, target)
+        return chunked_token_terms(hidden, self.weight, self.bias, target, self.chunk)[0]
+
+    def _mean_log_prob(self, hidden):
+        if self.chunk is None:
+            return super()._mean_log_prob(hidden)
+        # the target column is not needed: any id will do
+        target = torch.zeros(hidden.shape[0], dtype=torch.int64, device=hidden.device)
+        return -chunked_token_terms(hidden, self.weight, self.bias, target, self.chunk)[1]
 
     def largest_intermediate(self, num_tokens, op):
         if op == "loss" and self.chunk is not None:

@@ -53,8 +53,10 @@ def test_rows_follow_the_schema_and_counts_agree(tmp_path):
         if op == "params":
             assert metrics["param_bytes"] == 4 * metrics["params"]
             continue
-        if spec == "adaptive" and op in ("predict", "decode"):
+        if spec == "adaptive" and op == "predict":
             continue
+        if op == "decode" and spec.split(":")[0] in ("adaptive", "hierarchical"):
+            continue  # a draw runs the products of the class, path or cluster drawn: analytic is the expectation
         assert metrics["flops_analytic"] == metrics["flops_counted"], (spec, op)
     # writing into the reused buffer allocates less than returning a fresh output
     for spec in ("softmax", "lowrank", "vq:K=8"):

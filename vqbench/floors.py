@@ -70,7 +70,7 @@ def least_traffic(head, op: str, num_tokens: int, element_size: int):
     read = n * d * element_size + params + (8 * n if op in ("loss", "train") else 0)
     if op in ("logits", "log_probs", "logits_into", "log_probs_into"):
         written = n * v * element_size
-    elif op in ("predict", "decode"):
+    elif op in ("predict", "decode", "decode_dense"):
         written = 8 * n
     elif op == "loss":
         written = element_size

@@ -17,6 +17,7 @@ from torch import nn
 from vqbench.frequency import default_token_counts, validate_token_counts
 
 OPS = ("log_probs", "loss", "predict")
+REDUCTIONS = ("mean", "sum", "none")
 
 
 class HeadOutput(NamedTuple):
@@ -64,10 +65,36 @@ class OutputHead(nn.Module):
         self.options: dict = {}
 
     # ------------------------------------------------------------------ public API
-    def loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood in nats; hidden [..., d], target [...] -> scalar."""
-        flat, _ = self._flatten_hidden(hidden)
-        return self._loss(flat, self._flatten_target(target, hidden))
+    def loss(self, hidden: torch.Tensor, target: torch.Tensor, *, ignore_index: int = -100,
+             reduction: str = "mean", label_smoothing: float = 0.0) -> torch.Tensor:
+        """Negative log-likelihood in nats with F.cross_entropy's options; hidden [..., d], target [...].
+
+        reduction: "mean" over the targets not equal to ``ignore_index`` (NaN when all are ignored, as
+        F.cross_entropy), "sum", or "none" ([...] per token, 0 where ignored). label_smoothing eps:
+        (1 - eps) NLL + eps (-mean over V of log p), for heads that compute the mean without V logits.
+        """
+        check_choice("reduction", reduction, REDUCTIONS)
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+        if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing: must be a number in [0, 1], got {label_smoothing!r}")
+        flat, lead = self._flatten_hidden(hidden)
+        target = self._flatten_target(target, hidden, ignore_index=ignore_index)
+        keep = target != ignore_index
+        if reduction == "mean" and not label_smoothing and bool(keep.all()):
+            return self._loss(flat, target)  # the plain path every head optimises
+        kept_hidden, kept_target = flat[keep], target[keep]
+        if kept_target.numel():
+            per_token = self._token_nll(kept_hidden, kept_target)
+            if label_smoothing:
+                per_token = (1 - label_smoothing) * per_token - label_smoothing * self._mean_log_prob(kept_hidden)
+        else:  # nothing to score: zeros that still belong to the graph, as F.cross_entropy's
+            per_token = flat.sum() * 0 + flat.new_zeros(0)
+        if reduction == "none":
+            out = flat.new_zeros(target.shape).masked_scatter(keep, per_token)
+            return out.reshape(lead)
+        total = per_token.sum()
+        return total if reduction == "sum" else total / keep.sum()
 
     def target_log_prob(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """log p(target | hidden); hidden [..., d], target [...] -> [...]."""
@@ -91,6 +118,23 @@ class OutputHead(nn.Module):
         """The most probable token (int64); hidden [..., d] -> [...]."""
         flat, lead = self._flatten_hidden(hidden)
         return self._predict(flat).reshape(lead)
+
+    def sample(self, hidden: torch.Tensor, *, generator: Optional[torch.Generator] = None,
+               temperature: float = 1.0) -> torch.Tensor:
+        """One token per position (int64), drawn exactly from softmax(log p / temperature); hidden [...,
+        d] -> [...]. Heads whose structure allows it draw without the V log-probabilities (VQ-Logits:
+        a code, then a token inside it; the trees: a class or a path; adaptive: a cluster, then a token);
+        the trees and adaptive do so at temperature 1 and draw from the V log-probabilities otherwise."""
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not 0 < temperature < math.inf:
+            raise ValueError(f"temperature: must be a finite number > 0, got {temperature!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+        flat, lead = self._flatten_hidden(hidden)
+        if generator is not None and generator.device.type != flat.device.type:
+            raise ValueError(f"generator: on {generator.device} but hidden is on {flat.device}")
+        with torch.no_grad():
+            return self._sample(flat, generator, float(temperature)).reshape(lead)
 
     def logits(self, hidden: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Unnormalised V logits, for heads that produce them; hidden [..., d] -> [..., V].
@@ -164,6 +208,20 @@ class OutputHead(nn.Module):
     # ------------------------------------------------------------------ to implement
     def _loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return -self._target_log_prob(hidden, target).mean()
+
+    def _sample(self, hidden: torch.Tensor, generator, temperature: float) -> torch.Tensor:
+        """[N] tokens; default: from the V log-probabilities."""
+        return sample_rows(self._log_probs(hidden), generator, temperature)
+
+    def _token_nll(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """[N] negative log-likelihood per token, differentiable (default: from _target_log_prob)."""
+        return -self._target_log_prob(hidden, target)
+
+    def _mean_log_prob(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N] mean over the V tokens of log p, for label smoothing; heads that can do it without V logits
+        override this."""
+        raise NotImplementedError(f"label_smoothing: {self.spec} cannot compute the mean log-probability over "
+                                  f"V without the V logits; use label_smoothing=0 with this head")
 
     def _target_log_prob(self, hidden, target):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -239,7 +297,7 @@ class OutputHead(nn.Module):
                              "allocate it with new_output()")
         return flat
 
-    def _flatten_target(self, target, hidden):
+    def _flatten_target(self, target, hidden, ignore_index=None):
         if not isinstance(target, torch.Tensor):
             raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
@@ -252,12 +310,14 @@ class OutputHead(nn.Module):
             if target.device != hidden.device:
                 raise ValueError(f"target: on {target.device} but hidden is on {hidden.device}")
         flat = target.reshape(-1).long()
-        if flat.numel():
-            low, high = int(flat.min()), int(flat.max())
+        scored = flat if ignore_index is None else flat[flat != ignore_index]
+        if scored.numel():
+            low, high = int(scored.min()), int(scored.max())
             if low < 0 or high >= self.vocab_size:
                 raise ValueError(
                     f"target: token ids must lie in [0, {self.vocab_size}) "
-                    f"(vocab_size={self.vocab_size}), got values in [{low}, {high}]")
+                    f"(vocab_size={self.vocab_size}){'' if ignore_index is None else f' or be ignore_index={ignore_index}'}"
+                    f", got values in [{low}, {high}]")
         return flat
 
 
@@ -311,6 +371,10 @@ class LogitsHead(OutputHead):
     def _loss(self, hidden, target):
         return torch.nn.functional.cross_entropy(self._logits(hidden), target)
 
+    def _mean_log_prob(self, hidden):
+        logits = self._logits(hidden)  # the V logits the NLL of a logits head computes anyway
+        return logits.mean(dim=-1) - torch.logsumexp(logits, dim=-1)
+
     def _predict(self, hidden):
         return argmax_over_tokens(self._logits(hidden))
 
@@ -337,3 +401,14 @@ def argmax_over_tokens(scores: torch.Tensor) -> torch.Tensor:
     if scores.dim() == 2 and scores.stride(0) == 1 and scores.stride(1) != 1:
         return scores.T.argmax(dim=0)
     return scores.argmax(dim=-1)
+
+
+def sample_rows(scores: torch.Tensor, generator, temperature: float = 1.0) -> torch.Tensor:
+    """[N] one index per row of scores [N, M], drawn from softmax(scores / temperature)."""
+    probs = torch.softmax(scores.float() / temperature if temperature != 1.0 else scores.float(), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def uniform(n: int, like: torch.Tensor, generator) -> torch.Tensor:
+    """[n] uniform numbers in [0, 1) in float64 on like's device."""
+    return torch.rand(n, generator=generator, dtype=torch.float64, device=like.device)

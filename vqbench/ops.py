@@ -11,8 +11,9 @@ logits_into, log_probs_into: the same, written into one output tensor allocated 
 predict:   the argmax token.
 loss:      forward of the training loss (mean NLL), no autograd graph.
 train:     loss forward + backward, gradients for the head's parameters and the hidden states.
-decode:    generation step for N sequences, one token each: log_probs, then one sample per row;
-           the small-batch case, so only for N <= DECODE_MAX_BATCH.
+decode:    generation step for N sequences, one token each, drawn by ``head.sample`` (structured
+           heads draw without the V log-probabilities); the small-batch case, N <= DECODE_MAX_BATCH.
+decode_dense: the same draw the dense way, log_probs then torch.multinomial, for comparison.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import torch
 
 from vqbench.head import OutputHead
 
-ALL_OPS = ("logits", "log_probs", "logits_into", "log_probs_into", "predict", "loss", "train", "decode")
-#: the default ops of a sweep: the *_into variants are asked for by name
+ALL_OPS = ("logits", "log_probs", "logits_into", "log_probs_into", "predict", "loss", "train", "decode",
+           "decode_dense")
+#: the default ops of a sweep: the *_into variants and decode_dense are asked for by name
 DEFAULT_OPS = ("logits", "log_probs", "predict", "loss", "train", "decode")
+DECODE_OPS = ("decode", "decode_dense")
 INTO_OPS = {"logits_into": "logits", "log_probs_into": "log_probs"}
 DECODE_MAX_BATCH = 64
 
@@ -55,17 +58,21 @@ def make_op(head, op: str, hidden: torch.Tensor, target: torch.Tensor):
             trained.grad = None
             head.loss(trained, target).backward()
         return train
-    if op == "decode":
+    if op in DECODE_OPS:
         if hidden.shape[0] > DECODE_MAX_BATCH:
-            raise NotImplementedError(f"decode is the generation case, timed for at most {DECODE_MAX_BATCH} "
+            raise NotImplementedError(f"{op} is the generation case, timed for at most {DECODE_MAX_BATCH} "
                                       f"sequences, not N={hidden.shape[0]}")
         generator = torch.Generator(device=hidden.device).manual_seed(0)
 
         def decode():
             with torch.inference_mode():
+                return head.sample(hidden, generator=generator)
+
+        def decode_dense():
+            with torch.inference_mode():
                 probs = head.log_probs(hidden).exp_()
                 return torch.multinomial(probs.float(), 1, generator=generator)
-        return decode
+        return decode if op == "decode" else decode_dense
     raise ValueError(f"op: unknown op {op!r}; expected one of {', '.join(ALL_OPS)}")
 
 
@@ -82,8 +89,10 @@ def analytic_flops(head, op: str, num_tokens: int, target: torch.Tensor) -> int:
     op = INTO_OPS.get(op, op)
     if op == "train":
         return 3 * head.flops(num_tokens, "loss", target)
-    if op in ("logits", "decode"):
+    if op in ("logits", "decode_dense"):
         return head.flops(num_tokens, "log_probs")
+    if op == "decode":  # a drawn token follows one class, path or cluster: the loss's expected count
+        return head.flops(num_tokens, "loss")
     return head.flops(num_tokens, op, target)
 
 
@@ -92,4 +101,4 @@ def largest_intermediate(head, op: str, num_tokens: int) -> int:
     measured peak memory; for the *_into ops, what the plain op would create)."""
     op = INTO_OPS.get(op, op)
     return int(head.largest_intermediate(num_tokens, "loss" if op == "train" else
-                                         "log_probs" if op in ("logits", "decode") else op))
+                                         "log_probs" if op in ("logits", "decode", "decode_dense") else op))

@@ -30,7 +30,7 @@ METRICS = OrderedDict([
 # the floor (vqbench.floors) gives each latency table its "x over floor" table
 COMPANION = {"flops_counted": "flops_analytic", "floor": "time"}
 SHOWN_INSIDE = {"flops_counted"}
-OP_ORDER = ["params", "logits", "log_probs", "logits_into", "log_probs_into", "predict", "loss", "train", "decode"]
+OP_ORDER = ["params", "logits", "log_probs", "logits_into", "log_probs_into", "predict", "loss", "train", "decode", "decode_dense"]
 SPREAD_FLAG = 0.10   # IQR / median above this is flagged
 BASELINE = "softmax"
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from vqbench.head import LogitsHead, check_choice, check_int_option
+from vqbench.head import LogitsHead, check_choice, check_int_option, sample_rows, uniform
 from vqbench.mapping import MAPPINGS, build_mapping, validate_mapping
 from vqbench.registry import register_head
 
@@ -170,6 +170,14 @@ class VQLogits(LogitsHead):
             own = own + self.bias[target]
         return own - self._log_normaliser(code_logits)
 
+    def _mean_log_prob(self, hidden):
+        # mean over V of (L[M(i)] + b_i) - log Z = (sum_k n_k L_k) / V + mean(b) - log Z: no V logits
+        code_logits = self.codebook_logits(hidden)
+        mean = code_logits @ self.code_sizes.to(code_logits.dtype) / self.vocab_size
+        if self.bias is not None:
+            mean = mean + self.bias.mean()
+        return mean - self._log_normaliser(code_logits)
+
     def _loss(self, hidden, target):
         if self.path == "scatter":
             return super()._loss(hidden, target)
@@ -186,6 +194,33 @@ class VQLogits(LogitsHead):
         best = code_logits.max(dim=-1, keepdim=True).values
         candidates = torch.where(code_logits == best, winner, self.vocab_size)
         return candidates.min(dim=-1).values
+
+    def _sample(self, hidden, generator, temperature):
+        # p(token i) ~ exp((L[M(i)] + b_i) / T) = exp(L_k / T) * exp(b_i / T): a code k from the K-way
+        # softmax of L / T + log sum_{i in k} exp(b_i / T), then a token inside k by exp(b_i / T)
+        # (uniformly without a bias): exact at every temperature, and no V-wide tensor per token
+        members = torch.argsort(self.mapping, stable=True)            # tokens grouped by code
+        sizes = self.code_sizes
+        start = torch.cumsum(sizes, 0) - sizes
+        if self.bias is None:
+            mass = sizes.to(hidden.dtype).log()
+        else:
+            scaled = self.bias.detach() / temperature
+            peak = torch.full((self.K,), float("-inf"), dtype=scaled.dtype, device=scaled.device)
+            peak = peak.scatter_reduce(0, self.mapping, scaled, "amax", include_self=False)
+            weights = torch.exp(scaled - peak[self.mapping])
+            mass = peak + torch.zeros_like(peak).scatter_add(0, self.mapping, weights).log()
+        code = sample_rows(self.codebook_logits(hidden) / temperature + mass, generator)
+        u = uniform(code.shape[0], hidden, generator)
+        if self.bias is None:
+            offset = torch.clamp((u * sizes[code]).long(), max=sizes[code] - 1)
+            return members[start[code] + offset]
+        cumulative = torch.cumsum(weights[members].double(), 0)       # [V], grouped by code
+        below = torch.where(start > 0, cumulative[(start - 1).clamp(min=0)], 0.0)
+        total = cumulative[(start + sizes - 1).clamp(min=0)] - below
+        index = torch.searchsorted(cumulative, below[code] + u * total[code], right=True)
+        index = torch.minimum(torch.maximum(index, start[code]), start[code] + sizes[code] - 1)
+        return members[index]
 
     def _code_winners(self):
         """([K] token id, [K] bias or None): the token an argmax over V picks inside each code."""
