@@ -51,6 +51,11 @@ class ClassTree(nn.Module):
         self.class_weight = nn.Parameter(torch.empty(num_classes, d_model).uniform_(-bound, bound))
         self.word_weight = nn.Parameter(torch.empty(vocab_size, d_model).uniform_(-bound, bound))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        from vqbench.head import refuse_other_structure
+        refuse_other_structure(self, state_dict, prefix, ("class_of", "position", "class_sizes"))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def num_parameters(self) -> int:
         return (self.num_classes + self.vocab_size) * self.d_model
 

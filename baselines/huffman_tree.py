@@ -88,6 +88,11 @@ class HuffmanTree(nn.Module):
         bound = 1.0 / math.sqrt(d_model)
         self.node_weight = nn.Parameter(torch.empty(vocab_size - 1, d_model).uniform_(-bound, bound))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        from vqbench.head import refuse_other_structure
+        refuse_other_structure(self, state_dict, prefix, ("path_nodes", "path_signs", "depth"))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def num_parameters(self) -> int:
         return (self.vocab_size - 1) * self.d_model
 

@@ -8,6 +8,7 @@ tables to results/compare.md.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 import time
@@ -16,7 +17,7 @@ import torch
 
 from vqbench.ops import ALL_OPS, DEFAULT_OPS
 from vqbench.provenance import use_cpu_allocator
-from vqbench.registry import head_class, parse_spec
+from vqbench.registry import coerce_option, head_class, parse_spec
 from vqbench.sweep import DTYPES, Budget, Grid, ResultsFile, read_rows, run_sweep
 from vqbench.tables import build_tables, render
 
@@ -82,14 +83,26 @@ def parse_args(argv=None):
             setattr(args, key, value)
 
     for spec in args.heads:
-        try:
-            head_class(parse_spec(spec)[0])
+        try:  # the spec's name and every option's type, before any measurement
+            name, options = parse_spec(spec)
+            cls = head_class(name)
+            for key, value in options.items():
+                coerce_option(cls, key, value)
         except (ValueError, TypeError) as error:
             p.error(f"--heads: {error}")
     for flag, values in [("--vocab", args.vocab), ("--d-model", args.d_model), ("--codebook", args.codebook),
                          ("--tokens", args.tokens)]:
         if any(v < 1 for v in values):
             p.error(f"{flag}: sizes must be positive, got {values}")
+    for flag, value in (("--min-run-time", args.min_run_time), ("--time-budget-s", args.time_budget_s),
+                        ("--memory-budget-gib", args.memory_budget_gib)):
+        if value is not None and not (0 < value < float("inf")):
+            p.error(f"{flag}: must be a finite number > 0, got {value}")
+    if args.seed < 0:
+        p.error(f"--seed: must be >= 0, got {args.seed}")
+    if args.name is not None and (not args.name or os.sep in args.name or args.name.startswith(".")
+                                  or (os.altsep and os.altsep in args.name)):
+        p.error(f"--name: a file stem inside --out (no path separators, not starting with '.'), got {args.name!r}")
     if args.resume and args.overwrite:
         p.error("--overwrite: cannot be combined with --resume")
     if args.threads is not None and args.threads < 1:
@@ -130,6 +143,18 @@ def select_rows(rows, selection):
     return [row for row in rows if keep(row)]
 
 
+def settings_clash(rows, args) -> str:
+    """'' when the stored rows were measured with this run's threads, allocator and CPU, else what differs."""
+    from vqbench.provenance import cpu_allocator, cpu_model
+    threads = args.threads if args.threads is not None else torch.get_num_threads()
+    now = {"threads": str(threads), "cpu_allocator": cpu_allocator(), "cpu_model": cpu_model()}
+    for key, value in now.items():
+        stored = sorted({r[key] for r in rows if r.get(key)} - {value})
+        if stored:
+            return f"{key}={stored[0]} (now {value})"
+    return ""
+
+
 def write_markdown(path, name, command, source, tables):
     with open(path, "w") as f:
         f.write(f"# vqbench compare: {name}\n\nRegenerate: `{command.strip()}`\n\n"
@@ -141,8 +166,11 @@ def main(argv=None) -> int:
     if args.from_file:
         try:
             rows = select_rows(read_rows(args.from_file), args.selection)
-        except FileNotFoundError as error:
-            print(f"--from: {error}", file=sys.stderr)
+        except (OSError, ValueError, UnicodeDecodeError, csv.Error) as error:
+            print(f"--from: {args.from_file}: {error}", file=sys.stderr)
+            return 2
+        if not rows:
+            print(f"--from: {args.from_file}: no rows (of this selection) to render", file=sys.stderr)
             return 2
         tables = build_tables(rows)
         if args.name:
@@ -161,7 +189,14 @@ def main(argv=None) -> int:
     memory = args.memory_budget_gib * 2**30 if args.memory_budget_gib else default_memory_budget(devices)
     budget = Budget(memory_bytes=memory, seconds_per_call=args.time_budget_s, min_run_time=args.min_run_time)
 
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as error:
+        print(f"--out: cannot create {args.out!r} ({error.strerror})", file=sys.stderr)
+        return 2
+    if not os.access(args.out, os.W_OK):
+        print(f"--out: {args.out!r} is not writable", file=sys.stderr)
+        return 2
     args.name = args.name or "compare"
     csv_path = os.path.join(args.out, f"{args.name}.csv")
     if os.path.exists(csv_path) and not args.resume:
@@ -177,6 +212,13 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"--name: {error}", file=sys.stderr)
         return 2
+    if args.resume:
+        clash = settings_clash(read_rows(csv_path), args)
+        if clash:
+            results.close()
+            print(f"--resume: {csv_path} holds rows measured with {clash}; a resumed file must be measured "
+                  f"alike (measure into another --name)", file=sys.stderr)
+            return 2
     with results:
         stats = run_sweep(grid, results, budget, threads=args.threads, resume=args.resume,
                           progress=not args.no_progress, seed=args.seed, ceilings=args.ceilings)

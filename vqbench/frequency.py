@@ -23,6 +23,8 @@ def validate_token_counts(token_counts, vocab_size: int) -> torch.Tensor:
         raise ValueError("token_counts: must be finite and non-negative")
     if counts.sum() <= 0:
         raise ValueError("token_counts: must not be all zero")
+    if not torch.isfinite(counts.sum()):
+        raise ValueError("token_counts: their sum overflows float64; scale them down (only ratios matter)")
     return counts
 
 

@@ -117,6 +117,7 @@ class OutputHead(nn.Module):
     def predict(self, hidden: torch.Tensor) -> torch.Tensor:
         """The most probable token (int64); hidden [..., d] -> [...]."""
         flat, lead = self._flatten_hidden(hidden)
+        _check_finite(flat)
         return self._predict(flat).reshape(lead)
 
     def sample(self, hidden: torch.Tensor, *, generator: Optional[torch.Generator] = None,
@@ -131,6 +132,7 @@ class OutputHead(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
         flat, lead = self._flatten_hidden(hidden)
+        _check_finite(flat)
         if generator is not None and generator.device.type != flat.device.type:
             raise ValueError(f"generator: on {generator.device} but hidden is on {flat.device}")
         with torch.no_grad():
@@ -263,6 +265,9 @@ class OutputHead(nn.Module):
                 f"got {list(hidden.shape)}")
         if hidden.numel() == 0:
             raise ValueError(f"hidden: needs at least one token, got shape {list(hidden.shape)}")
+        if hidden.device.type == "meta":
+            raise ValueError("hidden: on the meta device, which holds no values; vqbench heads compute on "
+                             "real devices (cpu, cuda)")
         param = self._reference_parameter()
         if hidden.dtype != param.dtype:
             raise TypeError(
@@ -292,9 +297,13 @@ class OutputHead(nn.Module):
         except RuntimeError:
             raise ValueError(f"out: its strides {out.stride()} cannot be viewed as [N, V] without a copy; "
                              f"allocate it with new_output()") from None
-        if 0 in flat.stride():
-            raise ValueError("out: has elements that share memory (an expanded tensor); "
+        if _overlaps_itself(flat):
+            raise ValueError("out: has elements that share memory (an expanded or overlapping view); "
                              "allocate it with new_output()")
+        for name, other in [("hidden", hidden), *self.named_parameters(), *self.named_buffers()]:
+            if _shares_memory(flat, other):
+                raise ValueError(f"out: shares memory with {name}; the output would overwrite an input "
+                                 f"while it is read; allocate it with new_output()")
         return flat
 
     def _flatten_target(self, target, hidden, ignore_index=None):
@@ -319,6 +328,51 @@ class OutputHead(nn.Module):
                     f"(vocab_size={self.vocab_size}){'' if ignore_index is None else f' or be ignore_index={ignore_index}'}"
                     f", got values in [{low}, {high}]")
         return flat
+
+
+def refuse_other_structure(module: nn.Module, state_dict: dict, prefix: str, names) -> None:
+    """For a module whose buffers ``names`` encode a structure built from token_counts (classes, a tree):
+    raise when a state_dict carries other values, since the module's derived tables would not follow."""
+    for name in names:
+        key = prefix + name
+        if key in state_dict:
+            mine, theirs = getattr(module, name), state_dict[key]
+            if tuple(theirs.shape) != tuple(mine.shape) or not torch.equal(theirs.to(mine.device), mine):
+                raise ValueError(f"state_dict: {key} differs from this head's: the state was trained with a head "
+                                 f"built from other token_counts; build the head with the same token_counts")
+
+
+def _check_finite(hidden: torch.Tensor) -> None:
+    """predict and sample turn a NaN row into a token id: refuse it instead of returning an arbitrary one."""
+    if not bool(torch.isfinite(hidden).all()):
+        raise ValueError("hidden: contains NaN or infinite values; no token can be chosen for such a row")
+
+
+def _overlaps_itself(t: torch.Tensor) -> bool:
+    """True unless every element of t has its own memory (strides nested by size, none zero)."""
+    dims = sorted((stride, size) for stride, size in zip(t.stride(), t.shape) if size > 1)
+    span = 1
+    for stride, size in dims:
+        if stride < span:
+            return True
+        span = stride * size
+    return False
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when the memory ranges of a and b intersect (same storage, overlapping byte ranges)."""
+    if a.device != b.device or a.numel() == 0 or b.numel() == 0:
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def byte_range(t):
+        start = t.data_ptr()
+        extent = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) + 1
+        return start, start + extent * t.element_size()
+
+    (a0, a1), (b0, b1) = byte_range(a), byte_range(b)
+    return a0 < b1 and b0 < a1
 
 
 def _check_positive_int(name: str, value, minimum: int = 1) -> None:

@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     for path in args.files:
         try:
             rows.extend(read_rows(path))
-        except FileNotFoundError as error:
+        except (OSError, ValueError) as error:
             p.error(str(error))
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
@@ -178,10 +178,16 @@ def main(argv=None) -> int:
     device = args.device or ok[0]["device"]
     dtype = args.dtype or ok[0]["dtype"]
     ok = [r for r in ok if r["device"] == device and r["dtype"] == dtype]
+    if not ok:
+        p.error(f"--device/--dtype: no measured rows for {device} {dtype} in the given files")
     widths = sorted({int(r["d"]) for r in ok})
     d = args.d_model or (1024 if 1024 in widths else widths[0])
+    if d not in widths:
+        p.error(f"--d-model: no rows with d={d} (the files have {widths})")
     vocabs = sorted({int(r["V"]) for r in ok})
     vocab = args.vocab or (50257 if 50257 in vocabs else vocabs[len(vocabs) // 2])
+    if vocab not in vocabs:
+        p.error(f"--vocab: no rows with V={vocab} (the files have {vocabs})")
     palette = colours(r["spec"] for r in ok)
     os.makedirs(args.out, exist_ok=True)
     paths = plot_latency(ok, palette, d, args.out, plt) + plot_params(ok, palette, d, args.out, plt) \

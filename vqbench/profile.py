@@ -46,6 +46,15 @@ def parse_args(argv=None):
     for flag in ("vocab", "d_model", "tokens", "active"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')}: must be >= 1")
+    for flag in ("wait", "warmup"):
+        if getattr(args, flag) < 0:
+            p.error(f"--{flag}: must be >= 0")
+    if args.top < 1 or (args.threads is not None and args.threads < 1):
+        p.error("--top, --threads: must be >= 1")
+    try:  # the head is built here so that a bad spec or option is one line, before any work
+        make_head(args.head, args.vocab, args.d_model, device="meta")
+    except (ValueError, TypeError) as error:
+        p.error(f"--head: {error}")
     return args
 
 
@@ -93,7 +102,15 @@ def top_operators(prof, top: int, device: str):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    prof = profile_op(args)
+    try:
+        prof = profile_op(args)
+    except NotImplementedError as error:
+        print(f"python -m vqbench.profile: error: --op: {args.op} does not apply to {args.head}: {error}",
+              file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"python -m vqbench.profile: error: --logdir: {error}", file=sys.stderr)
+        return 2
     rows = top_operators(prof, args.top, args.device)
     headers = ["operator", "calls", "self time (ms)", "total time (ms)", "GFLOP", "self memory (MiB)"]
     print(f"{args.head} {args.op}: V={args.vocab}, d={args.d_model}, N={args.tokens}, {args.device}, "

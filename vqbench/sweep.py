@@ -174,10 +174,20 @@ def complete_units(rows: Iterable[dict]) -> set:
 
 
 def read_rows(path: str) -> List[dict]:
+    """The ok and skipped rows of a results file; ValueError when the file is not one."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"results file not found: {path}")
-    with open(path, newline="") as f:
-        return [row for row in csv.DictReader(f) if row.get("status") in ("ok", "skipped")]
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not a results file")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in UNIT_KEY + ("metric", "value", "status") if c not in (reader.fieldnames or ())]
+            if missing:
+                raise ValueError(f"{path} is not a vqbench results file (no column {missing[0]!r})")
+            return [row for row in reader if row.get("status") in ("ok", "skipped")]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{path} is not a readable CSV file ({type(error).__name__})") from None
 
 
 def unit_key(row: dict) -> tuple:

@@ -609,7 +609,7 @@ def main(argv=None) -> int:
     cfg = parse_args(argv)
     try:
         train(cfg)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         print(f"python -m vqbench.train: error: {error}", file=sys.stderr)
         return 2
     finally:
