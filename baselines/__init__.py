@@ -1,6 +1,6 @@
-"""The four baseline output layers. Importing this package registers them."""
+"""The four baseline output layers. Each module registers its head with vqbench's registry on import;
+vqbench.registry imports them when a head of theirs is first asked for."""
 
-import vqbench  # noqa: F401  (the common interface; loads and registers every head)
 from baselines.adaptive import AdaptiveSoftmax
 from baselines.hierarchical import HierarchicalSoftmax
 from baselines.lowrank import LowRankSoftmax

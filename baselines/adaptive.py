@@ -78,11 +78,25 @@ class AdaptiveSoftmax(OutputHead):
         mass = torch.stack([ranked_counts[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:])])
         self.cluster_probability = (mass / mass.sum())[1:].tolist()
 
+    def _spec_values(self):
+        return {"cutoffs": self.cutoffs, "div_value": self.div_value}
+
     def closed_form_num_parameters(self) -> int:
         d, bounds = self.d_model, [*self.cutoffs, self.vocab_size]
         total = d * (self.cutoffs[0] + len(self.cutoffs))
         for i, h in enumerate(self.hidden_sizes):
             total += d * h + h * (bounds[i + 1] - bounds[i])
+        return total
+
+    def touched_parameters(self, target) -> int:
+        """The head's weights and, for each tail cluster a target falls in, its projection and its rows (the
+        cluster's softmax reads all of them)."""
+        ranks = self._ranks(target.to(self.asm.head.weight.device))
+        bounds = [*self.cutoffs, self.vocab_size]
+        total = self.d_model * (self.cutoffs[0] + len(self.cutoffs))
+        for i, h in enumerate(self.hidden_sizes):
+            if bool(((ranks >= bounds[i]) & (ranks < bounds[i + 1])).any()):
+                total += self.d_model * h + h * (bounds[i + 1] - bounds[i])
         return total
 
     def _ranks(self, target):

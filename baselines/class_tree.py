@@ -56,6 +56,11 @@ class ClassTree(nn.Module):
         refuse_other_structure(self, state_dict, prefix, ("class_of", "position", "class_sizes"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def touched_parameters(self, target) -> int:
+        """The class vectors and the word vectors of every class a target falls in."""
+        classes = torch.unique(self.class_of[target])
+        return (self.num_classes + int(self.class_sizes[classes].sum())) * self.d_model
+
     def num_parameters(self) -> int:
         return (self.num_classes + self.vocab_size) * self.d_model
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-from baselines.class_tree import ClassTree
-from baselines.huffman_tree import HuffmanTree
 from vqbench.head import OutputHead, check_choice, check_int_option
 from vqbench.registry import register_head
 
@@ -34,16 +32,26 @@ class HierarchicalSoftmax(OutputHead):
     def __init__(self, vocab_size, d_model, *, tree="class", classes=None, token_counts=None):
         super().__init__(vocab_size, d_model, token_counts)
         self.tree_kind = check_choice("tree", tree, TREES)
+        # each tree's module is imported where it is built, so that a row's code fingerprint
+        # (vqbench.fingerprint) covers the tree it measured and not the other one
         if tree == "huffman":
+            from baselines.huffman_tree import HuffmanTree
             if classes is not None:
                 raise ValueError("classes: only used with tree=class")
             self.tree = HuffmanTree(self.vocab_size, self.d_model, self.token_counts)
         else:
+            from baselines.class_tree import ClassTree
             if classes is None:
                 classes = max(1, round(math.sqrt(self.vocab_size)))
             classes = check_int_option("classes", classes, minimum=1, maximum=self.vocab_size,
                                        why_max=" (vocab_size)")
             self.tree = ClassTree(self.vocab_size, self.d_model, self.token_counts, classes)
+
+    def _spec_values(self):
+        return {"tree": self.tree_kind, "classes": self.tree.num_classes if self.tree_kind == "class" else None}
+
+    def touched_parameters(self, target):
+        return self.tree.touched_parameters(target.to(self._reference_parameter().device))
 
     def closed_form_num_parameters(self) -> int:
         return self.tree.num_parameters()
@@ -60,7 +68,7 @@ class HierarchicalSoftmax(OutputHead):
         return self.tree.sample(hidden, generator)
 
     def _log_probs_into(self, hidden, out):
-        if isinstance(self.tree, ClassTree) and out.T.is_contiguous():
+        if self.tree_kind == "class" and out.T.is_contiguous():
             self.tree.log_probs(hidden, out_t=out.T)
         else:
             out.copy_(self.tree.log_probs(hidden))

@@ -93,6 +93,11 @@ class HuffmanTree(nn.Module):
         refuse_other_structure(self, state_dict, prefix, ("path_nodes", "path_signs", "depth"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def touched_parameters(self, target) -> int:
+        """The vectors of the internal nodes on the targets' paths, each once."""
+        on_path = self.path_signs[target] != 0
+        return int(torch.unique(self.path_nodes[target][on_path]).numel()) * self.d_model
+
     def num_parameters(self) -> int:
         return (self.vocab_size - 1) * self.d_model
 

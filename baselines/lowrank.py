@@ -39,6 +39,9 @@ class LowRankSoftmax(LogitsHead):
             -1 / math.sqrt(self.rank), 1 / math.sqrt(self.rank)))
         self.bias = nn.Parameter(torch.zeros(self.vocab_size)) if bias else None
 
+    def _spec_values(self):
+        return {"rank": self.rank, "bias": self.bias is not None}
+
     def closed_form_num_parameters(self) -> int:
         extra = self.vocab_size if self.bias is not None else 0
         return self.rank * self.d_model + self.vocab_size * self.rank + extra

@@ -37,6 +37,9 @@ class FullSoftmax(LogitsHead):
         self.weight = nn.Parameter(torch.empty(self.vocab_size, self.d_model).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.zeros(self.vocab_size)) if bias else None
 
+    def _spec_values(self):
+        return {"bias": self.bias is not None, "chunk": self.chunk}
+
     def closed_form_num_parameters(self) -> int:
         return self.vocab_size * self.d_model + (self.vocab_size if self.bias is not None else 0)
 

@@ -6,12 +6,12 @@ import torch
 
 from vqbench import make_head
 from vqbench.ops import make_op
-from vqbench.sweep import make_inputs
+from vqbench.registry import DEFAULT_HEADS, expand_codebook
+from vqbench.sweep import footprint_bytes, make_inputs, memory_budget
 
 FULL = os.environ.get("VQBENCH_FULL") == "1"
 
-HEADS = ["softmax", "softmax:chunk=256", "adaptive", "hierarchical", "hierarchical:tree=huffman", "lowrank",
-         "vq", "vq:path=scatter"]
+HEADS = [*DEFAULT_HEADS, "vq:path=scatter"]
 if FULL:
     VOCAB, D_MODEL, CODEBOOK, TOKENS = [10000, 32000, 50257, 128000], [512, 1024], [256, 1024, 4096], [64, 2048]
 else:  # keeps `asv run --quick` within minutes on 2 cores
@@ -22,17 +22,13 @@ PARAM_NAMES = ["head", "V", "d", "K", "N"]
 DECODE_BATCHES = [1, 64]   # generation: one token for each of a few sequences
 # the GPU suite at one LM-sized configuration per head (each combination costs a process even when skipped)
 CUDA_PARAMS = [HEADS, [50257], [1024], [1024], [2048]]
-MEMORY_BUDGET = 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def full_spec(head, K):
     """vq specs take K from the K parameter; other heads run at the first K only."""
-    if head.startswith("vq"):
-        rest = head.partition(":")[2]
-        return f"vq:K={K}" + (f",{rest}" if rest else "")
-    if K != CODEBOOK[0]:
+    if not head.startswith("vq") and K != CODEBOOK[0]:
         raise NotImplementedError("K applies to vq only")
-    return head
+    return expand_codebook(head, K)
 
 
 def build(head, V, d, K, N, device="cpu", ops=("log_probs", "loss", "train")):
@@ -42,8 +38,8 @@ def build(head, V, d, K, N, device="cpu", ops=("log_probs", "loss", "train")):
     spec = full_spec(head, K)
     if spec.startswith("vq") and K > V:
         raise NotImplementedError(f"K={K} > V={V}")
-    footprint = 4 * (3 * N * V + 2 * V * d)
-    if device == "cpu" and footprint > MEMORY_BUDGET:
+    footprint = max(footprint_bytes(N * V, V * d + V, op, 4) for op in ops)  # a bound for every head
+    if footprint > memory_budget([device]):
         raise NotImplementedError(f"about {footprint / 2**30:.1f} GiB exceeds the memory budget")
     torch.manual_seed(0)
     module = make_head(spec, V, d, device=device)

@@ -26,7 +26,8 @@ if ! "$PY" -c "import vqbench" 2>/dev/null; then
 fi
 "$PY" -c "import torch, tabulate, tqdm, vqbench; print('torch', torch.__version__, 'vqbench', vqbench.__version__)"
 
-HEADS=(softmax softmax:chunk=256 adaptive hierarchical hierarchical:tree=huffman lowrank vq)
+HEADS=(softmax softmax:chunk=256 adaptive hierarchical hierarchical:tree=huffman lowrank vq
+       peer:impl=torch-lce peer:impl=torch-lce,chunked=1 peer:impl=compile peer:impl=cce peer:impl=liger)
 OPS=(logits log_probs loss train decode)
 if [ "$DRY" = "--dry-run" ]; then
     DEVICE=cpu

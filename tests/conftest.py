@@ -39,10 +39,7 @@ def spec(request):
 @pytest.fixture(autouse=True)
 def small_ceilings(monkeypatch):
     """Sweeps in tests measure the machine's ceilings on small operands: the full-size measurement
-    (tested in test_floors) takes seconds and a sweep repeats it before every head."""
-    from vqbench import floors, sweep
+    (tested in test_floors) takes seconds and a sweep repeats it for every head."""
+    from vqbench import sweep
 
-    def measure(device, dtype, threads, **sizes):
-        return floors.measure_ceilings(device, dtype, threads, gemm_size=256, buffer_bytes=8 << 20)
-
-    monkeypatch.setattr(sweep, "measure_ceilings", measure)
+    monkeypatch.setitem(sweep.CEILING_SIZES, "full", {"gemm_size": 256, "buffer_bytes": 1 << 20})

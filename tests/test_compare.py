@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from vqbench import compare, ops, sweep
-from vqbench.sweep import COLUMNS, Budget, Grid, ResultsFile, read_rows, run_sweep
+from vqbench.results import COLUMNS, ResultsFile, read_rows
+from vqbench.sweep import Budget, Grid, run_sweep
 from vqbench.tables import build_tables, render
 
 FAST = Budget(min_run_time=0.002)
@@ -155,19 +156,19 @@ def fake_rows():
 
 def test_tables_one_unit_ratio_spread_and_skips():
     tables = build_tables(fake_rows())
-    captions = [t["caption"] for t in tables]
-    time_table = next(t for t in tables if t["caption"].startswith("Latency"))
-    assert "in ms" in time_table["caption"] and "Test CPU" in time_table["caption"]
-    assert "float32" in time_table["caption"] and "2 threads" in time_table["caption"]
-    assert "torch 2.13.0" in time_table["caption"] and "N=32" in time_table["caption"]
-    assert time_table["headers"] == ["head", "V=1000", "V=2000"]
-    assert time_table["body"][0] == ["softmax", "1.00", "2.00"]
-    assert time_table["body"][1][1].endswith("†") and "†" in time_table["caption"]
-    assert time_table["body"][2][1] == "skip[1]" and "memory guard" in time_table["notes"][0]
-    ratio = next(t for t in tables if t["caption"].startswith("Speed-up"))
-    assert ratio["body"][1] == ["vq:K=16", "4.00x", "4.00x"]
-    flops = next(t for t in tables if "FLOPs" in t["caption"])
-    assert flops["body"][0][1] == "1.00 / 1.00" and "GFLOP" in flops["caption"]
+    captions = [t.caption for t in tables]
+    time_table = next(t for t in tables if t.caption.startswith("Latency"))
+    assert "in ms" in time_table.caption and "Test CPU" in time_table.caption
+    assert "float32" in time_table.caption and "2 threads" in time_table.caption
+    assert "torch 2.13.0" in time_table.caption and "N=32" in time_table.caption
+    assert time_table.headers == ["head", "V=1000", "V=2000"]
+    assert time_table.body[0] == ["softmax", "1.00", "2.00"]
+    assert time_table.body[1][1].endswith("†") and "†" in time_table.caption
+    assert time_table.body[2][1] == "skip[1]" and "memory guard" in time_table.notes[0]
+    ratio = next(t for t in tables if t.caption.startswith("Speed-up"))
+    assert ratio.body[1] == ["vq:K=16", "4.00x", "4.00x"]
+    flops = next(t for t in tables if "FLOPs" in t.caption)
+    assert flops.body[0][1] == "1.00 / 1.00" and "GFLOP" in flops.caption
     assert len(captions) == len(set(captions))
 
 

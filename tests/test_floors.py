@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from vqbench import make_head
+from vqbench import floors
 from vqbench.floors import Ceilings, floor_seconds, least_traffic, measure_ceilings
-from vqbench.sweep import COLUMNS, ResultsFile
+from vqbench.results import COLUMNS, ResultsFile, read_rows
 from vqbench.tables import build_tables, render
 
 
@@ -53,26 +54,59 @@ def test_floor_tables_divide_time_by_floor():
     rows = [{**base, "metric": "time", "value": "0.03", "spread": "0"},
             {**base, "metric": "floor", "value": "0.02"}]
     tables = build_tables(rows)
-    floor = [t for t in tables if t["key"][-1] == "floor"]
-    assert len(floor) == 1 and floor[0]["body"] == [["vq:K=8", "1.50x"]]
-    assert "GEMM 100 GFLOP/s" in floor[0]["caption"] and "1.50x" in render(floor)
+    floor = [t for t in tables if t.kind == "floor"]
+    assert len(floor) == 1 and floor[0].body == [["vq:K=8", "1.50x"]]
+    assert "GEMM 100 GFLOP/s" in floor[0].caption and "1.50x" in render(floor)
 
 
-def test_ceilings_are_measured_before_each_head(tmp_path, monkeypatch):
-    from vqbench import sweep
+def test_ceilings_are_measured_before_and_after_each_head_and_the_floor_takes_the_better(tmp_path, monkeypatch):
+    from vqbench import floors, sweep
     calls = []
-    rates = iter(range(1, 100))
+    rates = iter([1, 2, 10, 10, 30, 40])  # softmax: 1 then 2 (drift 50%); vq: 10 then 10 (agree)
 
-    def measure(device, dtype, threads):
-        calls.append(device)
+    def measure(self, buffer_bytes):
+        calls.append(buffer_bytes)
         rate = float(next(rates)) * 1e9
         return Ceilings(rate, rate, rate)
 
-    monkeypatch.setattr(sweep, "measure_ceilings", measure)
+    monkeypatch.setattr(floors.CeilingMeter, "_measure", measure)
     path = str(tmp_path / "rows.csv")
-    sweep.run_sweep(sweep.Grid(heads=["softmax", "vq:K=4"], vocab=[50], d_model=[8], tokens=[4], ops=("loss",)),
-                    sweep.ResultsFile(path), sweep.Budget(min_run_time=0.002), threads=1, progress=False)
-    rows = sweep.read_rows(path)
-    assert len(calls) == 2
-    assert {r["gemm_flop_s"] for r in rows if r["spec"] == "softmax"} == {"1e+09"}
-    assert {r["gemm_flop_s"] for r in rows if r["spec"] == "vq:K=4"} == {"2e+09"}
+    grid = sweep.Grid(heads=["softmax", "vq:K=4", "vq:K=5"], vocab=[50], d_model=[8], tokens=[4], ops=("loss",))
+    sweep.run_sweep(grid, ResultsFile(path), sweep.Budget(min_run_time=0.002), threads=1, progress=False)
+    floors_by_spec = {r["spec"]: r for r in read_rows(path) if r["metric"] == "floor"}
+    assert floors_by_spec["softmax"]["gemm_flop_s"] == "2e+09" and floors_by_spec["softmax"]["ceiling_drift"] == "0.500"
+    assert floors_by_spec["vq:K=4"]["gemm_flop_s"] == "1e+10" and floors_by_spec["vq:K=4"]["ceiling_drift"] == "0.000"
+    # vq:K=5 reuses the agreed rates as its "before" and measures only "after"
+    assert len(calls) == 5 and floors_by_spec["vq:K=5"]["gemm_flop_s"] == "3e+10"
+
+
+def test_working_sets_pick_buffer_sizes():
+    meter = floors.CeilingMeter(threads=1)
+    assert meter.bucket(10) == 64 << 10
+    assert meter.bucket(3 << 20) == 2 << 20
+    assert meter.bucket(10 << 30) == 256 << 20
+
+
+SPECS_FOR_FLOORS = ["softmax", "softmax:chunk=16", "adaptive", "hierarchical", "hierarchical:tree=huffman",
+                    "lowrank", "vq:K=32", "vq:K=32,bias=1"]
+
+
+def test_no_op_beats_its_floor(tmp_path, monkeypatch):
+    """With the real ceilings, every head x op at a small size: no median time falls below half its floor.
+    A floor model that overcharges, as one charging every parameter to a tree's loss did, gives 0.06x;
+    ceilings measured while another process shares the cores can err by up to 2x, so the margin is wide."""
+    from vqbench import sweep
+    monkeypatch.setitem(sweep.CEILING_SIZES, "full", {})
+    path = str(tmp_path / "rows.csv")
+    grid = sweep.Grid(heads=SPECS_FOR_FLOORS, vocab=[3000], d_model=[64], tokens=[64],
+                      ops=("logits", "log_probs", "log_probs_into", "predict", "loss", "train", "decode"))
+    sweep.run_sweep(grid, ResultsFile(path), sweep.Budget(min_run_time=0.01), threads=1, progress=False)
+    rows = read_rows(path)
+    times = {(r["spec"], r["op"]): float(r["value"]) for r in rows if r["metric"] == "time"}
+    floors_ = {(r["spec"], r["op"]): float(r["value"]) for r in rows if r["metric"] == "floor"}
+    assert set(times) == set(floors_) and len(times) > 40
+    for unit, floor in floors_.items():
+        assert times[unit] >= 0.5 * floor, (unit, floor, times[unit])
+    for spec in ("hierarchical", "hierarchical:tree=huffman"):  # the loss reads only the targets' rows
+        loss = next(r for r in rows if r["spec"] == spec and r["op"] == "loss" and r["metric"] == "floor")
+        assert float(loss["value"]) < floors_[(spec, "log_probs")]

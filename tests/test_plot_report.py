@@ -3,7 +3,8 @@
 import csv
 
 from vqbench import plot, report
-from vqbench.sweep import COLUMNS, Grid, ResultsFile, Budget, run_sweep
+from vqbench.results import COLUMNS, ResultsFile
+from vqbench.sweep import Budget, Grid, run_sweep
 
 
 def sweep_file(path):

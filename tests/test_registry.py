@@ -5,8 +5,8 @@ import vqbench
 from vqbench import HEADS, OutputHead, make_head, parse_spec, register_head
 
 
-def test_five_heads_registered():
-    assert sorted(HEADS) == ["adaptive", "hierarchical", "lowrank", "softmax", "vq"]
+def test_five_heads_and_the_peers_registered():
+    assert sorted(HEADS) == ["adaptive", "hierarchical", "lowrank", "peer", "softmax", "vq"]
     for name, cls in HEADS.items():
         assert issubclass(cls, OutputHead) and cls.name == name
         assert "Parameters (closed form)" in cls.__doc__ and "Shapes" in cls.__doc__
@@ -84,3 +84,23 @@ def test_a_sixth_head_is_one_class_and_a_decorator():
 
 def test_version():
     assert vqbench.__version__
+
+
+def test_spec_round_trips(spec):
+    from conftest import D, V, build
+    head = build(spec)
+    options = {"embeddings": torch.randn(V, D)} if "kmeans" in spec else {}
+    again = make_head(head.spec, V, D, dtype=torch.float64, **options)
+    assert again.spec == head.spec
+    assert [(n, tuple(p.shape)) for n, p in again.named_parameters()] == \
+        [(n, tuple(p.shape)) for n, p in head.named_parameters()]
+    for (name, a), (_, b) in zip(again.named_buffers(), head.named_buffers()):
+        if "kmeans" not in spec:
+            assert torch.equal(a, b), name
+
+
+def test_spec_of_a_directly_built_head_names_its_options():
+    from vqbench.vq import VQLogits
+    assert VQLogits(97, 16, K=10).spec == "vq:K=10"
+    assert VQLogits(97, 16, K=10, mapping=torch.arange(97) % 10).spec == "vq:K=10,mapping=custom"
+    assert make_head("vq:mapping=frequency,K=10,bias=0", 97, 16).spec == "vq:K=10"

@@ -1,23 +1,33 @@
 """vqbench: output layers of language models, measured side by side.
 
-    from vqbench import make_head, HEADS
+    from vqbench import make_head
     head = make_head("vq:K=1024,mapping=frequency", vocab_size=V, d_model=d)
+
+Heads register by name (vqbench.registry); the built-in ones load when first asked for.
 """
 
 from vqbench.head import OPS, HeadOutput, LogitsHead, OutputHead
-from vqbench.registry import HEADS, make_head, parse_spec, register_head
+from vqbench.registry import make_head, parse_spec, register_head, registered_heads
 from vqbench.vq import VQLogits
 
-# the baselines register themselves on import
-from baselines.adaptive import AdaptiveSoftmax  # noqa: E402
-from baselines.hierarchical import HierarchicalSoftmax  # noqa: E402
-from baselines.lowrank import LowRankSoftmax  # noqa: E402
-from baselines.softmax import FullSoftmax  # noqa: E402
-
 __version__ = "0.1.0"
+
+# the baseline classes live in baselines/, which builds on this package: served on first access
+_BASELINES = {"AdaptiveSoftmax": "baselines.adaptive", "FullSoftmax": "baselines.softmax",
+              "HierarchicalSoftmax": "baselines.hierarchical", "LowRankSoftmax": "baselines.lowrank"}
+
+
+def __getattr__(name):
+    if name == "HEADS":
+        return registered_heads()
+    if name in _BASELINES:
+        import importlib
+        return getattr(importlib.import_module(_BASELINES[name]), name)
+    raise AttributeError(f"module 'vqbench' has no attribute {name!r}")
+
 
 __all__ = [
     "HEADS", "OPS", "AdaptiveSoftmax", "FullSoftmax", "HeadOutput", "HierarchicalSoftmax",
     "LogitsHead", "LowRankSoftmax", "OutputHead", "VQLogits", "make_head", "parse_spec",
-    "register_head",
+    "register_head", "registered_heads",
 ]

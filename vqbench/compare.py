@@ -8,24 +8,21 @@ tables to results/compare.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
 
 import torch
 
-from vqbench.ops import ALL_OPS, DEFAULT_OPS
 from vqbench.provenance import use_cpu_allocator
-from vqbench.registry import coerce_option, head_class, parse_spec
-from vqbench.sweep import DTYPES, Budget, Grid, ResultsFile, read_rows, run_sweep
+from vqbench.registry import DEFAULT_HEADS, coerce_option, head_class, parse_spec
+from vqbench.results import ALL_OPS, DEFAULT_OPS, ResultsFile, read_rows, select_rows
+from vqbench.sweep import DTYPES, Budget, Grid, memory_budget, run_sweep
 from vqbench.tables import build_tables, render
 
-DEFAULT_HEADS = ["softmax", "softmax:chunk=256", "adaptive", "hierarchical", "hierarchical:tree=huffman",
-                 "lowrank", "vq"]
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m vqbench.compare",
         description="Measure parameters, FLOPs, latency and peak memory of LM output layers "
@@ -73,15 +70,25 @@ def parse_args(argv=None):
                         "pages, so a fresh N x V output is not dominated by 4 KiB page faults (the role CUDA's "
                         "caching allocator plays on GPU); default: the plain allocator. Stored in every row")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def parse_args(argv=None):
+    """The flags, each checked before any work (errors name the flag); unset grid flags get defaults."""
+    p = build_parser()
     args = p.parse_args(argv)
     args.selection = {k: getattr(args, k) for k in ("heads", "vocab", "d_model", "codebook", "tokens", "ops",
                                                      "dtype")}
-    defaults = dict(heads=DEFAULT_HEADS, vocab=[10000, 50257], d_model=[512], codebook=[1024], tokens=[256],
+    defaults = dict(heads=list(DEFAULT_HEADS), vocab=[10000, 50257], d_model=[512], codebook=[1024], tokens=[256],
                     ops=list(DEFAULT_OPS), dtype=["float32"])
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    check_args(p, args)
+    return args
 
+
+def check_args(p: argparse.ArgumentParser, args) -> None:
     for spec in args.heads:
         try:  # the spec's name and every option's type, before any measurement
             name, options = parse_spec(spec)
@@ -109,38 +116,22 @@ def parse_args(argv=None):
         p.error(f"--threads: must be >= 1, got {args.threads}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device: cuda requested but torch sees no CUDA device")
-    return args
 
 
-def default_memory_budget(devices) -> float:
-    budgets = []
-    for device in devices:
-        if device.startswith("cuda"):
-            budgets.append(0.6 * torch.cuda.get_device_properties(0).total_memory)
-        else:
-            budgets.append(0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    return min(budgets)
-
-
-def select_rows(rows, selection):
-    """Rows matching the flags given with --from (an unset flag selects everything)."""
+def rows_selected(rows, selection):
+    """Rows matching the flags given with --from (an unset flag selects everything; an open `vq` spec
+    selects every vq spec, --codebook then its K)."""
+    criteria = {column: selection[flag] for flag, column in (("vocab", "V"), ("d_model", "d"), ("tokens", "N"),
+                                                             ("dtype", "dtype")) if selection[flag] is not None}
+    rows = select_rows(rows, **criteria)
+    if selection["ops"] is not None:
+        rows = select_rows(rows, op=[*selection["ops"], "params"])
     heads, codebook = selection["heads"], selection["codebook"]
-
-    def keep(row):
-        if heads is not None:
-            open_vq = "vq" in heads and row["head"] == "vq"
-            if row["spec"] not in heads and not open_vq:
-                return False
-        if codebook is not None and row["head"] == "vq" and row["K"] and int(row["K"]) not in codebook:
-            return False
-        for flag, column in (("vocab", "V"), ("d_model", "d"), ("tokens", "N")):
-            if selection[flag] is not None and int(row[column]) not in selection[flag]:
-                return False
-        if selection["ops"] is not None and row["op"] not in selection["ops"] and row["op"] != "params":
-            return False
-        return selection["dtype"] is None or row["dtype"] in selection["dtype"]
-
-    return [row for row in rows if keep(row)]
+    if heads is not None:
+        rows = [r for r in rows if r["spec"] in heads or ("vq" in heads and r["head"] == "vq")]
+    if codebook is not None:
+        rows = [r for r in rows if r["head"] != "vq" or not r["K"] or int(r["K"]) in codebook]
+    return rows
 
 
 def settings_clash(rows, args) -> str:
@@ -161,24 +152,36 @@ def write_markdown(path, name, command, source, tables):
                 f"Rows: `{source}`.\n\n{render(tables, 'github')}")
 
 
+class Refused(Exception):
+    """A one-line reason to stop before measuring (its text names the flag)."""
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.from_file:
-        try:
-            rows = select_rows(read_rows(args.from_file), args.selection)
-        except (OSError, ValueError, UnicodeDecodeError, csv.Error) as error:
-            print(f"--from: {args.from_file}: {error}", file=sys.stderr)
-            return 2
-        if not rows:
-            print(f"--from: {args.from_file}: no rows (of this selection) to render", file=sys.stderr)
-            return 2
-        tables = build_tables(rows)
-        if args.name:
-            command = "python -m vqbench.compare " + " ".join(sys.argv[1:] if argv is None else argv)
-            write_markdown(os.path.join(args.out, f"{args.name}.md"), args.name, command, args.from_file, tables)
-        print(render(tables, args.format))
-        return 0
+    command = "python -m vqbench.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        return render_stored(args, command) if args.from_file else measure(args, command)
+    except Refused as reason:
+        print(reason, file=sys.stderr)
+        return 2
 
+
+def render_stored(args, command: str) -> int:
+    """--from: tables from a stored results file, nothing measured."""
+    try:
+        rows = rows_selected(read_rows(args.from_file), args.selection)
+    except (OSError, ValueError) as error:
+        raise Refused(f"--from: {args.from_file}: {error}") from None
+    if not rows:
+        raise Refused(f"--from: {args.from_file}: no rows (of this selection) to render")
+    tables = build_tables(rows)
+    if args.name:
+        write_markdown(os.path.join(args.out, f"{args.name}.md"), args.name, command, args.from_file, tables)
+    print(render(tables, args.format))
+    return 0
+
+
+def measure(args, command: str) -> int:
     use_cpu_allocator(args.cpu_allocator)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
@@ -186,45 +189,21 @@ def main(argv=None) -> int:
         devices = ["cpu"]
     grid = Grid(heads=args.heads, vocab=args.vocab, d_model=args.d_model, codebook=args.codebook,
                 tokens=args.tokens, ops=args.ops, devices=devices, dtypes=args.dtype)
-    memory = args.memory_budget_gib * 2**30 if args.memory_budget_gib else default_memory_budget(devices)
+    memory = args.memory_budget_gib * 2**30 if args.memory_budget_gib else memory_budget(devices)
     budget = Budget(memory_bytes=memory, seconds_per_call=args.time_budget_s, min_run_time=args.min_run_time)
-
-    try:
-        os.makedirs(args.out, exist_ok=True)
-    except OSError as error:
-        print(f"--out: cannot create {args.out!r} ({error.strerror})", file=sys.stderr)
-        return 2
-    if not os.access(args.out, os.W_OK):
-        print(f"--out: {args.out!r} is not writable", file=sys.stderr)
-        return 2
-    args.name = args.name or "compare"
-    csv_path = os.path.join(args.out, f"{args.name}.csv")
-    if os.path.exists(csv_path) and not args.resume:
-        if not args.overwrite:
-            print(f"--name: {csv_path} exists; pass --resume to add to it, or --overwrite to start afresh "
-                  f"(the old file is then kept as a backup); nothing was changed", file=sys.stderr)
-            return 2
-        backup = f"{csv_path}.bak-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.replace(csv_path, backup)
-        print(f"--overwrite: the old rows are kept in {backup}", file=sys.stderr)
+    csv_path = open_results_path(args)
     try:
         results = ResultsFile(csv_path)
     except ValueError as error:
-        print(f"--name: {error}", file=sys.stderr)
-        return 2
-    if args.resume:
-        clash = settings_clash(read_rows(csv_path), args)
-        if clash:
-            results.close()
-            print(f"--resume: {csv_path} holds rows measured with {clash}; a resumed file must be measured "
-                  f"alike (measure into another --name)", file=sys.stderr)
-            return 2
+        raise Refused(f"--name: {error}") from None
     with results:
+        clash = settings_clash(read_rows(csv_path), args) if args.resume else ""
+        if clash:
+            raise Refused(f"--resume: {csv_path} holds rows measured with {clash}; a resumed file must be "
+                          f"measured alike (measure into another --name)")
         stats = run_sweep(grid, results, budget, threads=args.threads, resume=args.resume,
                           progress=not args.no_progress, seed=args.seed, ceilings=args.ceilings)
-
     tables = build_tables(read_rows(csv_path))
-    command = "python -m vqbench.compare " + " ".join(sys.argv[1:] if argv is None else argv)
     write_markdown(os.path.join(args.out, f"{args.name}.md"), args.name, command, csv_path, tables)
     if args.format not in ("github",):
         suffix = {"latex": "tex", "csv": "tables.csv"}.get(args.format, f"{args.format}.txt")
@@ -234,6 +213,27 @@ def main(argv=None) -> int:
     print(f"measured {stats.measured}, skipped {stats.skipped}, resumed {stats.resumed}; "
           f"rows in {csv_path}", file=sys.stderr)
     return 0
+
+
+def open_results_path(args) -> str:
+    """OUT/NAME.csv, ready to write: an existing file is resumed, or with --overwrite moved to a backup;
+    without either it is left alone and the run refused."""
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as error:
+        raise Refused(f"--out: cannot create {args.out!r} ({error.strerror})") from None
+    if not os.access(args.out, os.W_OK):
+        raise Refused(f"--out: {args.out!r} is not writable")
+    args.name = args.name or "compare"
+    csv_path = os.path.join(args.out, f"{args.name}.csv")
+    if os.path.exists(csv_path) and not args.resume:
+        if not args.overwrite:
+            raise Refused(f"--name: {csv_path} exists; pass --resume to add to it, or --overwrite to start afresh "
+                          f"(the old file is then kept as a backup); nothing was changed")
+        backup = f"{csv_path}.bak-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(csv_path, backup)
+        print(f"--overwrite: the old rows are kept in {backup}", file=sys.stderr)
+    return csv_path
 
 
 if __name__ == "__main__":

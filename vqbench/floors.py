@@ -1,14 +1,17 @@
 """The machine's ceilings and each measured op's floor.
 
-Ceilings, measured before each head's measurements in a sweep and stored in its rows (each the
-fastest of several calls):
-    gemm  FLOP/s of a large square matrix product;
-    copy  bytes/s of a large tensor copy into an existing tensor, counting bytes read plus written;
-    fill  bytes/s of filling an existing large tensor (bytes written).
+Ceilings (each the fastest of several calls):
+    gemm  FLOP/s of a square matrix product large enough to reach the peak rate;
+    copy  bytes/s of a tensor copy into an existing tensor, counting bytes read plus written;
+    fill  bytes/s of filling an existing tensor (bytes written).
+The bandwidths are measured on buffers sized to the op's working set (the bytes it must move, rounded
+down to a power of two): an op whose data fits in cache is held to the cache's rate, not DRAM's. A
+sweep measures them before a head's ops and again after them, and each floor uses the better of the
+two; how far they drifted is stored with the floor (rates on a shared machine move within minutes).
 Floor of an op (seconds): the larger of its matrix-product FLOPs (the analytic count, or the FLOPs
-torch.utils.flop_counter counted in the call when fewer) over the GEMM rate and its least
-memory traffic (every input read once over the copy rate, every output written once over the fill
-rate). A row's "x over floor" is its median time over this floor: 1x would be perfect.
+torch.utils.flop_counter counted in the call when fewer) over the GEMM rate and its least memory
+traffic (see least_traffic) over the bandwidths. A row's "x over floor" is its median time over this
+floor: 1x would be perfect, and below 1x the floor would not be one.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.utils.benchmark as benchmark
+
+from vqbench.results import DECODE_OPS, V_WIDE_OPS
 
 
 @dataclass(frozen=True)
@@ -39,19 +44,94 @@ def measure_ceilings(device: torch.device, dtype: torch.dtype, threads: int,
     neighbour is busy would lower the ceilings and flatter every floor ratio of the run.
     """
     cuda = device.type == "cuda"
-    gemm_size = gemm_size or (8192 if cuda else 4096)  # large enough to reach the peak rate
+    gemm_size = gemm_size or GEMM_SIZE[device.type]
     buffer_bytes = buffer_bytes or (2 << 30 if cuda else 512 << 20)  # far beyond any cache
-    a = torch.randn(gemm_size, gemm_size, device=device).to(dtype)
-    b = torch.randn(gemm_size, gemm_size, device=device).to(dtype)
-    gemm = fastest_call(lambda: torch.mm(a, b), threads, samples=4)
-    del a, b
-    elements = buffer_bytes // torch.empty((), dtype=dtype).element_size()
+    return Ceilings(gemm_rate(device, dtype, threads, gemm_size), *bandwidths(device, dtype, threads, buffer_bytes))
+
+
+GEMM_SIZE = {"cpu": 2048, "cuda": 8192}  # large enough to reach the peak rate, small enough to be quick
+
+
+def gemm_rate(device, dtype, threads: int, size: int) -> float:
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    return 2 * size ** 3 / fastest_call(lambda: torch.mm(a, b), threads, samples=5)
+
+
+def bandwidths(device, dtype, threads: int, buffer_bytes: int):
+    """(copy, fill) bytes/s on a buffer of buffer_bytes."""
+    elements = max(1, buffer_bytes // torch.empty((), dtype=dtype).element_size())
     src = torch.ones(elements, device=device, dtype=dtype)
     dst = torch.empty_like(src)
     dst.fill_(0)  # first touch outside the timing
-    copy = fastest_call(lambda: dst.copy_(src), threads, samples=20)
-    fill = fastest_call(lambda: dst.fill_(1), threads, samples=20)
-    return Ceilings(2 * gemm_size ** 3 / gemm, 2 * buffer_bytes / copy, buffer_bytes / fill)
+    samples = 8 if buffer_bytes >= 64 << 20 else 20
+    copy = fastest_call(lambda: dst.copy_(src), threads, samples=samples)
+    fill = fastest_call(lambda: dst.fill_(1), threads, samples=samples)
+    size = elements * src.element_size()
+    return 2 * size / copy, size / fill
+
+
+class CeilingMeter:
+    """Ceilings for one sweep: per (device, dtype) a GEMM rate and per working-set size a copy and a fill
+    bandwidth, measured before a head's ops (on first use) and again after them (``better``). A rate whose
+    two measurements agreed within AGREE is reused as the next head's "before" instead of measured again.
+
+    gemm_size and buffer_bytes fix the operand sizes (smoke tests: small and quick, floors meaningless).
+    """
+
+    AGREE = 0.25
+    MIN_BUFFER, MAX_BUFFER = 64 << 10, 256 << 20
+
+    def __init__(self, threads: int, gemm_size: int = None, buffer_bytes: int = None):
+        self.threads, self.gemm_size, self.fixed_buffer = threads, gemm_size, buffer_bytes
+        self.agreed = {}    # key -> Ceilings agreed by a before/after pair, reused as a "before"
+        self.device = self.dtype = None
+        self.before = {}
+
+    def begin(self, device, dtype) -> None:
+        """A new head: its "before" rates are measured (or reused) on first use."""
+        self.device, self.dtype, self.before = device, dtype, {}
+
+    def bucket(self, working_bytes: float) -> int:
+        if self.fixed_buffer:
+            return self.fixed_buffer
+        size = self.MIN_BUFFER
+        while size * 2 <= min(working_bytes, self.MAX_BUFFER):
+            size *= 2
+        return size
+
+    def rates(self, working_bytes: float) -> Ceilings:
+        """The "before" ceilings for an op that moves working_bytes."""
+        key = (str(self.device), self.dtype, self.bucket(working_bytes))
+        if key not in self.before:
+            self.before[key] = self.agreed.get(key) or self._measure(key[2])
+        return self.before[key]
+
+    def better(self, working_bytes: float):
+        """(the better of the before and after ceilings, their largest relative drift) for an op of this head;
+        measures "after" once per working-set size and head."""
+        key = (str(self.device), self.dtype, self.bucket(working_bytes))
+        before = self.rates(working_bytes)
+        if ("after",) + key not in self.before:
+            self.before[("after",) + key] = self._measure(key[2])
+        after = self.before[("after",) + key]
+        pairs = list(zip(_rates(before), _rates(after)))
+        drift = max(abs(a - b) / max(a, b) for a, b in pairs)
+        best = Ceilings(*(max(a, b) for a, b in pairs))
+        if drift <= self.AGREE:
+            self.agreed[key] = best
+        else:
+            self.agreed.pop(key, None)
+        return best, drift
+
+    def _measure(self, buffer_bytes: int) -> Ceilings:
+        size = self.gemm_size or GEMM_SIZE[torch.device(self.device).type]
+        return Ceilings(gemm_rate(self.device, self.dtype, self.threads, size),
+                        *bandwidths(self.device, self.dtype, self.threads, buffer_bytes))
+
+
+def _rates(c: Ceilings):
+    return c.gemm_flop_s, c.copy_byte_s, c.fill_byte_s
 
 
 def fastest_call(fn, threads: int, samples: int) -> float:
@@ -61,16 +141,21 @@ def fastest_call(fn, threads: int, samples: int) -> float:
     return min(timer.timeit(1).median for _ in range(samples))
 
 
-def least_traffic(head, op: str, num_tokens: int, element_size: int):
-    """(bytes read, bytes written) that ``op`` cannot avoid: the hidden states and parameters read
-    once; the output written once (N x V for logits and log_probs, also *_into, N token ids for predict and
-    decode, a scalar loss, and for train the parameter and hidden-state gradients)."""
+def least_traffic(head, op: str, num_tokens: int, element_size: int, target=None):
+    """(bytes read, bytes written) that ``op`` cannot avoid: the hidden states and the parameters it
+    needs read once; the output written once (N x V for logits and log_probs, also *_into, N token ids
+    for predict and decode, a scalar loss, and for train the gradients of the parameters it read and of
+    the hidden states). loss and train need only the parameters the targets reach (head.touched_parameters:
+    every one for a softmax over V, the targets' classes, paths or clusters for the trees and adaptive)."""
     n, d, v = num_tokens, head.d_model, head.vocab_size
-    params = head.num_parameters() * element_size
+    needed = head.num_parameters()
+    if op in ("loss", "train") and target is not None:
+        needed = head.touched_parameters(target)
+    params = needed * element_size
     read = n * d * element_size + params + (8 * n if op in ("loss", "train") else 0)
-    if op in ("logits", "log_probs", "logits_into", "log_probs_into"):
+    if op in V_WIDE_OPS:
         written = n * v * element_size
-    elif op in ("predict", "decode", "decode_dense"):
+    elif op == "predict" or op in DECODE_OPS:
         written = 8 * n
     elif op == "loss":
         written = element_size

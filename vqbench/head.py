@@ -8,6 +8,7 @@ class validates the inputs, flattens leading dimensions and restores them.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import NamedTuple, Optional
 
@@ -56,13 +57,10 @@ class OutputHead(nn.Module):
         self.d_model = int(d_model)
         if token_counts is None:
             counts = default_token_counts(self.vocab_size)
-            self.counts_given = False
         else:
             counts = validate_token_counts(token_counts, self.vocab_size)
-            self.counts_given = True
         # float64 on CPU, kept out of the module's buffers so that .to(dtype) leaves it exact
         self.token_counts = counts
-        self.options: dict = {}
 
     # ------------------------------------------------------------------ public API
     def loss(self, hidden: torch.Tensor, target: torch.Tensor, *, ignore_index: int = -100,
@@ -167,6 +165,12 @@ class OutputHead(nn.Module):
         output = self.target_log_prob(hidden, target)
         return HeadOutput(output, -output.mean())
 
+    def touched_parameters(self, target: torch.Tensor) -> int:
+        """Parameter elements the loss of these targets [N] must read (and train must write gradients to):
+        every parameter by default, since a normaliser over V reads every row; heads whose loss follows
+        the targets' classes, paths or clusters count only the rows those reach."""
+        return self.num_parameters()
+
     def quality_metrics(self, targets: torch.Tensor) -> dict:
         """Head-specific figures for a training summary, over the test targets [T] (none by default)."""
         return {}
@@ -198,16 +202,22 @@ class OutputHead(nn.Module):
 
     @property
     def spec(self) -> str:
-        """The spec string that rebuilds this head (name plus the options given)."""
-        if not self.options:
-            return self.name
-        parts = ",".join(f"{k}={_format_option(v)}" for k, v in self.options.items())
-        return f"{self.name}:{parts}"
+        """The canonical spec string of this head: its name and, in OPTION_TYPES order, every option whose
+        value differs from the constructor's default (options resolved from V and d, such as vq's K, are
+        always shown). make_head(head.spec, V, d) builds an equal head."""
+        defaults = {k: p.default for k, p in inspect.signature(type(self).__init__).parameters.items()}
+        values = self._spec_values()
+        parts = [f"{k}={_format_option(values[k])}" for k in self.OPTION_TYPES if values[k] != defaults.get(k)]
+        return self.name + (":" + ",".join(parts) if parts else "")
 
     def extra_repr(self) -> str:
         return f"spec={self.spec!r}, vocab_size={self.vocab_size}, d_model={self.d_model}"
 
     # ------------------------------------------------------------------ to implement
+    def _spec_values(self) -> dict:
+        """{option: the value this head was built with} for every key of OPTION_TYPES."""
+        return {}
+
     def _loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return -self._target_log_prob(hidden, target).mean()
 

@@ -23,7 +23,6 @@ from torch.utils.flop_counter import FlopCounterMode
 class Timing:
     median: float   # seconds
     iqr: float      # seconds, interquartile range
-    samples: int
 
 
 def synchronize(device: torch.device) -> None:
@@ -37,8 +36,7 @@ def time_op(fn, device: torch.device, threads: int, min_run_time: float = 0.5,
 
     Fast ops: torch.utils.benchmark's blocked_autorange for ``min_run_time`` seconds (at least
     ``min_samples`` blocks). Slow ops (one call over ``min_run_time / min_samples``): one call
-    per sample, ``min_samples`` samples, or 3 when one call takes over a second.
-    ``warmup=False`` when the caller has already run fn().
+    per sample, ``min_samples`` samples. ``warmup=False`` when the caller has already run fn().
     """
     if warmup:
         fn()
@@ -46,14 +44,13 @@ def time_op(fn, device: torch.device, threads: int, min_run_time: float = 0.5,
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
     once = timer.timeit(1).median
     if once * min_samples >= min_run_time:
-        samples = 3 if once > 0.25 else min_samples
-        times = [once] + [timer.timeit(1).median for _ in range(samples - 1)]
+        times = [once] + [timer.timeit(1).median for _ in range(min_samples - 1)]
     else:
         times = list(timer.blocked_autorange(min_run_time=min_run_time).times)
         while len(times) < min_samples:
             times.extend(timer.blocked_autorange(min_run_time=min_run_time / 2).times)
     quartiles = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else [times[0]] * 3
-    return Timing(statistics.median(times), quartiles[2] - quartiles[0], len(times))
+    return Timing(statistics.median(times), quartiles[2] - quartiles[0])
 
 
 def peak_memory_and_flops(fn, device: torch.device):

@@ -21,13 +21,8 @@ from __future__ import annotations
 import torch
 
 from vqbench.head import OutputHead
+from vqbench.results import ALL_OPS, DECODE_OPS, INTO_OPS
 
-ALL_OPS = ("logits", "log_probs", "logits_into", "log_probs_into", "predict", "loss", "train", "decode",
-           "decode_dense")
-#: the default ops of a sweep: the *_into variants and decode_dense are asked for by name
-DEFAULT_OPS = ("logits", "log_probs", "predict", "loss", "train", "decode")
-DECODE_OPS = ("decode", "decode_dense")
-INTO_OPS = {"logits_into": "logits", "log_probs_into": "log_probs"}
 DECODE_MAX_BATCH = 64
 
 

@@ -13,10 +13,8 @@ import os
 import sys
 from collections import defaultdict
 
-from vqbench.ops import ALL_OPS
-from vqbench.sweep import read_rows
+from vqbench.results import ALL_OPS, read_rows, select_rows
 
-OPS = list(ALL_OPS)
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
 MARKERS = "osD^v<>pXh*"
@@ -31,11 +29,7 @@ def colours(specs):
 def _series(rows, metric, x_key, **fixed):
     """{spec: [(x, value, spread)]} for ok rows matching ``fixed`` column values."""
     out = defaultdict(list)
-    for r in rows:
-        if r["status"] != "ok" or r["metric"] != metric:
-            continue
-        if any(str(r[k]) != str(v) for k, v in fixed.items()):
-            continue
+    for r in select_rows(rows, status="ok", metric=metric, **fixed):
         spread = float(r["spread"]) if r.get("spread") else 0.0
         out[r["spec"]].append((int(r[x_key]), float(r["value"]), spread))
     return {s: sorted(set(points)) for s, points in out.items()}
@@ -67,7 +61,7 @@ def _draw(ax, series, palette):
 def plot_latency(rows, palette, d, out_dir, plt):
     paths = []
     tokens = sorted({int(r["N"]) for r in rows if r["metric"] == "time" and int(r["d"]) == d})
-    for op in OPS:
+    for op in ALL_OPS:
         if not any(r["op"] == op and r["metric"] == "time" for r in rows):
             continue
         fig, axes = plt.subplots(1, len(tokens), figsize=(max(7.5, 5.2 * len(tokens)), 5.0), squeeze=False)

@@ -7,10 +7,20 @@ API, the ``compare`` command and asv.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Dict, Tuple, Type
 
+#: registered head classes by name (``registered_heads()`` loads the built-in ones first)
 HEADS: Dict[str, type] = {}
+#: the built-in heads and the module that registers each: loaded when first asked for, so that no
+#: package imports another at import time (baselines/ builds on vqbench/, never the reverse)
+BUILTIN_HEADS = {"softmax": "baselines.softmax", "adaptive": "baselines.adaptive",
+                 "hierarchical": "baselines.hierarchical", "lowrank": "baselines.lowrank", "vq": "vqbench.vq",
+                 "peer": "baselines.peers"}
+#: the head specs a comparison measures when none are named: every method, both trees, softmax chunked
+DEFAULT_HEADS = ("softmax", "softmax:chunk=256", "adaptive", "hierarchical", "hierarchical:tree=huffman",
+                 "lowrank", "vq")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -54,6 +64,15 @@ def parse_spec(spec: str) -> Tuple[str, Dict[str, str]]:
     return name, options
 
 
+def expand_codebook(spec: str, K: int) -> str:
+    """A vq spec without K= gets K (vq specs sweep their codebook size); any other spec is returned as is."""
+    name, options = parse_spec(spec)
+    if name != "vq" or "K" in options:
+        return spec
+    rest = spec.partition(":")[2]
+    return f"vq:K={K}" + (f",{rest}" if rest else "")
+
+
 def make_head(spec: str, vocab_size: int, d_model: int, *, device=None, dtype=None, **options):
     """Build a registered head from a name or spec string plus keyword options.
 
@@ -72,15 +91,23 @@ def make_head(spec: str, vocab_size: int, d_model: int, *, device=None, dtype=No
                 f"{key}: unknown option for head {name!r}; known options: {', '.join(sorted(allowed))}")
         merged[key] = value
     head = cls(vocab_size, d_model, **merged)
-    head.options = {k: v for k, v in merged.items() if k in cls.OPTION_TYPES}
     if device is not None or dtype is not None:
         head = head.to(device=device, dtype=dtype)
     return head
 
 
+def registered_heads() -> Dict[str, type]:
+    """Every registered head class by name, the built-in ones included."""
+    for module in BUILTIN_HEADS.values():
+        importlib.import_module(module)
+    return HEADS
+
+
 def head_class(name: str) -> Type:
+    if name not in HEADS and name in BUILTIN_HEADS:
+        importlib.import_module(BUILTIN_HEADS[name])
     if name not in HEADS:
-        raise ValueError(f"spec: unknown head {name!r}; registered heads: {', '.join(sorted(HEADS))}")
+        raise ValueError(f"spec: unknown head {name!r}; registered heads: {', '.join(sorted(registered_heads()))}")
     return HEADS[name]
 
 

@@ -1,7 +1,7 @@
 """python -m vqbench.report: results/REPORT.md and results/REFERENCES.bib from stored results.
 
-Reads only files under --results (default results/): headline.csv, cpu-sweep.csv, any
-cuda-*.csv, quality/*.csv and figures/*.png. Measures nothing.
+Reads only files under --results (default results/): headline.csv, cpu-sweep.csv,
+quality/quality.csv and figures/*.png; the references come from vqbench/references.bib. Measures nothing.
 """
 
 from __future__ import annotations
@@ -13,109 +13,34 @@ import math
 import os
 import sys
 from collections import Counter
+from typing import List
 
 from vqbench.quality import _pm, aggregate, markdown_table, typed_quality_row
-from vqbench.sweep import read_rows
+from vqbench.results import read_rows, select_rows
 from vqbench.tables import build_tables, render
 
 METHODS = [
     ("softmax", "Full softmax",
      "The baseline: logits h W^T over all V tokens, normalised by a softmax. `softmax:chunk=C` computes the "
      "same loss and gradients over chunks of C tokens without holding the N x V logits, the idea of Cut "
-     "Cross-Entropy [wijmans2025cut] and Liger's fused linear cross-entropy [hsu2024liger].",
-     ["wijmans2025cut", "hsu2024liger"]),
+     "Cross-Entropy [wijmans2025cut] and Liger's fused linear cross-entropy [hsu2024liger]."),
     ("adaptive", "Adaptive softmax",
      "Frequent tokens in a head softmax, rare tokens in tail clusters reached through the head, each cluster "
-     "with a smaller projection [grave2017efficient]; run through torch.nn.AdaptiveLogSoftmaxWithLoss.",
-     ["grave2017efficient"]),
+     "with a smaller projection [grave2017efficient]; run through torch.nn.AdaptiveLogSoftmaxWithLoss."),
     ("hierarchical", "Hierarchical softmax",
      "Two-level class-based softmax p(w|h) = p(c(w)|h) p(w|c(w),h) with frequency-binned classes "
      "[mikolov2011extensions], and a binary tree over Huffman codes [morin2005hierarchical, mikolov2013distributed, "
-     "joulin2017bag], whose loss follows each target's path.",
-     ["mikolov2011extensions", "morin2005hierarchical", "mikolov2013distributed", "joulin2017bag"]),
+     "joulin2017bag], whose loss follows each target's path."),
     ("lowrank", "Low-rank factorisation",
      "The V x d output matrix factorised through a rank-r bottleneck, Linear(d, r) then Linear(r, V) "
-     "[sainath2013lowrank].", ["sainath2013lowrank"]),
+     "[sainath2013lowrank]."),
     ("vq", "VQ-Logits",
      "A K x d codebook and a fixed map from each token to one code; codebook logits h C^T are scattered to the "
      "V tokens [shao2025vqlogits]. Tokens sharing a code share a logit, so within a code the distribution is "
-     "uniform. vqbench's `collapsed` loss path uses this to compute the exact loss in O(N K d).",
-     ["shao2025vqlogits"]),
+     "uniform. vqbench's `collapsed` loss path uses this to compute the exact loss in O(N K d)."),
 ]
 
-BIBTEX = r"""@article{shao2025vqlogits,
-  title   = {{VQ-Logits}: Compressing the Output Bottleneck of Large Language Models via Vector Quantized Logits},
-  author  = {Shao, Jintian and Huang, Hongyi and Wu, Jiayi and Cheng, YiMing and Wu, ZhiYu and Shan, You and Zheng, MingKai},
-  journal = {arXiv preprint arXiv:2505.10202},
-  year    = {2025}
-}
-
-@inproceedings{grave2017efficient,
-  title     = {Efficient softmax approximation for {GPUs}},
-  author    = {Grave, Edouard and Joulin, Armand and Ciss{\'e}, Moustapha and Grangier, David and J{\'e}gou, Herv{\'e}},
-  booktitle = {Proceedings of the 34th International Conference on Machine Learning (ICML)},
-  year      = {2017},
-  note      = {arXiv:1609.04309}
-}
-
-@inproceedings{mikolov2011extensions,
-  title     = {Extensions of recurrent neural network language model},
-  author    = {Mikolov, Tom{\'a}{\v{s}} and Kombrink, Stefan and Burget, Luk{\'a}{\v{s}} and {\v{C}}ernock{\'y}, Jan and Khudanpur, Sanjeev},
-  booktitle = {IEEE International Conference on Acoustics, Speech and Signal Processing (ICASSP)},
-  year      = {2011}
-}
-
-@inproceedings{morin2005hierarchical,
-  title     = {Hierarchical probabilistic neural network language model},
-  author    = {Morin, Frederic and Bengio, Yoshua},
-  booktitle = {Proceedings of the Tenth International Workshop on Artificial Intelligence and Statistics (AISTATS)},
-  year      = {2005}
-}
-
-@inproceedings{mikolov2013distributed,
-  title     = {Distributed representations of words and phrases and their compositionality},
-  author    = {Mikolov, Tomas and Sutskever, Ilya and Chen, Kai and Corrado, Greg and Dean, Jeffrey},
-  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
-  year      = {2013}
-}
-
-@inproceedings{joulin2017bag,
-  title     = {Bag of tricks for efficient text classification},
-  author    = {Joulin, Armand and Grave, Edouard and Bojanowski, Piotr and Mikolov, Tomas},
-  booktitle = {Proceedings of the 15th Conference of the European Chapter of the Association for Computational Linguistics (EACL)},
-  year      = {2017}
-}
-
-@inproceedings{sainath2013lowrank,
-  title     = {Low-rank matrix factorization for deep neural network training with high-dimensional output targets},
-  author    = {Sainath, Tara N. and Kingsbury, Brian and Sindhwani, Vikas and Arisoy, Ebru and Ramabhadran, Bhuvana},
-  booktitle = {IEEE International Conference on Acoustics, Speech and Signal Processing (ICASSP)},
-  year      = {2013}
-}
-
-@inproceedings{wijmans2025cut,
-  title     = {Cut Your Losses in Large-Vocabulary Language Models},
-  author    = {Wijmans, Erik and Huval, Brody and Hertzberg, Alexander and Koltun, Vladlen and Kr{\"a}henb{\"u}hl, Philipp},
-  booktitle = {International Conference on Learning Representations (ICLR)},
-  year      = {2025},
-  note      = {arXiv:2411.09009}
-}
-
-@article{hsu2024liger,
-  title   = {Liger Kernel: Efficient Triton Kernels for {LLM} Training},
-  author  = {Hsu, Pin-Lun and Dai, Yun and Kothapalli, Vignesh and Song, Qingquan and Tang, Shao and Zhu, Siyu and Shimizu, Steven and Sahni, Shivam and Ning, Haowen and Chen, Yanning},
-  journal = {arXiv preprint arXiv:2410.10989},
-  year    = {2024}
-}
-
-@inproceedings{merity2017pointer,
-  title     = {Pointer Sentinel Mixture Models},
-  author    = {Merity, Stephen and Xiong, Caiming and Bradbury, James and Socher, Richard},
-  booktitle = {International Conference on Learning Representations (ICLR)},
-  year      = {2017},
-  note      = {arXiv:1609.07843}
-}
-"""
+BIBTEX_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "references.bib")
 
 
 def _value(rows, spec, op, metric, **fixed):
@@ -126,24 +51,24 @@ def _value(rows, spec, op, metric, **fixed):
     return None
 
 
-def claims_table(headline, sweep, quality, reference="softmax", paper="vq-K1024"):
+def claims_table(headline, sweep, quality, reference="softmax", paper="vq-K1024", vq_spec="vq:K=1024"):
     """Markdown rows: claim, paper, measured, source."""
     lines = ["| claim | paper | measured by vqbench | source |", "|---|---|---|---|"]
     if headline:
         first = headline[0]
         where = f"V={first['V']}, d={first['d']}, N={first['N']}, {first['device']} {first['dtype']}"
         soft = _value(headline, "softmax", "params", "params")
-        vq = _value(headline, "vq:K=1024", "params", "params")
+        vq = _value(headline, vq_spec, "params", "params")
         if soft and vq:
-            lines.append(f"| output-layer parameters | up to 99% fewer | {100 * (1 - vq / soft):.1f}% fewer at K=1024 "
+            lines.append(f"| output-layer parameters | up to 99% fewer | {100 * (1 - vq / soft):.1f}% fewer, {vq_spec} "
                          f"({where}) | results/headline.csv |")
         for op, claim, paper in (("logits", "logit computation", "6x faster"),
                                  ("loss", "training loss (forward)", "n/a"),
                                  ("train", "training step (forward + backward)", "n/a")):
             t_soft = _value(headline, "softmax", op, "time")
-            t_vq = _value(headline, "vq:K=1024", op, "time")
+            t_vq = _value(headline, vq_spec, op, "time")
             if t_soft and t_vq:
-                lines.append(f"| {claim} | {paper} | {t_soft / t_vq:.1f}x faster at K=1024 ({where}) | "
+                lines.append(f"| {claim} | {paper} | {t_soft / t_vq:.1f}x faster, {vq_spec} ({where}) | "
                              f"results/headline.csv |")
     if sweep:
         best = None
@@ -210,11 +135,11 @@ def skip_summary(rows):
         ". Each skipped cell in the tables carries its full reason."
 
 
-def select(rows, **fixed):
-    return [r for r in rows if all(str(r[k]) in {str(x) for x in v} for k, v in fixed.items())]
-
-
-def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-K1024") -> str:
+def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-K1024", vq_spec: str = "vq:K=1024",
+                 sweep_d: int = 1024, sweep_n: int = 2048) -> str:
+    """REPORT.md's text from the files under results_dir. reference and paper: quality variants (the softmax
+    baseline, the paper's form of VQ-Logits); vq_spec: the headline's VQ head for the claims; sweep_d and
+    sweep_n: the sweep slice whose speed-ups the report shows."""
     def load(name):
         path = os.path.join(results_dir, name)
         return read_rows(path) if os.path.exists(path) else []
@@ -231,21 +156,21 @@ def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-
     if headline or sweep:
         parts += ["## Environment", "", environment(headline or sweep), ""]
     parts += ["## Methods", ""]
-    for name, title, text, _ in METHODS:
+    for name, title, text in METHODS:
         parts += [f"**{title}** (`{name}`). {text}", ""]
     parts += ["References: `results/REFERENCES.bib`.", "", "## Paper claims vs measured", "",
               "VQ-Logits [shao2025vqlogits] claims up to 99% fewer output-layer parameters, 6x faster logit "
               "computation and +4% perplexity against full softmax.", "",
-              claims_table(headline, sweep, quality, reference, paper), ""]
+              claims_table(headline, sweep, quality, reference, paper, vq_spec), ""]
     if headline:
         parts += ["## Headline configuration", "", "From `results/headline.csv`.", "",
-                  render(build_tables(select(headline, metric=["params", "time", "peak_memory"])
-                                      + select(headline, status=["skipped"])), "github")]
+                  render(build_tables(select_rows(headline, metric=["params", "time", "peak_memory"])
+                                      + select_rows(headline, status=["skipped"])), "github")]
     if sweep:
-        parts += ["## Sweep: speed-ups over full softmax at d=1024, N=2048", "",
+        parts += [f"## Sweep: speed-ups over full softmax at d={sweep_d}, N={sweep_n}", "",
                   "From `results/cpu-sweep.csv`; the full tables are in `results/cpu-sweep.md`.", ""]
-        chosen = select(sweep, d=[1024], N=[2048], metric=["time"], op=["logits", "loss", "train"])
-        parts += [render([t for t in build_tables(chosen) if t["key"][-1] == "ratio"], "github")]
+        chosen = select_rows(sweep, d=sweep_d, N=sweep_n, metric="time", op=["logits", "loss", "train"])
+        parts += [render([t for t in build_tables(chosen) if t.kind == "ratio"], "github")]
         parts += ["## Skipped configurations", "", skip_summary(sweep), ""]
     if quality:
         parts += ["## Quality on WikiText-2", "",
@@ -261,17 +186,59 @@ def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-
     return "\n".join(parts)
 
 
+def stale_results(results_dir: str) -> List[str]:
+    """One line per results file under results_dir (its top level: the files the README and this report
+    cite) with rows measured by code whose fingerprint differs from the working tree's."""
+    from vqbench.fingerprint import current_fingerprint
+    problems = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "*.csv"))):
+        try:
+            rows = read_rows(path)
+        except ValueError:
+            continue  # not a results file (quality tables live in their own folder)
+        current, stale = {}, Counter()
+        for row in rows:
+            spec = row["spec"]
+            if spec not in current:
+                try:
+                    current[spec] = current_fingerprint(spec)
+                except Exception:
+                    current[spec] = None
+            if row.get("code_fingerprint", "") != current[spec]:
+                stale[spec] += 1
+        if stale:
+            specs = ", ".join(f"{spec} ({n})" for spec, n in sorted(stale.items()))
+            problems.append(f"{path}: {sum(stale.values())} of {len(rows)} rows were measured by code other than "
+                            f"the working tree's: {specs}")
+    return problems
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vqbench.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default="results", help="results folder (default results/)")
+    p.add_argument("--vq-spec", default="vq:K=1024", help="the headline's VQ head for the claims table")
+    p.add_argument("--paper-variant", default="vq-K1024", help="quality variant of the paper's form of VQ-Logits")
+    p.add_argument("--sweep-d", type=int, default=1024, help="d of the sweep's speed-up tables (default 1024)")
+    p.add_argument("--sweep-n", type=int, default=2048, help="N of the sweep's speed-up tables (default 2048)")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1, naming each file, when a results file holds rows measured by "
+                        "code other than the working tree's (vqbench.fingerprint)")
     args = p.parse_args(argv)
     if not os.path.isdir(args.results):
         p.error(f"--results: no folder {args.results}")
-    report = build_report(args.results)
+    if args.check:
+        problems = stale_results(args.results)
+        for line in problems:
+            print(line, file=sys.stderr)
+        print("stale results: measure them again" if problems else "every results file describes the working tree")
+        return 1 if problems else 0
+    report = build_report(args.results, paper=args.paper_variant, vq_spec=args.vq_spec, sweep_d=args.sweep_d,
+                          sweep_n=args.sweep_n)
     with open(os.path.join(args.results, "REPORT.md"), "w") as f:
         f.write(report)
     with open(os.path.join(args.results, "REFERENCES.bib"), "w") as f:
-        f.write(BIBTEX)
+        with open(BIBTEX_PATH) as source:
+            f.write(source.read())
     print(os.path.join(args.results, "REPORT.md"))
     print(os.path.join(args.results, "REFERENCES.bib"))
     return 0

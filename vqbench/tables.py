@@ -11,9 +11,12 @@ import csv
 import io
 import re
 from collections import OrderedDict, defaultdict
-from typing import Dict, List
+from dataclasses import dataclass, field
+from typing import Dict, List, NamedTuple, Optional
 
 from tabulate import tabulate
+
+from vqbench.results import TABLE_OPS
 
 # metric -> (title, [(unit label, divisor), ...] from small to large)
 METRICS = OrderedDict([
@@ -30,9 +33,32 @@ METRICS = OrderedDict([
 # the floor (vqbench.floors) gives each latency table its "x over floor" table
 COMPANION = {"flops_counted": "flops_analytic", "floor": "time"}
 SHOWN_INSIDE = {"flops_counted"}
-OP_ORDER = ["params", "logits", "log_probs", "logits_into", "log_probs_into", "predict", "loss", "train", "decode", "decode_dense"]
+OP_ORDER = list(TABLE_OPS)
 SPREAD_FLAG = 0.10   # IQR / median above this is flagged
 BASELINE = "softmax"
+
+
+class TableKey(NamedTuple):
+    """What a table shows: one metric of one op at fixed device, dtype, d and N (None for params)."""
+    metric: str
+    op: str
+    device: str
+    dtype: str
+    d: int
+    n: Optional[int]
+
+
+TABLE_KINDS = ("values", "ratio", "floor")  # measured values; against softmax; over the op's floor
+
+
+@dataclass
+class Table:
+    key: TableKey
+    kind: str
+    caption: str
+    headers: List[str]
+    body: List[List[str]]
+    notes: List[str] = field(default_factory=list)
 
 
 def _pick_unit(metric: str, values: List[float]):
@@ -53,22 +79,22 @@ def _format(value: float) -> str:
     return f"{value:.3g}" if value < 1 else f"{value:.2f}"
 
 
-def build_tables(rows: List[dict]) -> List[dict]:
-    """Group rows into tables: each {'caption', 'headers', 'body', 'notes', 'key'}."""
-    groups: Dict[tuple, List[dict]] = defaultdict(list)
+def build_tables(rows: List[dict]) -> List[Table]:
+    """Group rows into tables: for each TableKey its values, and where they apply the ratio and floor tables."""
+    groups: Dict[TableKey, List[dict]] = defaultdict(list)
     for row in rows:
         metric = COMPANION.get(row["metric"], row["metric"]) if row["status"] == "ok" else None
         if row["status"] == "ok" and metric not in METRICS:
             continue
         fixed = (row["device"], row["dtype"], int(row["d"]))
         if row["op"] == "params":
-            groups[("params", "params", *fixed, None)].append(row)
+            groups[TableKey("params", "params", *fixed, None)].append(row)
         elif row["status"] == "ok":
-            groups[(metric, row["op"], *fixed, int(row["N"]))].append(row)
+            groups[TableKey(metric, row["op"], *fixed, int(row["N"]))].append(row)
         else:  # a skipped unit shows in every metric's table for its op
             for name in METRICS:
                 if name != "params":
-                    groups[(name, row["op"], *fixed, int(row["N"]))].append(row)
+                    groups[TableKey(name, row["op"], *fixed, int(row["N"]))].append(row)
     tables = []
     for key in sorted(groups, key=_table_order):
         table = _one_table(key, groups[key])
@@ -80,10 +106,9 @@ def build_tables(rows: List[dict]) -> List[dict]:
     return tables
 
 
-def _table_order(key):
-    metric, op, device, dtype, d, n = key
-    return (device, dtype, d, -1 if n is None else n, OP_ORDER.index(op) if op in OP_ORDER else 99,
-            list(METRICS).index(metric))
+def _table_order(key: TableKey):
+    return (key.device, key.dtype, key.d, -1 if key.n is None else key.n,
+            OP_ORDER.index(key.op) if key.op in OP_ORDER else 99, list(METRICS).index(key.metric))
 
 
 def _cells(group_rows, metric):
@@ -102,8 +127,8 @@ def _cells(group_rows, metric):
     return cells, specs, sorted(vocab), spread, reasons
 
 
-def _caption_env(group_rows, key):
-    metric, op, device, dtype, d, n = key
+def _caption_env(group_rows, key: TableKey):
+    device, dtype, d, n = key.device, key.dtype, key.d, key.n
     first = next((r for r in group_rows if r.get("device_name")), group_rows[0])
     sizes = f"d={d}" + ("" if n is None else f", N={n} tokens")
     commits = ", ".join(sorted({r.get("git_commit") or "?" for r in group_rows}))
@@ -114,7 +139,7 @@ def _caption_env(group_rows, key):
 
 
 def _one_table(key, group_rows):
-    metric, op = key[0], key[1]
+    metric, op = key.metric, key.op
     cells, specs, vocab, spread, reasons = _cells(group_rows, metric)
     if not cells:
         return None
@@ -145,12 +170,11 @@ def _one_table(key, group_rows):
     caption += f" {_caption_env(group_rows, key)}."
     if flagged:
         caption += f" † marks an interquartile range above {SPREAD_FLAG:.0%} of the median."
-    return {"key": key, "caption": caption, "headers": ["head", *[f"V={v}" for v in vocab]],
-            "body": body, "notes": notes}
+    return Table(key, "values", caption, ["head", *[f"V={v}" for v in vocab]], body, notes)
 
 
 def _ratio_table(key, group_rows):
-    metric, op = key[0], key[1]
+    metric, op = key.metric, key.op
     if metric not in ("time", "params"):
         return None
     cells, specs, vocab, _, _ = _cells(group_rows, metric)
@@ -167,12 +191,12 @@ def _ratio_table(key, group_rows):
                    f"faster). {_caption_env(group_rows, key)}.")
     else:
         caption = f"Parameters as a share of full softmax's. {_caption_env(group_rows, key)}."
-    return _derived(key + ("ratio",), caption, specs, vocab, cell)
+    return _derived(key, "ratio", caption, specs, vocab, cell)
 
 
 def _floor_table(key, group_rows):
     """Median time over the op's floor (vqbench.floors): 1x is as fast as the machine allows."""
-    metric, op = key[0], key[1]
+    metric, op = key.metric, key.op
     if metric != "time":
         return None
     times, specs, vocab, _, _ = _cells(group_rows, "time")
@@ -192,39 +216,39 @@ def _floor_table(key, group_rows):
                 f"{span('copy_byte_s', 1)} GB/s, fill {span('fill_byte_s', 1)} GB/s")
     caption = (f"Time of `{op}` over its floor, max(FLOPs / GEMM rate, least bytes / bandwidth): 1x is the "
                f"machine's limit ({ceilings}). {_caption_env(group_rows, key)}.")
-    return _derived(key + ("floor",), caption, specs, vocab, cell)
+    return _derived(key, "floor", caption, specs, vocab, cell)
 
 
-def _derived(key, caption, specs, vocab, cell):
+def _derived(key, kind, caption, specs, vocab, cell) -> Table:
     """A table computed from others: heads as rows, V as columns, cell(spec, V) as text."""
-    return {"key": key, "caption": caption, "headers": ["head", *[f"V={v}" for v in vocab]],
-            "body": [[spec, *[cell(spec, v) for v in vocab]] for spec in specs], "notes": []}
+    return Table(key, kind, caption, ["head", *[f"V={v}" for v in vocab]],
+                 [[spec, *[cell(spec, v) for v in vocab]] for spec in specs])
 
 
-def render(tables: List[dict], fmt: str = "github") -> str:
+def render(tables: List[Table], fmt: str = "github") -> str:
     """Render tables as markdown ("github"), "latex", "csv" or any tabulate format."""
     parts = []
     for number, table in enumerate(tables, 1):
-        notes = table["notes"]
+        notes = table.notes
         if fmt == "csv":
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerow([f"# Table {number}. {table['caption']}"])
-            writer.writerow(table["headers"])
-            writer.writerows(table["body"])
+            writer.writerow([f"# Table {number}. {table.caption}"])
+            writer.writerow(table.headers)
+            writer.writerows(table.body)
             for i, note in enumerate(notes, 1):
                 writer.writerow([f"# skip[{i}]: {note}"])
             parts.append(buffer.getvalue())
         elif fmt.startswith("latex"):
-            body = tabulate(table["body"], table["headers"], tablefmt="latex_booktabs", disable_numparse=True)
+            body = tabulate(table.body, table.headers, tablefmt="latex_booktabs", disable_numparse=True)
             note_text = "".join(f"\n% skip[{i}]: {_latex_escape(n)}" for i, n in enumerate(notes, 1))
             parts.append("\\begin{table}[ht]\n\\centering\n\\small\n"
-                         f"\\caption{{{_latex_escape(table['caption'])}}}\n{body}{note_text}\n\\end{{table}}\n")
+                         f"\\caption{{{_latex_escape(table.caption)}}}\n{body}{note_text}\n\\end{{table}}\n")
         else:
-            body = tabulate(table["body"], table["headers"], tablefmt=fmt, disable_numparse=True)
+            body = tabulate(table.body, table.headers, tablefmt=fmt, disable_numparse=True)
             note_text = "".join(f"\n- skip[{i}]: {n}" for i, n in enumerate(notes, 1))
-            heading = f"**Table {number}.** {table['caption']}" if fmt == "github" else \
-                f"Table {number}. {table['caption']}"
+            heading = f"**Table {number}.** {table.caption}" if fmt == "github" else \
+                f"Table {number}. {table.caption}"
             parts.append(f"{heading}\n\n{body}\n{note_text}\n")
     return "\n".join(parts)
 

@@ -85,6 +85,9 @@ class VQLogits(LogitsHead):
         self.register_buffer("code_sizes", torch.empty(self.K, dtype=torch.int64))
         self.register_buffer("first_token", torch.empty(self.K, dtype=torch.int64))
         self.set_mapping(codes)
+        # how the head was built, for its spec (a given tensor or a later set_mapping: "custom")
+        self.mapping_name = mapping if isinstance(mapping, str) else "custom"
+        self.bias_init, self.seed, self.codebook_init = bias_init, seed, codebook_init
 
     @torch.no_grad()
     def set_mapping(self, codes: torch.Tensor) -> None:
@@ -94,6 +97,11 @@ class VQLogits(LogitsHead):
         self.code_sizes.copy_(torch.bincount(codes, minlength=self.K))
         self.first_token.fill_(self.vocab_size)
         self.first_token.scatter_reduce_(0, codes, torch.arange(self.vocab_size, device=codes.device), "amin")
+        self.mapping_name = "custom"
+
+    def _spec_values(self):
+        return {"K": self.K, "mapping": self.mapping_name, "path": self.path, "bias": self.bias is not None,
+                "bias_init": self.bias_init, "seed": self.seed, "codebook_init": self.codebook_init}
 
     def closed_form_num_parameters(self) -> int:
         return self.K * self.d_model + (self.vocab_size if self.bias is not None else 0)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Regenerates the committed CPU results (2 threads). Run on a quiet machine: no training, tests or other
+# benchmark at the same time (a second busy process triples small ops' times).
+#   cpu-sweep  the full grid, float32, THP allocator, with a 1 s per-call time guard (about 80 minutes);
+#   headline   V=50257, d=1024, K=1024, N=2048, every head and op (also the *_into ops and decode_dense),
+#              float32 and bfloat16, no time guard: headline.csv with PyTorch's default CPU allocator (what
+#              a plain process gets) and headline-thp.csv with the transparent-huge-page allocator;
+#   headline-rerun  the THP headline again with the heads in reversed order, and
+#              results/reproducibility.md comparing the two (python -m vqbench.repro);
+#   cpu-floors d=1024, V in {10000, 50257, 128000}, N in {64, 2048}, float32 and bfloat16, 3 s time guard;
+#   chunk-memory  softmax train at V=128000, N=2048, plain vs chunked, no time guard.
+# Pass a step name to run only that one. Each step resumes its results file; MODE=--overwrite starts it
+# afresh (the old file is kept as a .bak- backup).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COMMON=(--threads 2 --min-run-time 0.2 --out results --no-progress "${MODE:---resume}")
+# the default heads but vq, which each step names with its own K
+mapfile -t HEADS < <(python -c "from vqbench.registry import DEFAULT_HEADS; print(*[s for s in DEFAULT_HEADS if s != 'vq'], sep='\n')")
+OPS=(logits log_probs logits_into log_probs_into predict loss train)
+HEADLINE=(--vocab 50257 --d-model 1024 --tokens 2048 --dtype float32 bfloat16)
+HEADLINE_HEADS=("${HEADS[@]}" vq:K=1024 vq:K=1024,path=scatter vq:K=1024,bias=1 peer:impl=torch-lce
+                peer:impl=torch-lce,chunked=1 peer:impl=compile peer:impl=cce)
+STEP="${1:-}"
+if [ -z "$STEP" ] || [ "$STEP" = cpu-sweep ]; then
+python -m vqbench.compare --heads "${HEADS[@]}" vq --vocab 10000 32000 50257 128000 256000 \
+    --d-model 512 1024 4096 --codebook 256 1024 4096 --tokens 1 64 2048 --time-budget-s 1 \
+    --name cpu-sweep "${COMMON[@]}"
+fi
+if [ -z "$STEP" ] || [ "$STEP" = headline ]; then
+python -m vqbench.compare --heads "${HEADLINE_HEADS[@]}" "${HEADLINE[@]}" --ops "${OPS[@]}" decode decode_dense \
+    --cpu-allocator default --name headline "${COMMON[@]}"
+python -m vqbench.compare --heads "${HEADLINE_HEADS[@]}" "${HEADLINE[@]}" --ops "${OPS[@]}" decode decode_dense \
+    --cpu-allocator thp --name headline-thp "${COMMON[@]}"
+fi
+if [ -z "$STEP" ] || [ "$STEP" = headline-rerun ]; then
+mapfile -t REVERSED < <(printf '%s\n' "${HEADLINE_HEADS[@]}" | tac)
+python -m vqbench.compare --heads "${REVERSED[@]}" "${HEADLINE[@]}" --ops "${OPS[@]}" decode decode_dense \
+    --cpu-allocator thp --name headline-thp-rerun "${COMMON[@]}"
+python -m vqbench.repro results/headline-thp.csv results/headline-thp-rerun.csv --out results/reproducibility.md \
+    > /dev/null
+fi
+if [ -z "$STEP" ] || [ "$STEP" = cpu-floors ]; then
+python -m vqbench.compare --heads "${HEADS[@]}" vq --vocab 10000 50257 128000 --d-model 1024 \
+    --codebook 256 1024 4096 --tokens 64 2048 --ops "${OPS[@]}" --time-budget-s 3 --dtype float32 bfloat16 \
+    --name cpu-floors "${COMMON[@]}"
+fi
+if [ -z "$STEP" ] || [ "$STEP" = chunk-memory ]; then
+python -m vqbench.compare --heads softmax softmax:chunk=256 softmax:chunk=64 --vocab 128000 --d-model 1024 \
+    --tokens 2048 --ops train --name chunk-memory "${COMMON[@]}"
+fi

@@ -1,0 +1,75 @@
+"""Peer heads: each peer's loss and gradients equal vqbench's softmax on the same weights; peers refuse what
+they do not implement, and name the package or device they need."""
+
+import importlib.util
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vqbench import make_head
+
+V, D, N = 300, 16, 24
+HAS_LCE = hasattr(F, "linear_cross_entropy")
+
+
+def pair(spec):
+    torch.manual_seed(0)
+    peer = make_head(spec, V, D)
+    softmax = make_head("softmax", V, D)
+    with torch.no_grad():
+        softmax.weight.copy_(peer.weight)
+    return peer, softmax
+
+
+def loss_and_grads(head, hidden, target):
+    h = hidden.clone().requires_grad_(True)
+    loss = head.loss(h, target)
+    loss.backward()
+    return loss.detach(), h.grad, head.weight.grad
+
+
+PEERS = [pytest.param("peer:impl=torch-lce", marks=pytest.mark.skipif(not HAS_LCE, reason="torch without F.linear_cross_entropy")),
+         pytest.param("peer:impl=torch-lce,chunked=1", marks=pytest.mark.skipif(not HAS_LCE, reason="torch without F.linear_cross_entropy")),
+         "peer:impl=compile",
+         pytest.param("peer:impl=cce", marks=pytest.mark.skipif(importlib.util.find_spec("cut_cross_entropy") is None,
+                                                               reason="cut-cross-entropy not installed"))]
+
+
+@pytest.mark.parametrize("spec", PEERS)
+def test_peer_loss_and_gradients_equal_softmax(spec):
+    peer, softmax = pair(spec)
+    g = torch.Generator().manual_seed(1)
+    hidden, target = torch.randn(N, D, generator=g), torch.randint(0, V, (N,), generator=g)
+    ours = loss_and_grads(softmax, hidden, target)
+    theirs = loss_and_grads(peer, hidden, target)
+    for a, b in zip(theirs, ours):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert peer.num_parameters() == softmax.num_parameters() == V * D
+
+
+def test_peers_refuse_what_they_do_not_implement():
+    peer, _ = pair("peer:impl=torch-lce") if HAS_LCE else pair("peer:impl=compile")
+    hidden, target = torch.randn(4, D), torch.randint(0, V, (4,))
+    for call in (lambda: peer.log_probs(hidden), lambda: peer.predict(hidden), lambda: peer.sample(hidden),
+                 lambda: peer.target_log_prob(hidden, target), lambda: peer.loss(hidden, target, reduction="sum")):
+        with pytest.raises(NotImplementedError, match="peer"):
+            call()
+
+
+@pytest.mark.parametrize("spec, match", [("peer:impl=liger", "liger"), ("peer:impl=nope", "impl"),
+                                         ("peer:impl=compile,chunked=1", "chunked")])
+def test_missing_packages_devices_and_bad_options_are_named(spec, match):
+    if spec == "peer:impl=liger" and importlib.util.find_spec("liger_kernel") is not None:
+        head = make_head(spec, V, D)
+        with pytest.raises(NotImplementedError, match="CUDA"):
+            head.loss(torch.randn(4, D), torch.zeros(4, dtype=torch.long))
+        return
+    with pytest.raises((NotImplementedError, ValueError), match=match):
+        make_head(spec, V, D)
+
+
+def test_peer_spec_round_trips():
+    if HAS_LCE:
+        assert make_head("peer:chunked=1", V, D).spec == "peer:chunked=1"
+    assert make_head("peer:impl=compile", V, D).spec == "peer:impl=compile"
