@@ -132,15 +132,21 @@ def test_an_unwritable_out_is_one_line(tmp_path, capsys):
     one_line_error(capsys, "--out")
 
 
-@pytest.mark.parametrize("content", ["a,b\n1,2\n", b"\x00\x81\xff" * 50, "", "dir"])
-def test_from_refuses_what_is_not_a_results_file(tmp_path, capsys, content):
+def not_a_results_file(tmp_path, content):
+    """tmp_path/in.csv as a folder ("dir"), bytes, text, or absent ("missing")."""
     path = tmp_path / "in.csv"
     if content == "dir":
         path.mkdir()
     elif isinstance(content, bytes):
         path.write_bytes(content)
-    else:
+    elif content != "missing":
         path.write_text(content)
+    return path
+
+
+@pytest.mark.parametrize("content", ["a,b\n1,2\n", b"\x00\x81\xff" * 50, "", "dir"])
+def test_from_refuses_what_is_not_a_results_file(tmp_path, capsys, content):
+    path = not_a_results_file(tmp_path, content)
     assert compare.main(["--from", str(path), "--out", str(tmp_path), "--name", "t"]) == 2
     one_line_error(capsys, "--from")
     assert not (tmp_path / "t.md").exists()
@@ -164,13 +170,7 @@ def test_plot_on_values_absent_from_the_file(measured, tmp_path, capsys, extra, 
 
 @pytest.mark.parametrize("content", ["a,b\n1,2\n", b"\x00\xff" * 40, "missing", "dir"])
 def test_plot_refuses_what_is_not_a_results_file(tmp_path, capsys, content):
-    path = tmp_path / "in.csv"
-    if content == "dir":
-        path.mkdir()
-    elif isinstance(content, bytes):
-        path.write_bytes(content)
-    elif content != "missing":
-        path.write_text(content)
+    path = not_a_results_file(tmp_path, content)
     assert run_main(plot.main, [str(path), "--out", str(tmp_path / "fig")]) == 2
     one_line_error(capsys)
     assert not (tmp_path / "fig").exists() or not os.listdir(tmp_path / "fig")

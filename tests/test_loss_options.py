@@ -28,12 +28,18 @@ def assert_grads_equal(grads_ours, grads_ref):
                                    rtol=1e-7, atol=1e-9)
 
 
+def with_ignored(every):
+    """The conftest inputs with every ``every``-th target set to -100."""
+    hidden, target = inputs()
+    target = target.clone()
+    target[::every] = -100
+    return hidden, target
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_reductions_with_ignored_targets_match_cross_entropy(spec, reduction):
     head = build(spec)
-    hidden, target = inputs()
-    target = target.clone()
-    target[::3] = -100
+    hidden, target = with_ignored(3)
     ours, reference, g_ours, g_ref = reference_and_ours(head, hidden, target, reduction=reduction)
     torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-10)
     assert_grads_equal(g_ours, g_ref)
@@ -70,9 +76,7 @@ def test_an_all_ignored_batch_gives_cross_entropy_answer(spec):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_label_smoothing_is_exact_or_refused_by_name(spec, reduction):
     head = build(spec)
-    hidden, target = inputs()
-    target = target.clone()
-    target[::5] = -100
+    hidden, target = with_ignored(5)
     if spec.split(":")[0] not in SMOOTHING_HEADS:
         with pytest.raises(NotImplementedError, match=rf"label_smoothing: {spec.split(':')[0]}"):
             head.loss(hidden, target, label_smoothing=0.1, reduction=reduction)
