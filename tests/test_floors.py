@@ -110,3 +110,16 @@ def test_no_op_beats_its_floor(tmp_path, monkeypatch):
     for spec in ("hierarchical", "hierarchical:tree=huffman"):  # the loss reads only the targets' rows
         loss = next(r for r in rows if r["spec"] == spec and r["op"] == "loss" and r["metric"] == "floor")
         assert float(loss["value"]) < floors_[(spec, "log_probs")]
+
+
+def test_floors_whose_ceilings_drifted_are_flagged():
+    base = {c: "" for c in COLUMNS}
+    base.update(head="vq", op="loss", unit="s", V="100", d="16", K="8", N="4", device="cpu", dtype="float32",
+                status="ok", threads="1", gemm_flop_s="1e11", copy_byte_s="1e10", fill_byte_s="5e9")
+    rows = []
+    for spec, drift in (("vq:K=8", "0.400"), ("vq:K=9", "0.100")):
+        rows += [{**base, "spec": spec, "metric": "time", "value": "0.03", "spread": "0"},
+                 {**base, "spec": spec, "metric": "floor", "value": "0.02", "ceiling_drift": drift}]
+    floor = next(t for t in build_tables(rows) if t.kind == "floor")
+    assert floor.body == [["vq:K=8", "1.50x ‡"], ["vq:K=9", "1.50x"]]
+    assert "before and after each head" in floor.caption and "more than 25%" in floor.caption

@@ -92,7 +92,7 @@ def test_a_torn_last_line_is_kept_aside_not_read(measured):
     assert any("vq,vq:K=8,loss,time,s,50,8" in open(p).read() for p in glob.glob(str(measured) + ".incomplete-*"))
 
 
-@pytest.mark.parametrize("flag, value", [("--threads", "2"), ("--cpu-allocator", "default")])
+@pytest.mark.parametrize("flag, value", [("--threads", "2"), ("--cpu-allocator", "default"), ("--seed", "3")])
 def test_resume_refuses_rows_of_other_settings(measured, capsys, flag, value):
     argv = [a for a in TINY if a not in ("--threads", "1")] if flag == "--threads" else list(TINY)
     before = measured.read_bytes()

@@ -203,3 +203,21 @@ def test_two_process_ddp_matches_one_process(tmp_path):
                     "-m", "vqbench.train", *common, "--out", ddp], check=True, env=env, timeout=300,
                    capture_output=True)
     assert losses(ddp) == pytest.approx(losses(single), rel=1e-4)
+
+
+def test_frozen_runs_checkpoint_and_resume_exactly(tmp_path):
+    body = str(tmp_path / "body")
+    train.train(train.parse_args(SMALL + ["--head", "softmax", "--epochs", "1", "--train-tokens", "4000",
+                                          "--out", body]))
+    common = SMALL + ["--head", "vq:K=32", "--protocol", "frozen", "--body-from", f"{body}/best.pt",
+                      "--frozen-batch", "128", "--log-every", "4", "--checkpoint-every", "6"]
+    straight = str(tmp_path / "straight")
+    a = train.train(train.parse_args(common + ["--steps", "12", "--out", straight]))
+    halves = str(tmp_path / "halves")
+    train.train(train.parse_args(common + ["--steps", "6", "--out", halves]))
+    b = train.train(train.parse_args(common + ["--steps", "12", "--out", halves, "--resume"]))
+    assert losses(halves) == pytest.approx(losses(straight), rel=1e-6)
+    assert b["valid_ppl"] == pytest.approx(a["valid_ppl"], rel=1e-9)
+    with pytest.raises(ValueError, match="resume: .*frozen_batch"):
+        train.train(train.parse_args(common[:-6] + ["--frozen-batch", "64", "--log-every", "4", "--steps", "14",
+                                                    "--out", halves, "--resume"]))

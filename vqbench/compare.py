@@ -135,10 +135,10 @@ def rows_selected(rows, selection):
 
 
 def settings_clash(rows, args) -> str:
-    """'' when the stored rows were measured with this run's threads, allocator and CPU, else what differs."""
+    """'' when the stored rows were measured with this run's threads, allocator, CPU and seed, else what differs."""
     from vqbench.provenance import cpu_allocator, cpu_model
     threads = args.threads if args.threads is not None else torch.get_num_threads()
-    now = {"threads": str(threads), "cpu_allocator": cpu_allocator(), "cpu_model": cpu_model()}
+    now = {"threads": str(threads), "cpu_allocator": cpu_allocator(), "cpu_model": cpu_model(), "seed": str(args.seed)}
     for key, value in now.items():
         stored = sorted({r[key] for r in rows if r.get(key)} - {value})
         if stored:

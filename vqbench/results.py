@@ -60,6 +60,7 @@ class Row:
     gemm_flop_s: str = ""
     copy_byte_s: str = ""
     fill_byte_s: str = ""
+    seed: str = ""
     code_fingerprint: str = ""
     ceiling_drift: str = ""
 

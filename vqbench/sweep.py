@@ -113,7 +113,7 @@ def measure_head(context: dict, todo, results: ResultsFile, budget: Budget, mete
     meter.begin(torch.device(device), dtype)
     pending = []
     for n, op in todo:
-        base = base_row(head, context, n, op, threads)
+        base = {**base_row(head, context, n, op, threads), "seed": seed}
         if isinstance(build_error, NotImplementedError):  # a peer without its package, say
             rows, floor_input = [skipped(base, f"not applicable: {build_error}")], None
         elif build_error is not None:

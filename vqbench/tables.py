@@ -35,6 +35,7 @@ COMPANION = {"flops_counted": "flops_analytic", "floor": "time"}
 SHOWN_INSIDE = {"flops_counted"}
 OP_ORDER = list(TABLE_OPS)
 SPREAD_FLAG = 0.10   # IQR / median above this is flagged
+DRIFT_FLAG = 0.25    # ceilings before and after a head differing by more than this: the floor is flagged
 BASELINE = "softmax"
 
 
@@ -203,19 +204,26 @@ def _floor_table(key, group_rows):
     floors = _cells(group_rows, "floor")[0]
     if not floors:
         return None
+    drifted = {(r["spec"], int(r["V"])) for r in group_rows if r["metric"] == "floor" and r.get("ceiling_drift")
+               and float(r["ceiling_drift"]) > DRIFT_FLAG}
+
     def cell(spec, v):
         t, f = times.get((spec, v)), floors.get((spec, v))
-        return f"{t / f:.2f}x" if t is not None and f else ""
+        return (f"{t / f:.2f}x" + (" ‡" if (spec, v) in drifted else "")) if t is not None and f else ""
 
     def span(column, digits):
         values = sorted({float(r[column]) / 1e9 for r in group_rows if r.get(column)})
         low, high = f"{values[0]:.{digits}f}", f"{values[-1]:.{digits}f}"
         return low if low == high else f"{low}-{high}"
 
-    ceilings = (f"ceilings, measured before each head: GEMM {span('gemm_flop_s', 0)} GFLOP/s, copy "
+    measured = ("before and after each head, the better used" if any(r.get("ceiling_drift") for r in group_rows)
+                else "before each head")
+    ceilings = (f"ceilings, measured {measured}: GEMM {span('gemm_flop_s', 0)} GFLOP/s, copy "
                 f"{span('copy_byte_s', 1)} GB/s, fill {span('fill_byte_s', 1)} GB/s")
     caption = (f"Time of `{op}` over its floor, max(FLOPs / GEMM rate, least bytes / bandwidth): 1x is the "
                f"machine's limit ({ceilings}). {_caption_env(group_rows, key)}.")
+    if drifted:
+        caption += f" ‡ marks a floor whose ceilings moved by more than {DRIFT_FLAG:.0%} during the head's run."
     return _derived(key, "floor", caption, specs, vocab, cell)
 
 
