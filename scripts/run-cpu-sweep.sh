@@ -5,6 +5,7 @@
 #   headline   V=50257, d=1024, K=1024, N=2048, every head and op (also the *_into ops and decode_dense),
 #              float32 and bfloat16, no time guard: headline.csv with PyTorch's default CPU allocator (what
 #              a plain process gets) and headline-thp.csv with the transparent-huge-page allocator;
+#              decode.csv: the generation step at N=1 and N=64, by head.sample and the dense way;
 #   headline-rerun  the THP headline again with the heads in reversed order, and
 #              results/reproducibility.md comparing the two (python -m vqbench.repro);
 #   cpu-floors d=1024, V in {10000, 50257, 128000}, N in {64, 2048}, float32 and bfloat16, 3 s time guard;
@@ -31,6 +32,8 @@ python -m vqbench.compare --heads "${HEADLINE_HEADS[@]}" "${HEADLINE[@]}" --ops 
     --cpu-allocator default --name headline "${COMMON[@]}"
 python -m vqbench.compare --heads "${HEADLINE_HEADS[@]}" "${HEADLINE[@]}" --ops "${OPS[@]}" decode decode_dense \
     --cpu-allocator thp --name headline-thp "${COMMON[@]}"
+python -m vqbench.compare --heads "${HEADS[@]}" vq:K=1024 vq:K=1024,bias=1 --vocab 50257 --d-model 1024 \
+    --tokens 1 64 --dtype float32 --ops decode decode_dense --cpu-allocator default --name decode "${COMMON[@]}"
 fi
 if [ -z "$STEP" ] || [ "$STEP" = headline-rerun ]; then
 mapfile -t REVERSED < <(printf '%s\n' "${HEADLINE_HEADS[@]}" | tac)
