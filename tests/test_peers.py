@@ -73,3 +73,20 @@ def test_peer_spec_round_trips():
     if HAS_LCE:
         assert make_head("peer:chunked=1", V, D).spec == "peer:chunked=1"
     assert make_head("peer:impl=compile", V, D).spec == "peer:impl=compile"
+
+
+def test_the_peer_losses_script_lists_every_peer():
+    import subprocess
+    import sys
+    import os
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "peer_losses.py")
+    done = subprocess.run([sys.executable, script, "--vocab", "300", "--d-model", "16", "--tokens", "8"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    body = {line.split("|")[1].strip(): line for line in lines[1:]}
+    assert set(body) == {"softmax", "peer:impl=torch-lce", "peer:impl=torch-lce,chunked=1", "peer:impl=compile",
+                         "peer:impl=cce", "peer:impl=liger"}
+    reference = float(body["softmax"].split("|")[2])
+    assert float(body["peer:impl=torch-lce"].split("|")[2]) == pytest.approx(reference, abs=1e-5)
+    assert "not run" in body["peer:impl=liger"] or float(body["peer:impl=liger"].split("|")[2]) > 0
