@@ -217,6 +217,9 @@ class JointTask:
         ids = {"validation": self.valid_ids, "test": self.test_ids}[split]
         return perplexity(self.body, self.head, ids, self.cfg.bptt)
 
+    def test_targets(self) -> torch.Tensor:
+        return self.test_ids
+
     def state_dict(self) -> dict:
         return {"lstm_state": self.lstm_state}
 
@@ -278,6 +281,9 @@ class FrozenTask:
 
     def evaluate(self, split: str) -> float:
         return state_perplexity(self.head, *self.states[split])
+
+    def test_targets(self) -> torch.Tensor:
+        return self.states["test"][1]
 
     def state_dict(self) -> dict:
         return {}
@@ -537,17 +543,12 @@ class Trainer:
             "evaluated": evaluated, "best_epoch": self.schedule.best_epoch, "epochs": self.epoch,
             "steps": self.step, "stop": self.stop_reason(),
             "last_epoch_gain": history[-1]["relative_gain"] if history else None,
-            "history": history, **self.head.quality_metrics(self.task_test_targets()),
+            "history": history, **self.head.quality_metrics(self.task.test_targets()),
             "tokens_per_s": self.tokens / max(self.elapsed, 1e-9), **self.speed(),
             "precision": str(next(self.head.parameters()).dtype).replace("torch.", ""),
             "git_commit": git_commit(), "cpu_model": cpu_model(), "torch_version": str(torch.__version__),
             "threads": torch.get_num_threads(), "corpus": corpus_fingerprint(self.corpus),
             "config": asdict(self.cfg), "invocations": self.invocations + [self.invocation]}
-
-    def task_test_targets(self) -> torch.Tensor:
-        if isinstance(self.task, FrozenTask):
-            return self.task.states["test"][1]
-        return self.task.test_ids
 
     def stop_reason(self) -> str:
         if self.schedule.stopped(self.cfg):
