@@ -99,6 +99,10 @@ class AdaptiveSoftmax(OutputHead):
                 total += self.d_model * h + h * (bounds[i + 1] - bounds[i])
         return total
 
+    def least_sampled_parameters(self) -> int:
+        """The head's weights: every draw may be a shortlist token, reading no cluster."""
+        return self.d_model * (self.cutoffs[0] + len(self.cutoffs))
+
     def _ranks(self, target):
         return self.rank_of_token[target] if self.permuted else target
 

@@ -61,6 +61,10 @@ class ClassTree(nn.Module):
         classes = torch.unique(self.class_of[target])
         return (self.num_classes + int(self.class_sizes[classes].sum())) * self.d_model
 
+    def least_sampled_parameters(self) -> int:
+        """The class vectors and the word vectors of the smallest class (every draw may land in it)."""
+        return (self.num_classes + int(self.class_sizes[self.class_sizes > 0].min())) * self.d_model
+
     def num_parameters(self) -> int:
         return (self.num_classes + self.vocab_size) * self.d_model
 

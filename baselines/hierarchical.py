@@ -53,6 +53,9 @@ class HierarchicalSoftmax(OutputHead):
     def touched_parameters(self, target):
         return self.tree.touched_parameters(target.to(self._reference_parameter().device))
 
+    def least_sampled_parameters(self) -> int:
+        return self.tree.least_sampled_parameters()
+
     def closed_form_num_parameters(self) -> int:
         return self.tree.num_parameters()
 

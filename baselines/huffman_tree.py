@@ -98,6 +98,10 @@ class HuffmanTree(nn.Module):
         on_path = self.path_signs[target] != 0
         return int(torch.unique(self.path_nodes[target][on_path]).numel()) * self.d_model
 
+    def least_sampled_parameters(self) -> int:
+        """The vectors on the shortest root-to-leaf path (every draw may follow it)."""
+        return int(self.depth.min()) * self.d_model
+
     def num_parameters(self) -> int:
         return (self.vocab_size - 1) * self.d_model
 

@@ -112,6 +112,18 @@ def test_no_op_beats_its_floor(tmp_path, monkeypatch):
         assert float(loss["value"]) < floors_[(spec, "log_probs")]
 
 
+@pytest.mark.parametrize("spec", SPECS_FOR_FLOORS)
+def test_a_sample_reads_at_least_the_rows_of_its_cheapest_token(spec):
+    """head.sample draws one token per row: it reads at least what the loss of some single token reads, and a
+    draw may land on the cheapest token for every row. So the decode floor's parameters are the minimum over
+    tokens of touched_parameters([token]); a floor charging every parameter put a tree's decode at 0.03x."""
+    head = make_head(spec, 300, 16)
+    cheapest = min(head.touched_parameters(torch.tensor([t])) for t in range(300))
+    assert head.least_sampled_parameters() == cheapest
+    read, _ = least_traffic(head, "decode", 4, 4)
+    assert read == 4 * 16 * 4 + 4 * cheapest
+
+
 def test_floors_whose_ceilings_drifted_are_flagged():
     base = {c: "" for c in COLUMNS}
     base.update(head="vq", op="loss", unit="s", V="100", d="16", K="8", N="4", device="cpu", dtype="float32",

@@ -146,11 +146,14 @@ def least_traffic(head, op: str, num_tokens: int, element_size: int, target=None
     needs read once; the output written once (N x V for logits and log_probs, also *_into, N token ids
     for predict and decode, a scalar loss, and for train the gradients of the parameters it read and of
     the hidden states). loss and train need only the parameters the targets reach (head.touched_parameters:
-    every one for a softmax over V, the targets' classes, paths or clusters for the trees and adaptive)."""
+    every one for a softmax over V, the targets' classes, paths or clusters for the trees and adaptive);
+    decode (head.sample) only those of the cheapest draw (head.least_sampled_parameters)."""
     n, d, v = num_tokens, head.d_model, head.vocab_size
     needed = head.num_parameters()
     if op in ("loss", "train") and target is not None:
         needed = head.touched_parameters(target)
+    elif op == "decode":  # head.sample: a head that draws a class or path first reads only the drawn one's rows
+        needed = head.least_sampled_parameters()
     params = needed * element_size
     read = n * d * element_size + params + (8 * n if op in ("loss", "train") else 0)
     if op in V_WIDE_OPS:

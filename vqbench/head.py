@@ -171,6 +171,12 @@ class OutputHead(nn.Module):
         the targets' classes, paths or clusters count only the rows those reach."""
         return self.num_parameters()
 
+    def least_sampled_parameters(self) -> int:
+        """Parameter elements ``sample`` must read whatever it draws: every parameter by default (a normaliser
+        over the V tokens, or over the K codes, reads every row); heads that draw a class, a cluster or a
+        path first may draw the cheapest one for every token and read only its rows."""
+        return self.num_parameters()
+
     def quality_metrics(self, targets: torch.Tensor) -> dict:
         """Head-specific figures for a training summary, over the test targets [T] (none by default)."""
         return {}

@@ -156,15 +156,19 @@ class VQLogits(LogitsHead):
         """[K]: log n_k, or with a bias logsumexp of the biases of code k (-inf when empty)."""
         if self.bias is None:
             return self.code_sizes.to(dtype).log()
-        peak = self._code_bias_peak()
-        total = torch.zeros_like(peak).scatter_add(0, self.mapping, torch.exp(self.bias - peak[self.mapping]))
-        return peak + torch.log(total)
+        return self._code_mass(self.bias)[1]
 
-    def _code_bias_peak(self) -> torch.Tensor:
-        """[K]: the largest bias in each code (-inf when empty), without gradient."""
-        b = self.bias.detach()
-        peak = torch.full((self.K,), float("-inf"), dtype=b.dtype, device=b.device)
-        return peak.scatter_reduce(0, self.mapping, b, "amax", include_self=False)
+    def _code_mass(self, values: torch.Tensor):
+        """values [V] -> ([V] exp(v_i - the largest v in i's code), [K] logsumexp of v over each code, -inf
+        when empty). The per-code peak is only a shift, so it takes no gradient."""
+        peak = self._code_peak(values.detach())
+        weights = torch.exp(values - peak[self.mapping])
+        return weights, peak + torch.zeros_like(peak).scatter_add(0, self.mapping, weights).log()
+
+    def _code_peak(self, values: torch.Tensor) -> torch.Tensor:
+        """values [V] -> [K]: the largest value in each code (-inf when empty)."""
+        peak = torch.full((self.K,), float("-inf"), dtype=values.dtype, device=values.device)
+        return peak.scatter_reduce(0, self.mapping, values, "amax", include_self=False)
 
     def _log_normaliser(self, code_logits):
         return torch.logsumexp(code_logits + self.code_log_mass(code_logits.dtype), dim=-1)
@@ -213,11 +217,7 @@ class VQLogits(LogitsHead):
         if self.bias is None:
             mass = sizes.to(hidden.dtype).log()
         else:
-            scaled = self.bias.detach() / temperature
-            peak = torch.full((self.K,), float("-inf"), dtype=scaled.dtype, device=scaled.device)
-            peak = peak.scatter_reduce(0, self.mapping, scaled, "amax", include_self=False)
-            weights = torch.exp(scaled - peak[self.mapping])
-            mass = peak + torch.zeros_like(peak).scatter_add(0, self.mapping, weights).log()
+            weights, mass = self._code_mass(self.bias.detach() / temperature)
         code = sample_rows(self.codebook_logits(hidden) / temperature + mass, generator)
         u = uniform(code.shape[0], hidden, generator)
         if self.bias is None:
@@ -234,7 +234,8 @@ class VQLogits(LogitsHead):
         """([K] token id, [K] bias or None): the token an argmax over V picks inside each code."""
         if self.bias is None:
             return self.first_token, None
-        b, peak = self.bias.detach(), self._code_bias_peak()
+        b = self.bias.detach()
+        peak = self._code_peak(b)
         ids = torch.where(b == peak[self.mapping], torch.arange(self.vocab_size, device=b.device), self.vocab_size)
         winner = torch.full((self.K,), self.vocab_size, dtype=torch.int64, device=b.device)
         return winner.scatter_reduce(0, self.mapping, ids, "amin"), peak
