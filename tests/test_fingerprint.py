@@ -68,3 +68,37 @@ def test_rows_without_a_fingerprint_are_stale(results_dir, capsys):
         writer.writerows(rows)
     assert report.main(["--results", str(results_dir), "--check"]) == 1
     assert "1 of" in capsys.readouterr().err
+
+
+def test_a_figure_drawn_from_a_changed_file_is_stale(results_dir, capsys):
+    from vqbench import plot
+    figures = results_dir / "figures"
+    assert plot.main([str(results_dir / "headline.csv"), "--out", str(figures), "--d-model", "8"]) == 0
+    drawn = sorted(figures.glob("*.png"))
+    assert drawn and all(plot.SOURCE_KEY in report.png_text(str(p)) for p in drawn)
+    assert report.main(["--results", str(results_dir), "--check"]) == 0
+    with open(results_dir / "headline.csv", "a") as f:
+        f.write("\n")  # any change to a source file
+    assert report.main(["--results", str(results_dir), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert f"{drawn[0]}: " in err and "has changed since it was drawn" in err
+
+
+def test_a_figure_without_sources_is_stale(results_dir, capsys):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, _ = plt.subplots()
+    fig.savefig(results_dir / "old.png")
+    plt.close(fig)
+    assert report.main(["--results", str(results_dir), "--check"]) == 1
+    assert "old.png: records no source files" in capsys.readouterr().err
+
+
+def test_a_report_not_rebuilt_from_the_results_is_stale(results_dir, capsys):
+    assert report.main(["--results", str(results_dir)]) == 0
+    assert report.main(["--results", str(results_dir), "--check"]) == 0
+    with open(results_dir / "REPORT.md", "a") as f:
+        f.write("a sentence no results file backs\n")
+    assert report.main(["--results", str(results_dir), "--check"]) == 1
+    assert "REPORT.md: not built from today's results" in capsys.readouterr().err

@@ -9,6 +9,7 @@ peak memory vs N for train and log_probs. One colour per head spec, the same in 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 from collections import defaultdict
@@ -58,7 +59,7 @@ def _draw(ax, series, palette):
         ax.plot(xs, ys, marker=marker, color=colour, label=spec, linewidth=1.5, markersize=5)
 
 
-def plot_latency(rows, palette, d, out_dir, plt):
+def plot_latency(rows, palette, d, out_dir, plt, sources=()):
     paths = []
     tokens = sorted({int(r["N"]) for r in rows if r["metric"] == "time" and int(r["d"]) == d})
     for op in ALL_OPS:
@@ -72,21 +73,21 @@ def plot_latency(rows, palette, d, out_dir, plt):
             _style(ax, "vocabulary size V (tokens)", "median latency (ms)", f"{op}, N={n} tokens")
         _legend(fig, axes)
         fig.suptitle(f"Latency of {op} vs vocabulary size, d={d}\n{_caption(rows)}", fontsize=10)
-        paths.append(_save(fig, out_dir, f"latency_{op}_d{d}.png", plt))
+        paths.append(_save(fig, out_dir, f"latency_{op}_d{d}.png", plt, sources))
     return paths
 
 
-def plot_params(rows, palette, d, out_dir, plt):
+def plot_params(rows, palette, d, out_dir, plt, sources=()):
     fig, ax = plt.subplots(figsize=(6.5, 4.6))
     series = {s: [(x, y / 1e6, e) for x, y, e in pts] for s, pts in _series(rows, "params", "V", d=d).items()}
     _draw(ax, series, palette)
     _style(ax, "vocabulary size V (tokens)", "trainable parameters (millions)", f"Output-layer parameters, d={d}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return [_save(fig, out_dir, f"params_d{d}.png", plt)]
+    return [_save(fig, out_dir, f"params_d{d}.png", plt, sources)]
 
 
-def plot_memory(rows, palette, d, vocab, out_dir, plt):
+def plot_memory(rows, palette, d, vocab, out_dir, plt, sources=()):
     paths = []
     for op in ("train", "log_probs"):
         fig, ax = plt.subplots(figsize=(6.5, 4.6))
@@ -100,7 +101,7 @@ def plot_memory(rows, palette, d, vocab, out_dir, plt):
                f"Peak memory of {op}, V={vocab}, d={d}\n{_caption(rows)}")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        paths.append(_save(fig, out_dir, f"memory_{op}_V{vocab}_d{d}.png", plt))
+        paths.append(_save(fig, out_dir, f"memory_{op}_V{vocab}_d{d}.png", plt, sources))
     return paths
 
 
@@ -110,14 +111,28 @@ def _legend(fig, axes):
     fig.tight_layout(rect=(0, 0.13, 1, 0.90))
 
 
-def _save(fig, out_dir, name, plt):
+SOURCE_KEY = "vqbench-source"   # PNG text chunk: the files a figure was drawn from
+
+
+def source_note(paths, figure_dir: str) -> str:
+    """'REL sha256=HEX; ...' for the files a figure in figure_dir is drawn from, each REL relative to that
+    folder: `python -m vqbench.report --check` finds a figure whose sources have changed since."""
+    parts = []
+    for path in paths:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        parts.append(f"{os.path.relpath(path, figure_dir)} sha256={digest}")
+    return "; ".join(parts)
+
+
+def _save(fig, out_dir, name, plt, sources=()):
     path = os.path.join(out_dir, name)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={SOURCE_KEY: source_note(sources, out_dir)} if sources else None)
     plt.close(fig)
     return path
 
 
-def plot_quality_pareto(summary, path: str) -> None:
+def plot_quality_pareto(summary, path: str, sources=()) -> None:
     """Test perplexity ratio to softmax (mean ± std over seeds) against output-layer parameters, one point per
     variant of ``vqbench.quality.aggregate``; hollow markers for single-seed variants."""
     import matplotlib
@@ -142,8 +157,7 @@ def plot_quality_pareto(summary, path: str) -> None:
     ax.set_title("WikiText-2: quality vs size of the output layer (red: VQ-Logits; hollow: one seed)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, os.path.dirname(path) or ".", os.path.basename(path), plt, sources)
 
 
 def main(argv=None) -> int:
@@ -184,8 +198,9 @@ def main(argv=None) -> int:
         p.error(f"--vocab: no rows with V={vocab} (the files have {vocabs})")
     palette = colours(r["spec"] for r in ok)
     os.makedirs(args.out, exist_ok=True)
-    paths = plot_latency(ok, palette, d, args.out, plt) + plot_params(ok, palette, d, args.out, plt) \
-        + plot_memory(ok, palette, d, vocab, args.out, plt)
+    sources = args.files
+    paths = (plot_latency(ok, palette, d, args.out, plt, sources) + plot_params(ok, palette, d, args.out, plt, sources)
+             + plot_memory(ok, palette, d, vocab, args.out, plt, sources))
     for path in paths:
         print(path)
     return 0

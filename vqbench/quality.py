@@ -249,7 +249,8 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str) ->
         writer.writerows(rows)
     summary = aggregate(rows, plan.reference()["name"])
     from vqbench.plot import plot_quality_pareto
-    plot_quality_pareto(summary, os.path.join(results_dir, "pareto.png"))
+    plot_quality_pareto(summary, os.path.join(results_dir, "pareto.png"),
+                        sources=[os.path.join(results_dir, "quality.csv")])
     commands = "\n".join(" ".join(r.command(runs_dir, "$VQBENCH_CHECKPOINTS", plan.common))
                          for r in plan.runs(runs_dir))
     unfinished = [r.run for r in plan.runs(runs_dir) if not finished(summary_of(runs_dir, r.run))]

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import hashlib
 import math
 import os
+import struct
 import sys
 from collections import Counter
 from typing import List
@@ -247,6 +249,65 @@ def stale_results(results_dir: str) -> List[str]:
     return problems
 
 
+def png_text(path: str) -> dict:
+    """The uncompressed text chunks (tEXt, iTXt) of a PNG file: {keyword: text}."""
+    found = {}
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            raise ValueError(f"{path} is not a PNG file")
+        while True:
+            header = f.read(8)
+            if len(header) < 8:
+                return found
+            length, kind = struct.unpack(">I4s", header)
+            data = f.read(length)
+            f.read(4)  # CRC
+            if kind == b"tEXt":
+                key, _, text = data.partition(b"\0")
+                found[key.decode("latin-1")] = text.decode("latin-1")
+            elif kind == b"iTXt":
+                key, _, rest = data.partition(b"\0")
+                if rest[:1] == b"\0":  # not compressed: flags, method, language\0, translated keyword\0, text
+                    text = rest[2:].split(b"\0", 2)[-1]
+                    found[key.decode("latin-1")] = text.decode("utf-8")
+            elif kind == b"IEND":
+                return found
+
+
+def stale_figures(results_dir: str) -> List[str]:
+    """One line per figure under results_dir drawn from files that have changed since (or that records no
+    sources): `python -m vqbench.plot` and `quality table` write each source's sha256 into the PNG."""
+    from vqbench.plot import SOURCE_KEY
+    problems = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "**", "*.png"), recursive=True)):
+        note = png_text(path).get(SOURCE_KEY)
+        if not note:
+            problems.append(f"{path}: records no source files (drawn by an older vqbench.plot); draw it again")
+            continue
+        for part in note.split("; "):
+            rel, _, digest = part.rpartition(" sha256=")
+            source = os.path.normpath(os.path.join(os.path.dirname(path), rel))
+            if not os.path.exists(source):
+                problems.append(f"{path}: its source {source} is gone")
+                continue
+            with open(source, "rb") as f:
+                if hashlib.sha256(f.read()).hexdigest() != digest:
+                    problems.append(f"{path}: {source} has changed since it was drawn; draw it again")
+    return problems
+
+
+def stale_report(results_dir: str, **settings) -> List[str]:
+    """['REPORT.md: ...'] when the folder's report differs from one built from today's results (a folder
+    without a report has nothing to be stale)."""
+    path = os.path.join(results_dir, "REPORT.md")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        if f.read() != build_report(results_dir, **settings):
+            return [f"{path}: not built from today's results; build it again with python -m vqbench.report"]
+    return []
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vqbench.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default="results", help="results folder (default results/)")
@@ -256,18 +317,19 @@ def main(argv=None) -> int:
     p.add_argument("--sweep-n", type=int, default=2048, help="N of the sweep's speed-up tables (default 2048)")
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1, naming each file, when a results file holds rows measured by "
-                        "code other than the working tree's (vqbench.fingerprint)")
+                        "code other than the working tree's (vqbench.fingerprint), a figure was drawn from files "
+                        "that have changed since, or REPORT.md differs from one built from today's results")
     args = p.parse_args(argv)
     if not os.path.isdir(args.results):
         p.error(f"--results: no folder {args.results}")
+    settings = dict(paper=args.paper_variant, vq_spec=args.vq_spec, sweep_d=args.sweep_d, sweep_n=args.sweep_n)
     if args.check:
-        problems = stale_results(args.results)
+        problems = stale_results(args.results) + stale_figures(args.results) + stale_report(args.results, **settings)
         for line in problems:
             print(line, file=sys.stderr)
         print("stale results: measure them again" if problems else "every results file describes the working tree")
         return 1 if problems else 0
-    report = build_report(args.results, paper=args.paper_variant, vq_spec=args.vq_spec, sweep_d=args.sweep_d,
-                          sweep_n=args.sweep_n)
+    report = build_report(args.results, **settings)
     with open(os.path.join(args.results, "REPORT.md"), "w") as f:
         f.write(report)
     with open(os.path.join(args.results, "REFERENCES.bib"), "w") as f:
