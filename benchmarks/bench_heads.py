@@ -6,10 +6,18 @@ setup. VQBENCH_FULL=1 selects the full grid.
 
 import torch
 
-from .common import CODEBOOK, CUDA_PARAMS, D_MODEL, DECODE_BATCHES, HEADS, PARAM_NAMES, PARAMS, VOCAB, build
+from .common import CODEBOOK, CUDA_PARAMS, D_MODEL, DECODE_BATCHES, HEADS, PARAM_NAMES, PARAMS, VOCAB, MissingOp, build
 
 
-class HeadsCPU:
+class Timing:
+    """asv's sampling for every suite: at least 3 timed samples after a warm-up, in one process, so a
+    full (not --quick) run of one commit takes minutes on 2 cores."""
+    processes = 1
+    repeat = (3, 10, 4.0)   # min samples, max samples, seconds
+    warmup_time = 0.5
+
+
+class HeadsCPU(Timing):
     params = PARAMS
     param_names = PARAM_NAMES
     timeout = 600
@@ -47,8 +55,42 @@ class HeadsCPU:
     track_flops_log_probs.unit = "FLOP"
 
 
-class DecodeCPU:
-    """A generation step: log-probabilities and one sample for each of N sequences."""
+class IntoCPU(Timing):
+    """log_probs written into a reused output buffer (``out=``; commits before it skip)."""
+    params = PARAMS
+    param_names = PARAM_NAMES
+    timeout = 600
+    version = "1"
+
+    def setup(self, head, V, d, K, N):
+        self.head, self.ops = build(head, V, d, K, N, ops=("log_probs_into",))
+
+    def time_log_probs_into(self, *args):
+        self.ops["log_probs_into"]()
+
+
+class DecodeCPU(Timing):
+    """A generation step the dense way: V log-probabilities and one multinomial draw for each of N
+    sequences (the op ``decode`` before head.sample existed, ``decode_dense`` since)."""
+    params = [HEADS, VOCAB, D_MODEL, CODEBOOK, DECODE_BATCHES]
+    param_names = PARAM_NAMES
+    timeout = 300
+    version = "1"
+
+    def setup(self, head, V, d, K, N):
+        try:
+            self.head, ops = build(head, V, d, K, N, ops=("decode_dense",))
+        except MissingOp:   # before head.sample, the op decode was the dense way
+            self.head, ops = build(head, V, d, K, N, ops=("decode",))
+        self.dense = next(iter(ops.values()))
+
+    def time_decode(self, *args):
+        self.dense()
+
+
+class SampleCPU(Timing):
+    """A generation step by ``head.sample``: one token for each of N sequences without V log-probabilities
+    where the head allows (commits before head.sample skip)."""
     params = [HEADS, VOCAB, D_MODEL, CODEBOOK, DECODE_BATCHES]
     param_names = PARAM_NAMES
     timeout = 300
@@ -56,12 +98,14 @@ class DecodeCPU:
 
     def setup(self, head, V, d, K, N):
         self.head, self.ops = build(head, V, d, K, N, ops=("decode",))
+        if not hasattr(self.head, "sample"):
+            raise NotImplementedError("head.sample: not in this commit's vqbench")
 
-    def time_decode(self, *args):
+    def time_sample(self, *args):
         self.ops["decode"]()
 
 
-class HeadsCUDA:
+class HeadsCUDA(Timing):
     params = CUDA_PARAMS
     param_names = PARAM_NAMES
     timeout = 600

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from benchmarks.bench_heads import DecodeCPU, HeadsCPU, HeadsCUDA
-from benchmarks.common import CODEBOOK, build, full_spec
+from benchmarks.bench_heads import DecodeCPU, HeadsCPU, HeadsCUDA, IntoCPU, SampleCPU
+from benchmarks.common import CODEBOOK, MissingOp, build, full_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,9 +24,42 @@ def test_every_cpu_method_runs_on_one_small_combination():
     assert suite.track_flops_loss(*args) == 2 * 32 * 64 * CODEBOOK[0]
     assert suite.track_params.unit == "parameters" and suite.track_flops_loss.unit == "FLOP"
     assert suite.version and suite.timeout
+    into = IntoCPU()
+    into.setup(*args)
+    into.time_log_probs_into(*args)
     decode = DecodeCPU()
     decode.setup("vq", 2048, 64, CODEBOOK[0], 8)
+    assert decode.dense.__name__ == "decode_dense"   # today's op for the dense way
     decode.time_decode()
+    sample = SampleCPU()
+    sample.setup("vq", 2048, 64, CODEBOOK[0], 8)
+    sample.time_sample()
+
+
+def test_an_op_the_commit_lacks_is_a_skip():
+    with pytest.raises(MissingOp, match="no_such_op: not in this commit"):
+        build("softmax", 512, 32, CODEBOOK[0], 8, ops=("no_such_op",))
+    assert issubclass(MissingOp, NotImplementedError)   # asv's skip
+
+
+# what every commit since the suite began (c1f7c12) has: asv runs today's suite against old commits
+STABLE_API = {("vqbench", "make_head"), ("vqbench.ops", "make_op"), ("vqbench.sweep", "make_inputs")}
+
+
+def test_the_suite_uses_only_the_api_every_measured_commit_has():
+    import ast
+    project = ("vqbench", "baselines")
+    used = set()
+    for name in os.listdir(os.path.join(ROOT, "benchmarks")):
+        if name.endswith(".py"):
+            with open(os.path.join(ROOT, "benchmarks", name)) as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in project:
+                    used.update((node.module, alias.name) for alias in node.names)
+                elif isinstance(node, ast.Import):
+                    assert not any(a.name.split(".")[0] in project for a in node.names), name
+    assert used and used <= STABLE_API, used - STABLE_API
 
 
 @pytest.mark.parametrize("args,reason", [
