@@ -78,9 +78,9 @@ def speed_cell(files, op, vq_spec, dtype) -> str:
 
 
 def claims_table(headline, sweep, quality, reference="softmax", paper="vq-K1024", vq_spec="vq:K=1024",
-                 headline_thp=(), decode=()):
+                 headline_thp=(), decode=(), cuda=()):
     """Markdown rows: claim, paper, measured, source. headline: the plain-process headline rows; headline_thp:
-    the same with the THP allocator; decode: the generation step at small N."""
+    the same with the THP allocator; decode: the generation step at small N; cuda: the headline on a GPU."""
     lines = ["| claim | paper | measured by vqbench | source |", "|---|---|---|---|"]
     files = [rows for rows in (headline, headline_thp) if rows]
     sources = ", ".join(name for name, rows in (("results/headline.csv", headline),
@@ -98,6 +98,17 @@ def claims_table(headline, sweep, quality, reference="softmax", paper="vq-K1024"
                 cell = speed_cell(files, op, vq_spec, dtype)
                 if cell:
                     lines.append(f"| {claim} | {claimed} | {cell}; {vq_spec} vs softmax, {where}, {dtype} | {sources} |")
+    if cuda:
+        first = cuda[0]
+        where = f"V={first['V']}, d={first['d']}, N={first['N']}, {first['device_name']}"
+        for dtype in sorted({r["dtype"] for r in cuda}, key=lambda t: t != "float32"):
+            for op, claim, claimed in SPEED_CLAIMS:
+                t_soft = _value(cuda, "softmax", op, "time", dtype=dtype)
+                t_vq = _value(cuda, vq_spec, op, "time", dtype=dtype)
+                if t_soft and t_vq:
+                    lines.append(f"| {claim}, GPU | {claimed} | {t_soft / t_vq:.1f}x ({t_vq * 1e3:.3f} ms vs "
+                                 f"{t_soft * 1e3:.3f} ms); {vq_spec} vs softmax, {where}, {dtype} | "
+                                 f"results/cuda-headline.csv |")
     for n in sorted({int(r["N"]) for r in decode}):
         for op, how in (("decode", "head.sample"), ("decode_dense", "log_probs + multinomial")):
             t_soft = _value(decode, "softmax", op, "time", N=n)
@@ -180,7 +191,7 @@ def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-
         return read_rows(path) if os.path.exists(path) else []
 
     headline, sweep = load("headline.csv"), load("cpu-sweep.csv")
-    headline_thp, decode = load("headline-thp.csv"), load("decode.csv")
+    headline_thp, decode, cuda = load("headline-thp.csv"), load("decode.csv"), load("cuda-headline.csv")
     quality_csv = os.path.join(results_dir, "quality", "quality.csv")
     quality = []
     if os.path.exists(quality_csv):
@@ -197,7 +208,7 @@ def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-
     parts += ["References: `results/REFERENCES.bib`.", "", "## Paper claims vs measured", "",
               "VQ-Logits [shao2025vqlogits] claims up to 99% fewer output-layer parameters, 6x faster logit "
               "computation and +4% perplexity against full softmax.", "",
-              claims_table(headline, sweep, quality, reference, paper, vq_spec, headline_thp, decode), ""]
+              claims_table(headline, sweep, quality, reference, paper, vq_spec, headline_thp, decode, cuda), ""]
     if headline:
         parts += ["## Headline configuration", "", "From `results/headline.csv`.", "",
                   render(build_tables(select_rows(headline, metric=["params", "time", "peak_memory"])
@@ -233,7 +244,7 @@ def stale_results(results_dir: str) -> List[str]:
         except ValueError:
             continue  # not a results file (quality tables live in their own folder)
         current, stale = {}, Counter()
-        for row in rows:
+        for row in select_rows(rows, status="ok"):  # a skipped row holds no measurement
             spec = row["spec"]
             if spec not in current:
                 try:
@@ -274,12 +285,16 @@ def png_text(path: str) -> dict:
                 return found
 
 
+FIGURES = ("*.png", "figures/*.png", "quality/*.png")  # the figures README and REPORT show (not archived ones)
+
+
 def stale_figures(results_dir: str) -> List[str]:
     """One line per figure under results_dir drawn from files that have changed since (or that records no
     sources): `python -m vqbench.plot` and `quality table` write each source's sha256 into the PNG."""
     from vqbench.plot import SOURCE_KEY
     problems = []
-    for path in sorted(glob.glob(os.path.join(results_dir, "**", "*.png"), recursive=True)):
+    cited = [p for pattern in FIGURES for p in glob.glob(os.path.join(results_dir, pattern))]
+    for path in sorted(cited):
         note = png_text(path).get(SOURCE_KEY)
         if not note:
             problems.append(f"{path}: records no source files (drawn by an older vqbench.plot); draw it again")

@@ -1,0 +1,40 @@
+"""The committed results keep their promises: no committed latency sits below the floor that is meant to bound
+it, and README's claims table is the one REPORT.md was built with."""
+
+import glob
+import os
+
+from vqbench.results import read_rows, select_rows
+
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
+
+
+def test_no_committed_latency_is_below_its_floor():
+    below = []
+    for path in sorted(glob.glob(os.path.join(RESULTS, "*.csv"))):
+        rows = read_rows(path)
+        floors = {(r["spec"], r["op"], r["V"], r["d"], r["N"], r["dtype"]): float(r["value"])
+                  for r in select_rows(rows, metric="floor", status="ok") if r["value"]}
+        for r in select_rows(rows, metric="time", status="ok"):
+            floor = floors.get((r["spec"], r["op"], r["V"], r["d"], r["N"], r["dtype"]))
+            if floor and float(r["value"]) < 0.95 * floor:
+                below.append(f"{os.path.basename(path)}: {r['spec']} {r['op']} V={r['V']} N={r['N']} {r['dtype']}: "
+                             f"{float(r['value']) / floor:.2f}x its floor")
+    assert not below, "\n".join(below)
+
+
+def claims_table(text: str) -> list:
+    """The lines of the first markdown table after the heading or sentence that introduces the claims."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| claim | paper | measured by vqbench"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
+
+
+def test_the_readme_claims_table_is_the_reports():
+    root = os.path.dirname(RESULTS)
+    with open(os.path.join(RESULTS, "REPORT.md")) as f:
+        report_table = claims_table(f.read())
+    with open(os.path.join(root, "README.md")) as f:
+        readme_table = claims_table(f.read())
+    assert len(report_table) > 3 and readme_table == report_table
