@@ -117,12 +117,12 @@ SOURCE_KEY = "vqbench-source"   # PNG text chunk: the files a figure was drawn f
 def source_note(paths, figure_dir: str) -> str:
     """'REL sha256=HEX; ...' for the files a figure in figure_dir is drawn from, each REL relative to that
     folder: `python -m vqbench.report --check` finds a figure whose sources have changed since."""
-    parts = []
-    for path in paths:
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
-        parts.append(f"{os.path.relpath(path, figure_dir)} sha256={digest}")
-    return "; ".join(parts)
+    return "; ".join(f"{os.path.relpath(path, figure_dir)} sha256={file_sha256(path)}" for path in paths)
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def _save(fig, out_dir, name, plt, sources=()):

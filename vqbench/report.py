@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import hashlib
 import math
 import os
 import struct
@@ -291,7 +290,7 @@ FIGURES = ("*.png", "figures/*.png", "quality/*.png")  # the figures README and 
 def stale_figures(results_dir: str) -> List[str]:
     """One line per figure under results_dir drawn from files that have changed since (or that records no
     sources): `python -m vqbench.plot` and `quality table` write each source's sha256 into the PNG."""
-    from vqbench.plot import SOURCE_KEY
+    from vqbench.plot import SOURCE_KEY, file_sha256
     problems = []
     cited = [p for pattern in FIGURES for p in glob.glob(os.path.join(results_dir, pattern))]
     for path in sorted(cited):
@@ -305,9 +304,8 @@ def stale_figures(results_dir: str) -> List[str]:
             if not os.path.exists(source):
                 problems.append(f"{path}: its source {source} is gone")
                 continue
-            with open(source, "rb") as f:
-                if hashlib.sha256(f.read()).hexdigest() != digest:
-                    problems.append(f"{path}: {source} has changed since it was drawn; draw it again")
+            if file_sha256(source) != digest:
+                problems.append(f"{path}: {source} has changed since it was drawn; draw it again")
     return problems
 
 
