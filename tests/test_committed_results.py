@@ -1,5 +1,5 @@
-"""The committed results keep their promises: no committed latency sits below the floor that is meant to bound
-it, and README's claims table is the one REPORT.md was built with."""
+"""The committed results keep their promises: every result was measured by today's code, no committed latency
+sits below the floor that is meant to bound it, and README's claims table is the one REPORT.md was built with."""
 
 import glob
 import os
@@ -38,3 +38,12 @@ def test_the_readme_claims_table_is_the_reports():
     with open(os.path.join(root, "README.md")) as f:
         readme_table = claims_table(f.read())
     assert len(report_table) > 3 and readme_table == report_table
+
+
+def test_every_committed_result_was_measured_by_todays_code(capsys):
+    """`report --check` on the committed results: a change to a head or to the measuring code fails CI until
+    the results it stales are measured again (and figures and REPORT.md rebuilt from them)."""
+    from vqbench import report
+    code = report.main(["--results", RESULTS, "--check"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.out + printed.err
