@@ -8,9 +8,15 @@ commits="$(mktemp)"
 trap 'rm -f "$commits"' EXIT
 grep -v '^#' benchmarks/history.txt | awk 'NF {print $1}' | xargs -n1 git rev-parse > "$commits"
 git rev-parse HEAD >> "$commits"
-# one asv machine per CPU model, so that no history line mixes machines
+# one asv machine per CPU model, so that no history line mixes machines. Its description is saved in full
+# through asv's API: `asv machine --yes --machine NAME` would save the name only (asv keeps only fields that
+# differ from the detected ones), and results would then carry no CPU, OS or RAM.
 machine="$(lscpu | sed -n 's/^Model name: *//p' | head -1 | tr -cs 'A-Za-z0-9' '-' | sed 's/-*$//')-$(nproc)cpu"
-asv machine --yes --machine "$machine" > /dev/null
+python - "$machine" <<'EOF'
+import sys
+from asv.machine import Machine, MachineCollection
+MachineCollection.save(sys.argv[1], {**Machine.get_defaults(), "machine": sys.argv[1], "version": 1})
+EOF
 if [ "${1:-}" = --overwrite ]; then
     asv run "HASHFILE:$commits" --machine "$machine" --show-stderr
 else
