@@ -9,8 +9,18 @@ from vqbench.results import read_rows, select_rows
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 
 
+# Rows whose stored floor is known not to bound them, each with the reason; the test fails if one of them
+# stops being below (the entry must then go) as well as for any other row below. Adaptive softmax's predict
+# (torch's AdaptiveLogSoftmaxWithLoss.predict) returns the head's argmax without reading the tails when every
+# argmax is a shortlist token (exact: such a token outweighs every cluster), which a single token (N=1)
+# usually is; floors.least_traffic charges predict every parameter. The fix changes floors.py, so every row
+# and the CUDA files (which need a GPU to measure again) would be stale: it waits for that re-measurement.
+KNOWN_BELOW = {("cpu-sweep.csv", "adaptive", "predict", "1"):
+               "adaptive predict exits after the head when every argmax is a shortlist token"}
+
+
 def test_no_committed_latency_is_below_its_floor():
-    below = []
+    below, known = [], set()
     for path in sorted(glob.glob(os.path.join(RESULTS, "*.csv"))):
         rows = read_rows(path)
         floors = {(r["spec"], r["op"], r["V"], r["d"], r["N"], r["dtype"]): float(r["value"])
@@ -18,9 +28,13 @@ def test_no_committed_latency_is_below_its_floor():
         for r in select_rows(rows, metric="time", status="ok"):
             floor = floors.get((r["spec"], r["op"], r["V"], r["d"], r["N"], r["dtype"]))
             if floor and float(r["value"]) < 0.95 * floor:
+                if (os.path.basename(path), r["spec"], r["op"], r["N"]) in KNOWN_BELOW:
+                    known.add((os.path.basename(path), r["spec"], r["op"], r["N"]))
+                    continue
                 below.append(f"{os.path.basename(path)}: {r['spec']} {r['op']} V={r['V']} N={r['N']} {r['dtype']}: "
                              f"{float(r['value']) / floor:.2f}x its floor")
     assert not below, "\n".join(below)
+    assert known == set(KNOWN_BELOW), f"no longer below their floors, drop from KNOWN_BELOW: {set(KNOWN_BELOW) - known}"
 
 
 def claims_table(text: str) -> list:
