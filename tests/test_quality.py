@@ -123,3 +123,45 @@ def test_bad_plans_are_refused_with_one_line(tmp_path, capsys, content, match):
     assert quality.main(["plan", "--plan", str(path)]) == 2
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_epoch_budget_ends_a_run_and_a_larger_budget_reopens_it(plan, tmp_path):
+    runs_dir = str(tmp_path / "runs")
+    assert plan.epochs == quality.TrainConfig.epochs
+    fake_summary(runs_dir, "joint-adaptive-s0", valid=120, test=110, stop="epochs: the budget of 12 epochs", epochs=12)
+    fake_summary(runs_dir, "joint-lowrank-s0", valid=130, test=120, stop="plateau: 2 epochs in a row", epochs=9)
+    assert not quality.finished(quality.summary_of(runs_dir, "joint-adaptive-s0"), 20)
+    assert quality.finished(quality.summary_of(runs_dir, "joint-adaptive-s0"), 12)
+    assert quality.finished(quality.summary_of(runs_dir, "joint-lowrank-s0"), 20)  # the plateau ended it
+    assert not quality.finished(None, 20)
+    command = plan.runs(runs_dir)[0].command(runs_dir, "/ck", plan.common)
+    assert command[command.index("--epochs") + 1] == str(plan.epochs)
+
+
+def test_first_variants_queue_every_seed_and_started_runs_resume_first(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({**PLAN, "epochs": 20, "first": ["softmax"]}))
+    plan = quality.Plan(str(path))
+    runs_dir, checkpoints = str(tmp_path / "runs"), str(tmp_path / "ck")
+    names = [r.run for r in plan.runs(runs_dir)]
+    assert names[:4] == ["joint-softmax-s0", "joint-softmax-s1", "joint-softmax-s2", "joint-vq-K1024-s0"]
+    assert quality.pick_next(plan, runs_dir, checkpoints).run == "joint-softmax-s0"
+    os.makedirs(os.path.join(checkpoints, "joint-adaptive-s0"))
+    open(os.path.join(checkpoints, "joint-adaptive-s0", "checkpoint.pt"), "w").close()
+    assert quality.pick_next(plan, runs_dir, checkpoints).run == "joint-adaptive-s0"
+    assert quality.pick_next(plan, runs_dir, checkpoints, taken={"joint-adaptive-s0"}).run == "joint-softmax-s0"
+    fake_summary(runs_dir, "joint-adaptive-s0", valid=120, test=110, stop="epochs: the budget of 20 epochs", epochs=20)
+    assert quality.pick_next(plan, runs_dir, checkpoints).run == "joint-softmax-s0"
+    assert quality.pick_next(plan, runs_dir, checkpoints, only=["vq-K1024"]).run == "joint-vq-K1024-s0"
+
+
+@pytest.mark.parametrize("change, match", [({"epochs": 0}, "epochs must be an integer >= 1"),
+                                           ({"epochs": "20"}, "epochs must be an integer"),
+                                           ({"common_flags": ["--epochs", "5"]}, "give the epoch budget as"),
+                                           ({"first": ["softmax", "nope"]}, "first names no run 'nope'")])
+def test_bad_budgets_and_first_lists_are_refused_with_one_line(tmp_path, capsys, change, match):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({**PLAN, **change}))
+    assert quality.main(["plan", "--plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1

@@ -5,8 +5,10 @@
     python -m vqbench.quality table                 # results/quality/quality.{csv,md} and pareto.png
 
 The plan (``--plan``, default configs/quality.json) lists head variants, each with its seeds and a
-group; every run uses vqbench.train's schedule. A run is finished when its summary.json says the
-schedule ended it (epochs or plateau); an unfinished run resumes from its checkpoint. Checkpoints go to
+group, and the epoch budget of every run; every run uses vqbench.train's schedule. A run is finished
+when its summary.json says the schedule ended it: the plateau rule, or the plan's epoch budget (a run
+that stopped at a smaller budget resumes: the budget only ends a run, it never changes one before its
+end). An unfinished run resumes from its checkpoint. Checkpoints go to
 ``--checkpoints`` (default $VQBENCH_CHECKPOINTS, else beside the runs), since they are too large to
 commit: run folders keep log.jsonl and summary.json.
 """
@@ -28,6 +30,8 @@ from typing import Dict, List, Optional, Tuple
 
 from tabulate import tabulate
 
+from vqbench.train import TrainConfig
+
 DEFAULT_PLAN = os.path.join("configs", "quality.json")
 DEFAULT_RESULTS = os.path.join("results", "quality")
 CSV_COLUMNS = ["run", "name", "head", "protocol", "seed", "group", "epochs", "best_epoch", "stop", "valid_ppl",
@@ -44,6 +48,7 @@ class PlannedRun:
     group: str
     flags: Tuple[str, ...]
     varies: str
+    epochs: int
 
     @property
     def run(self) -> str:
@@ -51,12 +56,14 @@ class PlannedRun:
 
     def command(self, runs_dir: str, checkpoints: str, common: Tuple[str, ...]) -> List[str]:
         return ["python", "-m", "vqbench.train", "--head", self.head, "--protocol", self.protocol,
-                "--seed", str(self.seed), *common, *self.flags, "--out", os.path.join(runs_dir, self.run),
+                "--seed", str(self.seed), "--epochs", str(self.epochs), *common, *self.flags,
+                "--out", os.path.join(runs_dir, self.run),
                 "--checkpoint-dir", os.path.join(checkpoints, self.run), "--resume"]
 
 
 class Plan:
-    """The plan file: variants (name, head, group, seeds, flags, varies) and the best-seeds rule."""
+    """The plan file: variants (name, head, group, seeds, flags, varies), the epoch budget, the variants
+    whose seeds all run first (the longest runs, so that the lanes finish together) and the best-seeds rule."""
 
     def __init__(self, path: str):
         try:
@@ -64,6 +71,8 @@ class Plan:
                 data = json.load(f)
             self.protocol = data.get("protocol", "joint")
             self.common = tuple(data.get("common_flags", ()))
+            self.epochs = data.get("epochs", TrainConfig.epochs)
+            self.first = tuple(data.get("first", ()))
             self.best_seeds = tuple(data.get("best_seeds", {}).get("seeds", ()))
             self.best_groups = tuple(data.get("best_seeds", {}).get("groups", ()))
             self.entries = [dict(e) for e in data["runs"]]
@@ -78,18 +87,31 @@ class Plan:
         names = [e["name"] for e in self.entries]
         if len(set(names)) != len(names) or [e for e in self.entries if e["group"] == "reference"][:1] == []:
             raise ValueError(f"plan: {path!r} needs unique run names and one entry of group 'reference'")
+        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
+            raise ValueError(f"plan: {path!r}: epochs must be an integer >= 1, got {self.epochs!r}")
+        if "--epochs" in self.common:
+            raise ValueError(f"plan: {path!r}: give the epoch budget as \"epochs\", not in common_flags")
+        unknown = [name for name in self.first if name not in names]
+        if unknown:
+            raise ValueError(f"plan: {path!r}: first names no run {', '.join(map(repr, unknown))}")
 
     def planned(self, entry: dict, seed: int) -> PlannedRun:
         return PlannedRun(entry["name"], entry["head"], self.protocol, seed, entry["group"],
-                          tuple(entry.get("flags", ())), entry.get("varies", ""))
+                          tuple(entry.get("flags", ())), entry.get("varies", ""), self.epochs)
 
     def reference(self) -> dict:
         return next(e for e in self.entries if e["group"] == "reference")
 
+    def finished(self, runs_dir: str, run: str) -> bool:
+        return finished(summary_of(runs_dir, run), self.epochs)
+
     def runs(self, runs_dir: str) -> List[PlannedRun]:
-        """Every run in queue order: by seed, then plan order; the best-seeds runs once decidable."""
+        """Every run in queue order: every seed of the ``first`` variants, then by seed and plan order; the
+        best-seeds runs once decidable."""
         seeds = sorted({s for e in self.entries for s in e["seeds"]})
-        queue = [self.planned(e, s) for s in seeds for e in self.entries if s in e["seeds"]]
+        firsts = [e for name in self.first for e in self.entries if e["name"] == name]
+        queue = [self.planned(e, s) for e in firsts for s in e["seeds"]]
+        queue += [self.planned(e, s) for s in seeds for e in self.entries if s in e["seeds"] and e not in firsts]
         for entry in self.best_entries(runs_dir).values():
             queue += [self.planned(entry, s) for s in self.best_seeds if s not in entry["seeds"]]
         return queue
@@ -101,7 +123,7 @@ class Plan:
         for group in self.best_groups:
             members = [e for e in self.entries if e["group"] == group]
             done = [(summary_of(runs_dir, self.planned(e, 0).run), e) for e in members]
-            if members and all(finished(s) for s, _ in done):
+            if members and all(finished(s, self.epochs) for s, _ in done):
                 chosen[group] = min(done, key=lambda pair: pair[0]["valid_ppl"])[1]
         return chosen
 
@@ -117,29 +139,40 @@ def summary_of(runs_dir: str, run: str) -> Optional[dict]:
         raise ValueError(f"runs: cannot read {path!r} ({error})") from None
 
 
-def finished(summary: Optional[dict]) -> bool:
-    """True when the schedule ended the run (epoch budget or plateau), not a --steps cap or a kill."""
-    return summary is not None and not str(summary.get("stop", "steps")).startswith("steps")
+def finished(summary: Optional[dict], epochs: int) -> bool:
+    """True when the schedule ended the run: the plateau rule, or a budget of ``epochs`` epochs (or more);
+    not a --steps cap, a smaller budget or a kill."""
+    if summary is None:
+        return False
+    stop = str(summary.get("stop", "steps"))
+    return stop.startswith("plateau") or (stop.startswith("epochs") and summary.get("epochs", 0) >= epochs)
 
 
 def default_checkpoints(runs_dir: str) -> str:
     return os.environ.get("VQBENCH_CHECKPOINTS") or runs_dir
 
 
+def pick_next(plan: Plan, runs_dir: str, checkpoints: str, taken=(), only=None) -> Optional[PlannedRun]:
+    """The run a free lane takes: the first unfinished run in queue order that has a checkpoint (so after a
+    stop the runs in progress resume first), else the first unfinished run; None when none is left."""
+    waiting = [run for run in plan.runs(runs_dir) if run.run not in taken
+               and (not only or run.run in only or run.name in only) and not plan.finished(runs_dir, run.run)]
+    started = [run for run in waiting if os.path.exists(os.path.join(checkpoints, run.run, "checkpoint.pt"))]
+    return (started or waiting or [None])[0]
+
+
 def run_all(plan: Plan, runs_dir: str, checkpoints: str, lanes: int, only=None) -> None:
-    """Run the unfinished runs on ``lanes`` single-threaded lanes (pinned to a core each with taskset). A
-    lane takes the first unfinished run in queue order, so after a stop the runs in progress resume first."""
+    """Run the unfinished runs on ``lanes`` single-threaded lanes (pinned to a core each with taskset), each
+    lane taking ``pick_next``'s run when it is free."""
     pin = lanes > 1 and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= lanes
     lock, failures, taken = threading.Lock(), [], set()
 
     def next_run():
         with lock:
-            for run in plan.runs(runs_dir):
-                if run.run not in taken and (not only or run.run in only or run.name in only) \
-                        and not finished(summary_of(runs_dir, run.run)):
-                    taken.add(run.run)
-                    return run
-        return None
+            run = pick_next(plan, runs_dir, checkpoints, taken, only)
+            if run is not None:
+                taken.add(run.run)
+            return run
 
     def lane(index):
         while (run := next_run()) is not None:
@@ -168,7 +201,7 @@ def table_rows(plan: Plan, runs_dir: str) -> List[dict]:
     rows = []
     for run in plan.runs(runs_dir):
         s = summary_of(runs_dir, run.run)
-        if not finished(s):
+        if not finished(s, plan.epochs):
             continue
         rows.append({"run": run.run, "name": run.name, "head": run.head, "protocol": run.protocol,
                      "seed": run.seed, "group": run.group, "epochs": s["epochs"], "best_epoch": s["best_epoch"],
@@ -253,10 +286,10 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str) ->
                         sources=[os.path.join(results_dir, "quality.csv")])
     commands = "\n".join(" ".join(r.command(runs_dir, "$VQBENCH_CHECKPOINTS", plan.common))
                          for r in plan.runs(runs_dir))
-    unfinished = [r.run for r in plan.runs(runs_dir) if not finished(summary_of(runs_dir, r.run))]
+    unfinished = [r.run for r in plan.runs(runs_dir) if not plan.finished(runs_dir, r.run)]
     cpus = sorted({r["cpu_model"] for r in rows})
     text = QUALITY_MD.format(plan=plan_path, table=markdown_table(summary), commands=commands,
-                             cpus=", ".join(cpus), precision=", ".join(sorted({r["precision"] for r in rows})),
+                             epochs=plan.epochs, cpus=", ".join(cpus), precision=", ".join(sorted({r["precision"] for r in rows})),
                              unfinished=", ".join(unfinished) or "none")
     path = os.path.join(results_dir, "quality.md")
     with open(path, "w") as f:
@@ -271,7 +304,7 @@ Regenerate: `python -m vqbench.quality run --checkpoints DIR && python -m vqbenc
 head under one schedule (`python -m vqbench.train --help`): SGD at learning rate 20 with gradient clipping
 at 0.25 (the recipe of PyTorch's word_language_model example), the learning rate divided by 4 after an
 epoch that improves validation perplexity by less than 1%, training stopped after 2 such epochs in a row
-or 12 epochs, and the best-validation model evaluated on test with the head's exact, normalised
+or {epochs} epochs, and the best-validation model evaluated on test with the head's exact, normalised
 `target_log_prob`. A seed sets the initialisation, the dropout stream and the data order, identically
 for every head; ratios to softmax pair runs of the same seed (mean ± std over seeds). "max last-epoch
 gain": the largest relative validation improvement of a run's last epoch (under 1% means converged).
@@ -307,7 +340,7 @@ def main(argv=None) -> int:
         checkpoints = args.checkpoints or default_checkpoints(runs_dir)
         if args.action == "plan":
             for run in plan.runs(runs_dir):
-                done = finished(summary_of(runs_dir, run.run))
+                done = plan.finished(runs_dir, run.run)
                 print(("# done: " if done else "") + " ".join(run.command(runs_dir, checkpoints, plan.common)))
         elif args.action == "run":
             run_all(plan, runs_dir, checkpoints, args.lanes, args.only)

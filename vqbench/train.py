@@ -51,7 +51,7 @@ class TrainConfig:
     data: Optional[str] = None
     out: str = "results/quality/runs/run"
     checkpoint_dir: Optional[str] = None
-    epochs: int = 12
+    epochs: int = 20
     steps: int = 0
     batch_size: int = 20
     bptt: int = 35
