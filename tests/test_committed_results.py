@@ -28,8 +28,9 @@ def test_no_committed_latency_is_below_its_floor():
         for r in select_rows(rows, metric="time", status="ok"):
             floor = floors.get((r["spec"], r["op"], r["V"], r["d"], r["N"], r["dtype"]))
             if floor and float(r["value"]) < 0.95 * floor:
-                if (os.path.basename(path), r["spec"], r["op"], r["N"]) in KNOWN_BELOW:
-                    known.add((os.path.basename(path), r["spec"], r["op"], r["N"]))
+                key = (os.path.basename(path), r["spec"], r["op"], r["N"])
+                if key in KNOWN_BELOW:
+                    known.add(key)
                     continue
                 below.append(f"{os.path.basename(path)}: {r['spec']} {r['op']} V={r['V']} N={r['N']} {r['dtype']}: "
                              f"{float(r['value']) / floor:.2f}x its floor")
