@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Full (not --quick) asv runs of the commits in benchmarks/history.txt and of HEAD, into results/asv/.
-# Run on a quiet machine (no training, tests or other benchmark): about five minutes per commit on 2 cores.
+# Run on a quiet machine (no training, tests or other benchmark): about ten minutes per commit on 2 cores (the default grid).
 # asv skips a commit whose results are already there for this machine; pass --overwrite to measure again.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -62,3 +62,55 @@ def test_every_committed_result_was_measured_by_todays_code(capsys):
     code = report.main(["--results", RESULTS, "--check"])
     printed = capsys.readouterr()
     assert code == 0, printed.out + printed.err
+
+
+def _git(*args):
+    import subprocess
+    root = os.path.dirname(RESULTS)
+    done = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True)
+    return done.returncode, done.stdout
+
+
+def _asv_measured_files():
+    """The files whose change moves an asv number: today's suite, the asv configuration, and each suite
+    head's code with the measuring code it uses (the fingerprint closure of every head the suite runs)."""
+    import importlib.util
+    from vqbench.fingerprint import closure, files_for
+    root = os.path.dirname(RESULTS)
+    suite = sorted(os.path.relpath(p, root) for p in glob.glob(os.path.join(root, "benchmarks", "*.py")))
+    spec = importlib.util.spec_from_file_location("asv_suite_common", os.path.join(root, "benchmarks", "common.py"))
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    files = set(closure(suite)) | {"asv.conf.json"}
+    for head in common.HEADS:
+        files |= files_for(common.full_spec(head, common.CODEBOOK[0]))
+    return sorted(files)
+
+
+def test_the_asv_history_covers_todays_code():
+    """results/asv/ holds, for one machine, every commit benchmarks/history.txt lists and a commit whose suite,
+    heads and measuring code are the working tree's: a head rewrite fails CI until `asv run <commit>^!` (or
+    scripts/run-asv-history.sh) adds the commit that carries it."""
+    import pytest
+    code, _ = _git("rev-parse", "--verify", "HEAD")
+    if code != 0:
+        pytest.skip("not a git checkout: the commits results/asv/ names cannot be resolved")
+    with open(os.path.join(os.path.dirname(RESULTS), "benchmarks", "history.txt")) as f:
+        listed = [line.split()[0] for line in f if line.strip() and not line.startswith("#")]
+    machines = {}
+    for path in glob.glob(os.path.join(RESULTS, "asv", "*", "*-*.json")):
+        machines.setdefault(os.path.basename(os.path.dirname(path)), set()).add(os.path.basename(path)[:8])
+    complete = {m: hashes for m, hashes in machines.items()
+                if all(any(h.startswith(c[:8]) or c.startswith(h) for h in hashes) for c in listed)}
+    assert complete, f"no machine in results/asv/ has every commit of benchmarks/history.txt ({', '.join(listed)})"
+    files = _asv_measured_files()
+    for machine, hashes in complete.items():
+        for short in hashes:
+            code, full = _git("rev-parse", "--verify", "--quiet", short + "^{commit}")
+            if code != 0 or _git("merge-base", "--is-ancestor", full.strip(), "HEAD")[0] != 0:
+                continue
+            code, changed = _git("diff", "--name-only", full.strip(), "--", *files)
+            if code == 0 and not changed.strip():
+                return
+    assert False, (f"no asv result in results/asv/{{{','.join(complete)}}} was measured by today's suite and heads; "
+                   "run `asv run HEAD^! --machine NAME` on a quiet machine (or scripts/run-asv-history.sh)")
