@@ -40,8 +40,9 @@ def test_singleton_codes_cost_nothing_and_one_code_costs_the_uniform_guess():
     targets = torch.randint(0, V, (N,), generator=g)
     counts = torch.ones(V, dtype=torch.float64)
     chunks = [(log_probs[:7], targets[:7]), (log_probs[7:], targets[7:])]
-    rows = oracle_table(chunks, {("identity", V): torch.arange(V), ("one", 1): torch.zeros(V, dtype=torch.int64)},
-                        counts)
+    two_alone = torch.cat([torch.arange(2), torch.full((V - 2,), 2)])  # tokens 0 and 1 alone, the rest share code 2
+    rows = oracle_table(chunks, {("identity", V): torch.arange(V), ("one", 1): torch.zeros(V, dtype=torch.int64),
+                                 ("two-alone", 3): two_alone}, counts)
     by = {r["mapping"]: r for r in rows}
     assert by["identity"]["oracle_ratio"] == pytest.approx(1.0)
     assert by["identity"]["within_code_ppl_factor"] == pytest.approx(1.0)
@@ -49,5 +50,9 @@ def test_singleton_codes_cost_nothing_and_one_code_costs_the_uniform_guess():
     assert by["one"]["oracle_ppl"] == pytest.approx(V)
     assert by["one"]["oracle_unigram_ppl"] == pytest.approx(V)  # equal counts: unigram share = 1/n
     assert by["one"]["test_tokens"] == N
+    assert (by["identity"]["exact_rows"], by["identity"]["exact_share"]) == (V, 1.0)
+    assert (by["one"]["exact_rows"], by["one"]["exact_share"]) == (0, 0.0)
+    assert by["two-alone"]["exact_rows"] == 2
+    assert by["two-alone"]["exact_share"] == pytest.approx(float((targets < 2).double().mean()))
     softmax = math.exp(-float(log_probs.gather(1, targets[:, None]).sum()) / N)
     assert by["one"]["softmax_ppl"] == pytest.approx(softmax)

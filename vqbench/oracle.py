@@ -14,7 +14,9 @@ Against the softmax model's own perplexity this splits a VQ head's gap in two: t
 what the mapping costs (no codebook can do better from these hidden states), the rest of a measured VQ
 ratio is the codebook's (a K x d matrix standing in for a sum of V softmax rows). Mappings: random,
 contiguous, frequency, k-means over the softmax's output vectors, and a learned map read from a trained
-VQ run, at each K. Writes oracle.csv and oracle.md beside each other (append-free: one file per call).
+VQ run, at each K. A code that holds one token gives it an exact row of its own, so "exact rows" (and the
+share of test targets they cover) says how far a map already is the "exact rows for the frequent tokens,
+VQ for the tail" design. Writes oracle.csv and oracle.md beside each other (append-free: one file per call).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from vqbench.registry import make_head
 
 MAPPINGS = ("random", "contiguous", "frequency", "kmeans")
 COLUMNS = ["model", "mapping", "K", "softmax_ppl", "oracle_ppl", "oracle_ratio", "oracle_unigram_ppl",
-           "oracle_unigram_ratio", "within_code_ppl_factor", "test_tokens", "git_commit"]
+           "oracle_unigram_ratio", "within_code_ppl_factor", "exact_rows", "exact_share", "test_tokens", "git_commit"]
 
 
 def code_nats(log_probs: torch.Tensor, targets: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor,
@@ -64,13 +66,16 @@ def oracle_table(log_prob_chunks, mappings: Dict[Tuple[str, int], torch.Tensor],
     """Rows for every (mapping name, K) -> codes, over an iterable of (log_probs [n, V], targets [n]) chunks."""
     sums = {key: [0.0, 0.0, 0.0] for key in mappings}
     within = {key: 0.0 for key in mappings}
+    exact = {key: 0 for key in mappings}  # test targets whose code holds them alone
     tokens = 0
     for log_probs, targets in log_prob_chunks:
         tokens += targets.numel()
         for (name, k), codes in mappings.items():
             part = code_nats(log_probs, targets, codes, counts, k)
             sums[(name, k)] = [a + b for a, b in zip(sums[(name, k)], part)]
-            within[(name, k)] += float(torch.bincount(codes, minlength=k).double()[codes[targets]].log().sum())
+            sizes = torch.bincount(codes, minlength=k)[codes[targets]]
+            within[(name, k)] += float(sizes.double().log().sum())
+            exact[(name, k)] += int((sizes == 1).sum())
     rows = []
     for (name, k), (softmax, uniform, unigram) in sums.items():
         ppl = math.exp(softmax / tokens)
@@ -78,7 +83,9 @@ def oracle_table(log_prob_chunks, mappings: Dict[Tuple[str, int], torch.Tensor],
                      "oracle_ratio": math.exp((uniform - softmax) / tokens),
                      "oracle_unigram_ppl": math.exp(unigram / tokens),
                      "oracle_unigram_ratio": math.exp((unigram - softmax) / tokens),
-                     "within_code_ppl_factor": math.exp(within[(name, k)] / tokens), "test_tokens": tokens})
+                     "within_code_ppl_factor": math.exp(within[(name, k)] / tokens),
+                     "exact_rows": int((torch.bincount(mappings[(name, k)], minlength=k) == 1).sum()),
+                     "exact_share": exact[(name, k)] / tokens, "test_tokens": tokens})
     return rows
 
 
@@ -112,7 +119,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vqbench.oracle", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", nargs="+", required=True, help="best.pt of one or more trained softmax runs")
     p.add_argument("--learned", nargs="*", default=[], help="best.pt of VQ runs whose learned mapping to score")
-    p.add_argument("--K", type=int, nargs="+", default=[256, 1024, 4096], help="codebook sizes")
+    p.add_argument("--K", type=int, nargs="+", default=[256, 1024, 1536, 4096],
+                   help="codebook sizes (1536: the largest with >= 95%% fewer output parameters than softmax at d=200)")
     p.add_argument("--data", help="corpus folder (default: vqbench.data.default_corpus_dir())")
     p.add_argument("--out", default=os.path.join("results", "quality", "oracle.csv"),
                    help="CSV to write (refused if it exists; the .md beside it likewise)")
@@ -170,9 +178,10 @@ def write(rows: List[dict], out: str) -> str:
         writer.writerows(rows)
     shown = [[r["model"], r["mapping"], r["K"], f"{r['softmax_ppl']:.1f}", f"{r['oracle_ppl']:.1f}",
               f"{r['oracle_ratio']:.3f}", f"{r['oracle_unigram_ppl']:.1f}", f"{r['oracle_unigram_ratio']:.3f}",
-              f"{r['within_code_ppl_factor']:.2f}"] for r in rows]
+              f"{r['within_code_ppl_factor']:.2f}", r["exact_rows"], f"{r['exact_share']:.3f}"] for r in rows]
     headers = ["softmax model", "mapping", "K", "softmax test ppl", "oracle ppl (1/n)", "oracle / softmax",
-               "oracle ppl (unigram share)", "oracle / softmax (unigram)", "within-code factor"]
+               "oracle ppl (unigram share)", "oracle / softmax (unigram)", "within-code factor", "exact rows",
+               "test targets on exact rows"]
     md = os.path.splitext(out)[0] + ".md"
     with open(md, "x") as f:
         f.write("# The VQ-Logits oracle bound on WikiText-2 test\n\n"
@@ -180,7 +189,8 @@ def write(rows: List[dict], out: str) -> str:
                 "the test perplexity a VQ head would reach if its code probabilities were exactly the softmax "
                 "model's (sum of p over each code's tokens), choosing inside a code uniformly (1/n) or by "
                 "unigram share (the best a context-free per-token bias can do). The oracle ratio is what the "
-                "mapping alone costs; a measured VQ ratio above it is the codebook's share of the gap.\n\n"
+                "mapping alone costs; a measured VQ ratio above it is the codebook's share of the gap. \"Exact rows\": "
+                "codes that hold a single token (an exact output row for it).\n\n"
                 + tabulate(shown, headers=headers, tablefmt="github", disable_numparse=True) + "\n")
     return md
 
