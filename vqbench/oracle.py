@@ -44,13 +44,14 @@ COLUMNS = ["model", "mapping", "K", "softmax_ppl", "oracle_ppl", "oracle_ratio",
 
 
 def code_nats(log_probs: torch.Tensor, targets: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor,
-              num_codes: int) -> Tuple[float, float, float]:
+              num_codes: int, probs: torch.Tensor = None) -> Tuple[float, float, float]:
     """Summed nats over a chunk: (softmax, oracle with 1/n inside codes, oracle with unigram shares).
 
     log_probs [N, V] of the softmax model, targets [N], codes [V] int64 in [0, K), counts [V] unigram
-    counts (> 0 where a share is taken).
+    counts (> 0 where a share is taken); probs [N, V] float64, log_probs exponentiated (computed here when
+    not given: a caller scoring several mappings on one chunk passes it once).
     """
-    p = log_probs.double().exp()
+    p = log_probs.double().exp() if probs is None else probs
     mass = torch.zeros(p.shape[0], num_codes, dtype=torch.float64).index_add_(1, codes, p)  # [N, K]
     target_codes = codes[targets]
     log_code = mass.gather(1, target_codes[:, None]).squeeze(1).log()
@@ -70,8 +71,9 @@ def oracle_table(log_prob_chunks, mappings: Dict[Tuple[str, int], torch.Tensor],
     tokens = 0
     for log_probs, targets in log_prob_chunks:
         tokens += targets.numel()
+        probs = log_probs.double().exp()
         for (name, k), codes in mappings.items():
-            part = code_nats(log_probs, targets, codes, counts, k)
+            part = code_nats(log_probs, targets, codes, counts, k, probs)
             sums[(name, k)] = [a + b for a, b in zip(sums[(name, k)], part)]
             sizes = torch.bincount(codes, minlength=k)[codes[targets]]
             within[(name, k)] += float(sizes.double().log().sum())
