@@ -56,3 +56,64 @@ def test_singleton_codes_cost_nothing_and_one_code_costs_the_uniform_guess():
     assert by["two-alone"]["exact_share"] == pytest.approx(float((targets < 2).double().mean()))
     softmax = math.exp(-float(log_probs.gather(1, targets[:, None]).sum()) / N)
     assert by["one"]["softmax_ppl"] == pytest.approx(softmax)
+
+
+def oracle_csv(path, rows):
+    import csv
+
+    from vqbench.oracle import COLUMNS
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for seed, mapping, K, ratio, unigram_ratio in rows:
+            writer.writerow({"model": f"ck/joint-softmax-s{seed}/best.pt", "model_seed": seed, "mapping": mapping,
+                             "K": K, "softmax_ppl": 100.0 + seed, "oracle_ppl": (100.0 + seed) * ratio,
+                             "oracle_ratio": ratio, "oracle_unigram_ppl": (100.0 + seed) * unigram_ratio,
+                             "oracle_unigram_ratio": unigram_ratio, "within_code_ppl_factor": 3.0,
+                             "exact_rows": 600, "exact_share": 0.7, "test_tokens": 1000, "cpu_model": "test CPU",
+                             "git_commit": "abc"})
+
+
+def test_the_table_splits_each_measured_vq_gap_into_mapping_and_codebook_by_seed(tmp_path):
+    """quality table renders oracle.md: per seed s, codebook factor = (VQ_s / softmax_s) / (oracle_s / softmax_s)."""
+    import json
+
+    from vqbench import quality
+    from test_quality import PLAN, fake_summary
+
+    results = tmp_path / "results"
+    runs_dir = str(results / "runs")
+    for seed, (soft, vq) in enumerate([(100.0, 150.0), (101.0, 160.0)]):
+        fake_summary(runs_dir, f"joint-softmax-s{seed}", valid=soft, test=soft, seed=seed)
+        fake_summary(runs_dir, f"joint-vq-K1024-s{seed}", valid=vq, test=vq, seed=seed, config={})
+    fake_summary(runs_dir, "joint-vq-bias-s0", valid=140.0, test=140.0, config={})
+    fake_summary(runs_dir, "joint-vq-learned-s0", valid=130.0, test=130.0, config={"reassign_every": 500})
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps({**PLAN, "best_seeds": {"seeds": [], "groups": []}}))
+    results.mkdir(exist_ok=True)
+    oracle_csv(results / "oracle.csv", [(0, "frequency", 1024, 1.2, 1.25), (1, "frequency", 1024, 1.25, 1.3),
+                                        (0, "random", 1024, 9.0, 9.0), (1, "random", 1024, 11.0, 11.0),
+                                        (0, "learned", 1024, 1.1, 1.1)])
+    quality.write_tables(quality.Plan(str(plan_path)), runs_dir, str(results), "plan.json")
+    rows = {r["name"]: r for r in __import__("csv").DictReader(open(results / "quality.csv"))}
+    assert (rows["vq-K1024"]["mapping"], rows["vq-learned"]["mapping"], rows["softmax"]["mapping"]) == \
+        ("frequency", "learned", "")
+    text = (results / "oracle.md").read_text()
+    split = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+             for line in text.split("## Measured VQ runs")[1].splitlines() if line.startswith("| vq")}
+    # paper form: measured 1.5 and 160/101; oracle 1.2 and 1.25; codebook 1.25 and (160/101)/1.25
+    paper = split["vq-K1024"]
+    assert paper[5] == "%.3f ± %.3f" % mean_std([1.5, 160 / 101])
+    assert paper[6] == "1.225 ± 0.035" and paper[7] == "%.3f ± %.3f" % mean_std([1.25, 160 / 101 / 1.25])
+    assert paper[8] == "%.0f%%" % (100 * math.log(1.225) / math.log((1.5 + 160 / 101) / 2))
+    assert split["vq-bias"][3].startswith("unigram share") and split["vq-bias"][6] == "1.250"  # seed 0's bound
+    assert split["vq-bias"][7] == "%.3f" % (1.4 / 1.25)
+    assert split["vq-learned"][1] == "learned" and split["vq-learned"][7] == "%.3f" % (1.3 / 1.1)
+    bound = text.split("## The bound")[1].split("## Measured")[0]
+    assert "| random    | 1024 | 2" in bound and "10.000 ± 1.414" in bound
+    assert "seed 1: test ppl 101.0" in text and "test CPU" in text
+
+
+def mean_std(values):
+    import statistics
+    return statistics.fmean(values), statistics.stdev(values)

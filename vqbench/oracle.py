@@ -16,7 +16,8 @@ ratio is the codebook's (a K x d matrix standing in for a sum of V softmax rows)
 contiguous, frequency, k-means over the softmax's output vectors, and a learned map read from a trained
 VQ run, at each K. A code that holds one token gives it an exact row of its own, so "exact rows" (and the
 share of test targets they cover) says how far a map already is the "exact rows for the frequent tokens,
-VQ for the tail" design. Writes oracle.csv and oracle.md beside each other (append-free: one file per call).
+VQ for the tail" design. Writes oracle.csv (refused if it exists: one measurement per file) and renders
+oracle.md beside it, with the measured VQ runs of quality.csv next to their bound.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import csv
 import math
 import os
+import statistics
 import sys
 from typing import Dict, List, Tuple
 
@@ -39,8 +41,8 @@ from vqbench.provenance import cpu_model, git_commit
 from vqbench.registry import make_head
 
 MAPPINGS = ("random", "contiguous", "frequency", "kmeans")
-COLUMNS = ["model", "mapping", "K", "softmax_ppl", "oracle_ppl", "oracle_ratio", "oracle_unigram_ppl",
-           "oracle_unigram_ratio", "within_code_ppl_factor", "exact_rows", "exact_share", "test_tokens", "git_commit"]
+COLUMNS = ["model", "model_seed", "mapping", "K", "softmax_ppl", "oracle_ppl", "oracle_ratio", "oracle_unigram_ppl",
+           "oracle_unigram_ratio", "within_code_ppl_factor", "exact_rows", "exact_share", "test_tokens", "cpu_model", "git_commit"]
 
 
 def code_nats(log_probs: torch.Tensor, targets: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor,
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
                    help="codebook sizes (1536: the largest with >= 95%% fewer output parameters than softmax at d=200)")
     p.add_argument("--data", help="corpus folder (default: vqbench.data.default_corpus_dir())")
     p.add_argument("--out", default=os.path.join("results", "quality", "oracle.csv"),
-                   help="CSV to write (refused if it exists; the .md beside it likewise)")
+                   help="CSV to write (refused if it exists); oracle.md is rendered beside it")
     p.add_argument("--chunk", type=int, default=1024, help="test positions per chunk (default 1024)")
     p.add_argument("--threads", type=int, help="torch threads")
     args = p.parse_args(argv)
@@ -143,13 +145,14 @@ def main(argv=None) -> int:
 def run(args) -> List[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    for path in [args.out, os.path.splitext(args.out)[0] + ".md"]:
-        if os.path.exists(path):
-            raise ValueError(f"out: {path!r} exists; move it aside or choose another --out (nothing was changed)")
+    if os.path.exists(args.out):
+        raise ValueError(f"out: {args.out!r} exists; move it aside or choose another --out (nothing was changed)")
     corpus = load_corpus(args.data)
     if any(k > corpus.vocab_size for k in args.K):
         raise ValueError(f"K: must be <= the vocabulary size {corpus.vocab_size}")
     learned = [learned_mapping(path, corpus) for path in args.learned]
+    if len({k for k, _ in learned}) < len(learned):
+        raise ValueError("learned: two learned maps with the same K; score one per K per call")
     rows = []
     for model in args.model:
         body, head, cfg = load_softmax_model(model, corpus)
@@ -168,33 +171,141 @@ def run(args) -> List[dict]:
                     yield head.log_probs(hidden[i:i + args.chunk]), targets[i:i + args.chunk]
 
         for row in oracle_table(chunks(), mappings, corpus.counts):
-            rows.append({"model": model, **row, "git_commit": git_commit()})
+            rows.append({"model": model, "model_seed": cfg["seed"], **row, "cpu_model": cpu_model(),
+                         "git_commit": git_commit()})
     return rows
 
 
 def write(rows: List[dict], out: str) -> str:
+    """oracle.csv at out (refused if it exists: it is a measurement), then oracle.md beside it."""
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "x", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    shown = [[r["model"], r["mapping"], r["K"], f"{r['softmax_ppl']:.1f}", f"{r['oracle_ppl']:.1f}",
-              f"{r['oracle_ratio']:.3f}", f"{r['oracle_unigram_ppl']:.1f}", f"{r['oracle_unigram_ratio']:.3f}",
-              f"{r['within_code_ppl_factor']:.2f}", r["exact_rows"], f"{r['exact_share']:.3f}"] for r in rows]
-    headers = ["softmax model", "mapping", "K", "softmax test ppl", "oracle ppl (1/n)", "oracle / softmax",
-               "oracle ppl (unigram share)", "oracle / softmax (unigram)", "within-code factor", "exact rows",
-               "test targets on exact rows"]
-    md = os.path.splitext(out)[0] + ".md"
-    with open(md, "x") as f:
-        f.write("# The VQ-Logits oracle bound on WikiText-2 test\n\n"
-                f"`python -m vqbench.oracle` (CPU: {cpu_model()}). For each trained softmax model and mapping: "
-                "the test perplexity a VQ head would reach if its code probabilities were exactly the softmax "
-                "model's (sum of p over each code's tokens), choosing inside a code uniformly (1/n) or by "
-                "unigram share (the best a context-free per-token bias can do). The oracle ratio is what the "
-                "mapping alone costs; a measured VQ ratio above it is the codebook's share of the gap. \"Exact rows\": "
-                "codes that hold a single token (an exact output row for it).\n\n"
-                + tabulate(shown, headers=headers, tablefmt="github", disable_numparse=True) + "\n")
+    return write_markdown(out)
+
+
+def read_rows(path: str) -> List[dict]:
+    """oracle.csv rows with their numbers as numbers."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for key in ("model_seed", "K", "exact_rows", "test_tokens"):
+            r[key] = int(r[key])
+        for key in ("softmax_ppl", "oracle_ppl", "oracle_ratio", "oracle_unigram_ppl", "oracle_unigram_ratio",
+                    "within_code_ppl_factor", "exact_share"):
+            r[key] = float(r[key])
+    return rows
+
+
+def _mean_std(values: List[float], digits: int) -> str:
+    from vqbench.quality import _pm, mean_std
+    return _pm(*mean_std(values), digits)
+
+
+def bound_rows(rows: List[dict]) -> List[list]:
+    """Table rows per (mapping, K), in first-seen order: the bound's mean +- std over the softmax models."""
+    keys = list(dict.fromkeys((r["mapping"], r["K"]) for r in rows))
+    body = []
+    for mapping, k in keys:
+        group = [r for r in rows if (r["mapping"], r["K"]) == (mapping, k)]
+        column = lambda key: [r[key] for r in group]  # noqa: E731
+        body.append([mapping, k, len(group), _mean_std(column("oracle_ppl"), 1), _mean_std(column("oracle_ratio"), 3),
+                     _mean_std(column("oracle_unigram_ratio"), 3), _mean_std(column("within_code_ppl_factor"), 2),
+                     _mean_std([float(x) for x in column("exact_rows")], 0),
+                     _mean_std([100 * x for x in column("exact_share")], 1)])
+    return body
+
+
+def gap_split(oracle_rows: List[dict], variants: List[dict]) -> List[list]:
+    """Table rows per measured VQ variant (quality.aggregate rows with a mapping): its measured ratio to
+    softmax, the oracle ratio of its mapping and K (the mapping's factor; with the unigram-share bound when
+    the head has a per-token bias), and measured / oracle (the codebook's factor), all over the seeds s that
+    have both a VQ run and an oracle row: the VQ run of seed s against the oracle of the softmax model of
+    seed s, the model its own ratio divides by."""
+    from vqbench.registry import coerce_option, head_class, parse_spec
+    body = []
+    for v in variants:
+        if not v.get("mapping"):
+            continue
+        options = parse_spec(v["head"])[1]
+        K = coerce_option(head_class("vq"), "K", options["K"])
+        biased = coerce_option(head_class("vq"), "bias", options.get("bias", "0"))
+        column = "oracle_unigram_ratio" if biased else "oracle_ratio"
+        oracle = {r["model_seed"]: r[column] for r in oracle_rows if (r["mapping"], r["K"]) == (v["mapping"], K)}
+        if not oracle or math.isnan(v["ratio_mean"]):
+            continue
+        seeds = sorted(set(v["seed_ratios"]) & set(oracle))
+        if not seeds:
+            continue
+        measured = [v["seed_ratios"][seed] for seed in seeds]
+        bound = [oracle[seed] for seed in seeds]
+        measured_mean, bound_mean = statistics.fmean(measured), statistics.fmean(bound)
+        share = (f"{100 * math.log(bound_mean) / math.log(measured_mean):.0f}%"
+                 if measured_mean > 1 and bound_mean >= 1 else "")
+        body.append([v["name"], v["mapping"], K, "unigram share (per-token bias)" if biased else "1/n",
+                     ", ".join(map(str, seeds)), _mean_std(measured, 3), _mean_std(bound, 3),
+                     _mean_std([m / b for m, b in zip(measured, bound)], 3), share])
+    return body
+
+
+def write_markdown(oracle_csv: str, quality_csv: str = None) -> str:
+    """oracle.md beside oracle_csv, rendered from it and from quality_csv (default: quality.csv beside it,
+    when there): a view of the two files, rewritten whenever either changes (`python -m vqbench.quality
+    table` does). Returns the path written."""
+    from vqbench.quality import aggregate, typed_quality_row
+    rows = read_rows(oracle_csv)
+    quality_csv = quality_csv or os.path.join(os.path.dirname(oracle_csv), "quality.csv")
+    variants = []
+    if os.path.exists(quality_csv):
+        with open(quality_csv, newline="") as f:
+            variants = aggregate([typed_quality_row(r) for r in csv.DictReader(f)], "softmax")
+    models = {(r["model_seed"], r["model"]): r["softmax_ppl"] for r in rows}
+    bound = tabulate(bound_rows(rows), headers=[
+        "mapping", "K", "softmax models", "oracle ppl (1/n)", "oracle / softmax (1/n)",
+        "oracle / softmax (unigram share)", "within-code factor", "exact rows", "test targets on exact rows (%)"],
+        tablefmt="github", disable_numparse=True)
+    split = gap_split(rows, variants)
+    split_text = (tabulate(split, headers=[
+        "VQ variant", "mapping", "K", "inside a code", "seeds (paired)", "measured test ppl / softmax",
+        "oracle / softmax (the mapping's factor)", "measured / oracle (the codebook's factor)",
+        "mapping's share of the gap (log scale)"], tablefmt="github", disable_numparse=True)
+        if split else "No finished VQ run in quality.csv has a mapping and K scored here yet.")
+    text = ORACLE_MD.format(
+        cpus=", ".join(sorted({r["cpu_model"] for r in rows})), commits=", ".join(sorted({r["git_commit"] for r in rows})),
+        models="; ".join(f"seed {seed}: test ppl {ppl:.1f} ({path})" for (seed, path), ppl in sorted(models.items())),
+        bound=bound, split=split_text)
+    md = os.path.splitext(oracle_csv)[0] + ".md"
+    with open(md, "w") as f:
+        f.write(text)
     return md
+
+
+ORACLE_MD = """# The VQ-Logits oracle bound on WikiText-2 test
+
+From `oracle.csv` (`python -m vqbench.oracle --model DIR/joint-softmax-s*/best.pt`, git commit {commits}) and
+`quality.csv`; rendered again by `python -m vqbench.quality table`. CPU: {cpus}. For each trained softmax model and
+mapping: the test perplexity a VQ head would reach if its code probabilities were exactly the softmax
+model's (the sum of p over each code's tokens), choosing inside a code uniformly (1/n) or by unigram share
+(the best a context-free per-token bias can do). The oracle ratio is what the mapping alone costs; a
+measured VQ ratio above it is the codebook's share of the gap. "Exact rows": codes that hold a single
+token (an exact output row for it). Softmax models: {models}.
+
+## The bound per mapping and K (mean ± std over the softmax models)
+
+{bound}
+
+## Measured VQ runs against their bound
+
+Per seed s: measured = VQ test ppl / softmax test ppl of seed s; oracle = the bound from softmax seed s;
+codebook's factor = measured / oracle = VQ test ppl / oracle ppl. Each column is a mean ± std over the
+seeds that have both a VQ run and a softmax model scored here (a single value: one such seed).
+The mapping's share of the gap is log(oracle) / log(measured): the rest is the codebook's (K x d rows
+standing in for sums of softmax rows, trained jointly with the body).
+
+{split}
+"""
 
 
 if __name__ == "__main__":

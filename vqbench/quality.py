@@ -2,7 +2,7 @@
 
     python -m vqbench.quality plan                  # every command of configs/quality.json, in order
     python -m vqbench.quality run --checkpoints DIR # run or resume what is unfinished, two lanes
-    python -m vqbench.quality table                 # results/quality/quality.{csv,md} and pareto.png
+    python -m vqbench.quality table                 # results/quality/quality.{csv,md}, pareto.png, oracle.md
 
 The plan (``--plan``, default configs/quality.json) lists head variants, each with its seeds and a
 group, and the epoch budget of every run; every run uses vqbench.train's schedule. A run is finished
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import math
 import os
@@ -34,8 +35,8 @@ from vqbench.train import TrainConfig
 
 DEFAULT_PLAN = os.path.join("configs", "quality.json")
 DEFAULT_RESULTS = os.path.join("results", "quality")
-CSV_COLUMNS = ["run", "name", "head", "protocol", "seed", "group", "epochs", "best_epoch", "stop", "valid_ppl",
-               "test_ppl", "last_epoch_gain", "output_params", "within_code_ppl_factor", "tokens_per_s",
+CSV_COLUMNS = ["run", "name", "head", "mapping", "protocol", "seed", "group", "epochs", "best_epoch", "stop",
+               "valid_ppl", "test_ppl", "last_epoch_gain", "output_params", "within_code_ppl_factor", "tokens_per_s",
                "precision", "cpu_model", "git_commit", "varies"]
 
 
@@ -203,7 +204,8 @@ def table_rows(plan: Plan, runs_dir: str) -> List[dict]:
         s = summary_of(runs_dir, run.run)
         if not finished(s, plan.epochs):
             continue
-        rows.append({"run": run.run, "name": run.name, "head": run.head, "protocol": run.protocol,
+        rows.append({"run": run.run, "name": run.name, "head": run.head,
+                     "mapping": vq_mapping(run.head, s.get("config", {})), "protocol": run.protocol,
                      "seed": run.seed, "group": run.group, "epochs": s["epochs"], "best_epoch": s["best_epoch"],
                      "stop": s["stop"], "valid_ppl": s["valid_ppl"], "test_ppl": s["test_ppl"],
                      "last_epoch_gain": s["last_epoch_gain"], "output_params": s["output_params"],
@@ -211,6 +213,19 @@ def table_rows(plan: Plan, runs_dir: str) -> List[dict]:
                      "tokens_per_s": s["tokens_per_s"], "precision": s["precision"], "cpu_model": s["cpu_model"],
                      "git_commit": s["git_commit"], "varies": run.varies})
     return rows
+
+
+def vq_mapping(head: str, config: dict) -> str:
+    """The token-to-code map a VQ run ends with: "learned" when training reassigned it (--reassign-every),
+    else its spec's mapping (the VQ head's default when not given); "" for any other head."""
+    from vqbench.registry import head_class, parse_spec
+    name, options = parse_spec(head)
+    if name != "vq":
+        return ""
+    if config.get("reassign_every", 0):
+        return "learned"
+    default = inspect.signature(head_class("vq").__init__).parameters["mapping"].default
+    return options.get("mapping", default)
 
 
 def typed_quality_row(row: dict) -> dict:
@@ -221,6 +236,7 @@ def typed_quality_row(row: dict) -> dict:
     for key in ("valid_ppl", "test_ppl", "last_epoch_gain", "tokens_per_s"):
         out[key] = float(row[key])
     out.setdefault("varies", "")
+    out.setdefault("mapping", "")
     return out
 
 
@@ -239,14 +255,17 @@ def aggregate(rows: List[dict], reference: str) -> List[dict]:
     out = []
     for name, group in by_name.items():
         tests = [r["test_ppl"] for r in group]
-        ratios = [r["test_ppl"] / ref[r["seed"]]["test_ppl"] for r in group if r["seed"] in ref]
+        seed_ratios = {r["seed"]: r["test_ppl"] / ref[r["seed"]]["test_ppl"] for r in group if r["seed"] in ref}
+        ratios = list(seed_ratios.values())
         test_mean, test_std = mean_std(tests)
         valid_mean, valid_std = mean_std([r["valid_ppl"] for r in group])
         ratio_mean, ratio_std = mean_std(ratios) if ratios else (math.nan, math.nan)
         params = group[0]["output_params"]
-        out.append({"name": name, "head": group[0]["head"], "group": group[0]["group"], "seeds": len(group),
+        out.append({"name": name, "head": group[0]["head"], "mapping": group[0].get("mapping", ""),
+                    "group": group[0]["group"], "seeds": len(group),
                     "test_mean": test_mean, "test_std": test_std, "valid_mean": valid_mean, "valid_std": valid_std,
                     "ratio_mean": ratio_mean, "ratio_std": ratio_std, "ratio_seeds": len(ratios),
+                    "seed_ratios": seed_ratios,
                     "output_params": params,
                     "fewer_params": 1 - params / ref_params if ref_params else math.nan,
                     "epochs": "/".join(str(r["epochs"]) for r in group),
@@ -294,6 +313,10 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str) ->
     path = os.path.join(results_dir, "quality.md")
     with open(path, "w") as f:
         f.write(text)
+    oracle_csv = os.path.join(results_dir, "oracle.csv")
+    if os.path.exists(oracle_csv):  # oracle.md sets the measured VQ runs next to their bound
+        from vqbench.oracle import write_markdown
+        write_markdown(oracle_csv)
     return path
 
 
