@@ -50,3 +50,10 @@ def test_report_from_stored_results(tmp_path):
     bib = (tmp_path / "REFERENCES.bib").read_text()
     for key in ("shao2025vqlogits", "grave2017efficient", "mikolov2011extensions", "sainath2013lowrank"):
         assert key in bib and key in text
+
+
+def test_the_pareto_frontier_keeps_only_points_nothing_beats():
+    points = [(6_000_000, 1.0), (1_000_000, 0.98), (200_000, 1.5), (240_000, 1.45), (250_000, 1.6),
+              (6_600_000, 1.2), (200_000, 1.7)]
+    assert plot.pareto_frontier(points) == [(200_000, 1.5), (240_000, 1.45), (1_000_000, 0.98)]
+    assert plot.pareto_frontier([]) == []

@@ -132,9 +132,20 @@ def _save(fig, out_dir, name, plt, sources=()):
     return path
 
 
+def pareto_frontier(points):
+    """The (params, ratio) points no other point beats on both (fewer or equal parameters and a lower or
+    equal ratio, one of them strictly), by increasing parameters."""
+    front = []
+    for params, ratio in sorted(points, key=lambda p: (p[0], p[1])):
+        if not front or ratio < front[-1][1]:
+            front.append((params, ratio))
+    return front
+
+
 def plot_quality_pareto(summary, path: str, sources=()) -> None:
     """Test perplexity ratio to softmax (mean ± std over seeds) against output-layer parameters, one point per
-    variant of ``vqbench.quality.aggregate``; hollow markers for single-seed variants."""
+    variant of ``vqbench.quality.aggregate``; hollow markers for single-seed variants; the Pareto frontier
+    of the mean ratios, and the paper's target region (+4% at most, with at least 95% fewer parameters)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -149,9 +160,32 @@ def plot_quality_pareto(summary, path: str, sources=()) -> None:
                     markerfacecolor=colour if s["seeds"] > 1 else "white", zorder=3)
         ax.annotate(s["name"], (s["output_params"], s["ratio_mean"]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
+    measured = [(s["output_params"], s["ratio_mean"]) for s in summary if s["ratio_mean"] == s["ratio_mean"]]
+    front = pareto_frontier(measured)
+    if len(front) > 1:
+        xs, ys = zip(*front)
+        ax.step(xs, ys, where="post", color="grey", linestyle="--", linewidth=1, zorder=2, label="Pareto frontier")
+        ax.legend(fontsize=7, loc="upper right")
+    ax.set_xscale("log")
+    from matplotlib import ticker
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(
+        lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k" if x >= 1e3 else f"{x:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    reference = [s["output_params"] / (1 - s["fewer_params"]) for s in summary
+                 if s["fewer_params"] == s["fewer_params"] and s["fewer_params"] < 1]
     ax.axhline(1.04, color="grey", linestyle=":", linewidth=1)
     ax.annotate("paper's claim: +4%", (ax.get_xlim()[0], 1.04), fontsize=7, xytext=(2, 2), textcoords="offset points")
-    ax.set_xscale("log")
+    if reference:  # the paper's promise: at most +4% with at least 95% fewer output parameters
+        limit = 0.05 * reference[0]
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        x1, y0 = max(x1, 2 * limit), min(y0, 0.95)  # keep the target region in view
+        ax.axvline(limit, color="grey", linestyle=":", linewidth=1)
+        ax.fill_between([x0, limit], y0, 1.04, color="#2ca02c", alpha=0.08, zorder=1)
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+        ax.annotate("95% fewer params", (limit, ax.get_ylim()[1]), fontsize=7, rotation=90, va="top",
+                    xytext=(2, -2), textcoords="offset points")
     ax.set_xlabel("output-layer parameters")
     ax.set_ylabel("test perplexity / softmax (same seed)")
     ax.set_title("WikiText-2: quality vs size of the output layer (red: VQ-Logits; hollow: one seed)", fontsize=9)
