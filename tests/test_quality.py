@@ -109,10 +109,14 @@ def test_report_states_the_perplexity_claim_from_the_table(plan, tmp_path):
     assert "## Quality on WikiText-2" in report
 
 
-def test_report_says_when_quality_is_not_measured(tmp_path):
+def test_report_says_when_quality_is_not_measured(plan, tmp_path):
     from vqbench.report import build_report
     report = build_report(str(tmp_path))
-    assert "not measured yet" in report
+    assert "not measured yet: no finished quality runs" in report
+    runs_dir = str(tmp_path / "quality" / "runs")
+    fake_summary(runs_dir, "joint-vq-K1024-s0", valid=300.0, test=250.0, params=262_144)
+    quality.write_tables(plan, runs_dir, str(tmp_path / "quality"), "plan.json")
+    assert "not measured yet: no finished softmax run to take ratios against" in build_report(str(tmp_path))
 
 
 @pytest.mark.parametrize("content, match", [("{", "not a quality plan"), ('{"runs": [{"name": "a"}]}', "needs name"),

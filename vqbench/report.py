@@ -132,7 +132,9 @@ def claims_table(headline, sweep, quality, reference="softmax", paper="vq-K1024"
     for row in claims:
         lines.append(f"| perplexity | +4% over softmax | {row} | results/quality/quality.csv |")
     if not claims:
-        lines.append("| perplexity | +4% over softmax | not measured yet: no finished quality runs in "
+        missing = (f"no finished {reference} run to take ratios against" if quality
+                   else "no finished quality runs")
+        lines.append(f"| perplexity | +4% over softmax | not measured yet: {missing} in "
                      "results/quality/quality.csv | |")
     return "\n".join(lines)
 
