@@ -92,7 +92,7 @@ def test_table_gives_mean_std_and_seed_paired_ratios(plan, tmp_path):
     assert summary["adaptive"]["ratio_mean"] == pytest.approx(0.99) and summary["adaptive"]["seeds"] == 1
     text = open(path).read()
     assert "1.167 ± 0.058" in text and "105.0 ± 5.0" in text and "1 (single seed)" in text
-    assert "joint-lowrank-s0" in text.split("Runs not finished yet:")[1]
+    assert "joint-lowrank-s0" in text.split("Runs not finished yet")[1]
     assert os.path.getsize(tmp_path / "results" / "pareto.png") > 1000
 
 
@@ -169,3 +169,14 @@ def test_bad_budgets_and_first_lists_are_refused_with_one_line(tmp_path, capsys,
     assert quality.main(["plan", "--plan", str(path)]) == 2
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_unfinished_runs_show_their_progress_from_the_log(tmp_path):
+    runs_dir = tmp_path / "runs"
+    (runs_dir / "joint-softmax-s0").mkdir(parents=True)
+    (runs_dir / "joint-softmax-s0" / "log.jsonl").write_text(
+        '{"step": 50, "epoch": 1, "loss": 7.0}\n{"epoch": 1, "step": 2984, "valid_ppl": 262.84}\n'
+        '{"step": 3000, "epoch": 2, "loss": 5.1}\n{"step": 30')  # the last line cut short by a stop
+    assert quality.progress(str(runs_dir), "joint-softmax-s0") == \
+        "joint-softmax-s0 (step 3,000, validation ppl after each epoch: 262.8)"
+    assert quality.progress(str(runs_dir), "joint-softmax-s1") == "joint-softmax-s1 (not started)"

@@ -290,6 +290,26 @@ def markdown_table(summary: List[dict]) -> str:
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+def progress(runs_dir: str, run: str) -> str:
+    """'run (step S, validation ppl after each epoch: a / b)' from an unfinished run's log.jsonl, or 'run (not
+    started)': how far the committed log of a run in progress has got."""
+    path = os.path.join(runs_dir, run, "log.jsonl")
+    if not os.path.exists(path):
+        return f"{run} (not started)"
+    step, valid = 0, []
+    with open(path) as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short when a run was stopped
+                continue
+            step = max(step, entry.get("step", 0))
+            if "valid_ppl" in entry:
+                valid.append(f"{entry['valid_ppl']:.1f}")
+    epochs = f", validation ppl after each epoch: {' / '.join(valid)}" if valid else ""
+    return f"{run} (step {step:,}{epochs})"
+
+
 def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str) -> str:
     rows = table_rows(plan, runs_dir)
     if not rows:
@@ -305,7 +325,7 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str) ->
                         sources=[os.path.join(results_dir, "quality.csv")])
     commands = "\n".join(" ".join(r.command(runs_dir, "$VQBENCH_CHECKPOINTS", plan.common))
                          for r in plan.runs(runs_dir))
-    unfinished = [r.run for r in plan.runs(runs_dir) if not plan.finished(runs_dir, r.run)]
+    unfinished = [progress(runs_dir, r.run) for r in plan.runs(runs_dir) if not plan.finished(runs_dir, r.run)]
     cpus = sorted({r["cpu_model"] for r in rows})
     text = QUALITY_MD.format(plan=plan_path, table=markdown_table(summary), commands=commands,
                              epochs=plan.epochs, cpus=", ".join(cpus), precision=", ".join(sorted({r["precision"] for r in rows})),
@@ -336,7 +356,7 @@ quality.csv are indicative; head speed is measured by `python -m vqbench.compare
 
 {table}
 
-Runs not finished yet: {unfinished}.
+Runs not finished yet (from their logs so far): {unfinished}.
 
 Commands (in queue order):
 
