@@ -117,3 +117,66 @@ def test_the_table_splits_each_measured_vq_gap_into_mapping_and_codebook_by_seed
 def mean_std(values):
     import statistics
     return statistics.fmean(values), statistics.stdev(values)
+
+
+def tiny_corpus(folder, seed=0):
+    """Sentences from a small grammar (two word classes that follow each other), 40 word types."""
+    import random
+    rng = random.Random(seed)
+    nouns, verbs = [f"n{i}" for i in range(24)], [f"v{i}" for i in range(15)]
+    def lines(count):
+        return "".join(" ".join(rng.choice(nouns if j % 2 == 0 else verbs) for j in range(rng.randint(3, 9))) + "\n"
+                       for _ in range(count))
+    folder.mkdir()
+    for name, count in (("train.txt", 600), ("valid.txt", 80), ("test.txt", 80)):
+        (folder / name).write_text(lines(count))
+    return str(folder)
+
+
+def test_the_oracle_command_on_a_tiny_corpus_matches_a_brute_force_sum(tmp_path, capsys):
+    """End to end: train a tiny softmax model, run the oracle (with a searched map), and recompute its rows by
+    brute force from the model's own test log-probabilities."""
+    import csv
+
+    from vqbench import oracle, train
+    from vqbench.data import load_corpus
+    from vqbench.evaluate import hidden_states
+    from vqbench.mapping import build_mapping
+
+    data = tiny_corpus(tmp_path / "corpus")
+    out = tmp_path / "run"
+    train.train(train.parse_args(["--head", "softmax", "--data", data, "--d-model", "16", "--layers", "1",
+                                  "--bptt", "10", "--batch-size", "4", "--steps", "80", "--optimizer", "adam",
+                                  "--lr", "0.01", "--threads", "1", "--out", str(out)]))
+    vq = tmp_path / "vq"
+    train.train(train.parse_args(["--head", "vq:K=5", "--data", data, "--d-model", "16", "--layers", "1",
+                                  "--bptt", "10", "--batch-size", "4", "--steps", "40", "--reassign-every", "10",
+                                  "--optimizer", "adam", "--lr", "0.01", "--threads", "1", "--out", str(vq)]))
+    csv_path = tmp_path / "oracle" / "oracle.csv"
+    assert oracle.main(["--model", str(out / "checkpoint.pt"), "--learned", str(vq / "checkpoint.pt"), "--data", data,
+                        "--K", "4", "8", "--search", "6", "--sweeps", "5", "--chunk", "37",
+                        "--out", str(csv_path)]) == 0
+    rows = {(r["mapping"], int(r["K"])): r for r in csv.DictReader(open(csv_path))}
+    assert set(rows) == {(m, k) for m in oracle.MAPPINGS for k in (4, 8)} | {("searched", 6), ("learned", 5)}
+    corpus = load_corpus(data)
+    learned = oracle.learned_mapping(str(vq / "checkpoint.pt"), corpus)[1]
+    body, head, cfg = oracle.load_softmax_model(str(out / "checkpoint.pt"), corpus)
+    hidden, targets = hidden_states(body, corpus.ids["test"], cfg["bptt"])
+    with torch.no_grad():
+        log_probs = head.log_probs(hidden).double()
+    for (name, k), row in rows.items():
+        if name == "searched":
+            continue
+        codes = learned if name == "learned" else build_mapping(
+            name, corpus.vocab_size, k, corpus.counts.double(), seed=0, embeddings=head.weight.detach())[0]
+        softmax, uniform, unigram = brute_force(log_probs, targets, codes.tolist(), corpus.counts.double())
+        n = targets.numel()
+        assert float(row["softmax_ppl"]) == pytest.approx(math.exp(softmax / n), rel=1e-5)
+        assert float(row["oracle_ppl"]) == pytest.approx(math.exp(uniform / n), rel=1e-5), (name, k)
+        assert float(row["oracle_unigram_ppl"]) == pytest.approx(math.exp(unigram / n), rel=1e-5), (name, k)
+    note = rows[("searched", 6)]["note"]
+    before, after = (float(x) for x in note.split(": ")[1].split(" nats")[0].split(" -> "))
+    assert after < before  # the search lowered the validation objective
+    assert "searched K=6, softmax seed 0" in (tmp_path / "oracle" / "oracle.md").read_text()
+    assert oracle.main(["--model", str(out / "checkpoint.pt"), "--data", data, "--out", str(csv_path)]) == 2
+    assert "exists" in capsys.readouterr().err  # a measured oracle.csv is never overwritten

@@ -13,8 +13,9 @@ P(code | context) = sum of p_softmax(i | context) over the code's tokens, its te
 Against the softmax model's own perplexity this splits a VQ head's gap in two: the oracle's ratio is
 what the mapping costs (no codebook can do better from these hidden states), the rest of a measured VQ
 ratio is the codebook's (a K x d matrix standing in for a sum of V softmax rows). Mappings: random,
-contiguous, frequency, k-means over the softmax's output vectors, and a learned map read from a trained
-VQ run, at each K. A code that holds one token gives it an exact row of its own, so "exact rows" (and the
+contiguous, frequency, k-means over the softmax's output vectors, a learned map read from a trained
+VQ run, at each K, and with ``--search K`` a map searched for each model (vqbench/map_search.py: local
+search on the validation split for this very objective, scored on test), the best fixed map found. A code that holds one token gives it an exact row of its own, so "exact rows" (and the
 share of test targets they cover) says how far a map already is the "exact rows for the frequent tokens,
 VQ for the tail" design. Writes oracle.csv (refused if it exists: one measurement per file) and renders
 oracle.md beside it, with the measured VQ runs of quality.csv next to their bound.
@@ -36,13 +37,14 @@ from tabulate import tabulate
 from vqbench.data import corpus_fingerprint, load_corpus
 from vqbench.evaluate import hidden_states
 from vqbench.lm import LSTMBody
+from vqbench.map_search import search_mapping
 from vqbench.mapping import build_mapping
 from vqbench.provenance import cpu_model, git_commit
 from vqbench.registry import make_head
 
 MAPPINGS = ("random", "contiguous", "frequency", "kmeans")
 COLUMNS = ["model", "model_seed", "mapping", "K", "softmax_ppl", "oracle_ppl", "oracle_ratio", "oracle_unigram_ppl",
-           "oracle_unigram_ratio", "within_code_ppl_factor", "exact_rows", "exact_share", "test_tokens", "cpu_model", "git_commit"]
+           "oracle_unigram_ratio", "within_code_ppl_factor", "exact_rows", "exact_share", "test_tokens", "note", "cpu_model", "git_commit"]
 
 
 def code_nats(log_probs: torch.Tensor, targets: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor,
@@ -93,8 +95,20 @@ def oracle_table(log_prob_chunks, mappings: Dict[Tuple[str, int], torch.Tensor],
     return rows
 
 
+def model_states(saved: dict, path: str, argument: str) -> Tuple[dict, dict]:
+    """(body state, head state) of a joint run's best.pt (body, head) or checkpoint.pt (model: body.*, head.*)."""
+    if "body" in saved and "head" in saved:
+        return saved["body"], saved["head"]
+    model = saved.get("model", {})
+    body = {k[len("body."):]: v for k, v in model.items() if k.startswith("body.")}
+    head = {k[len("head."):]: v for k, v in model.items() if k.startswith("head.")}
+    if not body or not head:
+        raise ValueError(f"{argument}: {path!r} holds no body and head (a joint run's best.pt or checkpoint.pt)")
+    return body, head
+
+
 def load_softmax_model(path: str, corpus):
-    """(body, head) of a softmax run's checkpoint (best.pt or checkpoint.pt of vqbench.train)."""
+    """(body, head, config) of a joint softmax run's checkpoint (best.pt or checkpoint.pt of vqbench.train)."""
     from vqbench.train import load_checkpoint
     saved = load_checkpoint(path, "model")
     cfg = saved["config"]
@@ -102,10 +116,11 @@ def load_softmax_model(path: str, corpus):
         raise ValueError(f"model: {path!r} is a {cfg['head']!r} run; the oracle needs a softmax model")
     if saved["corpus"] != corpus_fingerprint(corpus):
         raise ValueError(f"model: {path!r} was trained on another corpus")
+    body_state, head_state = model_states(saved, path, "model")
     body = LSTMBody(corpus.vocab_size, cfg["d_model"], cfg["layers"], cfg["dropout"])
-    body.load_state_dict(saved["body"])
+    body.load_state_dict(body_state)
     head = make_head(cfg["head"], corpus.vocab_size, cfg["d_model"], token_counts=corpus.counts)
-    head.load_state_dict(saved["head"])
+    head.load_state_dict(head_state)
     return body.eval(), head.eval(), cfg
 
 
@@ -113,10 +128,10 @@ def learned_mapping(path: str, corpus) -> Tuple[int, torch.Tensor]:
     """(K, codes [V]) of a trained VQ run's checkpoint."""
     from vqbench.train import load_checkpoint
     saved = load_checkpoint(path, "learned")
-    if saved["corpus"] != corpus_fingerprint(corpus) or "mapping" not in saved["head"]:
+    head = model_states(saved, path, "learned")[1]
+    if saved["corpus"] != corpus_fingerprint(corpus) or "mapping" not in head:
         raise ValueError(f"learned: {path!r} is not a VQ run on this corpus")
-    codes = saved["head"]["mapping"]
-    return int(saved["head"]["codebook"].shape[0]), codes
+    return int(head["codebook"].shape[0]), head["mapping"]
 
 
 def main(argv=None) -> int:
@@ -125,14 +140,18 @@ def main(argv=None) -> int:
     p.add_argument("--learned", nargs="*", default=[], help="best.pt of VQ runs whose learned mapping to score")
     p.add_argument("--K", type=int, nargs="+", default=[256, 1024, 1536, 4096],
                    help="codebook sizes (1536: the largest with >= 95%% fewer output parameters than softmax at d=200)")
+    p.add_argument("--search", type=int, nargs="*", default=[], metavar="K",
+                   help="also search a fixed map per model at these K (vqbench/map_search.py: local search on "
+                        "validation from the frequency map, scored on test like the others; ~1-2 min per sweep)")
+    p.add_argument("--sweeps", type=int, default=30, help="most sweeps of each search (default 30)")
     p.add_argument("--data", help="corpus folder (default: vqbench.data.default_corpus_dir())")
     p.add_argument("--out", default=os.path.join("results", "quality", "oracle.csv"),
                    help="CSV to write (refused if it exists); oracle.md is rendered beside it")
     p.add_argument("--chunk", type=int, default=1024, help="test positions per chunk (default 1024)")
     p.add_argument("--threads", type=int, help="torch threads")
     args = p.parse_args(argv)
-    if any(k < 1 for k in args.K) or args.chunk < 1:
-        p.error("--K, --chunk: must be >= 1")
+    if any(k < 1 for k in args.K + args.search) or args.chunk < 1 or args.sweeps < 1:
+        p.error("--K, --search, --chunk, --sweeps: must be >= 1")
     try:
         rows = run(args)
     except ValueError as error:
@@ -148,8 +167,8 @@ def run(args) -> List[dict]:
     if os.path.exists(args.out):
         raise ValueError(f"out: {args.out!r} exists; move it aside or choose another --out (nothing was changed)")
     corpus = load_corpus(args.data)
-    if any(k > corpus.vocab_size for k in args.K):
-        raise ValueError(f"K: must be <= the vocabulary size {corpus.vocab_size}")
+    if any(k > corpus.vocab_size for k in args.K + args.search):
+        raise ValueError(f"K, search: must be <= the vocabulary size {corpus.vocab_size}")
     learned = [learned_mapping(path, corpus) for path in args.learned]
     if len({k for k, _ in learned}) < len(learned):
         raise ValueError("learned: two learned maps with the same K; score one per K per call")
@@ -163,17 +182,32 @@ def run(args) -> List[dict]:
                                                     embeddings=head.weight.detach())[0]
         for k, codes in learned:
             mappings[("learned", k)] = codes
-        hidden, targets = hidden_states(body, corpus.ids["test"], cfg["bptt"])
-
-        def chunks():
-            with torch.no_grad():
-                for i in range(0, targets.numel(), args.chunk):
-                    yield head.log_probs(hidden[i:i + args.chunk]), targets[i:i + args.chunk]
-
-        for row in oracle_table(chunks(), mappings, corpus.counts):
-            rows.append({"model": model, "model_seed": cfg["seed"], **row, "cpu_model": cpu_model(),
+        notes = {}
+        if args.search:
+            valid = hidden_states(body, corpus.ids["validation"], cfg["bptt"])
+            for k in args.search:
+                start = build_mapping("frequency", corpus.vocab_size, k, corpus.counts.double())[0]
+                found, history = search_mapping(lambda: chunks_of(head, *valid, args.chunk), start, k,
+                                                sweeps=args.sweeps, log=lambda line: print(
+                                                    f"{model} searched K={k}: {line}", file=sys.stderr, flush=True))
+                mappings[("searched", k)] = found
+                notes[("searched", k)] = (
+                    f"searched on valid from the frequency map: {history[0]['nats_per_position']:.4f} -> "
+                    f"{history[-1]['nats_per_position']:.4f} nats per position in {history[-1]['sweep']} sweeps, "
+                    f"{int((found != start).sum())} tokens moved")
+        test = hidden_states(body, corpus.ids["test"], cfg["bptt"])
+        for row in oracle_table(chunks_of(head, *test, args.chunk), mappings, corpus.counts):
+            rows.append({"model": model, "model_seed": cfg["seed"], **row,
+                         "note": notes.get((row["mapping"], row["K"]), ""), "cpu_model": cpu_model(),
                          "git_commit": git_commit()})
     return rows
+
+
+def chunks_of(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int):
+    """(log_probs [n, V], targets [n]) of the softmax head over hidden [T, d], ``chunk`` positions at a time."""
+    with torch.no_grad():
+        for i in range(0, targets.numel(), chunk):
+            yield head.log_probs(hidden[i:i + chunk]), targets[i:i + chunk]
 
 
 def write(rows: List[dict], out: str) -> str:
@@ -266,6 +300,10 @@ def write_markdown(oracle_csv: str, quality_csv: str = None) -> str:
         "mapping", "K", "softmax models", "oracle ppl (1/n)", "oracle / softmax (1/n)",
         "oracle / softmax (unigram share)", "within-code factor", "exact rows", "test targets on exact rows (%)"],
         tablefmt="github", disable_numparse=True)
+    notes = "\n".join(f"- {r['mapping']} K={r['K']}, softmax seed {r['model_seed']}: {r['note']}"
+                      for r in rows if r.get("note"))
+    if notes:
+        bound += "\n\n" + notes
     split = gap_split(rows, variants)
     split_text = (tabulate(split, headers=[
         "VQ variant", "mapping", "K", "inside a code", "seeds (paired)", "measured test ppl / softmax",
