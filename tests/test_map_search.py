@@ -63,3 +63,26 @@ def test_the_search_lowers_the_objective_to_a_local_optimum(per_code):
     _, _, delta = move_deltas([(log_probs, targets)], found, K)
     assert float(delta.min()) >= -1e-9  # no single move improves any more
     assert torch.equal(codes, problem(7, V=20, K=5, N=120)[2])  # the start map is not changed in place
+
+
+def test_held_out_positions_stop_the_search_and_pick_the_map():
+    """Search on a few positions, check on others: the returned map is the sweep with the lowest held-out
+    objective, and the search stops at the first sweep that does not lower it."""
+    from vqbench.map_search import objective
+    log_probs, targets, codes, K = problem(11, V=30, K=6, N=400)
+    search, check = (log_probs[:40], targets[:40]), (log_probs[40:], targets[40:])
+    found, history = search_mapping(lambda: [search], codes, K, sweeps=50, per_code=1, tol=0, check=lambda: [check])
+    held = [h["held_out_nats_per_position"] for h in history]
+    assert held[:-1] == sorted(held[:-1], reverse=True)  # every sweep but the last lowered the held-out score
+    best = min(range(len(held)), key=held.__getitem__)
+    J, n = objective([check], found, K)
+    assert J / n == pytest.approx(held[best], rel=1e-12)
+    full, _ = search_mapping(lambda: [search], codes, K, sweeps=50, per_code=1, tol=0)
+    assert objective([search], full, K)[0] <= objective([search], found, K)[0]  # without a check it goes on
+
+
+def test_objective_matches_the_oracle_sum():
+    from vqbench.map_search import objective
+    log_probs, targets, codes, K = problem(3)
+    assert objective([(log_probs[:7], targets[:7]), (log_probs[7:], targets[7:])], codes, K) == \
+        (pytest.approx(code_nats(log_probs, targets, codes, torch.ones(codes.numel()), K)[1], rel=1e-12), 40)
