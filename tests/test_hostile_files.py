@@ -262,7 +262,7 @@ def test_oracle_never_overwrites_its_output(tmp_path, capsys):
     assert out.read_text() == "measured before\n"
 
 
-@pytest.mark.parametrize("flags", [["--K", "0"], ["--chunk", "0"]])
+@pytest.mark.parametrize("flags", [["--K", "0"], ["--chunk", "0"], ["--search", "0"], ["--sweeps", "0"]])
 def test_bad_oracle_flags(tmp_path, capsys, flags):
     assert run_main(oracle.main, ["--model", "m.pt", "--out", str(tmp_path / "o.csv")] + flags) == 2
-    one_line_error(capsys, "--K, --chunk")
+    one_line_error(capsys, flags[0] + ": must be >= 1")

@@ -151,8 +151,10 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=1024, help="test positions per chunk (default 1024)")
     p.add_argument("--threads", type=int, help="torch threads")
     args = p.parse_args(argv)
-    if any(k < 1 for k in args.K + args.search) or args.chunk < 1 or args.sweeps < 1:
-        p.error("--K, --search, --chunk, --sweeps: must be >= 1")
+    for flag, values in (("--K", args.K), ("--search", args.search), ("--chunk", [args.chunk]),
+                         ("--sweeps", [args.sweeps])):
+        if any(value < 1 for value in values):
+            p.error(f"{flag}: must be >= 1")
     try:
         rows = run(args)
     except ValueError as error:
