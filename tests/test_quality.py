@@ -49,6 +49,21 @@ def test_the_committed_plan_covers_every_head_three_seeds_and_the_paper_form():
     assert plan.best_seeds == (1, 2) and set(plan.best_groups) == {"vq", "other"}
 
 
+def test_the_committed_vq_group_holds_only_variants_with_95_percent_fewer_output_parameters():
+    # The vq group's best entry gets extra seeds as "the best VQ variant" of the paper's target, so every
+    # member must meet that target: K*d (+ V for a per-token bias) <= 5% of softmax's V*d at WikiText-2's V.
+    from vqbench.registry import parse_spec
+    vocab, d_model = 33278, 200
+    plan = quality.Plan(quality.DEFAULT_PLAN)
+    vq_entries = [e for e in plan.entries if e["head"].startswith("vq")]
+    for entry in vq_entries:
+        _, options = parse_spec(entry["head"])
+        params = int(options["K"]) * d_model + (vocab if options.get("bias") == "1" else 0)
+        meets_target = params <= 0.05 * vocab * d_model
+        assert meets_target == (entry["group"] in ("vq", "paper")), entry["name"]
+    assert {e["group"] for e in vq_entries} >= {"vq", "paper", "vq-dense"}
+
+
 def test_queue_runs_seed_zero_first_and_adds_best_seeds_once_decidable(plan, tmp_path):
     runs_dir = str(tmp_path / "runs")
     names = [r.run for r in plan.runs(runs_dir)]
