@@ -195,3 +195,18 @@ def test_unfinished_runs_show_their_progress_from_the_log(tmp_path):
     assert quality.progress(str(runs_dir), "joint-softmax-s0") == \
         "joint-softmax-s0 (step 3,000, validation ppl after each epoch: 262.8)"
     assert quality.progress(str(runs_dir), "joint-softmax-s1") == "joint-softmax-s1 (not started)"
+
+
+def test_the_markdown_table_names_each_vq_runs_mapping(plan, tmp_path):
+    # vq-K1024 and vq-learned share a head spec; only the mapping column tells the frozen map from the learned.
+    runs_dir = str(tmp_path / "runs")
+    fake_summary(runs_dir, "joint-softmax-s0", valid=120, test=110)
+    fake_summary(runs_dir, "joint-vq-K1024-s0", valid=150, test=140)
+    fake_summary(runs_dir, "joint-vq-learned-s0", valid=140, test=130, config={"reassign_every": 500})
+    quality.write_tables(plan, runs_dir, str(tmp_path / "results"), "plan.json")
+    lines = (tmp_path / "results" / "quality.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| variant"))
+    column = [cell.strip() for cell in header.split("|")].index("mapping")
+    mapping = {cells[1]: cells[column] for cells in
+               ([c.strip() for c in line.split("|")] for line in lines if line.startswith("| "))}
+    assert mapping["vq-K1024"] == "frequency" and mapping["vq-learned"] == "learned" and mapping["softmax"] == ""

@@ -280,9 +280,9 @@ def _pm(mean: float, std: float, digits: int) -> str:
 
 
 def markdown_table(summary: List[dict]) -> str:
-    headers = ["variant", "head", "seeds", "test ppl", "valid ppl", "test ppl / softmax", "output params",
+    headers = ["variant", "head", "mapping", "seeds", "test ppl", "valid ppl", "test ppl / softmax", "output params",
                "fewer params", "epochs", "max last-epoch gain", "varies"]
-    body = [[s["name"], s["head"], s["seeds"] if s["seeds"] > 1 else "1 (single seed)",
+    body = [[s["name"], s["head"], s["mapping"], s["seeds"] if s["seeds"] > 1 else "1 (single seed)",
              _pm(s["test_mean"], s["test_std"], 1), _pm(s["valid_mean"], s["valid_std"], 1),
              _pm(s["ratio_mean"], s["ratio_std"], 3), f"{s['output_params']:,}",
              "" if math.isnan(s["fewer_params"]) else f"{100 * s['fewer_params']:.1f}%", s["epochs"],
