@@ -19,7 +19,8 @@ search for this very objective on half the validation split, stopped by the othe
 test), the best fixed map found. A code that holds one token gives it an exact row of its own, so "exact rows" (and the
 share of test targets they cover) says how far a map already is the "exact rows for the frequent tokens,
 VQ for the tail" design. Writes oracle.csv (refused if it exists: one measurement per file) and renders
-oracle.md beside it, with the measured VQ runs of quality.csv next to their bound.
+oracle.md beside it, with the measured VQ runs of quality.csv next to their bound; ``--add`` appends the
+rows of softmax seeds not scored there yet, leaving the rows there as they are.
 """
 
 from __future__ import annotations
@@ -147,7 +148,10 @@ def main(argv=None) -> int:
     p.add_argument("--sweeps", type=int, default=30, help="most sweeps of each search (default 30)")
     p.add_argument("--data", help="corpus folder (default: vqbench.data.default_corpus_dir())")
     p.add_argument("--out", default=os.path.join("results", "quality", "oracle.csv"),
-                   help="CSV to write (refused if it exists); oracle.md is rendered beside it")
+                   help="CSV to write (refused if it exists, unless --add); oracle.md is rendered beside it")
+    p.add_argument("--add", action="store_true",
+                   help="add the rows of models not scored in --out yet to it (a model or seed already there is "
+                        "refused; the rows there are never changed): score each softmax seed as it finishes")
     p.add_argument("--chunk", type=int, default=1024, help="test positions per chunk (default 1024)")
     p.add_argument("--threads", type=int, help="torch threads")
     args = p.parse_args(argv)
@@ -160,16 +164,24 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"python -m vqbench.oracle: error: {error}", file=sys.stderr)
         return 2
-    print(write(rows, args.out))
+    print(write(rows, args.out, add=args.add))
     return 0
 
 
 def run(args) -> List[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    if os.path.exists(args.out):
-        raise ValueError(f"out: {args.out!r} exists; move it aside or choose another --out (nothing was changed)")
+    scored = scored_models(args.out, args.add)
+    for model in args.model:
+        if model in scored.values():
+            raise ValueError(f"model: {model!r} is already scored in {args.out!r} (nothing was changed)")
     corpus = load_corpus(args.data)
+    for model in args.model:  # every seed checked before hours of scoring, not after
+        seed = load_softmax_model(model, corpus)[2]["seed"]
+        if seed in scored:
+            raise ValueError(f"model: {model!r} has seed {seed}, already scored in {args.out!r} from "
+                             f"{scored[seed]!r} (ratios pair by seed; nothing was changed)")
+        scored[seed] = model
     if any(k > corpus.vocab_size for k in args.K + args.search):
         raise ValueError(f"K, search: must be <= the vocabulary size {corpus.vocab_size}")
     learned = [learned_mapping(path, corpus) for path in args.learned]
@@ -219,12 +231,30 @@ def chunks_of(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int, par
                 yield head.log_probs(hidden[i:i + chunk]), targets[i:i + chunk]
 
 
-def write(rows: List[dict], out: str) -> str:
-    """oracle.csv at out (refused if it exists: it is a measurement), then oracle.md beside it."""
+def scored_models(out: str, add: bool) -> Dict[int, str]:
+    """{model seed: model path} already in oracle.csv at out ({} when there is none). An existing file is a
+    measurement: refused unless add, and refused if its columns are not this version's."""
+    if not os.path.exists(out):
+        return {}
+    if not add:
+        raise ValueError(f"out: {out!r} exists; move it aside, choose another --out, or --add models not scored "
+                         f"there yet (nothing was changed)")
+    with open(out, newline="") as f:
+        header = next(csv.reader(f), [])
+    if header != COLUMNS:
+        raise ValueError(f"out: {out!r} has other columns than this version writes; --add to a new file instead")
+    return {r["model_seed"]: r["model"] for r in read_rows(out)}
+
+
+def write(rows: List[dict], out: str, add: bool = False) -> str:
+    """oracle.csv at out (refused if it exists: it is a measurement; with add, the rows are appended to it),
+    then oracle.md beside it."""
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out, "x", newline="") as f:
+    fresh = not (add and os.path.exists(out))
+    with open(out, "x" if fresh else "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
+        if fresh:
+            writer.writeheader()
         writer.writerows(rows)
     return write_markdown(out)
 
