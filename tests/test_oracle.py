@@ -183,7 +183,9 @@ def test_the_oracle_command_on_a_tiny_corpus_matches_a_brute_force_sum(tmp_path,
     assert "exists" in capsys.readouterr().err  # a measured oracle.csv is never overwritten
 
 
-def test_add_scores_new_seeds_into_an_existing_oracle_csv_and_never_changes_its_rows(tmp_path, capsys):
+def test_add_appends_only_rows_not_scored_yet_and_never_changes_the_rows_there(tmp_path, capsys):
+    import shutil
+
     from vqbench import oracle, train
 
     data = tiny_corpus(tmp_path / "corpus")
@@ -194,20 +196,23 @@ def test_add_scores_new_seeds_into_an_existing_oracle_csv_and_never_changes_its_
                                       "--bptt", "10", "--batch-size", "4", "--steps", "20", "--seed", str(seed),
                                       "--optimizer", "adam", "--lr", "0.01", "--threads", "1", "--out", str(runs[seed])]))
     csv_path = tmp_path / "oracle.csv"
-    common = ["--data", data, "--K", "4", "--out", str(csv_path)]
-    assert oracle.main(["--model", str(runs[0] / "checkpoint.pt"), *common]) == 0
+    common = ["--data", data, "--out", str(csv_path)]
+    assert oracle.main(["--model", str(runs[0] / "checkpoint.pt"), "--K", "4", *common]) == 0
     first = csv_path.read_text()
-    # the same model again, or another file of the same seed: refused before any scoring, file untouched
-    import shutil
     shutil.copy(runs[0] / "checkpoint.pt", tmp_path / "copy-of-seed-0.pt")
-    for model, match in ((runs[0] / "checkpoint.pt", "already scored"), (tmp_path / "copy-of-seed-0.pt", "has seed 0")):
+    # every row asked is there already, or another file of a seed scored there: refused, file untouched
+    for model, match in ((runs[0] / "checkpoint.pt", "every asked mapping and K scored"),
+                         (tmp_path / "copy-of-seed-0.pt", "has seed 0")):
         capsys.readouterr()  # the corpus loader's progress lines of the runs above
-        assert oracle.main(["--model", str(model), "--add", *common]) == 2
+        assert oracle.main(["--model", str(model), "--K", "4", "--add", *common]) == 2
         err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
         assert len(err) == 1 and match in err[0]
         assert csv_path.read_text() == first
-    assert oracle.main(["--model", str(runs[1] / "checkpoint.pt"), "--add", *common]) == 0
-    text = csv_path.read_text()
-    assert text.startswith(first) and len(text.splitlines()) == 2 * len(first.splitlines()) - 1
-    assert {r["model_seed"] for r in oracle.read_rows(str(csv_path))} == {0, 1}
+    # a new seed, and a new K for a seed already there: only the missing rows are scored and appended
+    assert oracle.main(["--model", str(runs[1] / "checkpoint.pt"), "--K", "4", "--add", *common]) == 0
+    assert oracle.main(["--model", str(runs[0] / "checkpoint.pt"), "--K", "4", "8", "--add", *common]) == 0
+    assert csv_path.read_text().startswith(first)
+    keys = [(r["model_seed"], r["mapping"], r["K"]) for r in oracle.read_rows(str(csv_path))]
+    assert len(keys) == len(set(keys)) == 3 * len(oracle.MAPPINGS)
+    assert {(seed, k) for seed, _, k in keys} == {(0, 4), (1, 4), (0, 8)}
     assert "| frequency  | 4   | 2 " in (tmp_path / "oracle.md").read_text()  # the bound now averages two models

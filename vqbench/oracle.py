@@ -20,7 +20,7 @@ test), the best fixed map found. A code that holds one token gives it an exact r
 share of test targets they cover) says how far a map already is the "exact rows for the frequent tokens,
 VQ for the tail" design. Writes oracle.csv (refused if it exists: one measurement per file) and renders
 oracle.md beside it, with the measured VQ runs of quality.csv next to their bound; ``--add`` appends the
-rows of softmax seeds not scored there yet, leaving the rows there as they are.
+rows (softmax seed, mapping, K) not scored there yet, leaving the rows there as they are.
 """
 
 from __future__ import annotations
@@ -150,8 +150,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join("results", "quality", "oracle.csv"),
                    help="CSV to write (refused if it exists, unless --add); oracle.md is rendered beside it")
     p.add_argument("--add", action="store_true",
-                   help="add the rows of models not scored in --out yet to it (a model or seed already there is "
-                        "refused; the rows there are never changed): score each softmax seed as it finishes")
+                   help="append to --out the rows (model seed, mapping, K) not scored there yet, never changing "
+                        "the rows there: score each softmax seed as it finishes, or add a search later")
     p.add_argument("--chunk", type=int, default=1024, help="test positions per chunk (default 1024)")
     p.add_argument("--threads", type=int, help="torch threads")
     args = p.parse_args(argv)
@@ -171,36 +171,43 @@ def main(argv=None) -> int:
 def run(args) -> List[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    scored = scored_models(args.out, args.add)
-    for model in args.model:
-        if model in scored.values():
-            raise ValueError(f"model: {model!r} is already scored in {args.out!r} (nothing was changed)")
+    scored = scored_rows(args.out, args.add)
     corpus = load_corpus(args.data)
-    for model in args.model:  # every seed checked before hours of scoring, not after
-        seed = load_softmax_model(model, corpus)[2]["seed"]
-        if seed in scored:
-            raise ValueError(f"model: {model!r} has seed {seed}, already scored in {args.out!r} from "
-                             f"{scored[seed]!r} (ratios pair by seed; nothing was changed)")
-        scored[seed] = model
     if any(k > corpus.vocab_size for k in args.K + args.search):
         raise ValueError(f"K, search: must be <= the vocabulary size {corpus.vocab_size}")
     learned = [learned_mapping(path, corpus) for path in args.learned]
     if len({k for k, _ in learned}) < len(learned):
         raise ValueError("learned: two learned maps with the same K; score one per K per call")
+    asked = ([(name, k) for k in args.K for name in MAPPINGS] + [("learned", k) for k, _ in learned]
+             + [("searched", k) for k in args.search])
+    todo = {}  # model -> the (mapping, K) it still needs: checked for every model before hours of scoring
+    for model in args.model:
+        seed = load_softmax_model(model, corpus)[2]["seed"]
+        there = scored.get(seed)
+        if there and there[0] != model:
+            raise ValueError(f"model: {model!r} has seed {seed}, scored in {args.out!r} from {there[0]!r} "
+                             f"(ratios pair by seed; nothing was changed)")
+        todo[model] = [key for key in asked if not there or key not in there[1]]
+        if not todo[model]:
+            raise ValueError(f"model: {model!r} has every asked mapping and K scored in {args.out!r} already "
+                             f"(nothing was changed)")
+        scored[seed] = (model, set(asked) | (there[1] if there else set()))
     rows = []
     for model in args.model:
         body, head, cfg = load_softmax_model(model, corpus)
         mappings = {}
-        for k in args.K:
-            for name in MAPPINGS:
+        for name, k in todo[model]:
+            if name in MAPPINGS:
                 mappings[(name, k)] = build_mapping(name, corpus.vocab_size, k, corpus.counts.double(), seed=0,
                                                     embeddings=head.weight.detach())[0]
         for k, codes in learned:
-            mappings[("learned", k)] = codes
+            if ("learned", k) in todo[model]:
+                mappings[("learned", k)] = codes
         notes = {}
-        if args.search:
+        search = [k for name, k in todo[model] if name == "searched"]
+        if search:
             valid = hidden_states(body, corpus.ids["validation"], cfg["bptt"])
-            for k in args.search:
+            for k in search:
                 start = build_mapping("frequency", corpus.vocab_size, k, corpus.counts.double())[0]
                 found, history = search_mapping(
                     lambda: chunks_of(head, *valid, args.chunk, part=0), start, k, sweeps=args.sweeps,
@@ -231,19 +238,22 @@ def chunks_of(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int, par
                 yield head.log_probs(hidden[i:i + chunk]), targets[i:i + chunk]
 
 
-def scored_models(out: str, add: bool) -> Dict[int, str]:
-    """{model seed: model path} already in oracle.csv at out ({} when there is none). An existing file is a
-    measurement: refused unless add, and refused if its columns are not this version's."""
+def scored_rows(out: str, add: bool) -> Dict[int, Tuple[str, set]]:
+    """{model seed: (model path, {(mapping, K)})} already in oracle.csv at out ({} when there is none). An
+    existing file is a measurement: refused unless add, and refused if its columns are not this version's."""
     if not os.path.exists(out):
         return {}
     if not add:
-        raise ValueError(f"out: {out!r} exists; move it aside, choose another --out, or --add models not scored "
+        raise ValueError(f"out: {out!r} exists; move it aside, choose another --out, or --add rows not scored "
                          f"there yet (nothing was changed)")
     with open(out, newline="") as f:
         header = next(csv.reader(f), [])
     if header != COLUMNS:
         raise ValueError(f"out: {out!r} has other columns than this version writes; --add to a new file instead")
-    return {r["model_seed"]: r["model"] for r in read_rows(out)}
+    scored: Dict[int, Tuple[str, set]] = {}
+    for r in read_rows(out):
+        scored.setdefault(r["model_seed"], (r["model"], set()))[1].add((r["mapping"], r["K"]))
+    return scored
 
 
 def write(rows: List[dict], out: str, add: bool = False) -> str:
