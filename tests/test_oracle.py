@@ -216,3 +216,30 @@ def test_add_appends_only_rows_not_scored_yet_and_never_changes_the_rows_there(t
     assert len(keys) == len(set(keys)) == 3 * len(oracle.MAPPINGS)
     assert {(seed, k) for seed, _, k in keys} == {(0, 4), (1, 4), (0, 8)}
     assert "| frequency  | 4   | 2 " in (tmp_path / "oracle.md").read_text()  # the bound now averages two models
+
+
+def test_the_report_states_the_bound_from_oracle_csv_next_to_the_measured_gaps(tmp_path):
+    from vqbench import quality
+    from vqbench.report import build_report
+    from test_quality import PLAN, fake_summary
+    import json
+
+    results = tmp_path / "quality"
+    runs_dir = str(results / "runs")
+    for seed, (soft, vq) in enumerate([(100.0, 150.0), (101.0, 160.0)]):
+        fake_summary(runs_dir, f"joint-softmax-s{seed}", valid=soft, test=soft, seed=seed)
+        fake_summary(runs_dir, f"joint-vq-K1024-s{seed}", valid=vq, test=vq, seed=seed, config={})
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps({**PLAN, "best_seeds": {"seeds": [], "groups": []}}))
+    results.mkdir(exist_ok=True)
+    quality.write_tables(quality.Plan(str(plan_path)), runs_dir, str(results), "plan.json")
+    assert "The oracle bound" not in build_report(str(tmp_path))  # no oracle.csv, no section
+    oracle_csv(results / "oracle.csv", [(0, "frequency", 1024, 1.2, 1.25), (1, "frequency", 1024, 1.25, 1.3),
+                                        (0, "learned", 1536, 1.15, 1.1), (0, "frequency", 4096, 1.05, 1.05)])
+    report = build_report(str(tmp_path))
+    section = report.split("### The oracle bound")[1]
+    assert "the paper's form (frequency map, K=1024) at best x1.225 (2 softmax models)" in section
+    # K=4096 is not a >= 95% cut at d=200, so the lowest bound among the small codebooks is the learned map's
+    assert "with 1/n inside a code: x1.150 (learned map, K=1536, 1 softmax model)" in section
+    assert "with unigram shares: x1.100 (learned map, K=1536" in section
+    assert "| vq-K1024 " in section and "1.225 ± 0.035" in section

@@ -333,6 +333,45 @@ def gap_split(oracle_rows: List[dict], variants: List[dict]) -> List[list]:
     return body
 
 
+def gap_markdown(rows: List[dict], variants: List[dict]) -> str:
+    """The table of each measured VQ variant against the bound of its mapping and K (``gap_split``), or a
+    sentence saying that there is none yet."""
+    split = gap_split(rows, variants)
+    if not split:
+        return "No finished VQ run in quality.csv has a mapping and K scored here yet."
+    return tabulate(split, headers=[
+        "VQ variant", "mapping", "K", "inside a code", "seeds (paired)", "measured test ppl / softmax",
+        "oracle / softmax (the mapping's factor)", "measured / oracle (the codebook's factor)",
+        "mapping's share of the gap (log scale)"], tablefmt="github", disable_numparse=True)
+
+
+def bound_summary(rows: List[dict], max_K: int) -> str:
+    """One sentence from oracle.csv: the bound of the paper's form (frequency map, K=1024) and the lowest
+    bound of any mapping at K <= max_K (the codebooks with >= 95% fewer output parameters), each as the mean
+    oracle / softmax ratio over the softmax models scored, 1/n inside a code and with unigram shares."""
+    def mean_of(group, key):
+        return statistics.fmean(r[key] for r in group)
+
+    def models(group):
+        return f"{len(group)} softmax model" + ("s" if len(group) > 1 else "")
+
+    groups: Dict[Tuple[str, int], List[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["mapping"], r["K"]), []).append(r)
+    said = []
+    paper = groups.get(("frequency", 1024))
+    if paper:
+        said.append(f"the paper's form (frequency map, K=1024) at best x{mean_of(paper, 'oracle_ratio'):.3f} "
+                    f"({models(paper)})")
+    small = {key: g for key, g in groups.items() if key[1] <= max_K}
+    if small:
+        for column, inside in (("oracle_ratio", "1/n inside a code"), ("oracle_unigram_ratio", "unigram shares")):
+            (mapping, k), group = min(small.items(), key=lambda item: mean_of(item[1], column))
+            said.append(f"the lowest bound at K <= {max_K} with {inside}: x{mean_of(group, column):.3f} "
+                        f"({mapping} map, K={k}, {models(group)})")
+    return "; ".join(said)
+
+
 def write_markdown(oracle_csv: str, quality_csv: str = None) -> str:
     """oracle.md beside oracle_csv, rendered from it and from quality_csv (default: quality.csv beside it,
     when there): a view of the two files, rewritten whenever either changes (`python -m vqbench.quality
@@ -353,12 +392,7 @@ def write_markdown(oracle_csv: str, quality_csv: str = None) -> str:
                       for r in rows if r.get("note"))
     if notes:
         bound += "\n\n" + notes
-    split = gap_split(rows, variants)
-    split_text = (tabulate(split, headers=[
-        "VQ variant", "mapping", "K", "inside a code", "seeds (paired)", "measured test ppl / softmax",
-        "oracle / softmax (the mapping's factor)", "measured / oracle (the codebook's factor)",
-        "mapping's share of the gap (log scale)"], tablefmt="github", disable_numparse=True)
-        if split else "No finished VQ run in quality.csv has a mapping and K scored here yet.")
+    split_text = gap_markdown(rows, variants)
     text = ORACLE_MD.format(
         cpus=", ".join(sorted({r["cpu_model"] for r in rows})), commits=", ".join(sorted({r["git_commit"] for r in rows})),
         models="; ".join(f"seed {seed}: test ppl {ppl:.1f} ({path})" for (seed, path), ppl in sorted(models.items())),
