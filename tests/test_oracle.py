@@ -74,23 +74,30 @@ def oracle_csv(path, rows):
                              "git_commit": "abc"})
 
 
-def test_the_table_splits_each_measured_vq_gap_into_mapping_and_codebook_by_seed(tmp_path):
-    """quality table renders oracle.md: per seed s, codebook factor = (VQ_s / softmax_s) / (oracle_s / softmax_s)."""
+def softmax_and_paper_runs(results):
+    """Finished fake runs of softmax (test 100, 101) and vq-K1024 (150, 160) for seeds 0 and 1 under
+    results/runs, and a plan without best seeds beside results: (runs_dir, plan_path)."""
     import json
 
-    from vqbench import quality
     from test_quality import PLAN, fake_summary
-
-    results = tmp_path / "results"
     runs_dir = str(results / "runs")
     for seed, (soft, vq) in enumerate([(100.0, 150.0), (101.0, 160.0)]):
         fake_summary(runs_dir, f"joint-softmax-s{seed}", valid=soft, test=soft, seed=seed)
         fake_summary(runs_dir, f"joint-vq-K1024-s{seed}", valid=vq, test=vq, seed=seed, config={})
+    plan_path = results.parent / "plan.json"
+    plan_path.write_text(json.dumps({**PLAN, "best_seeds": {"seeds": [], "groups": []}}))
+    return runs_dir, plan_path
+
+
+def test_the_table_splits_each_measured_vq_gap_into_mapping_and_codebook_by_seed(tmp_path):
+    """quality table renders oracle.md: per seed s, codebook factor = (VQ_s / softmax_s) / (oracle_s / softmax_s)."""
+    from vqbench import quality
+    from test_quality import fake_summary
+
+    results = tmp_path / "results"
+    runs_dir, plan_path = softmax_and_paper_runs(results)
     fake_summary(runs_dir, "joint-vq-bias-s0", valid=140.0, test=140.0, config={})
     fake_summary(runs_dir, "joint-vq-learned-s0", valid=130.0, test=130.0, config={"reassign_every": 500})
-    plan_path = tmp_path / "plan.json"
-    plan_path.write_text(json.dumps({**PLAN, "best_seeds": {"seeds": [], "groups": []}}))
-    results.mkdir(exist_ok=True)
     oracle_csv(results / "oracle.csv", [(0, "frequency", 1024, 1.2, 1.25), (1, "frequency", 1024, 1.25, 1.3),
                                         (0, "random", 1024, 9.0, 9.0), (1, "random", 1024, 11.0, 11.0),
                                         (0, "learned", 1024, 1.1, 1.1)])
@@ -221,17 +228,9 @@ def test_add_appends_only_rows_not_scored_yet_and_never_changes_the_rows_there(t
 def test_the_report_states_the_bound_from_oracle_csv_next_to_the_measured_gaps(tmp_path):
     from vqbench import quality
     from vqbench.report import build_report
-    from test_quality import PLAN, fake_summary
-    import json
 
     results = tmp_path / "quality"
-    runs_dir = str(results / "runs")
-    for seed, (soft, vq) in enumerate([(100.0, 150.0), (101.0, 160.0)]):
-        fake_summary(runs_dir, f"joint-softmax-s{seed}", valid=soft, test=soft, seed=seed)
-        fake_summary(runs_dir, f"joint-vq-K1024-s{seed}", valid=vq, test=vq, seed=seed, config={})
-    plan_path = tmp_path / "plan.json"
-    plan_path.write_text(json.dumps({**PLAN, "best_seeds": {"seeds": [], "groups": []}}))
-    results.mkdir(exist_ok=True)
+    runs_dir, plan_path = softmax_and_paper_runs(results)
     quality.write_tables(quality.Plan(str(plan_path)), runs_dir, str(results), "plan.json")
     assert "The oracle bound" not in build_report(str(tmp_path))  # no oracle.csv, no section
     oracle_csv(results / "oracle.csv", [(0, "frequency", 1024, 1.2, 1.25), (1, "frequency", 1024, 1.25, 1.3),
