@@ -210,3 +210,17 @@ def test_the_markdown_table_names_each_vq_runs_mapping(plan, tmp_path):
     mapping = {cells[1]: cells[column] for cells in
                ([c.strip() for c in line.split("|")] for line in lines if line.startswith("| "))}
     assert mapping["vq-K1024"] == "frequency" and mapping["vq-learned"] == "learned" and mapping["softmax"] == ""
+
+
+def test_the_best_vq_claim_is_sought_among_variants_with_95_percent_fewer_parameters(plan, tmp_path):
+    from vqbench.report import build_report
+
+    runs_dir = str(tmp_path / "quality" / "runs")
+    fake_summary(runs_dir, "joint-softmax-s0", valid=240.0, test=200.0, params=8_000_000)
+    fake_summary(runs_dir, "joint-vq-K1024-s0", valid=300.0, test=260.0, params=262_144)
+    fake_summary(runs_dir, "joint-vq-learned-s0", valid=280.0, test=240.0, params=262_144)  # 96.7% fewer
+    fake_summary(runs_dir, "joint-vq-bias-s0", valid=230.0, test=220.0, params=1_000_000)  # better, 87.5% fewer
+    quality.write_tables(plan, runs_dir, str(tmp_path / "quality"), "plan.json")
+    claims = [line for line in build_report(str(tmp_path)).splitlines() if line.startswith("| perplexity")]
+    best = next(line for line in claims if "best VQ variant" in line)
+    assert "vq-learned" in best and "1.200" in best and "vq-bias" not in best

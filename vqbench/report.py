@@ -140,7 +140,8 @@ def claims_table(headline, sweep, quality, reference="softmax", paper="vq-K1024"
 
 
 def quality_claims(quality, reference="softmax", paper="vq-K1024"):
-    """Sentences for the perplexity claim: the paper's form of VQ-Logits and the best VQ variant, each as its
+    """Sentences for the perplexity claim: the paper's form of VQ-Logits and the best VQ variant with >= 95%
+    fewer output parameters (the paper's cut; the Pareto figure shows the rest), each as its
     test-perplexity ratio to the reference (paired by seed, mean ± std) with its output parameters."""
     variants = {v["name"]: v for v in aggregate(quality, reference)} if quality else {}
     soft = variants.get(reference)
@@ -157,11 +158,13 @@ def quality_claims(quality, reference="softmax", paper="vq-K1024"):
     out = []
     if paper in variants:
         out.append("VQ-Logits in the paper's form (K=1024, frequency mapping, no bias): " + said(variants[paper]))
-    vq = [v for v in variants.values() if v["head"].startswith("vq") and not math.isnan(v["ratio_mean"])]
+    # the paper's claim is +4% at >= 95% fewer output parameters, so the best variant is sought at that cut
+    vq = [v for v in variants.values() if v["head"].startswith("vq") and not math.isnan(v["ratio_mean"])
+          and v["fewer_params"] >= 0.95]
     if vq:
         best = min(vq, key=lambda v: v["ratio_mean"])
         if best["name"] != paper:
-            out.append("best VQ variant: " + said(best))
+            out.append("best VQ variant with >= 95% fewer output parameters: " + said(best))
     return out
 
 
