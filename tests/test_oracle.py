@@ -242,3 +242,15 @@ def test_the_report_states_the_bound_from_oracle_csv_next_to_the_measured_gaps(t
     assert "with 1/n inside a code: x1.150 (learned map, K=1536, 1 softmax model)" in section
     assert "with unigram shares: x1.100 (learned map, K=1536" in section
     assert "| vq-K1024 " in section and "1.225 ± 0.035" in section
+    # the verdict on the paper's +4%: the lowest bound at K <= 1663 of either column, and the measured
+    # paired factors (150/100 over 1.2 and 160/101 over 1.25: mean 1.259)
+    assert ("The paper's +4% (x1.040) lies below every bound at K <= 1663: the lowest, x1.100 (learned map, "
+            "K=1536, unigram shares inside a code), is 6% above it.") in section
+    assert "The one measured VQ variant lies above its bound: codebook factor x1.259." in section
+
+    (results / "oracle.csv").unlink()
+    oracle_csv(results / "oracle.csv", [(0, "frequency", 1024, 1.6, 1.6), (1, "learned", 1536, 1.2, 1.03)])
+    section = build_report(str(tmp_path)).split("### The oracle bound")[1]
+    assert ("The paper's +4% (x1.040) is not ruled out at K <= 1663: the learned map at K=1536 (unigram shares "
+            "inside a code) has a bound of x1.030.") in section
+    assert "The one measured VQ variant lies below its bound: codebook factor x0.938." in section

@@ -301,35 +301,41 @@ def bound_rows(rows: List[dict]) -> List[list]:
     return body
 
 
-def gap_split(oracle_rows: List[dict], variants: List[dict]) -> List[list]:
-    """Table rows per measured VQ variant (quality.aggregate rows with a mapping): its measured ratio to
-    softmax, the oracle ratio of its mapping and K (the mapping's factor; with the unigram-share bound when
-    the head has a per-token bias), and measured / oracle (the codebook's factor), all over the seeds s that
-    have both a VQ run and an oracle row: the VQ run of seed s against the oracle of the softmax model of
-    seed s, the model its own ratio divides by."""
+def paired_gaps(oracle_rows: List[dict], variants: List[dict]) -> List[dict]:
+    """Per measured VQ variant (quality.aggregate rows with a mapping) with a bound of its mapping and K:
+    name, mapping, K, biased (a per-token bias: the unigram-share bound applies), seeds (those with both a VQ
+    run and an oracle row), measured (VQ test ppl / softmax test ppl of seed s) and bound (the oracle ratio
+    from the softmax model of seed s, the model its own ratio divides by), both lists in seed order."""
     from vqbench.registry import coerce_option, head_class, parse_spec
-    body = []
+    paired = []
     for v in variants:
-        if not v.get("mapping"):
+        if not v.get("mapping") or math.isnan(v["ratio_mean"]):
             continue
         options = parse_spec(v["head"])[1]
         K = coerce_option(head_class("vq"), "K", options["K"])
         biased = coerce_option(head_class("vq"), "bias", options.get("bias", "0"))
         column = "oracle_unigram_ratio" if biased else "oracle_ratio"
         oracle = {r["model_seed"]: r[column] for r in oracle_rows if (r["mapping"], r["K"]) == (v["mapping"], K)}
-        if not oracle or math.isnan(v["ratio_mean"]):
-            continue
         seeds = sorted(set(v["seed_ratios"]) & set(oracle))
-        if not seeds:
-            continue
-        measured = [v["seed_ratios"][seed] for seed in seeds]
-        bound = [oracle[seed] for seed in seeds]
-        measured_mean, bound_mean = statistics.fmean(measured), statistics.fmean(bound)
+        if seeds:
+            paired.append({"name": v["name"], "mapping": v["mapping"], "K": K, "biased": bool(biased),
+                           "seeds": seeds, "measured": [v["seed_ratios"][s] for s in seeds],
+                           "bound": [oracle[s] for s in seeds]})
+    return paired
+
+
+def gap_split(oracle_rows: List[dict], variants: List[dict]) -> List[list]:
+    """Table rows of ``paired_gaps``: the measured ratio to softmax, the oracle ratio of the variant's
+    mapping and K (the mapping's factor) and measured / oracle (the codebook's factor), each as mean ± std
+    over the paired seeds, and the mapping's share of the gap on a log scale."""
+    body = []
+    for g in paired_gaps(oracle_rows, variants):
+        measured_mean, bound_mean = statistics.fmean(g["measured"]), statistics.fmean(g["bound"])
         share = (f"{100 * math.log(bound_mean) / math.log(measured_mean):.0f}%"
                  if measured_mean > 1 and bound_mean >= 1 else "")
-        body.append([v["name"], v["mapping"], K, "unigram share (per-token bias)" if biased else "1/n",
-                     ", ".join(map(str, seeds)), _mean_std(measured, 3), _mean_std(bound, 3),
-                     _mean_std([m / b for m, b in zip(measured, bound)], 3), share])
+        body.append([g["name"], g["mapping"], g["K"], "unigram share (per-token bias)" if g["biased"] else "1/n",
+                     ", ".join(map(str, g["seeds"])), _mean_std(g["measured"], 3), _mean_std(g["bound"], 3),
+                     _mean_std([m / b for m, b in zip(g["measured"], g["bound"])], 3), share])
     return body
 
 
@@ -370,6 +376,43 @@ def bound_summary(rows: List[dict], max_K: int) -> str:
             said.append(f"the lowest bound at K <= {max_K} with {inside}: x{mean_of(group, column):.3f} "
                         f"({mapping} map, K={k}, {models(group)})")
     return "; ".join(said)
+
+
+def target_verdict(rows: List[dict], variants: List[dict], max_K: int, target: float = 1.04) -> str:
+    """Sentences from oracle.csv and the measured VQ variants on the paper's target (test ppl <= target x
+    softmax at K <= max_K): whether the lowest bound of any mapping scored there, 1/n or unigram shares
+    inside a code, leaves room for it, and whether the measured runs lie above their bounds (their
+    codebook factor, measured / oracle, per variant over its paired seeds)."""
+    groups: Dict[Tuple[str, int], List[dict]] = {}
+    for r in rows:
+        if r["K"] <= max_K:
+            groups.setdefault((r["mapping"], r["K"]), []).append(r)
+    if not groups:
+        return ""
+    lowest, where = min((statistics.fmean(r[column] for r in group), (mapping, k, inside))
+                        for (mapping, k), group in groups.items()
+                        for column, inside in (("oracle_ratio", "1/n"), ("oracle_unigram_ratio", "unigram shares")))
+    mapping, k, inside = where
+    goal = f"The paper's +{100 * (target - 1):.0f}% (x{target:.3f})"
+    if lowest > target:
+        said = [f"{goal} lies below every bound at K <= {max_K}: the lowest, x{lowest:.3f} ({mapping} map, "
+                f"K={k}, {inside} inside a code), is {100 * (lowest / target - 1):.0f}% above it. So no VQ head "
+                f"with one of these mappings and >= 95% fewer output parameters reaches it at this vocabulary "
+                f"unless its code probabilities beat the converged softmax model's own."]
+    else:
+        said = [f"{goal} is not ruled out at K <= {max_K}: the {mapping} map at K={k} ({inside} inside a "
+                f"code) has a bound of x{lowest:.3f}."]
+    factors = [statistics.fmean(m / b for m, b in zip(g["measured"], g["bound"]))
+               for g in paired_gaps(rows, variants)]
+    if len(factors) == 1:
+        side = "above" if factors[0] >= 1 else "below"
+        said.append(f"The one measured VQ variant lies {side} its bound: codebook factor x{factors[0]:.3f}.")
+    elif factors:
+        below = sum(f < 1 for f in factors)
+        where = "every one lies above its bound" if not below else f"{below} lie below their bound"
+        said.append(f"Of the {len(factors)} measured VQ variants (any K), {where}: codebook factor "
+                    f"x{min(factors):.3f} to x{max(factors):.3f}.")
+    return " ".join(said)
 
 
 def write_markdown(oracle_csv: str, quality_csv: str = None) -> str:

@@ -171,8 +171,9 @@ def quality_claims(quality, reference="softmax", paper="vq-K1024"):
 def oracle_section(oracle_csv, quality, reference="softmax"):
     """REPORT lines on the oracle bound: what a VQ head could reach from a trained softmax model's own code
     probabilities, and each measured VQ gap split into the mapping's and the codebook's factor."""
-    from vqbench.oracle import bound_summary, gap_markdown, read_rows as read_oracle
+    from vqbench.oracle import bound_summary, gap_markdown, read_rows as read_oracle, target_verdict
     rows = read_oracle(oracle_csv)
+    variants = aggregate(quality, reference)
     max_K = 1663  # 0.05 * V at WikiText-2's V = 33,278: the paper's ">= 95% fewer" for a K x d codebook
     return ["### The oracle bound", "",
             "From `results/quality/oracle.csv` (`python -m vqbench.oracle`; every mapping and K in "
@@ -180,7 +181,8 @@ def oracle_section(oracle_csv, quality, reference="softmax"):
             "code probabilities were exactly a trained softmax model's: what the mapping alone costs; what a "
             "measured VQ run pays above it is the codebook's. At d=200 a codebook of K <= 1663 has >= 95% fewer "
             "output parameters than softmax (V=33,278). Bound: " + bound_summary(rows, max_K) + ".", "",
-            gap_markdown(rows, aggregate(quality, reference)), ""]
+            target_verdict(rows, variants, max_K), "",
+            gap_markdown(rows, variants), ""]
 
 
 def environment(rows):
