@@ -351,6 +351,15 @@ def gap_markdown(rows: List[dict], variants: List[dict]) -> str:
         "mapping's share of the gap (log scale)"], tablefmt="github", disable_numparse=True)
 
 
+def grouped(rows: List[dict], max_K: int = None) -> Dict[Tuple[str, int], List[dict]]:
+    """oracle.csv rows by (mapping, K), one row per softmax model in each; only K <= max_K when given."""
+    groups: Dict[Tuple[str, int], List[dict]] = {}
+    for r in rows:
+        if max_K is None or r["K"] <= max_K:
+            groups.setdefault((r["mapping"], r["K"]), []).append(r)
+    return groups
+
+
 def bound_summary(rows: List[dict], max_K: int) -> str:
     """One sentence from oracle.csv: the bound of the paper's form (frequency map, K=1024) and the lowest
     bound of any mapping at K <= max_K (the codebooks with >= 95% fewer output parameters), each as the mean
@@ -361,15 +370,13 @@ def bound_summary(rows: List[dict], max_K: int) -> str:
     def models(group):
         return f"{len(group)} softmax model" + ("s" if len(group) > 1 else "")
 
-    groups: Dict[Tuple[str, int], List[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["mapping"], r["K"]), []).append(r)
+    groups = grouped(rows)
     said = []
     paper = groups.get(("frequency", 1024))
     if paper:
         said.append(f"the paper's form (frequency map, K=1024) at best x{mean_of(paper, 'oracle_ratio'):.3f} "
                     f"({models(paper)})")
-    small = {key: g for key, g in groups.items() if key[1] <= max_K}
+    small = grouped(rows, max_K)
     if small:
         for column, inside in (("oracle_ratio", "1/n inside a code"), ("oracle_unigram_ratio", "unigram shares")):
             (mapping, k), group = min(small.items(), key=lambda item: mean_of(item[1], column))
@@ -383,10 +390,7 @@ def target_verdict(rows: List[dict], variants: List[dict], max_K: int, target: f
     softmax at K <= max_K): whether the lowest bound of any mapping scored there, 1/n or unigram shares
     inside a code, leaves room for it, and whether the measured runs lie above their bounds (their
     codebook factor, measured / oracle, per variant over its paired seeds)."""
-    groups: Dict[Tuple[str, int], List[dict]] = {}
-    for r in rows:
-        if r["K"] <= max_K:
-            groups.setdefault((r["mapping"], r["K"]), []).append(r)
+    groups = grouped(rows, max_K)
     if not groups:
         return ""
     lowest, where = min((statistics.fmean(r[column] for r in group), (mapping, k, inside))

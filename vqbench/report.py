@@ -175,13 +175,14 @@ def oracle_section(oracle_csv, quality, reference="softmax"):
     rows = read_oracle(oracle_csv)
     variants = aggregate(quality, reference)
     max_K = 1663  # 0.05 * V at WikiText-2's V = 33,278: the paper's ">= 95% fewer" for a K x d codebook
+    verdict = target_verdict(rows, variants, max_K)
     return ["### The oracle bound", "",
             "From `results/quality/oracle.csv` (`python -m vqbench.oracle`; every mapping and K in "
             "`results/quality/oracle.md`): the test perplexity ratio to softmax that a VQ head would reach if its "
             "code probabilities were exactly a trained softmax model's: what the mapping alone costs; what a "
             "measured VQ run pays above it is the codebook's. At d=200 a codebook of K <= 1663 has >= 95% fewer "
             "output parameters than softmax (V=33,278). Bound: " + bound_summary(rows, max_K) + ".", "",
-            target_verdict(rows, variants, max_K), "",
+            *([verdict, ""] if verdict else []),
             gap_markdown(rows, variants), ""]
 
 
