@@ -124,6 +124,27 @@ def test_report_states_the_perplexity_claim_from_the_table(plan, tmp_path):
     assert "## Quality on WikiText-2" in report
 
 
+def test_report_names_the_planned_runs_without_a_row_until_they_finish(tmp_path):
+    from vqbench.report import build_report
+
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({**PLAN, "best_seeds": {}, "runs": PLAN["runs"][:1] + PLAN["runs"][3:4]}))
+    small = quality.Plan(str(path))
+    runs_dir = str(tmp_path / "quality" / "runs")
+    for seed in range(3):
+        fake_summary(runs_dir, f"joint-softmax-s{seed}", valid=120.0, test=110.0, seed=seed)
+    os.makedirs(os.path.join(runs_dir, "joint-lowrank-s0"))
+    with open(os.path.join(runs_dir, "joint-lowrank-s0", "log.jsonl"), "w") as f:
+        f.write(json.dumps({"step": 2984, "epoch": 1, "valid_ppl": 432.9}) + "\n")
+    quality.write_tables(small, runs_dir, str(tmp_path / "quality"), "plan.json")
+    line = next(l for l in build_report(str(tmp_path)).splitlines() if l.startswith(quality.UNFINISHED))
+    assert "joint-lowrank-s0 (step 2,984, validation ppl after each epoch: 432.9)" in line
+    fake_summary(runs_dir, "joint-lowrank-s0", valid=130.0, test=120.0)
+    quality.write_tables(small, runs_dir, str(tmp_path / "quality"), "plan.json")
+    report = build_report(str(tmp_path))
+    assert quality.UNFINISHED not in report and "| lowrank " in report
+
+
 def test_report_says_when_quality_is_not_measured(plan, tmp_path):
     from vqbench.report import build_report
     report = build_report(str(tmp_path))

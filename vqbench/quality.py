@@ -329,7 +329,7 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str) ->
     cpus = sorted({r["cpu_model"] for r in rows})
     text = QUALITY_MD.format(plan=plan_path, table=markdown_table(summary), commands=commands,
                              epochs=plan.epochs, cpus=", ".join(cpus), precision=", ".join(sorted({r["precision"] for r in rows})),
-                             unfinished=", ".join(unfinished) or "none")
+                             unfinished=", ".join(unfinished) or "none", unfinished_title=UNFINISHED)
     path = os.path.join(results_dir, "quality.md")
     with open(path, "w") as f:
         f.write(text)
@@ -339,6 +339,8 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str) ->
         write_markdown(oracle_csv)
     return path
 
+
+UNFINISHED = "Runs not finished yet"  # quality.md's sentence on the plan's unfinished runs (the report quotes it)
 
 QUALITY_MD = """# Quality: WikiText-2 perplexity with each output layer
 
@@ -356,7 +358,7 @@ quality.csv are indicative; head speed is measured by `python -m vqbench.compare
 
 {table}
 
-Runs not finished yet (from their logs so far): {unfinished}.
+{unfinished_title} (from their logs so far): {unfinished}.
 
 Commands (in queue order):
 

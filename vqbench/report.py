@@ -16,7 +16,7 @@ import sys
 from collections import Counter
 from typing import List
 
-from vqbench.quality import _pm, aggregate, markdown_table, typed_quality_row
+from vqbench.quality import UNFINISHED, _pm, aggregate, markdown_table, typed_quality_row
 from vqbench.results import read_rows, select_rows
 from vqbench.tables import build_tables, render
 
@@ -172,6 +172,18 @@ def quality_claims(quality, reference="softmax", paper="vq-K1024"):
     return out
 
 
+def unfinished_quality_runs(quality_md: str) -> list:
+    """quality.md's sentence on the planned runs without a finished result (so a reader of the report
+    knows which rows are missing and how far they are), as report lines; none when every run finished."""
+    if not os.path.exists(quality_md):
+        return []
+    with open(quality_md) as f:
+        line = next((l.strip() for l in f if l.startswith(UNFINISHED)), "")
+    if not line or line.endswith(": none."):
+        return []
+    return [f"{line.rstrip('.')}; each gets its row when it finishes (from `results/quality/quality.md`).", ""]
+
+
 def oracle_section(oracle_csv, quality, reference="softmax"):
     """REPORT lines on the oracle bound: what a VQ head could reach from a trained softmax model's own code
     probabilities, and each measured VQ gap split into the mapping's and the codebook's factor."""
@@ -252,6 +264,7 @@ def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-
                   "From `results/quality/quality.csv` (`python -m vqbench.quality table`; protocol, commands and "
                   "every run in `results/quality/quality.md`). Ratios pair runs of the same seed.", "",
                   markdown_table(aggregate(quality, reference)), "",
+                  *unfinished_quality_runs(os.path.join(results_dir, "quality", "quality.md")),
                   "![quality vs parameters](quality/pareto.png)", ""]
         oracle_csv = os.path.join(results_dir, "quality", "oracle.csv")
         if os.path.exists(oracle_csv):
