@@ -152,6 +152,21 @@ def test_a_killed_run_logs_each_step_once_after_resume(tmp_path):
         assert len(f.readlines()) >= 2  # step 12's records and the torn line, kept aside, not deleted
 
 
+def test_a_run_whose_checkpoint_was_lost_starts_over_with_its_old_log_set_aside(tmp_path):
+    out, store = str(tmp_path / "run"), str(tmp_path / "store")
+    train.train(train.parse_args(TINY + ["--steps", "10", "--out", out, "--checkpoint-dir", store]))
+    before = records(out)
+    os.remove(os.path.join(store, "checkpoint.pt"))  # as on a new machine: the run folder is all that is left
+    summary = train.train(train.parse_args(TINY + ["--steps", "10", "--out", out, "--checkpoint-dir", store,
+                                                    "--resume"]))
+    after = records(out)
+    assert [r["step"] for r in after if "invocation" in r] == [0]  # only the new start's invocation
+    assert [r["step"] for r in after if "loss" in r] == [5, 10]
+    assert [(i["from_step"], i["to_step"]) for i in summary["invocations"]] == [(0, 10)]
+    with open(os.path.join(out, "log.superseded.jsonl")) as f:
+        assert [json.loads(line) for line in f] == before  # the lost run's records, kept aside, not deleted
+
+
 def test_schedule_decays_on_plateau_and_stops_after_patience():
     cfg = train.TrainConfig(lr=20.0, lr_decay=4.0, plateau=0.01, patience=2)
     schedule = train.Schedule(cfg.lr)

@@ -359,7 +359,8 @@ class Run:
 
     def set_aside_log_after(self, step: int) -> None:
         """On resume: the records a killed process wrote after the checkpoint's step will be written
-        again; they move to log.superseded.jsonl so that log.jsonl holds each step once."""
+        again; they move to log.superseded.jsonl so that log.jsonl holds each step once (all of them,
+        invocations included, with step -1: a restart from nothing)."""
         if self.rank or not os.path.exists(self.log_path):
             return
         with open(self.log_path) as f:
@@ -408,9 +409,11 @@ class Trainer:
         self.reassigner = CodeReassigner(self.head, cfg.reassign_every) if cfg.reassign_every else None
         if cfg.resume and os.path.exists(self.run.checkpoint):
             self.restore(load_checkpoint(self.run.checkpoint, "resume"))
+            self.run.set_aside_log_after(self.step)
         else:
             seeded(cfg.seed, 2)  # the dropout stream, the same for every head
-        self.run.set_aside_log_after(self.step)
+            # --resume with no checkpoint (it was lost) starts over: nothing of an earlier log continues
+            self.run.set_aside_log_after(-1)
         self.invocation = {"argv": sys.argv[1:], "git_commit": git_commit(), "cpu_model": cpu_model(),
                            "torch_version": str(torch.__version__), "threads": torch.get_num_threads(),
                            "world_size": self.world, "epochs": cfg.epochs, "steps": cfg.steps,
