@@ -233,6 +233,23 @@ def test_the_markdown_table_names_each_vq_runs_mapping(plan, tmp_path):
     assert mapping["vq-K1024"] == "frequency" and mapping["vq-learned"] == "learned" and mapping["softmax"] == ""
 
 
+def test_a_run_that_changed_its_thread_count_on_a_resume_is_named_with_its_counts(plan, tmp_path):
+    # tokens/s of such a run mixes two speeds, so the table's text must not claim "one thread per run".
+    runs_dir = str(tmp_path / "runs")
+    one = [{"threads": 1, "from_step": 0, "to_step": 500}]
+    fake_summary(runs_dir, "joint-softmax-s0", valid=120, test=110, invocations=one)
+    fake_summary(runs_dir, "joint-adaptive-s0", valid=125, test=115,
+                 invocations=one + [{"threads": 1, "from_step": 500, "to_step": 900},
+                                    {"threads": 2, "from_step": 900, "to_step": 2000}])
+    quality.write_tables(plan, runs_dir, str(tmp_path / "results"), "plan.json")
+    with open(tmp_path / "results" / "quality.csv") as f:
+        threads = {r["run"]: r["threads"] for r in csv.DictReader(f)}
+    assert threads == {"joint-softmax-s0": "1", "joint-adaptive-s0": "1+2"}
+    text = (tmp_path / "results" / "quality.md").read_text()
+    assert "except joint-adaptive-s0 (1+2 threads, by invocation)" in text
+    assert "joint-softmax-s0 (" not in text
+
+
 def test_the_best_vq_claim_is_sought_among_variants_with_95_percent_fewer_parameters(plan, tmp_path):
     from vqbench.report import build_report
 

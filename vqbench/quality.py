@@ -37,7 +37,7 @@ DEFAULT_PLAN = os.path.join("configs", "quality.json")
 DEFAULT_RESULTS = os.path.join("results", "quality")
 CSV_COLUMNS = ["run", "name", "head", "mapping", "protocol", "seed", "group", "epochs", "best_epoch", "stop",
                "valid_ppl", "test_ppl", "last_epoch_gain", "output_params", "within_code_ppl_factor", "tokens_per_s",
-               "precision", "cpu_model", "git_commit", "varies"]
+               "threads", "precision", "cpu_model", "git_commit", "varies"]
 
 
 @dataclass(frozen=True)
@@ -210,9 +210,25 @@ def table_rows(plan: Plan, runs_dir: str) -> List[dict]:
                      "stop": s["stop"], "valid_ppl": s["valid_ppl"], "test_ppl": s["test_ppl"],
                      "last_epoch_gain": s["last_epoch_gain"], "output_params": s["output_params"],
                      "within_code_ppl_factor": s.get("within_code_ppl_factor", ""),
-                     "tokens_per_s": s["tokens_per_s"], "precision": s["precision"], "cpu_model": s["cpu_model"],
+                     "tokens_per_s": s["tokens_per_s"], "threads": run_threads(s), "precision": s["precision"], "cpu_model": s["cpu_model"],
                      "git_commit": s["git_commit"], "varies": run.varies})
     return rows
+
+
+def run_threads(summary: dict) -> str:
+    """The torch thread counts a run trained with, in the order its invocations used them ("1", "1+2");
+    tokens/s of a run that changed its thread count on a resume mixes both speeds."""
+    counts = [str(i["threads"]) for i in summary.get("invocations", []) if "threads" in i]
+    if not counts and "threads" in summary:
+        counts = [str(summary["threads"])]
+    return "+".join(dict.fromkeys(counts))
+
+
+def threads_sentence(rows: List[dict]) -> str:
+    """quality.md's line on how the runs shared the machine, naming every run that did not use one thread."""
+    others = [f"{r['run']} ({r['threads']} threads, by invocation)" for r in rows if r["threads"] not in ("1", "")]
+    text = "one thread per run, two runs side by side"
+    return text + (f", except {', '.join(others)}" if others else "")
 
 
 def vq_mapping(head: str, config: dict) -> str:
@@ -329,7 +345,8 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str) ->
     cpus = sorted({r["cpu_model"] for r in rows})
     text = QUALITY_MD.format(plan=plan_path, table=markdown_table(summary), commands=commands,
                              epochs=plan.epochs, cpus=", ".join(cpus), precision=", ".join(sorted({r["precision"] for r in rows})),
-                             unfinished=", ".join(unfinished) or "none", unfinished_title=UNFINISHED)
+                             unfinished=", ".join(unfinished) or "none", unfinished_title=UNFINISHED,
+                             threads=threads_sentence(rows))
     path = os.path.join(results_dir, "quality.md")
     with open(path, "w") as f:
         f.write(text)
@@ -353,8 +370,8 @@ or {epochs} epochs, and the best-validation model evaluated on test with the hea
 `target_log_prob`. A seed sets the initialisation, the dropout stream and the data order, identically
 for every head; ratios to softmax pair runs of the same seed (mean ± std over seeds). "max last-epoch
 gain": the largest relative validation improvement of a run's last epoch (under 1% means converged).
-CPU: {cpus}; precision: {precision}; one thread per run, two runs side by side (tokens/s in
-quality.csv are indicative; head speed is measured by `python -m vqbench.compare`).
+CPU: {cpus}; precision: {precision}; {threads} (tokens/s in quality.csv are indicative;
+head speed is measured by `python -m vqbench.compare`; each run's summary.json lists its invocations).
 
 {table}
 
