@@ -210,8 +210,8 @@ def table_rows(plan: Plan, runs_dir: str) -> List[dict]:
                      "stop": s["stop"], "valid_ppl": s["valid_ppl"], "test_ppl": s["test_ppl"],
                      "last_epoch_gain": s["last_epoch_gain"], "output_params": s["output_params"],
                      "within_code_ppl_factor": s.get("within_code_ppl_factor", ""),
-                     "tokens_per_s": s["tokens_per_s"], "threads": run_threads(s), "precision": s["precision"], "cpu_model": s["cpu_model"],
-                     "git_commit": s["git_commit"], "varies": run.varies})
+                     "tokens_per_s": s["tokens_per_s"], "threads": run_threads(s), "precision": s["precision"],
+                     "cpu_model": s["cpu_model"], "git_commit": s["git_commit"], "varies": run.varies})
     return rows
 
 
