@@ -103,6 +103,11 @@ class AdaptiveSoftmax(OutputHead):
         """The head's weights: every draw may be a shortlist token, reading no cluster."""
         return self.d_model * (self.cutoffs[0] + len(self.cutoffs))
 
+    def least_predicted_parameters(self) -> int:
+        """The head's weights: torch's predict stops after the head when every row's best entry is a
+        shortlist token, reading no cluster."""
+        return self.least_sampled_parameters()
+
     def _ranks(self, target):
         return self.rank_of_token[target] if self.permuted else target
 

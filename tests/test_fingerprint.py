@@ -6,6 +6,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from vqbench import fingerprint, report
 from vqbench.results import ResultsFile, read_rows
@@ -20,8 +21,10 @@ def test_each_head_covers_its_own_modules_and_the_measuring_code():
     assert "vqbench/vq.py" in fingerprint.files_for("vq:K=8") and "vqbench/vq.py" not in huffman
     assert "baselines/chunked_cross_entropy.py" in fingerprint.files_for("softmax")
     for files in (huffman, classes):
-        assert {"vqbench/sweep.py", "vqbench/measure.py", "vqbench/ops.py", "vqbench/floors.py",
-                "vqbench/head.py"} <= files
+        assert {"vqbench/measure.py", "vqbench/op_calls.py", "vqbench/ceilings.py", "vqbench/head.py"} <= files
+        # code no timed call runs: naming, the op records and counts, floors, the schema, tables, the sweep loop
+        assert not files & {"vqbench/registry.py", "vqbench/ops.py", "vqbench/floors.py", "vqbench/results.py",
+                            "vqbench/tables.py", "vqbench/report.py", "vqbench/sweep.py"}
 
 
 @pytest.fixture
@@ -46,7 +49,7 @@ def test_a_changed_head_module_stales_that_heads_rows_only(results_dir, capsys, 
     for package in ("vqbench", "baselines"):
         shutil.copytree(os.path.join(fingerprint.ROOT, package), copy / package)
     with open(copy / "baselines" / "huffman_tree.py", "a") as f:
-        f.write("\n# a change\n")
+        f.write("\nCHANGED = 1\n")
     monkeypatch.setattr(fingerprint, "ROOT", str(copy))
     fingerprint._imports.cache_clear()
     try:
@@ -102,3 +105,138 @@ def test_a_report_not_rebuilt_from_the_results_is_stale(results_dir, capsys):
         f.write("a sentence no results file backs\n")
     assert report.main(["--results", str(results_dir), "--check"]) == 1
     assert "REPORT.md: not built from today's results" in capsys.readouterr().err
+
+
+def _copy_of_project(tmp_path, monkeypatch):
+    copy = tmp_path / "tree"
+    for package in ("vqbench", "baselines"):
+        shutil.copytree(os.path.join(fingerprint.ROOT, package), copy / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fingerprint, "ROOT", str(copy))
+    fingerprint._imports.cache_clear()
+    return copy
+
+
+def _edit(path, old, new):
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("module, addition", [
+    ("vqbench/registry.py", "\ndef a_new_function():\n    return DEFAULT_HEADS\n"),
+    ("vqbench/floors.py", "\ndef a_new_function():\n    return 1\n"),
+    ("vqbench/tables.py", "\ndef a_new_function():\n    return 1\n"),
+    ("vqbench/report.py", "\ndef a_new_function():\n    return 1\n"),
+    ("vqbench/results.py", "\ndef a_new_function():\n    return 1\n"),
+    ("vqbench/ops.py", "\ndef a_new_function():\n    return 1\n"),
+    ("vqbench/sweep.py", "\ndef a_new_function():\n    return 1\n"),
+])
+def test_a_refactor_of_code_no_timed_call_runs_stales_no_row(results_dir, monkeypatch, tmp_path, module, addition):
+    copy = _copy_of_project(tmp_path, monkeypatch)
+    with open(copy / module, "a") as f:
+        f.write(addition)
+    try:
+        assert report.main(["--results", str(results_dir), "--check"]) == 0
+    finally:
+        fingerprint._imports.cache_clear()
+
+
+def test_a_new_default_head_stales_no_row(results_dir, monkeypatch, tmp_path):
+    copy = _copy_of_project(tmp_path, monkeypatch)
+    _edit(copy / "vqbench" / "registry.py", '"lowrank", "vq")', '"lowrank", "vq", "lowrank:rank=8")')
+    try:
+        assert report.main(["--results", str(results_dir), "--check"]) == 0
+    finally:
+        fingerprint._imports.cache_clear()
+
+
+def test_docstrings_comments_imports_and_counts_are_not_code_that_ran(results_dir, monkeypatch, tmp_path):
+    """Rewording a docstring, moving an import or correcting a count leaves every row fresh."""
+    copy = _copy_of_project(tmp_path, monkeypatch)
+    vq = copy / "vqbench" / "vq.py"
+    text = vq.read_text()
+    first_def = text.index("\nclass ")
+    vq.write_text(text[:first_def] + "\n# a comment\nimport math as _unused_math\n" + text[first_def:])
+    _edit(copy / "vqbench" / "head.py", '"""The contract every output layer follows.', '"""The head contract.')
+    _edit(copy / "vqbench" / "head.py", "        return self.num_parameters()\n\n    def quality_metrics",
+          "        return 0 + self.num_parameters()\n\n    def quality_metrics")
+    try:
+        assert report.main(["--results", str(results_dir), "--check"]) == 0
+    finally:
+        fingerprint._imports.cache_clear()
+
+
+def test_a_change_to_the_vq_computation_stales_exactly_the_vq_rows(results_dir, monkeypatch, tmp_path, capsys):
+    copy = _copy_of_project(tmp_path, monkeypatch)
+    _edit(copy / "vqbench" / "vq.py", "def _loss(self, hidden, target):",
+          "def _loss(self, hidden, target):\n        hidden = hidden + 0")
+    try:
+        assert report.main(["--results", str(results_dir), "--check"]) == 1
+    finally:
+        fingerprint._imports.cache_clear()
+    err = capsys.readouterr().err
+    stale = [line for line in err.splitlines() if "measured by code other than" in line]
+    assert len(stale) == 1 and "vq:K=8 (" in stale[0] and "huffman" not in stale[0]
+
+
+def test_a_change_to_the_timing_code_stales_every_row(results_dir, monkeypatch, tmp_path, capsys):
+    copy = _copy_of_project(tmp_path, monkeypatch)
+    _edit(copy / "vqbench" / "measure.py", "    if warmup:\n", "    if warmup and True:\n")
+    try:
+        assert report.main(["--results", str(results_dir), "--check"]) == 1
+    finally:
+        fingerprint._imports.cache_clear()
+    err = capsys.readouterr().err
+    assert "vq:K=8 (" in err and "hierarchical:tree=huffman (" in err
+
+
+def test_a_stale_file_listed_as_waiting_passes_the_check_and_the_report_says_so(results_dir, monkeypatch,
+                                                                                   tmp_path, capsys):
+    import json
+    copy = _copy_of_project(tmp_path, monkeypatch)
+    _edit(copy / "vqbench" / "measure.py", "    if warmup:\n", "    if warmup and True:\n")
+    (results_dir / report.PENDING_FILE).write_text(json.dumps({"headline.csv": "the timing loop changed"}))
+    try:
+        assert report.main(["--results", str(results_dir), "--check"]) == 0
+        assert "waits for re-measurement (the timing loop changed)" in capsys.readouterr().err
+        assert "the timing loop changed" in report.build_report(str(results_dir))
+    finally:
+        monkeypatch.undo()
+        fingerprint._imports.cache_clear()
+    # listed but fresh: the caveat would be false
+    assert report.main(["--results", str(results_dir), "--check"]) == 1
+    assert "every row is fresh" in capsys.readouterr().err
+
+
+def test_every_project_file_a_timed_call_runs_is_in_its_fingerprint():
+    """Trace each op of each head at a small size: the project files whose code ran inside the timed callable
+    are all covered by the spec's fingerprint, and no counting method ran (they are left out of it)."""
+    import sys
+    from vqbench.measure import make_inputs
+    from vqbench.ops import ALL_OPS, make_op
+    from vqbench.registry import make_head
+    for spec in ("softmax", "softmax:chunk=16", "adaptive", "hierarchical", "hierarchical:tree=huffman",
+                 "lowrank", "vq:K=8", "vq:K=8,path=scatter"):
+        head = make_head(spec, 60, 8)
+        hidden, target = make_inputs(60, 8, 4, "cpu", torch.float32)
+        covered = {os.path.join(fingerprint.ROOT, f) for f in fingerprint.files_for(spec)}
+        for op in ALL_OPS:
+            try:
+                fn = make_op(head, op, hidden, target)
+            except NotImplementedError:
+                continue
+            ran = set()
+
+            def trace(frame, event, arg):
+                if event == "call":
+                    ran.add((os.path.abspath(frame.f_code.co_filename), frame.f_code.co_name))
+            sys.setprofile(trace)
+            try:
+                fn()
+            finally:
+                sys.setprofile(None)
+            packages = tuple(os.path.join(fingerprint.ROOT, p) + os.sep for p in fingerprint.PACKAGES)
+            project = {(f, name) for f, name in ran if f.startswith(packages)}
+            assert {f for f, _ in project} <= covered, (spec, op, {f for f, _ in project} - covered)
+            assert not {name for _, name in project} & fingerprint.COUNTING_METHODS, (spec, op)

@@ -1,4 +1,5 @@
-"""Floors: the least traffic and FLOPs of an op against the machine's measured ceilings."""
+"""Floors: the least traffic and FLOPs of an op (vqbench.ops) against the machine's measured ceilings
+(vqbench.ceilings), derived when tables are built (vqbench.floors)."""
 
 import math
 
@@ -6,8 +7,10 @@ import pytest
 import torch
 
 from vqbench import make_head
-from vqbench import floors
-from vqbench.floors import Ceilings, floor_seconds, least_traffic, measure_ceilings
+from vqbench import ceilings as ceilings_module
+from vqbench.ceilings import Ceilings, measure_ceilings
+from vqbench.floors import derive_floor_rows, floor_seconds, with_floors
+from vqbench.ops import least_traffic
 from vqbench.results import COLUMNS, ResultsFile, read_rows
 from vqbench.tables import build_tables, render
 
@@ -20,8 +23,6 @@ def test_least_traffic_counts_inputs_once_and_the_output_once():
     assert least_traffic(head, "predict", 32, 4)[1] == 8 * 32
     assert least_traffic(head, "loss", 32, 4) == (32 * 64 * 4 + params + 8 * 32, 4)
     assert least_traffic(head, "train", 32, 4)[1] == params + 32 * 64 * 4
-    vq = make_head("vq", 1000, 64, K=10)
-    assert least_traffic(vq, "logits", 32, 2)[0] == 32 * 64 * 2 + 10 * 64 * 2
     with pytest.raises(ValueError, match="op"):
         least_traffic(head, "sideways", 32, 4)
 
@@ -60,7 +61,7 @@ def test_floor_tables_divide_time_by_floor():
 
 
 def test_ceilings_are_measured_before_and_after_each_head_and_the_floor_takes_the_better(tmp_path, monkeypatch):
-    from vqbench import floors, sweep
+    from vqbench import sweep
     calls = []
     rates = iter([1, 2, 10, 10, 30, 40])  # softmax: 1 then 2 (drift 50%); vq: 10 then 10 (agree)
 
@@ -69,11 +70,11 @@ def test_ceilings_are_measured_before_and_after_each_head_and_the_floor_takes_th
         rate = float(next(rates)) * 1e9
         return Ceilings(rate, rate, rate)
 
-    monkeypatch.setattr(floors.CeilingMeter, "_measure", measure)
+    monkeypatch.setattr(ceilings_module.CeilingMeter, "_measure", measure)
     path = str(tmp_path / "rows.csv")
     grid = sweep.Grid(heads=["softmax", "vq:K=4", "vq:K=5"], vocab=[50], d_model=[8], tokens=[4], ops=("loss",))
     sweep.run_sweep(grid, ResultsFile(path), sweep.Budget(min_run_time=0.002), threads=1, progress=False)
-    floors_by_spec = {r["spec"]: r for r in read_rows(path) if r["metric"] == "floor"}
+    floors_by_spec = {r["spec"]: r for r in read_rows(path) if r["metric"] == "ceilings"}
     assert floors_by_spec["softmax"]["gemm_flop_s"] == "2e+09" and floors_by_spec["softmax"]["ceiling_drift"] == "0.500"
     assert floors_by_spec["vq:K=4"]["gemm_flop_s"] == "1e+10" and floors_by_spec["vq:K=4"]["ceiling_drift"] == "0.000"
     # vq:K=5 reuses the agreed rates as its "before" and measures only "after"
@@ -81,7 +82,7 @@ def test_ceilings_are_measured_before_and_after_each_head_and_the_floor_takes_th
 
 
 def test_working_sets_pick_buffer_sizes():
-    meter = floors.CeilingMeter(threads=1)
+    meter = ceilings_module.CeilingMeter(threads=1)
     assert meter.bucket(10) == 64 << 10
     assert meter.bucket(3 << 20) == 2 << 20
     assert meter.bucket(10 << 30) == 256 << 20
@@ -101,7 +102,7 @@ def test_no_op_beats_its_floor(tmp_path, monkeypatch):
     grid = sweep.Grid(heads=SPECS_FOR_FLOORS, vocab=[3000], d_model=[64], tokens=[64],
                       ops=("logits", "log_probs", "log_probs_into", "predict", "loss", "train", "decode"))
     sweep.run_sweep(grid, ResultsFile(path), sweep.Budget(min_run_time=0.01), threads=1, progress=False)
-    rows = read_rows(path)
+    rows = with_floors(read_rows(path))
     times = {(r["spec"], r["op"]): float(r["value"]) for r in rows if r["metric"] == "time"}
     floors_ = {(r["spec"], r["op"]): float(r["value"]) for r in rows if r["metric"] == "floor"}
     assert set(times) == set(floors_) and len(times) > 40
@@ -135,3 +136,54 @@ def test_floors_whose_ceilings_drifted_are_flagged():
     floor = next(t for t in build_tables(rows) if t.kind == "floor")
     assert floor.body == [["vq:K=8", "1.50x ‡"], ["vq:K=9", "1.50x"]]
     assert "before and after each head" in floor.caption and "more than 25%" in floor.caption
+
+
+def _unit_rows(**counts):
+    base = {c: "" for c in COLUMNS}
+    base.update(head="softmax", spec="softmax", op="loss", V="100", d="16", N="4", device="cpu", dtype="float32",
+                status="ok", threads="1")
+    rows = [{**base, "metric": "time", "unit": "s", "value": "3.0", "spread": "0"},
+            {**base, "metric": "ceilings", "unit": "FLOP/s", "value": "1e11", "gemm_flop_s": "1e11",
+             "copy_byte_s": "1e10", "fill_byte_s": "5e9", "ceiling_drift": "0.010"}]
+    return rows + [{**base, "metric": m, "value": str(v)} for m, v in counts.items()]
+
+
+def test_a_floor_is_derived_from_the_stored_counts_and_ceilings():
+    rows = _unit_rows(flops_analytic=1e11, flops_counted=0, bytes_read=1e10, bytes_written=5e9)
+    (floor,) = derive_floor_rows(rows)
+    assert float(floor["value"]) == pytest.approx(2.0) and floor["floor_source"] == "derived"
+    assert floor["ceiling_drift"] == "0.010" and floor["op"] == "loss"
+    # fewer counted FLOPs than the analytic worst case: the counted ones bound the call
+    (floor,) = derive_floor_rows(_unit_rows(flops_analytic=1e12, flops_counted=1e11, bytes_read=0, bytes_written=0))
+    assert float(floor["value"]) == pytest.approx(1.0)
+    table = next(t for t in build_tables(rows) if t.kind == "floor")
+    assert table.body == [["softmax", "1.50x"]]
+
+
+def test_an_older_file_keeps_its_stored_floor_until_its_counts_are_known():
+    rows = _unit_rows(flops_analytic=1e11)
+    rows[1] = {**rows[1], "metric": "floor", "unit": "s", "value": "1.5"}
+    (floor,) = derive_floor_rows(rows)
+    assert floor["floor_source"] == "stored" and floor["value"] == "1.5"
+    rows += [{**rows[0], "metric": "bytes_read", "value": "1e10"}, {**rows[0], "metric": "bytes_written",
+                                                                      "value": "5e9"}]
+    (floor,) = derive_floor_rows(rows)
+    assert floor["floor_source"] == "derived" and float(floor["value"]) == pytest.approx(2.0)
+
+
+def test_adaptive_predict_reads_only_the_head_which_torch_predict_may_stop_after():
+    head = make_head("adaptive", 5000, 32)
+    cutoff = head.cutoffs[0]
+    read, written = least_traffic(head, "predict", 8, 4)
+    assert read == 8 * 32 * 4 + 4 * 32 * (cutoff + len(head.cutoffs)) and written == 8 * 8
+    assert head.least_predicted_parameters() < head.num_parameters()
+    softmax = make_head("softmax", 5000, 32)
+    assert least_traffic(softmax, "predict", 8, 4)[0] == 8 * 32 * 4 + 4 * softmax.num_parameters()
+
+
+def test_a_v_wide_op_reads_the_heads_index_buffers_too():
+    vq = make_head("vq", 1000, 64, K=10)
+    buffers = sum(b.numel() * b.element_size() for b in vq.buffers())
+    assert buffers >= 1000 * 8  # the token -> code map, int64
+    assert least_traffic(vq, "logits", 32, 2)[0] == 32 * 64 * 2 + 10 * 64 * 2 + buffers
+    assert least_traffic(vq, "loss", 32, 2)[0] == 32 * 64 * 2 + 10 * 64 * 2 + 8 * 32

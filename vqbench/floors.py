@@ -1,176 +1,85 @@
-"""The machine's ceilings and each measured op's floor.
+"""Each timed row's floor, derived when tables, figures and the report are built (no torch).
 
-Ceilings (each the fastest of several calls):
-    gemm  FLOP/s of a square matrix product large enough to reach the peak rate;
-    copy  bytes/s of a tensor copy into an existing tensor, counting bytes read plus written;
-    fill  bytes/s of filling an existing tensor (bytes written).
-The bandwidths are measured on buffers sized to the op's working set (the bytes it must move, rounded
-down to a power of two): an op whose data fits in cache is held to the cache's rate, not DRAM's. A
-sweep measures them before a head's ops and again after them, and each floor uses the better of the
-two; how far they drifted is stored with the floor (rates on a shared machine move within minutes).
 Floor of an op (seconds): the larger of its matrix-product FLOPs (the analytic count, or the FLOPs
-torch.utils.flop_counter counted in the call when fewer) over the GEMM rate and its least memory
-traffic (see least_traffic) over the bandwidths. A row's "x over floor" is its median time over this
-floor: 1x would be perfect, and below 1x the floor would not be one.
+torch.utils.flop_counter counted in the call when fewer) over the GEMM rate and its least memory traffic
+(bytes read over the copy rate plus bytes written over the fill rate). A row's "x over floor" is its
+median time over this floor: 1x would be perfect, and below 1x the floor would not be one.
+
+A results row stores what was measured: the time, the counts of its op (vqbench.ops: ``flops_analytic``,
+``flops_counted``, ``bytes_read``, ``bytes_written``) and the machine's ceilings measured in that run (a
+``ceilings`` row, vqbench.ceilings). The floor is computed here from them, so a better floor model never
+stales a time. Files written before the counts were stored hold a ``floor`` row instead: its ceilings are
+used, and its stored value where the file has no byte counts (``floor_source`` says which).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
+from typing import Dict, Iterable, List
 
-import torch
-import torch.utils.benchmark as benchmark
-
-from vqbench.results import DECODE_OPS, V_WIDE_OPS
-
-
-@dataclass(frozen=True)
-class Ceilings:
-    gemm_flop_s: float
-    copy_byte_s: float
-    fill_byte_s: float
-
-    def as_row(self) -> dict:
-        return {"gemm_flop_s": f"{self.gemm_flop_s:.6g}", "copy_byte_s": f"{self.copy_byte_s:.6g}",
-                "fill_byte_s": f"{self.fill_byte_s:.6g}"}
+#: the metrics a floor is derived from; "floor" rows of older files carry their ceilings
+COUNT_METRICS = ("flops_analytic", "flops_counted", "bytes_read", "bytes_written")
+CEILING_COLUMNS = ("gemm_flop_s", "copy_byte_s", "fill_byte_s")
+_KEY = ("file", "spec", "op", "V", "d", "N", "device", "dtype", "cpu_allocator")
 
 
-def measure_ceilings(device: torch.device, dtype: torch.dtype, threads: int,
-                     gemm_size: int = None, buffer_bytes: int = None) -> Ceilings:
-    """GEMM rate and copy/fill bandwidth on ``device`` in ``dtype``.
-
-    A ceiling is the best the machine does, so each is the fastest of several timed calls
-    (torch.utils.benchmark, one call per sample): on a shared machine a median taken while a
-    neighbour is busy would lower the ceilings and flatter every floor ratio of the run.
-    """
-    cuda = device.type == "cuda"
-    gemm_size = gemm_size or GEMM_SIZE[device.type]
-    buffer_bytes = buffer_bytes or (2 << 30 if cuda else 512 << 20)  # far beyond any cache
-    return Ceilings(gemm_rate(device, dtype, threads, gemm_size), *bandwidths(device, dtype, threads, buffer_bytes))
-
-
-GEMM_SIZE = {"cpu": 2048, "cuda": 8192}  # large enough to reach the peak rate, small enough to be quick
-
-
-def gemm_rate(device, dtype, threads: int, size: int) -> float:
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    return 2 * size ** 3 / fastest_call(lambda: torch.mm(a, b), threads, samples=5)
-
-
-def bandwidths(device, dtype, threads: int, buffer_bytes: int):
-    """(copy, fill) bytes/s on a buffer of buffer_bytes."""
-    elements = max(1, buffer_bytes // torch.empty((), dtype=dtype).element_size())
-    src = torch.ones(elements, device=device, dtype=dtype)
-    dst = torch.empty_like(src)
-    dst.fill_(0)  # first touch outside the timing
-    samples = 8 if buffer_bytes >= 64 << 20 else 20
-    copy = fastest_call(lambda: dst.copy_(src), threads, samples=samples)
-    fill = fastest_call(lambda: dst.fill_(1), threads, samples=samples)
-    size = elements * src.element_size()
-    return 2 * size / copy, size / fill
-
-
-class CeilingMeter:
-    """Ceilings for one sweep: per (device, dtype) a GEMM rate and per working-set size a copy and a fill
-    bandwidth, measured before a head's ops (on first use) and again after them (``better``). A rate whose
-    two measurements agreed within AGREE is reused as the next head's "before" instead of measured again.
-
-    gemm_size and buffer_bytes fix the operand sizes (smoke tests: small and quick, floors meaningless).
-    """
-
-    AGREE = 0.25
-    MIN_BUFFER, MAX_BUFFER = 64 << 10, 256 << 20
-
-    def __init__(self, threads: int, gemm_size: int = None, buffer_bytes: int = None):
-        self.threads, self.gemm_size, self.fixed_buffer = threads, gemm_size, buffer_bytes
-        self.agreed = {}    # key -> Ceilings agreed by a before/after pair, reused as a "before"
-        self.device = self.dtype = None
-        self.before = {}
-
-    def begin(self, device, dtype) -> None:
-        """A new head: its "before" rates are measured (or reused) on first use."""
-        self.device, self.dtype, self.before = device, dtype, {}
-
-    def bucket(self, working_bytes: float) -> int:
-        if self.fixed_buffer:
-            return self.fixed_buffer
-        size = self.MIN_BUFFER
-        while size * 2 <= min(working_bytes, self.MAX_BUFFER):
-            size *= 2
-        return size
-
-    def rates(self, working_bytes: float) -> Ceilings:
-        """The "before" ceilings for an op that moves working_bytes."""
-        key = (str(self.device), self.dtype, self.bucket(working_bytes))
-        if key not in self.before:
-            self.before[key] = self.agreed.get(key) or self._measure(key[2])
-        return self.before[key]
-
-    def better(self, working_bytes: float):
-        """(the better of the before and after ceilings, their largest relative drift) for an op of this head;
-        measures "after" once per working-set size and head."""
-        key = (str(self.device), self.dtype, self.bucket(working_bytes))
-        before = self.rates(working_bytes)
-        if ("after",) + key not in self.before:
-            self.before[("after",) + key] = self._measure(key[2])
-        after = self.before[("after",) + key]
-        pairs = list(zip(_rates(before), _rates(after)))
-        drift = max(abs(a - b) / max(a, b) for a, b in pairs)
-        best = Ceilings(*(max(a, b) for a, b in pairs))
-        if drift <= self.AGREE:
-            self.agreed[key] = best
-        else:
-            self.agreed.pop(key, None)
-        return best, drift
-
-    def _measure(self, buffer_bytes: int) -> Ceilings:
-        size = self.gemm_size or GEMM_SIZE[torch.device(self.device).type]
-        return Ceilings(gemm_rate(self.device, self.dtype, self.threads, size),
-                        *bandwidths(self.device, self.dtype, self.threads, buffer_bytes))
-
-
-def _rates(c: Ceilings):
-    return c.gemm_flop_s, c.copy_byte_s, c.fill_byte_s
-
-
-def fastest_call(fn, threads: int, samples: int) -> float:
-    """Seconds of the fastest of ``samples`` single calls of fn() after one warm-up call."""
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    timer.timeit(1)
-    return min(timer.timeit(1).median for _ in range(samples))
-
-
-def least_traffic(head, op: str, num_tokens: int, element_size: int, target=None):
-    """(bytes read, bytes written) that ``op`` cannot avoid: the hidden states and the parameters it
-    needs read once; the output written once (N x V for logits and log_probs, also *_into, N token ids
-    for predict and decode, a scalar loss, and for train the gradients of the parameters it read and of
-    the hidden states). loss and train need only the parameters the targets reach (head.touched_parameters:
-    every one for a softmax over V, the targets' classes, paths or clusters for the trees and adaptive);
-    decode (head.sample) only those of the cheapest draw (head.least_sampled_parameters)."""
-    n, d, v = num_tokens, head.d_model, head.vocab_size
-    needed = head.num_parameters()
-    if op in ("loss", "train") and target is not None:
-        needed = head.touched_parameters(target)
-    elif op == "decode":  # head.sample: a head that draws a class or path first reads only the drawn one's rows
-        needed = head.least_sampled_parameters()
-    params = needed * element_size
-    read = n * d * element_size + params + (8 * n if op in ("loss", "train") else 0)
-    if op in V_WIDE_OPS:
-        written = n * v * element_size
-    elif op == "predict" or op in DECODE_OPS:
-        written = 8 * n
-    elif op == "loss":
-        written = element_size
-    elif op == "train":
-        written = params + n * d * element_size
-    else:
-        raise ValueError(f"op: unknown op {op!r}")
-    return read, written
-
-
-def floor_seconds(flops: float, read_bytes: float, written_bytes: float, ceilings: Ceilings) -> float:
-    """max(FLOPs / GEMM rate, read / copy rate + written / fill rate)."""
-    compute = flops / ceilings.gemm_flop_s
-    memory = read_bytes / ceilings.copy_byte_s + written_bytes / ceilings.fill_byte_s
+def floor_seconds(flops: float, read_bytes: float, written_bytes: float, ceilings) -> float:
+    """max(FLOPs / GEMM rate, read / copy rate + written / fill rate); ceilings has gemm_flop_s, copy_byte_s,
+    fill_byte_s."""
+    compute = flops / float(ceilings.gemm_flop_s)
+    memory = read_bytes / float(ceilings.copy_byte_s) + written_bytes / float(ceilings.fill_byte_s)
     return max(compute, memory)
+
+
+class _Rates:
+    def __init__(self, row: dict):
+        self.gemm_flop_s, self.copy_byte_s, self.fill_byte_s = (float(row[c]) for c in CEILING_COLUMNS)
+
+
+def _number(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def derive_floor_rows(rows: Iterable[dict]) -> List[dict]:
+    """One ``floor`` row per timed unit whose ceilings are known: derived from its counts and ceilings, or the
+    stored floor of an older file without byte counts. Each copies the unit's time row's columns (provenance
+    included) and adds ``floor_source`` ("derived" or "stored") and the ceilings it used."""
+    units: Dict[tuple, Dict[str, dict]] = defaultdict(dict)
+    for row in rows:
+        if row.get("status") == "ok" and row.get("metric") in ("time", "ceilings", "floor", *COUNT_METRICS):
+            units[tuple(row.get(k, "") for k in _KEY)][row["metric"]] = row
+    out = []
+    for metrics in units.values():
+        floor = _unit_floor(metrics)
+        if floor is not None:
+            out.append(floor)
+    return out
+
+
+def _unit_floor(metrics: Dict[str, dict]):
+    time_row = metrics.get("time")
+    ceilings = metrics.get("ceilings") or metrics.get("floor")
+    if time_row is None or ceilings is None or not all(ceilings.get(c) for c in CEILING_COLUMNS):
+        return None
+    base = {**time_row, **{c: ceilings[c] for c in CEILING_COLUMNS},
+            "ceiling_drift": ceilings.get("ceiling_drift", ""), "metric": "floor", "unit": "s", "spread": ""}
+    if "bytes_read" in metrics and "bytes_written" in metrics and "flops_analytic" in metrics:
+        flops = _number(metrics["flops_analytic"]["value"])
+        counted = _number(metrics.get("flops_counted", {}).get("value"))
+        if counted > 0:  # the FLOPs actually run when fewer than the analytic count (a worst case)
+            flops = min(flops, counted)
+        value = floor_seconds(flops, _number(metrics["bytes_read"]["value"]),
+                              _number(metrics["bytes_written"]["value"]), _Rates(ceilings))
+        return {**base, "value": repr(value), "floor_source": "derived"}
+    if "floor" in metrics and metrics["floor"].get("value"):
+        return {**base, "value": metrics["floor"]["value"], "floor_source": "stored"}
+    return None
+
+
+def with_floors(rows: Iterable[dict]) -> List[dict]:
+    """The rows with every stored ``floor`` row replaced by the floors derived from them."""
+    rows = list(rows)
+    return [r for r in rows if r.get("metric") != "floor"] + derive_floor_rows(rows)

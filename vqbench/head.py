@@ -177,6 +177,11 @@ class OutputHead(nn.Module):
         path first may draw the cheapest one for every token and read only its rows."""
         return self.num_parameters()
 
+    def least_predicted_parameters(self) -> int:
+        """Parameter elements ``predict`` must read whatever the hidden states: every parameter by default;
+        a head whose argmax may stop after a first stage (adaptive: a shortlist token) reads only that stage."""
+        return self.num_parameters()
+
     def quality_metrics(self, targets: torch.Tensor) -> dict:
         """Head-specific figures for a training summary, over the test targets [T] (none by default)."""
         return {}

@@ -1,4 +1,4 @@
-"""Measuring one head on one op: time, peak memory, counted FLOPs.
+"""Measuring one head on one op: its inputs, time, peak memory, counted FLOPs.
 
 Timing uses torch.utils.benchmark (its Timer synchronises CUDA and pins the thread count);
 peak memory comes from the CUDA allocator's peak, or on CPU from the allocation and free
@@ -18,11 +18,21 @@ import torch.utils.benchmark as benchmark
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from vqbench.frequency import default_token_counts
+
 
 @dataclass
 class Timing:
     median: float   # seconds
     iqr: float      # seconds, interquartile range
+
+
+def make_inputs(vocab: int, d: int, n: int, device: str, dtype: torch.dtype, seed: int = 0):
+    """The same inputs for every head: hidden [N, d] ~ N(0, 1); targets [N] from a Zipf law."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, d, generator=g).to(device=device, dtype=dtype)
+    target = torch.multinomial(default_token_counts(vocab), n, replacement=True, generator=g).to(device)
+    return hidden, target
 
 
 def synchronize(device: torch.device) -> None:

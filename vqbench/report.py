@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import json
 import math
 import os
 import struct
 import sys
 from collections import Counter
-from typing import List
+from typing import List, Optional, Tuple
 
 from vqbench.quality import UNFINISHED, _pm, aggregate, markdown_table, typed_quality_row
 from vqbench.results import read_rows, select_rows
@@ -240,6 +241,13 @@ def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-
     parts = ["# vqbench report", "",
              "Built by `python -m vqbench.report` from the files under `results/` alone; every number below is in "
              "one of them, and `results/README.md` gives the command that regenerates each.", ""]
+    pending = pending_remeasurement(results_dir)
+    if pending:
+        parts += ["## Waiting for re-measurement", "",
+                  "The code these files' rows executed has changed since they were measured "
+                  f"(`python -m vqbench.report --check`; `results/{PENDING_FILE}`): their figures describe the "
+                  "code of the commit in each row's `git_commit`, not today's, until they are measured again.", ""]
+        parts += [f"- `results/{name}`: {reason}" for name, reason in sorted(pending.items())] + [""]
     if headline or sweep:
         parts += ["## Environment", "", environment(headline or sweep), ""]
     parts += ["## Methods", ""]
@@ -277,31 +285,118 @@ def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-
     return "\n".join(parts)
 
 
-def stale_results(results_dir: str) -> List[str]:
-    """One line per results file under results_dir (its top level: the files the README and this report
-    cite) with rows measured by code whose fingerprint differs from the working tree's."""
+PENDING_FILE = "pending-remeasurement.json"
+
+
+def pending_remeasurement(results_dir: str) -> dict:
+    """{results file name: why it waits} from results_dir/pending-remeasurement.json: files whose executed code
+    has changed since they were measured, kept (and cited, with that caveat) until they are measured again;
+    the key "asv" stands for the asv history under results/asv/."""
+    path = os.path.join(results_dir, PENDING_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            pending = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a JSON object of file name -> reason ({type(error).__name__})") from None
+    if not isinstance(pending, dict) or not all(isinstance(v, str) for v in pending.values()):
+        raise ValueError(f"{path}: not a JSON object of file name -> reason")
+    return pending
+
+
+def _current_fingerprints(specs) -> dict:
+    """{spec: the working tree's fingerprint, or None when its head cannot be built here}."""
     from vqbench.fingerprint import current_fingerprint
+    current = {}
+    for spec in specs:
+        try:
+            current[spec] = current_fingerprint(spec)
+        except Exception:  # a head not registered here (a third-party module not imported) or not buildable
+            current[spec] = None
+    return current
+
+
+def staleness(path: str) -> Tuple[Counter, Counter, int]:
+    """(stale rows by spec, rows by spec that cannot be checked, rows in all) of one results file."""
+    from vqbench.fingerprint import UNCHECKABLE
+    every = read_rows(path)
+    rows = select_rows(every, status="ok")  # a skipped row holds no measurement
+    current = _current_fingerprints({r["spec"] for r in rows})
+    stale, unchecked = Counter(), Counter()
+    for row in rows:
+        stored, now = row.get("code_fingerprint", ""), current[row["spec"]]
+        if UNCHECKABLE in (stored, now) or now is None:
+            unchecked[row["spec"]] += 1
+        elif stored != now:
+            stale[row["spec"]] += 1
+    return stale, unchecked, len(every)
+
+
+def stale_results(results_dir: str, notes: Optional[list] = None) -> List[str]:
+    """One line per results file under results_dir (its top level: the files the README and this report cite)
+    with rows measured by code other than the working tree's, unless the file waits in pending-remeasurement.json
+    (then a line goes to ``notes``); a listed file that is fresh is a problem too (its caveat would be false)."""
+    notes = [] if notes is None else notes
+    pending = pending_remeasurement(results_dir)
     problems = []
+    present = {os.path.basename(p) for p in glob.glob(os.path.join(results_dir, "*.csv"))} | {"asv"}
+    for name in sorted(set(pending) - present):  # "asv": the asv history, checked by the committed-results test
+        problems.append(f"{os.path.join(results_dir, PENDING_FILE)}: lists {name}, which is not in {results_dir}")
+    for path in sorted(glob.glob(os.path.join(results_dir, "*.csv"))):
+        try:
+            stale, unchecked, total = staleness(path)
+        except ValueError:
+            continue  # not a results file (quality tables live in their own folder)
+        name = os.path.basename(path)
+        if unchecked:
+            notes.append(f"{path}: {sum(unchecked.values())} rows cannot be checked (head code not readable here): "
+                         + ", ".join(sorted(unchecked)))
+        if stale and name in pending:
+            notes.append(f"{path}: waits for re-measurement ({pending[name]})")
+        elif stale:
+            specs = ", ".join(f"{spec} ({n})" for spec, n in sorted(stale.items()))
+            problems.append(f"{path}: {sum(stale.values())} of {total} rows were measured by code other than the "
+                            f"working tree's: {specs}")
+        elif name in pending:
+            problems.append(f"{path}: listed in {PENDING_FILE} but every row is fresh: remove it from the list")
+    return problems
+
+
+def floor_rows(results_dir: str) -> List[dict]:
+    """Every latency row of the results files under results_dir with its floor derived now (vqbench.floors)."""
+    from vqbench.floors import derive_floor_rows
+    out = []
     for path in sorted(glob.glob(os.path.join(results_dir, "*.csv"))):
         try:
             rows = read_rows(path)
         except ValueError:
-            continue  # not a results file (quality tables live in their own folder)
-        current, stale = {}, Counter()
-        for row in select_rows(rows, status="ok"):  # a skipped row holds no measurement
-            spec = row["spec"]
-            if spec not in current:
-                try:
-                    current[spec] = current_fingerprint(spec)
-                except Exception:  # a head that cannot be built here (a peer's package): as the sweep records
-                    current[spec] = ""
-            if row.get("code_fingerprint", "") != current[spec]:
-                stale[spec] += 1
-        if stale:
-            specs = ", ".join(f"{spec} ({n})" for spec, n in sorted(stale.items()))
-            problems.append(f"{path}: {sum(stale.values())} of {len(rows)} rows were measured by code other than "
-                            f"the working tree's: {specs}")
-    return problems
+            continue
+        times = {_floor_key(r): r for r in select_rows(rows, metric="time", status="ok")}
+        for floor in derive_floor_rows(rows):
+            t = times.get(_floor_key(floor))
+            if t is None:
+                continue
+            ratio = float(t["value"]) / float(floor["value"]) if float(floor["value"]) > 0 else math.nan
+            out.append({"file": os.path.basename(path), **{k: t.get(k, "") for k in FLOOR_COLUMNS[1:9]},
+                        "time": t["value"], "floor": floor["value"], "ratio": f"{ratio:.4g}",
+                        "floor_source": floor["floor_source"], "cpu_model": t.get("cpu_model", ""),
+                        "git_commit": t.get("git_commit", "")})
+    return out
+
+
+FLOOR_COLUMNS = ("file", "spec", "op", "V", "d", "N", "device", "dtype", "cpu_allocator", "time", "floor", "ratio",
+                 "floor_source", "cpu_model", "git_commit")
+
+
+def _floor_key(row):
+    return tuple(row.get(k, "") for k in ("spec", "op", "V", "d", "N", "device", "dtype", "cpu_allocator"))
+
+
+def write_floors(results_dir: str, out) -> None:
+    writer = csv.DictWriter(out, fieldnames=list(FLOOR_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(floor_rows(results_dir))
 
 
 def png_text(path: str) -> dict:
@@ -377,13 +472,21 @@ def main(argv=None) -> int:
                    help="write nothing; exit 1, naming each file, when a results file holds rows measured by "
                         "code other than the working tree's (vqbench.fingerprint), a figure was drawn from files "
                         "that have changed since, or REPORT.md differs from one built from today's results")
+    p.add_argument("--floors", action="store_true",
+                   help="write nothing; print as CSV every latency row of the results files with its floor derived "
+                        "now from the row's counts and ceilings, and time / floor")
     args = p.parse_args(argv)
     if not os.path.isdir(args.results):
         p.error(f"--results: no folder {args.results}")
     settings = dict(paper=args.paper_variant, vq_spec=args.vq_spec, sweep_d=args.sweep_d, sweep_n=args.sweep_n)
+    if args.floors:
+        write_floors(args.results, sys.stdout)
+        return 0
     if args.check:
-        problems = stale_results(args.results) + stale_figures(args.results) + stale_report(args.results, **settings)
-        for line in problems:
+        notes = []
+        problems = (stale_results(args.results, notes) + stale_figures(args.results)
+                    + stale_report(args.results, **settings))
+        for line in notes + problems:
             print(line, file=sys.stderr)
         print("stale results: measure them again" if problems else "every results file describes the working tree")
         return 1 if problems else 0

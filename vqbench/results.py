@@ -16,19 +16,18 @@ import time
 from dataclasses import dataclass, fields
 from typing import Iterable, List
 
-#: every op a sweep can time, in table order; the *_into ops and decode_dense are asked for by name
-ALL_OPS = ("logits", "log_probs", "logits_into", "log_probs_into", "predict", "loss", "train", "decode",
-           "decode_dense")
-DEFAULT_OPS = ("logits", "log_probs", "predict", "loss", "train", "decode")
-INTO_OPS = {"logits_into": "logits", "log_probs_into": "log_probs"}
-V_WIDE_OPS = ("logits", "log_probs", "logits_into", "log_probs_into")  # write N x V values
-DECODE_OPS = ("decode", "decode_dense")
+from vqbench.ops import ALL_OPS, DECODE_OPS, DEFAULT_OPS, INTO_OPS, V_WIDE_OPS  # noqa: F401 (re-exported)
+
 PARAMS_OP = "params"  # the unit that records parameter counts
 TABLE_OPS = (PARAMS_OP, *ALL_OPS)
 
-#: the metric rows of a measured unit: every one must be present for the unit to count as done
+#: the metric rows of a measured unit: every one must be present for the unit to count as done. A timed
+#: unit stores what was measured and its op's counts; its floor is derived from them (vqbench.floors).
 PARAMS_METRICS = ("params", "param_bytes")
-TIMED_METRICS = ("time", "flops_analytic", "flops_counted", "peak_memory", "intermediate_bytes", "floor")
+TIMED_METRICS = ("time", "flops_analytic", "flops_counted", "peak_memory", "intermediate_bytes", "bytes_read",
+                 "bytes_written", "ceilings")
+#: what a timed unit held in files written before floors were derived at table time
+LEGACY_TIMED_METRICS = ("time", "flops_analytic", "flops_counted", "peak_memory", "intermediate_bytes", "floor")
 
 
 @dataclass
@@ -108,8 +107,11 @@ def complete_units(rows: Iterable[dict]) -> set:
         elif row.get("status") == "ok":
             seen.setdefault(key, set()).add(row.get("metric"))
     for key, metrics in seen.items():
-        needed = PARAMS_METRICS if key[UNIT_KEY.index("op")] == PARAMS_OP else TIMED_METRICS
-        if set(needed) <= metrics:
+        if key[UNIT_KEY.index("op")] == PARAMS_OP:
+            complete = set(PARAMS_METRICS) <= metrics
+        else:
+            complete = set(TIMED_METRICS) <= metrics or set(LEGACY_TIMED_METRICS) <= metrics
+        if complete:
             done.add(key)
     return done
 

@@ -16,11 +16,10 @@ from typing import Iterable, List, Optional, Sequence
 
 import torch
 
+from vqbench.ceilings import CeilingMeter
 from vqbench.fingerprint import code_fingerprint
-from vqbench.floors import CeilingMeter, floor_seconds, least_traffic
-from vqbench.measure import peak_memory_and_flops, time_op
-from vqbench.frequency import default_token_counts
-from vqbench.ops import analytic_flops, largest_intermediate, make_op
+from vqbench.measure import make_inputs, peak_memory_and_flops, time_op
+from vqbench.ops import get_op
 from vqbench.provenance import provenance
 from vqbench.registry import expand_codebook, make_head, parse_spec
 from vqbench.results import DEFAULT_OPS, PARAMS_OP, ResultsFile, unit_key
@@ -63,14 +62,6 @@ class SweepStats:
     resumed: int = 0
 
 
-def make_inputs(vocab: int, d: int, n: int, device: str, dtype: torch.dtype, seed: int = 0):
-    """The same inputs for every head: hidden [N, d] ~ N(0, 1); targets [N] from a Zipf law."""
-    g = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(n, d, generator=g).to(device=device, dtype=dtype)
-    target = torch.multinomial(default_token_counts(vocab), n, replacement=True, generator=g).to(device)
-    return hidden, target
-
-
 def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threads: Optional[int] = None,
               resume: bool = False, progress: bool = True, seed: int = 0, ceilings: str = "full") -> SweepStats:
     """Measure every unit of ``grid`` into ``results``; ``ceilings="small"`` measures the machine's ceilings on
@@ -100,9 +91,9 @@ def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threa
 
 def measure_head(context: dict, todo, results: ResultsFile, budget: Budget, meter: "CeilingMeter", threads: int,
                  seed: int, stats: SweepStats, bar) -> None:
-    """Measure one head configuration's units. Each unit's rows are appended as it finishes; its floor row
-    follows once the ceilings have been measured again after the head (a floor uses the better of the
-    rates before and after, and records how far they drifted)."""
+    """Measure one head configuration's units. Each unit's rows are appended as it finishes; its ceilings row
+    follows once the ceilings have been measured again after the head (the better of the rates before and
+    after, with how far they drifted); vqbench.floors derives the floor from it when tables are built."""
     device, dtype = context["device"], DTYPES[context["dtype"]]
     head, build_error = None, None
     try:
@@ -115,24 +106,24 @@ def measure_head(context: dict, todo, results: ResultsFile, budget: Budget, mete
     for n, op in todo:
         base = {**base_row(head, context, n, op, threads), "seed": seed}
         if isinstance(build_error, NotImplementedError):  # a peer without its package, say
-            rows, floor_input = [skipped(base, f"not applicable: {build_error}")], None
+            rows, working_bytes = [skipped(base, f"not applicable: {build_error}")], None
         elif build_error is not None:
-            rows, floor_input = [skipped(base, f"build: {describe(build_error)}")], None
+            rows, working_bytes = [skipped(base, f"build: {describe(build_error)}")], None
         else:
-            rows, floor_input = measure_unit(head, base, op, n, budget, seed, meter)
+            rows, working_bytes = measure_unit(head, base, op, n, budget, seed, meter)
         results.append(rows)
-        if floor_input is not None:
-            pending.append((base, floor_input))
+        if working_bytes is not None:
+            pending.append((base, working_bytes))
         stats.measured += rows[0]["status"] == "ok"
         stats.skipped += rows[0]["status"] != "ok"
         bar.update(1)
     del head
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    for base, (flops, read, written) in pending:
-        rates, drift = meter.better(read + written)
-        results.append([{**base, **rates.as_row(), "ceiling_drift": f"{drift:.3f}", "metric": "floor",
-                         "unit": "s", "value": floor_seconds(flops, read, written, rates)}])
+    for base, working_bytes in pending:
+        rates, drift = meter.better(working_bytes)
+        results.append([{**base, **rates.as_row(), "ceiling_drift": f"{drift:.3f}", "metric": "ceilings",
+                         "unit": "FLOP/s", "value": rates.as_row()["gemm_flop_s"]}])
 
 
 MEMORY_FRACTION = 0.6  # of RAM (CPU) or of the GPU's memory: the most a measured op may plan to use
@@ -182,8 +173,8 @@ def describe(error: BaseException) -> str:
 
 
 def measure_unit(head, base: dict, op: str, n: int, budget: Budget, seed: int, meter: CeilingMeter):
-    """(rows, floor input) for one (config, op): the params rows, or the flops, memory and time rows of the op
-    with (FLOPs, bytes read, bytes written) for its floor (None when there is no floor to compute)."""
+    """(rows, working bytes) for one (config, op): the params rows, or the time, memory and count rows of the
+    op with the bytes it must move (None when no ceilings are needed)."""
     device = torch.device(base["device"])
     elem = torch.empty((), dtype=next(head.parameters()).dtype).element_size()
     if op == PARAMS_OP:
@@ -191,19 +182,20 @@ def measure_unit(head, base: dict, op: str, n: int, budget: Budget, seed: int, m
         return [{**base, "metric": "params", "unit": "count", "value": count},
                 {**base, "metric": "param_bytes", "unit": "bytes", "value": count * elem}], None
     hidden, target = make_inputs(base["V"], base["d"], n, base["device"], next(head.parameters()).dtype, seed)
+    record = get_op(op)
     try:
-        flops = analytic_flops(head, op, n, target)
-        traffic = least_traffic(head, op, n, elem, target)
-        rate = meter.rates(sum(traffic)).gemm_flop_s  # the ceilings before the op
-        intermediate = largest_intermediate(head, op, n) * elem
-        footprint = footprint_bytes(largest_intermediate(head, op, n), head.num_parameters(), op, elem)
+        flops = record.flops(head, n, target)
+        read, written = record.traffic(head, n, elem, target)
+        rate = meter.rates(read + written).gemm_flop_s  # the ceilings before the op
+        intermediate = record.intermediate(head, n)
+        footprint = footprint_bytes(intermediate, head.num_parameters(), op, elem)
         if budget.memory_bytes is not None and footprint > budget.memory_bytes:
             return [skipped(base, f"memory guard: needs about {footprint / 2**30:.1f} GiB, "
                                   f"budget {budget.memory_bytes / 2**30:.1f} GiB")], None
         if budget.seconds_per_call is not None and flops / rate > budget.seconds_per_call:
             return [skipped(base, f"time guard: about {flops / rate:.1f} s per call at "
                                   f"{rate / 1e9:.0f} GFLOP/s, budget {budget.seconds_per_call:g} s")], None
-        fn = make_op(head, op, hidden, target)
+        fn = record.build(head, hidden, target)
         peak, counted = peak_memory_and_flops(fn, device)
         # the call above was the warm-up
         timing = time_op(fn, device, int(base["threads"]), min_run_time=budget.min_run_time, warmup=False)
@@ -218,12 +210,12 @@ def measure_unit(head, base: dict, op: str, n: int, budget: Budget, seed: int, m
     finally:
         if head is not None:
             head.zero_grad(set_to_none=True)
-    # the FLOPs actually run when fewer than the analytic count (adaptive predict's is a worst case)
-    floor_input = (min(flops, counted) if counted else flops, *traffic)
     return [
         {**base, "metric": "time", "unit": "s", "value": timing.median, "spread": timing.iqr},
         {**base, "metric": "flops_analytic", "unit": "FLOP", "value": flops},
         {**base, "metric": "flops_counted", "unit": "FLOP", "value": counted},
         {**base, "metric": "peak_memory", "unit": "bytes", "value": peak},
-        {**base, "metric": "intermediate_bytes", "unit": "bytes", "value": intermediate},
-    ], floor_input
+        {**base, "metric": "intermediate_bytes", "unit": "bytes", "value": intermediate * elem},
+        {**base, "metric": "bytes_read", "unit": "bytes", "value": read},
+        {**base, "metric": "bytes_written", "unit": "bytes", "value": written},
+    ], read + written

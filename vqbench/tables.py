@@ -16,6 +16,7 @@ from typing import Dict, List, NamedTuple, Optional
 
 from tabulate import tabulate
 
+from vqbench.floors import with_floors
 from vqbench.results import TABLE_OPS
 
 # metric -> (title, [(unit label, divisor), ...] from small to large)
@@ -81,9 +82,10 @@ def _format(value: float) -> str:
 
 
 def build_tables(rows: List[dict]) -> List[Table]:
-    """Group rows into tables: for each TableKey its values, and where they apply the ratio and floor tables."""
+    """Group rows into tables: for each TableKey its values, and where they apply the ratio and floor tables
+    (floors derived from each row's counts and ceilings now, vqbench.floors)."""
     groups: Dict[TableKey, List[dict]] = defaultdict(list)
-    for row in rows:
+    for row in with_floors(rows):
         metric = COMPANION.get(row["metric"], row["metric"]) if row["status"] == "ok" else None
         if row["status"] == "ok" and metric not in METRICS:
             continue
