@@ -3,7 +3,8 @@
     from vqbench import make_head
     head = make_head("vq:K=1024,mapping=frequency", vocab_size=V, d_model=d)
 
-Heads register by name (vqbench.registry); the built-in ones load when first asked for.
+Heads register by name (vqbench.registry): the built-in ones, those of the entry-point group
+``vqbench.heads`` and those of modules imported before use are found when first asked for.
 """
 
 from vqbench.head import OPS, HeadOutput, LogitsHead, OutputHead
@@ -18,8 +19,10 @@ _BASELINES = {"AdaptiveSoftmax": "baselines.adaptive", "FullSoftmax": "baselines
 
 
 def __getattr__(name):
-    if name == "HEADS":
-        return registered_heads()
+    if name == "HEADS":  # the registry's own dict, every head found first
+        from vqbench import registry
+        registry.find_heads()
+        return registry.HEADS
     if name in _BASELINES:
         import importlib
         return getattr(importlib.import_module(_BASELINES[name]), name)
