@@ -29,7 +29,7 @@ class LowRankSoftmax(LogitsHead):
         Option("rank", int, None, "r, 1 <= r <= d", default_text="max(1, d // 4)"),
         Option("bias", bool, False, "add a bias on the V logits"),
     )
-    TITLE = "low-rank"
+    TITLE = "low-rank factorisation"
     CITATIONS = ("sainath2013lowrank",)
     SUMMARY = "Linear(d, r) then Linear(r, V)"
     METHOD = ("The V x d output matrix factorised through a rank-r bottleneck, Linear(d, r) then Linear(r, V) "

@@ -16,7 +16,7 @@ import time
 import torch
 
 from vqbench.provenance import use_cpu_allocator
-from vqbench.registry import check_spec, default_specs, describe_heads, expand_specs, import_modules
+from vqbench.registry import check_spec, default_specs, describe_heads, expand_specs, import_modules, parse_spec
 from vqbench.results import ALL_OPS, DEFAULT_OPS, ResultsFile, read_rows, select_rows
 from vqbench.sweep import DTYPES, Budget, Grid, memory_budget, run_sweep
 from vqbench.tables import build_tables, render
@@ -98,9 +98,10 @@ def parse_args(argv=None):
 
 
 def check_args(p: argparse.ArgumentParser, args) -> None:
-    try:  # every spec's name and option types, before any measurement
+    try:  # every spec's name and option types, before any measurement; --from only selects rows by spec text,
+        # so it renders heads this process cannot build (a module not imported)
         for spec in expand_specs(args.heads):
-            check_spec(spec)
+            parse_spec(spec) if args.from_file else check_spec(spec)
     except (ValueError, TypeError) as error:
         p.error(f"--heads: {error}")
     for flag, values in [("--vocab", args.vocab), ("--d-model", args.d_model), ("--tokens", args.tokens)]:
