@@ -32,11 +32,6 @@ class AdaptiveSoftmax(OutputHead):
 
     Parameters (closed form), with cutoffs c_1 < ... < c_n, c_{n+1} = V, h_i = d // div^i:
         d * (c_1 + n) + sum_i (d * h_i + h_i * (c_{i+1} - c_i)).
-
-    Options:
-        cutoffs: increasing ids in (0, V), "/"-separated in specs (default V/16, V/4; see
-            default_cutoffs).
-        div_value: the projection shrink factor per cluster (default 4.0).
     """
 
     OPTIONS = (

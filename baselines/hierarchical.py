@@ -20,10 +20,6 @@ class HierarchicalSoftmax(OutputHead):
     Parameters (closed form): (V - 1) * d.
 
     Shapes: hidden [N, d] -> log_probs [N, V]; target [N] -> target_log_prob [N].
-
-    Options:
-        tree: "class" (default) or "huffman".
-        classes: C for tree="class", 1 <= C <= V (default round(sqrt(V))).
     """
 
     OPTIONS = (

@@ -19,10 +19,6 @@ class LowRankSoftmax(LogitsHead):
     Shapes: hidden [N, d] -> [N, r] -> logits [N, V]; P [r, d]; W [V, r]; b [V] with ``bias=1``.
 
     Parameters (closed form): r * d + V * r, plus V with ``bias=1``.
-
-    Options:
-        rank: r, 1 <= r <= d (default max(1, d // 4)).
-        bias: add a bias on the V logits (default 0).
     """
 
     OPTIONS = (

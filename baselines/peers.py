@@ -36,10 +36,6 @@ class PeerLoss(OutputHead):
     Shapes: hidden [N, d], target [N] -> loss (scalar); weight W [V, d].
 
     Parameters (closed form): V * d, as `softmax`.
-
-    Options:
-        impl: "torch-lce" (default), "compile", "cce" or "liger".
-        chunked: torch-lce through its chunked path (LinearCrossEntropyOptions()).
     """
 
     OPTIONS = (

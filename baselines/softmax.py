@@ -20,12 +20,6 @@ class FullSoftmax(LogitsHead):
     Shapes: hidden [N, d] -> logits [N, V]; weight W [V, d]; bias b [V] with ``bias=1``.
 
     Parameters (closed form): V * d, plus V with ``bias=1``.
-
-    Options:
-        bias: add a bias (default 0, as in GPT-2 style LMs).
-        chunk: tokens per chunk of the exact memory-efficient loss (see
-            baselines.chunked_cross_entropy); peak extra memory about chunk x V instead of N x V.
-            Default none: the plain path.
     """
 
     OPTIONS = (

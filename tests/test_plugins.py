@@ -141,3 +141,17 @@ def test_a_broken_entry_point_is_reported_and_the_other_heads_still_work(tmp_pat
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "softmax" in registry.registered_heads() and "broken" not in registry.HEADS
     assert "entry point 'broken' (no_such_module_xyz:Head) failed to load" in capsys.readouterr().err
+
+
+def test_profile_and_train_take_import(tmp_path, monkeypatch, fresh_registry):
+    from vqbench import profile, train
+    write_module(tmp_path, "my_heads_flags", "flag_scaled")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = profile.parse_args(["--import", "my_heads_flags", "--head", "flag_scaled:scale=3", "--vocab", "50",
+                               "--d-model", "8"])
+    assert args.head == "flag_scaled:scale=3"
+    cfg = train.parse_args(["--import", "my_heads_flags", "--head", "flag_scaled", "--data", str(tmp_path)])
+    assert cfg.head == "flag_scaled" and not hasattr(cfg, "imports")
+    for parse in (profile.parse_args, train.parse_args):
+        with pytest.raises(SystemExit):
+            parse(["--import", "no_such_module_abc", "--head", "softmax"])

@@ -38,9 +38,18 @@ def register_head(name: str):
             raise ValueError(f"name: a head named {name!r} is registered already")
         cls.name = name
         HEADS[name] = cls
+        _document_options(cls)
         return cls
 
     return decorate
+
+
+def _document_options(cls) -> None:
+    """Append the declared options to the class docstring, so help(cls) lists them without a second copy."""
+    lines = [f"        {o.describe()}" for o in cls.OPTIONS if o.in_spec]
+    marker = "\n    Options (from OPTIONS):\n"
+    if lines and marker not in (cls.__doc__ or ""):
+        cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + marker + "\n".join(lines) + "\n"
 
 
 def _qualname(cls) -> str:

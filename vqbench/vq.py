@@ -25,19 +25,10 @@ class VQLogits(LogitsHead):
 
     Parameters (closed form): K * d, plus V with ``bias=1``.
 
-    Options:
-        K: codebook size, 1 <= K <= V (default min(1024, V)).
-        mapping: "random", "contiguous", "frequency" (default) or "kmeans" (needs
-            ``embeddings`` [V, d]; the centroids initialise C unless codebook_init="random"),
-            or a [V] integer tensor.
-        path: the loss path, both exact. "scatter" (the paper's) materialises the N x V logits.
-            "collapsed" uses log sum_i exp(logit_i) = logsumexp_k(L[k] + log n_k), n_k the
-            number of tokens of code k (with a bias: the logsumexp of the biases in code k),
-            so the loss costs O(N K d) and no V-sized tensor. Default "collapsed".
-        bias: add a per-token bias b [V] (default 0: the paper's method).
-        bias_init: "zeros" (default) or "unigram": b starts at the log of each token's count
-            (``token_counts``), so the choice inside a code starts at the unigram shares.
-        seed: seed of the random mapping and of k-means.
+    Loss paths, both exact: "scatter" (the paper's) materialises the N x V logits; "collapsed" uses
+    log sum_i exp(logit_i) = logsumexp_k(L[k] + log n_k), n_k the number of tokens of code k (with a bias:
+    the logsumexp of the biases in code k), so the loss costs O(N K d) and no V-sized tensor. With
+    bias_init="unigram" the choice inside a code starts at the unigram shares.
 
     An empty code (no token maps to it) carries no probability: its term is -inf in the
     collapsed sum and its codebook row gets no gradient.
