@@ -13,19 +13,18 @@ from vqbench.vq import VQLogits
 
 __version__ = "0.1.0"
 
-# the baseline classes live in baselines/, which builds on this package: served on first access
-_BASELINES = {"AdaptiveSoftmax": "baselines.adaptive", "FullSoftmax": "baselines.softmax",
-              "HierarchicalSoftmax": "baselines.hierarchical", "LowRankSoftmax": "baselines.lowrank"}
-
-
 def __getattr__(name):
-    if name == "HEADS":  # the registry's own dict, every head found first
-        from vqbench import registry
-        registry.find_heads()
+    # the baseline classes live in baselines/, which builds on this package: served on first access, by the
+    # class name of any registered head (vqbench.AdaptiveSoftmax)
+    if name.startswith("__"):  # probes by tools (copy, pickle, doctest) load no heads
+        raise AttributeError(f"module 'vqbench' has no attribute {name!r}")
+    from vqbench import registry
+    registry.find_heads()
+    if name == "HEADS":  # the registry's own dict
         return registry.HEADS
-    if name in _BASELINES:
-        import importlib
-        return getattr(importlib.import_module(_BASELINES[name]), name)
+    for cls in registry.HEADS.values():
+        if cls.__name__ == name:
+            return cls
     raise AttributeError(f"module 'vqbench' has no attribute {name!r}")
 
 
