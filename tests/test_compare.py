@@ -215,3 +215,26 @@ def test_from_file_selects_rows(tmp_path, capsys):
     assert "V=2000" in printed and "V=1000" not in printed and "| softmax" not in printed
     assert "vq:K=16" in (tmp_path / "picked.md").read_text()
     assert compare.main(["--from", str(tmp_path / "missing.csv")]) == 2
+
+
+def test_a_file_with_the_old_k_column_still_reads_and_resumes(tmp_path):
+    """Files written while K was a column of the schema: rows read as before, and a resumed sweep appends
+    under the file's own header (K empty: the canonical spec carries it)."""
+    from vqbench.results import LEGACY_COLUMNS
+    path = tmp_path / "old.csv"
+    old = {c: "" for c in LEGACY_COLUMNS}
+    old.update(head="vq", spec="vq:K=8", op="params", metric="params", unit="count", V="60", d="16", K="8", N="8",
+               device="cpu", dtype="float32", value="128", status="ok")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, LEGACY_COLUMNS)
+        writer.writeheader()
+        writer.writerows([old, {**old, "metric": "param_bytes", "unit": "bytes", "value": "512"}])
+    assert [r["K"] for r in read_rows(str(path))] == ["8", "8"]
+    with ResultsFile(str(path)) as results:
+        run_sweep(Grid(heads=["vq:K=8"], ops=("loss",), **TINY), results, FAST, threads=1, resume=True,
+                  progress=False)
+    with open(path, newline="") as f:
+        assert next(csv.reader(f)) == LEGACY_COLUMNS
+    rows = read_rows(str(path))
+    assert {(r["op"], r["metric"]) for r in rows if r["spec"] == "vq:K=8"} >= {("params", "params"), ("loss", "time")}
+    assert len([r for r in rows if r["op"] == "params"]) == 2  # the stored unit was resumed, not measured again
