@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from vqbench.frequency import frequency_order
-from vqbench.head import OutputHead, sample_rows
+from vqbench.head import Option, OutputHead, sample_rows
 from vqbench.registry import register_head
 
 
@@ -32,14 +32,22 @@ class AdaptiveSoftmax(OutputHead):
 
     Parameters (closed form), with cutoffs c_1 < ... < c_n, c_{n+1} = V, h_i = d // div^i:
         d * (c_1 + n) + sum_i (d * h_i + h_i * (c_{i+1} - c_i)).
-
-    Options:
-        cutoffs: increasing ids in (0, V), "/"-separated in specs (default V/16, V/4; see
-            default_cutoffs).
-        div_value: the projection shrink factor per cluster (default 4.0).
     """
 
-    OPTION_TYPES = {"cutoffs": tuple, "div_value": float}
+    OPTIONS = (
+        Option("cutoffs", tuple, None, "increasing ids in (0, V) that end the shortlist and each cluster",
+               default_text="V/16, V/4"),
+        Option("div_value", float, 4.0, "the projection shrink factor per cluster"),
+    )
+    TITLE = "adaptive softmax"
+    CITATIONS = ("grave2017efficient",)
+    SUMMARY = "Grave et al. 2017, through `torch.nn.AdaptiveLogSoftmaxWithLoss`"
+    METHOD = ("Frequent tokens in a head softmax, rare tokens in tail clusters reached through the head, each "
+              "cluster with a smaller projection [grave2017efficient]; run through "
+              "torch.nn.AdaptiveLogSoftmaxWithLoss.")
+    EXAMPLES = ("adaptive", "adaptive:cutoffs=2000/10000,div_value=4")
+    SMALL_EXAMPLES = ("adaptive", "adaptive:cutoffs=10/40,div_value=2")
+    ORDER = 1
     #: log_probs computes each tail cluster for groups of tokens in scratch tensors of this size
     SCRATCH_ELEMENTS = 1 << 24
 
@@ -47,9 +55,8 @@ class AdaptiveSoftmax(OutputHead):
         super().__init__(vocab_size, d_model, token_counts)
         if isinstance(div_value, bool) or not isinstance(div_value, (int, float)) or div_value <= 1:
             raise ValueError(f"div_value: must be a number > 1, got {div_value!r}")
-        if cutoffs is None:
-            cutoffs = default_cutoffs(self.vocab_size, self.d_model, div_value)
-        cutoffs = tuple(cutoffs)
+        cutoffs = self.resolve_options(self.vocab_size, self.d_model, {"cutoffs": cutoffs, "div_value": div_value})
+        cutoffs = tuple(cutoffs["cutoffs"])
         if not cutoffs or any(isinstance(c, bool) or not isinstance(c, int) for c in cutoffs):
             raise TypeError(f"cutoffs: expected a non-empty sequence of ints, got {cutoffs!r}")
         if list(cutoffs) != sorted(set(cutoffs)) or cutoffs[0] <= 0 or cutoffs[-1] >= self.vocab_size:
@@ -63,8 +70,11 @@ class AdaptiveSoftmax(OutputHead):
             raise ValueError(
                 f"div_value: d_model={self.d_model} / {self.div_value}^{len(cutoffs)} leaves a tail "
                 f"cluster with no dimension; lower div_value or use fewer cutoffs")
+        # built without values, so that reset_parameters draws them (in the order torch's constructor would)
         self.asm = nn.AdaptiveLogSoftmaxWithLoss(
-            self.d_model, self.vocab_size, list(cutoffs), div_value=self.div_value, head_bias=False)
+            self.d_model, self.vocab_size, list(cutoffs), div_value=self.div_value, head_bias=False,
+            device="meta").to_empty(device="cpu")
+        self.reset_parameters()
 
         order = frequency_order(self.token_counts)
         self.permuted = bool((order != torch.arange(self.vocab_size)).any())
@@ -77,6 +87,16 @@ class AdaptiveSoftmax(OutputHead):
         bounds = [0, *cutoffs, self.vocab_size]
         mass = torch.stack([ranked_counts[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:])])
         self.cluster_probability = (mass / mass.sum())[1:].tolist()
+
+    @classmethod
+    def resolve_options(cls, vocab_size, d_model, values):
+        if values.get("cutoffs") is None:
+            div_value = values.get("div_value", 4.0)
+            values = {**values, "cutoffs": default_cutoffs(vocab_size, d_model, float(div_value))}
+        return values
+
+    def reset_parameters(self):
+        self.asm.reset_parameters()
 
     def _spec_values(self):
         return {"cutoffs": self.cutoffs, "div_value": self.div_value}

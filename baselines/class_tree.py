@@ -47,9 +47,15 @@ class ClassTree(nn.Module):
         probs = counts / counts.sum()
         self.class_probability = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, class_of, probs)
 
-        bound = 1.0 / math.sqrt(d_model)
-        self.class_weight = nn.Parameter(torch.empty(num_classes, d_model).uniform_(-bound, bound))
-        self.word_weight = nn.Parameter(torch.empty(vocab_size, d_model).uniform_(-bound, bound))
+        self.class_weight = nn.Parameter(torch.empty(num_classes, d_model))
+        self.word_weight = nn.Parameter(torch.empty(vocab_size, d_model))
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """Class vectors, then word vectors, uniform in +-1/sqrt(d) (HierarchicalSoftmax calls this)."""
+        bound = 1.0 / math.sqrt(self.class_weight.shape[1])
+        self.class_weight.uniform_(-bound, bound)
+        self.word_weight.uniform_(-bound, bound)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         from vqbench.head import refuse_other_structure

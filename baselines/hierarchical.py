@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from vqbench.head import OutputHead, check_choice, check_int_option
+from vqbench.head import OutputHead, Option, check_choice, check_int_option
 from vqbench.registry import register_head
 
 TREES = ("class", "huffman")
@@ -20,13 +20,23 @@ class HierarchicalSoftmax(OutputHead):
     Parameters (closed form): (V - 1) * d.
 
     Shapes: hidden [N, d] -> log_probs [N, V]; target [N] -> target_log_prob [N].
-
-    Options:
-        tree: "class" (default) or "huffman".
-        classes: C for tree="class", 1 <= C <= V (default round(sqrt(V))).
     """
 
-    OPTION_TYPES = {"tree": str, "classes": int}
+    OPTIONS = (
+        Option("tree", str, "class", "two-level frequency-binned classes, or a binary Huffman tree", choices=TREES),
+        Option("classes", int, None, "C for tree=class, 1 <= C <= V", default_text="round(sqrt(V))"),
+    )
+    TITLE = "hierarchical softmax"
+    CITATIONS = ("mikolov2011extensions", "morin2005hierarchical", "mikolov2013distributed", "joulin2017bag")
+    SUMMARY = ("two-level class-based softmax with frequency-binned classes (Mikolov et al. 2011), or a binary "
+               "Huffman tree (word2vec, fastText)")
+    METHOD = ("Two-level class-based softmax p(w|h) = p(c(w)|h) p(w|c(w),h) with frequency-binned classes "
+              "[mikolov2011extensions], and a binary tree over Huffman codes [morin2005hierarchical, "
+              "mikolov2013distributed, joulin2017bag], whose loss follows each target's path.")
+    EXAMPLES = ("hierarchical", "hierarchical:classes=200", "hierarchical:tree=huffman")
+    SMALL_EXAMPLES = ("hierarchical", "hierarchical:classes=5", "hierarchical:tree=huffman")
+    COMPARED = ("hierarchical", "hierarchical:tree=huffman")
+    ORDER = 2
     OUTPUT_TOKEN_MAJOR = True  # both trees build log_probs token-major, [V, N]
 
     def __init__(self, vocab_size, d_model, *, tree="class", classes=None, token_counts=None):
@@ -41,11 +51,20 @@ class HierarchicalSoftmax(OutputHead):
             self.tree = HuffmanTree(self.vocab_size, self.d_model, self.token_counts)
         else:
             from baselines.class_tree import ClassTree
-            if classes is None:
-                classes = max(1, round(math.sqrt(self.vocab_size)))
+            classes = self.resolve_options(self.vocab_size, self.d_model, {"classes": classes})["classes"]
             classes = check_int_option("classes", classes, minimum=1, maximum=self.vocab_size,
                                        why_max=" (vocab_size)")
             self.tree = ClassTree(self.vocab_size, self.d_model, self.token_counts, classes)
+        self.reset_parameters()
+
+    @classmethod
+    def resolve_options(cls, vocab_size, d_model, values):
+        if values.get("classes") is None and values.get("tree", "class") == "class":
+            values = {**values, "classes": max(1, round(math.sqrt(vocab_size)))}
+        return values
+
+    def reset_parameters(self):
+        self.tree.reset_parameters()
 
     def _spec_values(self):
         return {"tree": self.tree_kind, "classes": self.tree.num_classes if self.tree_kind == "class" else None}

@@ -85,8 +85,13 @@ class HuffmanTree(nn.Module):
             self.register_buffer(f"level{level}_left", left_child[nodes], persistent=False)
             self.register_buffer(f"level{level}_right", right_child[nodes], persistent=False)
 
-        bound = 1.0 / math.sqrt(d_model)
-        self.node_weight = nn.Parameter(torch.empty(vocab_size - 1, d_model).uniform_(-bound, bound))
+        self.node_weight = nn.Parameter(torch.empty(vocab_size - 1, d_model))
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """Node vectors uniform in +-1/sqrt(d) (HierarchicalSoftmax calls this)."""
+        bound = 1.0 / math.sqrt(self.node_weight.shape[1])
+        self.node_weight.uniform_(-bound, bound)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         from vqbench.head import refuse_other_structure

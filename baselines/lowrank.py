@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqbench.head import LogitsHead, check_int_option, linear_into
+from vqbench.head import LogitsHead, Option, check_int_option, linear_into
 from vqbench.registry import register_head
 
 
@@ -19,25 +19,44 @@ class LowRankSoftmax(LogitsHead):
     Shapes: hidden [N, d] -> [N, r] -> logits [N, V]; P [r, d]; W [V, r]; b [V] with ``bias=1``.
 
     Parameters (closed form): r * d + V * r, plus V with ``bias=1``.
-
-    Options:
-        rank: r, 1 <= r <= d (default max(1, d // 4)).
-        bias: add a bias on the V logits (default 0).
     """
 
-    OPTION_TYPES = {"rank": int, "bias": bool}
+    OPTIONS = (
+        Option("rank", int, None, "r, 1 <= r <= d", default_text="max(1, d // 4)"),
+        Option("bias", bool, False, "add a bias on the V logits"),
+    )
+    TITLE = "low-rank factorisation"
+    CITATIONS = ("sainath2013lowrank",)
+    SUMMARY = "Linear(d, r) then Linear(r, V)"
+    METHOD = ("The V x d output matrix factorised through a rank-r bottleneck, Linear(d, r) then Linear(r, V) "
+              "[sainath2013lowrank].")
+    EXAMPLES = ("lowrank", "lowrank:rank=128")
+    SMALL_EXAMPLES = ("lowrank", "lowrank:rank=3,bias=1")
+    CAPABILITIES = frozenset({"label_smoothing", "logits"})
+    ORDER = 3
 
     def __init__(self, vocab_size, d_model, *, rank=None, bias=False, token_counts=None):
         super().__init__(vocab_size, d_model, token_counts)
-        if rank is None:
-            rank = max(1, self.d_model // 4)
+        rank = self.resolve_options(self.vocab_size, self.d_model, {"rank": rank})["rank"]
         self.rank = check_int_option("rank", rank, minimum=1, maximum=self.d_model,
                                      why_max=" (d_model; a larger rank adds nothing)")
-        self.down = nn.Parameter(torch.empty(self.rank, self.d_model).uniform_(
-            -1 / math.sqrt(self.d_model), 1 / math.sqrt(self.d_model)))
-        self.weight = nn.Parameter(torch.empty(self.vocab_size, self.rank).uniform_(
-            -1 / math.sqrt(self.rank), 1 / math.sqrt(self.rank)))
-        self.bias = nn.Parameter(torch.zeros(self.vocab_size)) if bias else None
+        self.down = nn.Parameter(torch.empty(self.rank, self.d_model))
+        self.weight = nn.Parameter(torch.empty(self.vocab_size, self.rank))
+        self.bias = nn.Parameter(torch.empty(self.vocab_size)) if bias else None
+        self.reset_parameters()
+
+    @classmethod
+    def resolve_options(cls, vocab_size, d_model, values):
+        if values.get("rank") is None:
+            values = {**values, "rank": max(1, d_model // 4)}
+        return values
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        self.down.uniform_(-1 / math.sqrt(self.d_model), 1 / math.sqrt(self.d_model))
+        self.weight.uniform_(-1 / math.sqrt(self.rank), 1 / math.sqrt(self.rank))
+        if self.bias is not None:
+            self.bias.zero_()
 
     def _spec_values(self):
         return {"rank": self.rank, "bias": self.bias is not None}

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqbench.head import OutputHead, check_choice
+from vqbench.head import OutputHead, Option, check_choice
 from vqbench.registry import register_head
 
 IMPLS = ("torch-lce", "compile", "cce", "liger")
@@ -36,13 +36,22 @@ class PeerLoss(OutputHead):
     Shapes: hidden [N, d], target [N] -> loss (scalar); weight W [V, d].
 
     Parameters (closed form): V * d, as `softmax`.
-
-    Options:
-        impl: "torch-lce" (default), "compile", "cce" or "liger".
-        chunked: torch-lce through its chunked path (LinearCrossEntropyOptions()).
     """
 
-    OPTION_TYPES = {"impl": str, "chunked": bool}
+    OPTIONS = (
+        Option("impl", str, "torch-lce", "whose fused linear cross-entropy runs the loss", choices=IMPLS),
+        Option("chunked", bool, False, "torch-lce through its chunked path (LinearCrossEntropyOptions())"),
+    )
+    TITLE = "peers"
+    CITATIONS = ("wijmans2025cut", "hsu2024liger")
+    SUMMARY = ("fused exact losses of others over a full softmax weight: torch's `F.linear_cross_entropy` "
+               "(reference and chunked), `torch.compile` of linear + cross-entropy, Cut Cross-Entropy, Liger "
+               "(CUDA); loss and training step only")
+    EXAMPLES = ("peer:impl=torch-lce", "peer:impl=torch-lce,chunked=1", "peer:impl=compile", "peer:impl=cce",
+                "peer:impl=liger")
+    COMPARED = ()
+    CAPABILITIES = frozenset({"loss_only"})
+    ORDER = 5
 
     def __init__(self, vocab_size, d_model, *, impl="torch-lce", chunked=False, token_counts=None):
         super().__init__(vocab_size, d_model, token_counts)
@@ -56,9 +65,14 @@ class PeerLoss(OutputHead):
         if impl in PACKAGES and importlib.util.find_spec(PACKAGES[impl]) is None:
             raise NotImplementedError(f"impl: {impl} needs the package {PACKAGES[impl].replace('_', '-')} "
                                       f"(pip install -e \".[peers]\")")
-        bound = 1.0 / math.sqrt(self.d_model)  # as vqbench's softmax
-        self.weight = nn.Parameter(torch.empty(self.vocab_size, self.d_model).uniform_(-bound, bound))
+        self.weight = nn.Parameter(torch.empty(self.vocab_size, self.d_model))
         self._compiled = None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        bound = 1.0 / math.sqrt(self.d_model)  # as vqbench's softmax
+        self.weight.uniform_(-bound, bound)
 
     def _spec_values(self):
         return {"impl": self.impl, "chunked": self.chunked}

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.chunked_cross_entropy import chunked_linear_cross_entropy, chunked_token_terms
-from vqbench.head import LogitsHead, check_int_option, linear_into
+from vqbench.head import LogitsHead, Option, check_int_option, linear_into
 from vqbench.registry import register_head
 
 
@@ -20,22 +20,39 @@ class FullSoftmax(LogitsHead):
     Shapes: hidden [N, d] -> logits [N, V]; weight W [V, d]; bias b [V] with ``bias=1``.
 
     Parameters (closed form): V * d, plus V with ``bias=1``.
-
-    Options:
-        bias: add a bias (default 0, as in GPT-2 style LMs).
-        chunk: tokens per chunk of the exact memory-efficient loss (see
-            baselines.chunked_cross_entropy); peak extra memory about chunk x V instead of N x V.
-            Default none: the plain path.
     """
 
-    OPTION_TYPES = {"bias": bool, "chunk": int}
+    OPTIONS = (
+        Option("bias", bool, False, "add a bias b [V] (GPT-2 style LMs have none)"),
+        Option("chunk", int, None, "tokens per chunk of an exact loss that never holds the N x V logits "
+                                   "(peak about chunk x V); none: the plain path", default_text="none"),
+    )
+    TITLE = "full softmax"
+    CITATIONS = ("wijmans2025cut", "hsu2024liger")
+    SUMMARY = ("Linear(d, V); `chunk` is an exact loss that never holds the N x V logits (the idea of Cut "
+               "Cross-Entropy / Liger's fused linear cross-entropy)")
+    METHOD = ("The baseline: logits h W^T over all V tokens, normalised by a softmax. `softmax:chunk=C` computes "
+              "the same loss and gradients over chunks of C tokens without holding the N x V logits, the idea of "
+              "Cut Cross-Entropy [wijmans2025cut] and Liger's fused linear cross-entropy [hsu2024liger].")
+    EXAMPLES = ("softmax", "softmax:bias=1", "softmax:chunk=256")
+    SMALL_EXAMPLES = ("softmax", "softmax:bias=1", "softmax:chunk=7", "softmax:chunk=7,bias=1")
+    COMPARED = ("softmax", "softmax:chunk=256")
+    CAPABILITIES = frozenset({"label_smoothing", "logits"})
+    ORDER = 0
 
     def __init__(self, vocab_size, d_model, *, bias=False, chunk=None, token_counts=None):
         super().__init__(vocab_size, d_model, token_counts)
         self.chunk = None if chunk is None else check_int_option("chunk", chunk, minimum=1)
+        self.weight = nn.Parameter(torch.empty(self.vocab_size, self.d_model))
+        self.bias = nn.Parameter(torch.empty(self.vocab_size)) if bias else None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
         bound = 1.0 / math.sqrt(self.d_model)
-        self.weight = nn.Parameter(torch.empty(self.vocab_size, self.d_model).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.zeros(self.vocab_size)) if bias else None
+        self.weight.uniform_(-bound, bound)
+        if self.bias is not None:
+            self.bias.zero_()
 
     def _spec_values(self):
         return {"bias": self.bias is not None, "chunk": self.chunk}

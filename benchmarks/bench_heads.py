@@ -1,4 +1,4 @@
-"""asv benchmarks: every head's time, memory, FLOPs and parameters over head x V x d x K x N.
+"""asv benchmarks: every head's time, memory, FLOPs and parameters over head spec x V x d x N.
 
 Invalid, over-memory or no-CUDA combinations are skipped by raising NotImplementedError in
 setup. VQBENCH_FULL=1 selects the full grid.
@@ -6,7 +6,7 @@ setup. VQBENCH_FULL=1 selects the full grid.
 
 import torch
 
-from .common import CODEBOOK, CUDA_PARAMS, D_MODEL, DECODE_BATCHES, HEADS, PARAM_NAMES, PARAMS, VOCAB, MissingOp, build
+from .common import CUDA_PARAMS, D_MODEL, DECODE_BATCHES, HEADS, PARAM_NAMES, PARAMS, VOCAB, MissingOp, build
 
 
 class Timing:
@@ -21,11 +21,11 @@ class HeadsCPU(Timing):
     params = PARAMS
     param_names = PARAM_NAMES
     timeout = 600
-    version = "1"   # bump when what these benchmarks measure changes
+    version = "2"   # bump when what these benchmarks measure changes (2: K left the parameters)
 
-    def setup(self, head, V, d, K, N):
+    def setup(self, head, V, d, N):
         torch.set_num_threads(torch.get_num_threads())
-        self.head, self.ops = build(head, V, d, K, N)
+        self.head, self.ops = build(head, V, d, N)
 
     def time_log_probs(self, *args):
         self.ops["log_probs"]()
@@ -46,11 +46,11 @@ class HeadsCPU(Timing):
         return self.head.num_parameters()
     track_params.unit = "parameters"
 
-    def track_flops_loss(self, head, V, d, K, N):
+    def track_flops_loss(self, head, V, d, N):
         return self.head.flops(N, "loss")
     track_flops_loss.unit = "FLOP"
 
-    def track_flops_log_probs(self, head, V, d, K, N):
+    def track_flops_log_probs(self, head, V, d, N):
         return self.head.flops(N, "log_probs")
     track_flops_log_probs.unit = "FLOP"
 
@@ -60,10 +60,10 @@ class IntoCPU(Timing):
     params = PARAMS
     param_names = PARAM_NAMES
     timeout = 600
-    version = "1"
+    version = "2"
 
-    def setup(self, head, V, d, K, N):
-        self.head, self.ops = build(head, V, d, K, N, ops=("log_probs_into",))
+    def setup(self, head, V, d, N):
+        self.head, self.ops = build(head, V, d, N, ops=("log_probs_into",))
 
     def time_log_probs_into(self, *args):
         self.ops["log_probs_into"]()
@@ -72,16 +72,16 @@ class IntoCPU(Timing):
 class DecodeCPU(Timing):
     """A generation step the dense way: V log-probabilities and one multinomial draw for each of N
     sequences (the op ``decode`` before head.sample existed, ``decode_dense`` since)."""
-    params = [HEADS, VOCAB, D_MODEL, CODEBOOK, DECODE_BATCHES]
+    params = [HEADS, VOCAB, D_MODEL, DECODE_BATCHES]
     param_names = PARAM_NAMES
     timeout = 300
-    version = "1"
+    version = "2"
 
-    def setup(self, head, V, d, K, N):
+    def setup(self, head, V, d, N):
         try:
-            self.head, ops = build(head, V, d, K, N, ops=("decode_dense",))
+            self.head, ops = build(head, V, d, N, ops=("decode_dense",))
         except MissingOp:   # before head.sample, the op decode was the dense way
-            self.head, ops = build(head, V, d, K, N, ops=("decode",))
+            self.head, ops = build(head, V, d, N, ops=("decode",))
         self.dense = next(iter(ops.values()))
 
     def time_decode(self, *args):
@@ -91,13 +91,13 @@ class DecodeCPU(Timing):
 class SampleCPU(Timing):
     """A generation step by ``head.sample``: one token for each of N sequences without V log-probabilities
     where the head allows (commits before head.sample skip)."""
-    params = [HEADS, VOCAB, D_MODEL, CODEBOOK, DECODE_BATCHES]
+    params = [HEADS, VOCAB, D_MODEL, DECODE_BATCHES]
     param_names = PARAM_NAMES
     timeout = 300
-    version = "1"
+    version = "2"
 
-    def setup(self, head, V, d, K, N):
-        self.head, self.ops = build(head, V, d, K, N, ops=("decode",))
+    def setup(self, head, V, d, N):
+        self.head, self.ops = build(head, V, d, N, ops=("decode",))
         if not hasattr(self.head, "sample"):
             raise NotImplementedError("head.sample: not in this commit's vqbench")
 
@@ -109,10 +109,10 @@ class HeadsCUDA(Timing):
     params = CUDA_PARAMS
     param_names = PARAM_NAMES
     timeout = 600
-    version = "1"
+    version = "2"
 
-    def setup(self, head, V, d, K, N):
-        self.head, self.ops = build(head, V, d, K, N, device="cuda")
+    def setup(self, head, V, d, N):
+        self.head, self.ops = build(head, V, d, N, device="cuda")
         for fn in self.ops.values():   # warm up kernels and the caching allocator
             fn()
         torch.cuda.synchronize()

@@ -2,7 +2,7 @@
 # Regenerates the committed CPU results (2 threads). Run on a quiet machine: no training, tests or other
 # benchmark at the same time (a second busy process triples small ops' times).
 #   cpu-sweep  the full grid, float32, THP allocator, with a 1 s per-call time guard (about 80 minutes);
-#   headline   V=50257, d=1024, K=1024, N=2048, every head and op (also the *_into ops and decode_dense),
+#   headline   V=50257, d=1024, N=2048 (vq: K=1024), every head and op (also the *_into ops and decode_dense),
 #              float32 and bfloat16, no time guard: headline.csv with PyTorch's default CPU allocator (what
 #              a plain process gets) and headline-thp.csv with the transparent-huge-page allocator;
 #              decode.csv: the generation step at N=1 and N=64, by head.sample and the dense way;
@@ -15,16 +15,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COMMON=(--threads 2 --min-run-time 0.2 --out results --no-progress "${MODE:---resume}")
-# the default heads but vq, which each step names with its own K
-mapfile -t HEADS < <(python -c "from vqbench.registry import DEFAULT_HEADS; print(*[s for s in DEFAULT_HEADS if s != 'vq'], sep='\n')")
+# the default heads (each head's COMPARED specs) but vq, which each step names with its own K
+mapfile -t HEADS < <(python -c "from vqbench.registry import default_specs; print(*[s for s in default_specs() if s != 'vq'], sep='\n')")
 OPS=(logits log_probs logits_into log_probs_into predict loss train)
 HEADLINE=(--vocab 50257 --d-model 1024 --tokens 2048 --dtype float32 bfloat16)
 HEADLINE_HEADS=("${HEADS[@]}" vq:K=1024 vq:K=1024,path=scatter vq:K=1024,bias=1 peer:impl=torch-lce
                 peer:impl=torch-lce,chunked=1 peer:impl=compile peer:impl=cce)
 STEP="${1:-}"
 if [ -z "$STEP" ] || [ "$STEP" = cpu-sweep ]; then
-python -m vqbench.compare --heads "${HEADS[@]}" vq --vocab 10000 32000 50257 128000 256000 \
-    --d-model 512 1024 4096 --codebook 256 1024 4096 --tokens 1 64 2048 --time-budget-s 1 \
+python -m vqbench.compare --heads "${HEADS[@]}" "vq:K={256,1024,4096}" --vocab 10000 32000 50257 128000 256000 \
+    --d-model 512 1024 4096 --tokens 1 64 2048 --time-budget-s 1 \
     --name cpu-sweep "${COMMON[@]}"
 fi
 if [ -z "$STEP" ] || [ "$STEP" = headline ]; then
@@ -43,8 +43,8 @@ python -m vqbench.repro results/headline-thp.csv results/headline-thp-rerun.csv 
     > /dev/null
 fi
 if [ -z "$STEP" ] || [ "$STEP" = cpu-floors ]; then
-python -m vqbench.compare --heads "${HEADS[@]}" vq --vocab 10000 50257 128000 --d-model 1024 \
-    --codebook 256 1024 4096 --tokens 64 2048 --ops "${OPS[@]}" --time-budget-s 3 --dtype float32 bfloat16 \
+python -m vqbench.compare --heads "${HEADS[@]}" "vq:K={256,1024,4096}" --vocab 10000 50257 128000 --d-model 1024 \
+    --tokens 64 2048 --ops "${OPS[@]}" --time-budget-s 3 --dtype float32 bfloat16 \
     --name cpu-floors "${COMMON[@]}"
 fi
 if [ -z "$STEP" ] || [ "$STEP" = chunk-memory ]; then

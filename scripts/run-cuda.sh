@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA rows, in one run of under 8 minutes on one GPU (an H200 took the sizes below):
-#   cuda-headline  V=50257, d=1024, K=1024, N=2048: every head (and vq with bias), float32 and bfloat16, ops logits, log_probs,
+#   cuda-headline  V=50257, d=1024, N=2048 (vq: K=1024): every head (and vq with bias), float32 and bfloat16, ops logits, log_probs,
 #                  loss, train, decode (CUDA peak memory in the rows);
 #   cuda-sweep     V in {10000, 50257, 128000, 256000} x d in {1024, 4096} x K in {256, 1024, 4096} x
 #                  N in {64, 2048, 8192}, the same heads, dtypes and ops, a 0.5 s per-call time guard.
@@ -26,33 +26,38 @@ if ! "$PY" -c "import vqbench" 2>/dev/null; then
 fi
 "$PY" -c "import torch, tabulate, tqdm, vqbench; print('torch', torch.__version__, 'vqbench', vqbench.__version__)"
 
-HEADS=(softmax softmax:chunk=256 adaptive hierarchical hierarchical:tree=huffman lowrank vq
-       peer:impl=torch-lce peer:impl=torch-lce,chunked=1 peer:impl=compile peer:impl=cce peer:impl=liger)
+# the default heads (each head's COMPARED specs, vq's K set per step) and every peer
+mapfile -t HEADS < <("$PY" -c "from vqbench.registry import default_specs; print(*[s for s in default_specs() if s != 'vq'], sep='\n')")
+mapfile -t -O "${#HEADS[@]}" HEADS < <("$PY" -c "from vqbench.registry import head_class; print(*head_class('peer').EXAMPLES, sep='\n')")
 OPS=(logits log_probs loss train decode)
 if [ "$DRY" = "--dry-run" ]; then
     DEVICE=cpu
-    HEADLINE=(--vocab 300 --d-model 16 --codebook 16 --tokens 8)
-    SWEEP=(--vocab 200 400 --d-model 16 --codebook 8 16 --tokens 4 8)
+    HEADLINE=(--vocab 300 --d-model 16 --tokens 8)
+    HEADLINE_VQ=(vq:K=16 vq:K=16,bias=1)
+    SWEEP=(--vocab 200 400 --d-model 16 --tokens 4 8)
+    SWEEP_VQ="vq:K={8,16}"
     TIMING=(--min-run-time 0.002 --ceilings small --threads 1)
     LIMIT=120
 else
     DEVICE=cuda
     nvidia-smi -L
     "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
-    HEADLINE=(--vocab 50257 --d-model 1024 --codebook 1024 --tokens 2048)
-    SWEEP=(--vocab 10000 50257 128000 256000 --d-model 1024 4096 --codebook 256 1024 4096 --tokens 64 2048 8192)
+    HEADLINE=(--vocab 50257 --d-model 1024 --tokens 2048)
+    HEADLINE_VQ=(vq:K=1024 vq:K=1024,bias=1)
+    SWEEP=(--vocab 10000 50257 128000 256000 --d-model 1024 4096 --tokens 64 2048 8192)
+    SWEEP_VQ="vq:K={256,1024,4096}"
     TIMING=(--min-run-time 0.05)
     LIMIT=420
 fi
 COMMON=(--device "$DEVICE" --dtype float32 bfloat16 --ops "${OPS[@]}" --out "$OUT" --no-progress --resume
         "${TIMING[@]}")
 
-"$PY" -m vqbench.compare --heads "${HEADS[@]}" vq:bias=1 "${HEADLINE[@]}" --name cuda-headline "${COMMON[@]}" \
+"$PY" -m vqbench.compare --heads "${HEADS[@]}" "${HEADLINE_VQ[@]}" "${HEADLINE[@]}" --name cuda-headline "${COMMON[@]}" \
     > "$OUT/cuda-headline.log" 2>&1 || { tail -n 20 "$OUT/cuda-headline.log"; exit 1; }
 echo "cuda-headline: $(tail -n 1 "$OUT/cuda-headline.log")"
 # the sweep is cut at LIMIT seconds; what it measured stays, and a rerun resumes the rest
 status=0
-timeout "$LIMIT" "$PY" -m vqbench.compare --heads "${HEADS[@]}" "${SWEEP[@]}" --time-budget-s 0.5 \
+timeout "$LIMIT" "$PY" -m vqbench.compare --heads "${HEADS[@]}" "$SWEEP_VQ" "${SWEEP[@]}" --time-budget-s 0.5 \
     --name cuda-sweep "${COMMON[@]}" > "$OUT/cuda-sweep.log" 2>&1 || status=$?
 if [ "$status" -eq 124 ]; then
     echo "cuda-sweep: stopped at the ${LIMIT} s limit; run the script again to finish it"

@@ -8,37 +8,37 @@ import sys
 import pytest
 
 from benchmarks.bench_heads import DecodeCPU, HeadsCPU, HeadsCUDA, IntoCPU, SampleCPU
-from benchmarks.common import CODEBOOK, MissingOp, build, full_spec
+from benchmarks.common import HEADS, PARAM_NAMES, MissingOp, build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_every_cpu_method_runs_on_one_small_combination():
     suite = HeadsCPU()
-    args = ("vq", 2048, 64, CODEBOOK[0], 32)
+    args = ("vq:K=1024", 2048, 64, 32)
     suite.setup(*args)
     for name in dir(suite):
         if name.startswith(("time_", "peakmem_")):
             getattr(suite, name)(*args)
-    assert suite.track_params(*args) == CODEBOOK[0] * 64
-    assert suite.track_flops_loss(*args) == 2 * 32 * 64 * CODEBOOK[0]
+    assert suite.track_params(*args) == 1024 * 64
+    assert suite.track_flops_loss(*args) == 2 * 32 * 64 * 1024
     assert suite.track_params.unit == "parameters" and suite.track_flops_loss.unit == "FLOP"
     assert suite.version and suite.timeout
     into = IntoCPU()
     into.setup(*args)
     into.time_log_probs_into(*args)
     decode = DecodeCPU()
-    decode.setup("vq", 2048, 64, CODEBOOK[0], 8)
+    decode.setup("vq:K=1024", 2048, 64, 8)
     assert decode.dense.__name__ == "decode_dense"   # today's op for the dense way
     decode.time_decode()
     sample = SampleCPU()
-    sample.setup("vq", 2048, 64, CODEBOOK[0], 8)
+    sample.setup("vq:K=1024", 2048, 64, 8)
     sample.time_sample()
 
 
 def test_an_op_the_commit_lacks_is_a_skip():
     with pytest.raises(MissingOp, match="no_such_op: not in this commit"):
-        build("softmax", 512, 32, CODEBOOK[0], 8, ops=("no_such_op",))
+        build("softmax", 512, 32, 8, ops=("no_such_op",))
     assert issubclass(MissingOp, NotImplementedError)   # asv's skip
 
 
@@ -63,9 +63,8 @@ def test_the_suite_uses_only_the_api_every_measured_commit_has():
 
 
 @pytest.mark.parametrize("args,reason", [
-    (("vq", 256, 64, 1024, 32), "K=1024 > V=256"),
-    (("softmax", 2048, 64, CODEBOOK[0] + 1, 32), "K applies to vq only"),
-    (("softmax", 10**7, 4096, CODEBOOK[0], 10**5), "memory budget"),
+    (("vq:K=1024", 256, 64, 32), "vq:K=1024 at V=256, d=64: K: must be <= 256"),
+    (("softmax", 10**7, 4096, 10**5), "memory budget"),
 ])
 def test_invalid_combinations_skip_with_a_reason(args, reason):
     with pytest.raises(NotImplementedError, match=reason):
@@ -77,13 +76,13 @@ def test_cuda_suite_skips_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     with pytest.raises(NotImplementedError, match="CUDA"):
-        HeadsCUDA().setup("softmax", 2048, 64, CODEBOOK[0], 32)
+        HeadsCUDA().setup("softmax", 2048, 64, 32)
 
 
-def test_specs_take_k_from_the_parameter():
-    assert full_spec("vq", 256) == "vq:K=256"
-    assert full_spec("vq:path=scatter", 256) == "vq:K=256,path=scatter"
-    head, ops = build("vq:path=scatter", 512, 32, 256, 8)
+def test_specs_are_full_spec_strings_with_no_k_parameter():
+    assert PARAM_NAMES == ["head", "V", "d", "N"]
+    assert {"vq:K=1024", "vq:K=1024,path=scatter"} <= set(HEADS)
+    head, ops = build("vq:K=256,path=scatter", 512, 32, 8)
     assert head.K == 256 and head.path == "scatter" and set(ops) == {"log_probs", "loss", "train"}
 
 
@@ -99,7 +98,7 @@ def test_asv_runs_one_small_combination_in_this_environment(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path)}  # asv machine --yes writes ~/.asv-machine.json
     subprocess.run([sys.executable, "-m", "asv", "machine", "--yes"], cwd=ROOT, env=env, check=True,
                    capture_output=True, timeout=120)
-    combination = r"\('vq', 8192, 512, 1024, 256\)"
+    combination = r"\('vq:K=1024', 8192, 512, 256\)"
     result = subprocess.run(
         [sys.executable, "-m", "asv", "run", "--python=same", "--quick", "--dry-run", "--show-stderr",
          "-b", rf"HeadsCPU\.(time_loss|track_params|track_flops_loss){combination}"],

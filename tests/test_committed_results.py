@@ -84,7 +84,7 @@ def _asv_measured_files():
     spec.loader.exec_module(common)
     files = set(closure(suite)) | {"asv.conf.json"}
     for head in common.HEADS:
-        files |= files_for(common.full_spec(head, common.CODEBOOK[0]))
+        files |= files_for(head)
     return sorted(files)
 
 

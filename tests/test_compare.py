@@ -28,8 +28,8 @@ def tiny_sweep(tmp_path, heads, ops=("log_probs", "loss", "train"), budget=FAST,
 
 def test_rows_follow_the_schema_and_counts_agree(tmp_path):
     heads = ["softmax", "softmax:chunk=3", "adaptive", "hierarchical", "hierarchical:tree=huffman",
-             "lowrank", "vq"]
-    rows, stats = tiny_sweep(tmp_path, heads, ops=ops.ALL_OPS, codebook=[4, 8])
+             "lowrank", "vq:K={4,8}"]
+    rows, stats = tiny_sweep(tmp_path, heads, ops=ops.ALL_OPS)
     with open(tmp_path / "rows.csv") as f:
         assert next(csv.reader(f)) == COLUMNS
     assert stats.measured > 0 and stats.skipped == 6  # logits(_into): adaptive, class tree, huffman
@@ -40,8 +40,7 @@ def test_rows_follow_the_schema_and_counts_agree(tmp_path):
         assert row["threads"] == "1" and row["device"] == "cpu" and row["dtype"] == "float32"
     ok = [r for r in rows if r["status"] == "ok"]
     specs = {r["spec"] for r in rows}
-    assert {"vq:K=4", "vq:K=8"} <= specs
-    assert {r["K"] for r in rows if r["spec"] == "vq:K=8"} == {"8"}
+    assert {"vq:K=4", "vq:K=8"} <= specs and "K" not in rows[0]
     times = [float(r["value"]) for r in ok if r["metric"] == "time"]
     assert times and all(t > 0 for t in times)
     assert all(float(r["spread"]) >= 0 for r in ok if r["metric"] == "time")
@@ -84,7 +83,7 @@ def test_invalid_combination_and_failing_op_are_skipped(tmp_path, monkeypatch):
         return real(head, hidden, target)
 
     monkeypatch.setattr(op_calls, "build_loss", flaky)
-    rows, stats = tiny_sweep(tmp_path, ["vq", "lowrank", "softmax"], codebook=[1000])
+    rows, stats = tiny_sweep(tmp_path, ["vq:K=1000", "lowrank", "softmax"])
     reasons = {(r["spec"], r["op"]): r["reason"] for r in rows if r["status"] == "skipped"}
     assert "K" in reasons[("vq:K=1000", "loss")] and reasons[("vq:K=1000", "loss")].startswith("build:")
     assert "out of memory" in reasons[("lowrank", "loss")]
@@ -141,7 +140,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path):
 
 def fake_rows():
     base = {c: "" for c in COLUMNS}
-    base.update(device="cpu", dtype="float32", d="64", N="32", K="", status="ok", threads="2",
+    base.update(device="cpu", dtype="float32", d="64", N="32", status="ok", threads="2",
                 torch_version="2.13.0", device_name="Test CPU", git_commit="abc")
     rows = []
     for spec, scale in [("softmax", 1.0), ("vq:K=16", 0.25)]:
@@ -220,3 +219,26 @@ def test_from_file_selects_rows(tmp_path, capsys):
     assert "V=2000" in printed and "V=1000" not in printed and "| softmax" not in printed
     assert "vq:K=16" in (tmp_path / "picked.md").read_text()
     assert compare.main(["--from", str(tmp_path / "missing.csv")]) == 2
+
+
+def test_a_file_with_the_old_k_column_still_reads_and_resumes(tmp_path):
+    """Files written while K was a column of the schema: rows read as before, and a resumed sweep appends
+    under the file's own header (K empty: the canonical spec carries it)."""
+    from vqbench.results import LEGACY_COLUMNS
+    path = tmp_path / "old.csv"
+    old = {c: "" for c in LEGACY_COLUMNS}
+    old.update(head="vq", spec="vq:K=8", op="params", metric="params", unit="count", V="60", d="16", K="8", N="8",
+               device="cpu", dtype="float32", value="128", status="ok")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, LEGACY_COLUMNS)
+        writer.writeheader()
+        writer.writerows([old, {**old, "metric": "param_bytes", "unit": "bytes", "value": "512"}])
+    assert [r["K"] for r in read_rows(str(path))] == ["8", "8"]
+    with ResultsFile(str(path)) as results:
+        run_sweep(Grid(heads=["vq:K=8"], ops=("loss",), **TINY), results, FAST, threads=1, resume=True,
+                  progress=False)
+    with open(path, newline="") as f:
+        assert next(csv.reader(f)) == LEGACY_COLUMNS
+    rows = read_rows(str(path))
+    assert {(r["op"], r["metric"]) for r in rows if r["spec"] == "vq:K=8"} >= {("params", "params"), ("loss", "time")}
+    assert len([r for r in rows if r["op"] == "params"]) == 2  # the stored unit was resumed, not measured again

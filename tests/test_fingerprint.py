@@ -240,3 +240,13 @@ def test_every_project_file_a_timed_call_runs_is_in_its_fingerprint():
             project = {(f, name) for f, name in ran if f.startswith(packages)}
             assert {f for f, _ in project} <= covered, (spec, op, {f for f, _ in project} - covered)
             assert not {name for _, name in project} & fingerprint.COUNTING_METHODS, (spec, op)
+
+
+def test_a_heads_description_is_not_code_that_ran(results_dir, monkeypatch, tmp_path):
+    """A head's title, citations and examples feed README, the report and the tests, never a timed call."""
+    copy = _copy_of_project(tmp_path, monkeypatch)
+    _edit(copy / "vqbench" / "vq.py", '    TITLE = "VQ-Logits"', '    TITLE = "VQ-Logits (renamed)"')
+    try:
+        assert report.main(["--results", str(results_dir), "--check"]) == 0
+    finally:
+        fingerprint._imports.cache_clear()

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import vqbench
-from conftest import D, N, SPECS, V, build, inputs
+from conftest import D, N, SPECS, V, build, heads_with, inputs
 
-LOGITS_SPECS = ["softmax", "lowrank", "vq:K=10", "vq:K=10,bias=1"]
+LOGITS_SPECS = [spec for spec in SPECS if spec.split(":")[0] in heads_with("logits")]
 
 
 @pytest.mark.parametrize("spec", SPECS)

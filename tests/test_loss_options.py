@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import D, N, V, build, inputs
+from conftest import D, N, V, build, heads_with, inputs
 
-SMOOTHING_HEADS = ("softmax", "lowrank", "vq")
+SMOOTHING_HEADS = heads_with("label_smoothing")
 
 
 def reference_and_ours(head, hidden, target, **options):

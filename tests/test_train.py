@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from conftest import HEAD_CLASSES
 from vqbench import train
 from vqbench.data import default_corpus_dir
 
@@ -29,8 +30,7 @@ def losses(folder):
     return [r["loss"] for r in records(folder) if "loss" in r]
 
 
-@pytest.mark.parametrize("head", ["softmax", "softmax:chunk=64", "adaptive", "hierarchical",
-                                  "hierarchical:tree=huffman", "lowrank:rank=16", "vq:K=256"])
+@pytest.mark.parametrize("head", [spec for name, cls in HEAD_CLASSES.items() for spec in (cls.COMPARED or (name,))])
 def test_every_head_learns(tmp_path, head):
     out = str(tmp_path / "run")
     summary = train.train(train.parse_args(SMALL + ["--head", head, "--steps", "200", "--log-every", "20",

@@ -3,7 +3,8 @@
     from vqbench import make_head
     head = make_head("vq:K=1024,mapping=frequency", vocab_size=V, d_model=d)
 
-Heads register by name (vqbench.registry); the built-in ones load when first asked for.
+Heads register by name (vqbench.registry): the built-in ones, those of the entry-point group
+``vqbench.heads`` and those of modules imported before use are found when first asked for.
 """
 
 from vqbench.head import OPS, HeadOutput, LogitsHead, OutputHead
@@ -12,17 +13,18 @@ from vqbench.vq import VQLogits
 
 __version__ = "0.1.0"
 
-# the baseline classes live in baselines/, which builds on this package: served on first access
-_BASELINES = {"AdaptiveSoftmax": "baselines.adaptive", "FullSoftmax": "baselines.softmax",
-              "HierarchicalSoftmax": "baselines.hierarchical", "LowRankSoftmax": "baselines.lowrank"}
-
-
 def __getattr__(name):
-    if name == "HEADS":
-        return registered_heads()
-    if name in _BASELINES:
-        import importlib
-        return getattr(importlib.import_module(_BASELINES[name]), name)
+    # the baseline classes live in baselines/, which builds on this package: served on first access, by the
+    # class name of any registered head (vqbench.AdaptiveSoftmax)
+    if name.startswith("__"):  # probes by tools (copy, pickle, doctest) load no heads
+        raise AttributeError(f"module 'vqbench' has no attribute {name!r}")
+    from vqbench import registry
+    registry.find_heads()
+    if name == "HEADS":  # the registry's own dict
+        return registry.HEADS
+    for cls in registry.HEADS.values():
+        if cls.__name__ == name:
+            return cls
     raise AttributeError(f"module 'vqbench' has no attribute {name!r}")
 
 

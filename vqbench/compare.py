@@ -1,8 +1,9 @@
 """python -m vqbench.compare: measure every head and print citable tables.
 
-With no arguments: a small CPU grid (all five heads, V in {10000, 50257}, d=512, N=256,
+With no arguments: a small CPU grid (every head's default specs, V in {10000, 50257}, d=512, N=256,
 all ops) that finishes in a few minutes on 2 cores; rows go to results/compare.csv and the
-tables to results/compare.md.
+tables to results/compare.md. Any option is swept by a brace set in a spec: ``--heads "vq:K={256,1024,4096}"``.
+Heads from other modules: ``--import MODULE`` (repeatable) or the entry-point group ``vqbench.heads``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 import torch
 
 from vqbench.provenance import use_cpu_allocator
-from vqbench.registry import DEFAULT_HEADS, coerce_option, head_class, parse_spec
+from vqbench.registry import check_spec, default_specs, describe_heads, expand_specs, import_modules, parse_spec
 from vqbench.results import ALL_OPS, DEFAULT_OPS, ResultsFile, read_rows, select_rows
 from vqbench.sweep import DTYPES, Budget, Grid, memory_budget, run_sweep
 from vqbench.tables import build_tables, render
@@ -28,13 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure parameters, FLOPs, latency and peak memory of LM output layers "
                     "and print one table per (metric, op).")
     p.add_argument("--heads", nargs="+", default=None, metavar="SPEC",
-                   help="head spec strings, e.g. softmax softmax:chunk=256 adaptive hierarchical "
-                        "hierarchical:tree=huffman lowrank vq vq:bias=1 (vq without K= takes each --codebook)")
+                   help="head spec strings, e.g. softmax softmax:chunk=256 adaptive hierarchical:tree=huffman "
+                        "lowrank vq:bias=1; a brace set sweeps an option: \"vq:K={256,1024,4096}\" (quote it "
+                        "from the shell); rows store each head's canonical spec (--list-heads shows the options)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first, so that the heads it registers can be named (repeatable)")
+    p.add_argument("--list-heads", action="store_true", help="print every head, its options and examples, and exit")
     p.add_argument("--vocab", nargs="+", type=int, default=None, metavar="V",
                    help="vocabulary sizes (default 10000 50257)")
     p.add_argument("--d-model", nargs="+", type=int, default=None, metavar="D", help="hidden widths (default 512)")
-    p.add_argument("--codebook", nargs="+", type=int, default=None, metavar="K",
-                   help="VQ-Logits codebook sizes, for vq specs without K= (default 1024)")
     p.add_argument("--tokens", nargs="+", type=int, default=None, metavar="N", help="tokens per call (default 256)")
     p.add_argument("--ops", nargs="+", default=None, choices=ALL_OPS, metavar="OP",
                    help=f"ops to measure (default {' '.join(DEFAULT_OPS)}; on request: "
@@ -50,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table format: github (markdown), latex, csv or any tabulate format")
     p.add_argument("--from", dest="from_file", metavar="FILE",
                    help="re-render tables from a stored results CSV without measuring; --heads, --vocab, "
-                        "--d-model, --codebook, --tokens, --ops and --dtype then select rows")
+                        "--d-model, --tokens, --ops and --dtype then select rows (a bare head name: all its specs)")
     p.add_argument("--resume", action="store_true",
                    help="keep NAME.csv and skip every (config, op) already complete in it")
     p.add_argument("--overwrite", action="store_true",
@@ -77,9 +80,15 @@ def parse_args(argv=None):
     """The flags, each checked before any work (errors name the flag); unset grid flags get defaults."""
     p = build_parser()
     args = p.parse_args(argv)
-    args.selection = {k: getattr(args, k) for k in ("heads", "vocab", "d_model", "codebook", "tokens", "ops",
-                                                     "dtype")}
-    defaults = dict(heads=list(DEFAULT_HEADS), vocab=[10000, 50257], d_model=[512], codebook=[1024], tokens=[256],
+    try:  # before the specs are read: the modules register the heads they name
+        import_modules(args.imports)
+    except ValueError as error:
+        p.error(str(error))
+    if args.list_heads:
+        print(describe_heads())
+        p.exit(0)
+    args.selection = {k: getattr(args, k) for k in ("heads", "vocab", "d_model", "tokens", "ops", "dtype")}
+    defaults = dict(heads=list(default_specs()), vocab=[10000, 50257], d_model=[512], tokens=[256],
                     ops=list(DEFAULT_OPS), dtype=["float32"])
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -89,16 +98,13 @@ def parse_args(argv=None):
 
 
 def check_args(p: argparse.ArgumentParser, args) -> None:
-    for spec in args.heads:
-        try:  # the spec's name and every option's type, before any measurement
-            name, options = parse_spec(spec)
-            cls = head_class(name)
-            for key, value in options.items():
-                coerce_option(cls, key, value)
-        except (ValueError, TypeError) as error:
-            p.error(f"--heads: {error}")
-    for flag, values in [("--vocab", args.vocab), ("--d-model", args.d_model), ("--codebook", args.codebook),
-                         ("--tokens", args.tokens)]:
+    try:  # every spec's name and option types, before any measurement; --from only selects rows by spec text,
+        # so it renders heads this process cannot build (a module not imported)
+        for spec in expand_specs(args.heads):
+            parse_spec(spec) if args.from_file else check_spec(spec)
+    except (ValueError, TypeError) as error:
+        p.error(f"--heads: {error}")
+    for flag, values in [("--vocab", args.vocab), ("--d-model", args.d_model), ("--tokens", args.tokens)]:
         if any(v < 1 for v in values):
             p.error(f"{flag}: sizes must be positive, got {values}")
     for flag, value in (("--min-run-time", args.min_run_time), ("--time-budget-s", args.time_budget_s),
@@ -119,18 +125,16 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
 
 
 def rows_selected(rows, selection):
-    """Rows matching the flags given with --from (an unset flag selects everything; an open `vq` spec
-    selects every vq spec, --codebook then its K)."""
+    """Rows matching the flags given with --from (an unset flag selects everything; a bare head name selects
+    every spec of that head, a brace set its expansions)."""
     criteria = {column: selection[flag] for flag, column in (("vocab", "V"), ("d_model", "d"), ("tokens", "N"),
                                                              ("dtype", "dtype")) if selection[flag] is not None}
     rows = select_rows(rows, **criteria)
     if selection["ops"] is not None:
         rows = select_rows(rows, op=[*selection["ops"], "params"])
-    heads, codebook = selection["heads"], selection["codebook"]
-    if heads is not None:
-        rows = [r for r in rows if r["spec"] in heads or ("vq" in heads and r["head"] == "vq")]
-    if codebook is not None:
-        rows = [r for r in rows if r["head"] != "vq" or not r["K"] or int(r["K"]) in codebook]
+    if selection["heads"] is not None:
+        specs = set(expand_specs(selection["heads"]))
+        rows = [r for r in rows if r["spec"] in specs or r["head"] in specs]
     return rows
 
 
@@ -187,8 +191,8 @@ def measure(args, command: str) -> int:
     if "cuda" in devices and not torch.cuda.is_available():
         print("no CUDA device: measuring on cpu only", file=sys.stderr)
         devices = ["cpu"]
-    grid = Grid(heads=args.heads, vocab=args.vocab, d_model=args.d_model, codebook=args.codebook,
-                tokens=args.tokens, ops=args.ops, devices=devices, dtypes=args.dtype)
+    grid = Grid(heads=args.heads, vocab=args.vocab, d_model=args.d_model, tokens=args.tokens, ops=args.ops,
+                devices=devices, dtypes=args.dtype)
     memory = args.memory_budget_gib * 2**30 if args.memory_budget_gib else memory_budget(devices)
     budget = Budget(memory_bytes=memory, seconds_per_call=args.time_budget_s, min_run_time=args.min_run_time)
     csv_path = open_results_path(args)

@@ -9,9 +9,10 @@ and not the registry (a head imports it only to name itself), the op records and
 (vqbench/ops.py), the floor model, the results schema, tables, figures or the report: a refactor of those
 never stales a row, and a change in vq.py stales the VQ rows only.
 
-The digest is over each file's code, not its text or place: docstrings, comments, import statements and
-the head's counting methods (``COUNTING_METHODS``: parameter, FLOP and traffic counts feed floors, which are
-derived at table time) are left out, and the files are combined without their paths, so moving a module,
+The digest is over each file's code, not its text or place: docstrings, comments, import statements, the
+head's counting methods (``COUNTING_METHODS``: parameter, FLOP and traffic counts feed floors, which are
+derived at table time) and its descriptive metadata (``METADATA_ATTRIBUTES``: title, citations, examples) are
+left out, and the files are combined without their paths, so moving a module,
 rewording a docstring or correcting a count changes no fingerprint. Imports are edges of the closure instead.
 
 A head defined outside the repository is covered by its own module's source (the module of each class in its
@@ -37,6 +38,9 @@ NOT_EXECUTED = frozenset({"vqbench/registry.py"})
 COUNTING_METHODS = frozenset({"num_parameters", "closed_form_num_parameters", "flops", "_matmul_flops",
                               "touched_parameters", "least_sampled_parameters", "least_predicted_parameters",
                               "largest_intermediate", "quality_metrics"})
+#: a head class's description (vqbench.head.OutputHead): read by the registry, README, report and tests only
+METADATA_ATTRIBUTES = frozenset({"TITLE", "CITATIONS", "SUMMARY", "METHOD", "EXAMPLES", "SMALL_EXAMPLES",
+                                 "COMPARED", "CAPABILITIES", "ORDER"})
 #: a row's fingerprint when the code that measured it cannot be read back (a head from outside without source)
 UNCHECKABLE = "uncheckable"
 
@@ -160,14 +164,23 @@ def normalized_code(source: str) -> str:
             continue
         kept = [n for n in body if not isinstance(n, (ast.Import, ast.ImportFrom))]
         if isinstance(node, ast.ClassDef):
-            kept = [n for n in kept if not (isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-                                            and n.name in COUNTING_METHODS)]
+            kept = [n for n in kept if not _counting_or_metadata(n)]
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and kept \
                 and isinstance(kept[0], ast.Expr) and isinstance(kept[0].value, ast.Constant) \
                 and isinstance(kept[0].value.value, str):
             kept = kept[1:]
         node.body = kept or [ast.Pass()]
     return ast.dump(tree, annotate_fields=True, include_attributes=False)
+
+
+def _counting_or_metadata(node) -> bool:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return node.name in COUNTING_METHODS
+    if isinstance(node, ast.AnnAssign):
+        return isinstance(node.target, ast.Name) and node.target.id in METADATA_ATTRIBUTES
+    if isinstance(node, ast.Assign):
+        return all(isinstance(t, ast.Name) and t.id in METADATA_ATTRIBUTES for t in node.targets)
+    return False
 
 
 def _read(path: str) -> str:

@@ -8,9 +8,9 @@ class validates the inputs, flattens leading dimensions and restores them.
 
 from __future__ import annotations
 
-import inspect
 import math
-from typing import NamedTuple, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -19,6 +19,79 @@ from vqbench.frequency import default_token_counts, validate_token_counts
 
 OPS = ("log_probs", "loss", "predict")
 REDUCTIONS = ("mean", "sum", "none")
+
+
+#: capabilities a head class may declare (``OutputHead.CAPABILITIES``)
+CAPABILITIES = {
+    "label_smoothing": "exact label smoothing without V-wide work beyond the loss's own",
+    "logits": "all V logits in one step (head.logits)",
+    "loss_only": "only the loss and the training step (log_probs, predict and sample raise NotImplementedError)",
+}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a head, declared once in the class's ``OPTIONS``: read from spec strings, checked, written
+    into ``head.spec``, listed by ``compare --list-heads`` and in README's head table.
+
+    type: bool, int, float, str or tuple (integers, "/"-separated in specs); default: the constructor's (None
+    when unset or resolved from V and d, as ``default_text`` then says); choices: the allowed values of a str option; shown: always written
+    in ``head.spec`` (the method's defining size, such as vq's K), even at its default; in_spec: False for
+    Python-only keywords (tensors) that spec strings cannot carry.
+    """
+
+    name: str
+    type: type
+    default: Any = None
+    doc: str = ""
+    choices: Tuple[str, ...] = ()
+    shown: bool = False
+    in_spec: bool = True
+    default_text: str = ""
+
+    def parse(self, text: str):
+        """A spec string's value text -> the option's value; errors name the option."""
+        low = text.strip().lower()
+        if self.type is bool:
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError(f"{self.name}: expected 1/0 (or true/false), got {text!r}")
+        if low == "none":
+            return None
+        try:
+            value = tuple(int(part) for part in text.split("/")) if self.type is tuple else self.type(text.strip())
+        except ValueError:
+            raise ValueError(f"{self.name}: expected {_type_name(self.type)}, got {text!r}") from None
+        if self.choices and value not in self.choices:
+            raise ValueError(f"{self.name}: unknown value {value!r}; expected one of {', '.join(self.choices)}")
+        return value
+
+    def describe(self) -> str:
+        """One line for CLI help and README: name, type, default and doc."""
+        kind = "|".join(self.choices) if self.choices else _type_name(self.type)
+        return f"{self.name} ({kind}, default {self.default_label()}): {self.doc}"
+
+    def default_label(self) -> str:
+        return self.default_text or ("none" if self.default is None else format_option(self.default))
+
+
+def _type_name(kind) -> str:
+    return {tuple: "ints separated by /", bool: "1/0"}.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def format_option(value) -> str:
+    """An option's value as spec text: booleans 1/0, sequences "/"-separated."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (tuple, list)):
+        return "/".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 class HeadOutput(NamedTuple):
@@ -44,8 +117,24 @@ class OutputHead(nn.Module):
 
     #: registered name, set by ``register_head``
     name: str = ""
-    #: option name -> type, used to read options from spec strings
-    OPTION_TYPES: dict = {}
+    #: the options spec strings and keywords may set, each declared once (see Option)
+    OPTIONS: Tuple[Option, ...] = ()
+    #: what the README table and the report call the method, the BibTeX keys (vqbench/references.bib) of its
+    #: sources, one line for the README table and one paragraph for the report's Methods section
+    TITLE: str = ""
+    CITATIONS: Tuple[str, ...] = ()
+    SUMMARY: str = ""
+    METHOD: str = ""
+    #: spec strings that show the options (README's table); SMALL_EXAMPLES are valid at V >= 97, d >= 16, and the
+    #: test suite runs each through the whole contract; COMPARED: the specs ``compare`` measures by default
+    #: (None: the bare name)
+    EXAMPLES: Tuple[str, ...] = ()
+    SMALL_EXAMPLES: Tuple[str, ...] = ()
+    COMPARED: Optional[Tuple[str, ...]] = None
+    #: keys of vqbench.head.CAPABILITIES this head has
+    CAPABILITIES: frozenset = frozenset()
+    #: where the head sits in tables, listings and the report (softmax, the baseline, first)
+    ORDER: int = 100
     #: True when the head writes V-wide outputs fastest token-major (see ``new_output``)
     OUTPUT_TOKEN_MAJOR: bool = False
 
@@ -213,20 +302,42 @@ class OutputHead(nn.Module):
 
     @property
     def spec(self) -> str:
-        """The canonical spec string of this head: its name and, in OPTION_TYPES order, every option whose
-        value differs from the constructor's default (options resolved from V and d, such as vq's K, are
-        always shown). make_head(head.spec, V, d) builds an equal head."""
-        defaults = {k: p.default for k, p in inspect.signature(type(self).__init__).parameters.items()}
-        values = self._spec_values()
-        parts = [f"{k}={_format_option(values[k])}" for k in self.OPTION_TYPES if values[k] != defaults.get(k)]
-        return self.name + (":" + ",".join(parts) if parts else "")
+        """The canonical spec string of this head: make_head(head.spec, V, d) builds an equal head."""
+        return self.spec_of(self.vocab_size, self.d_model, self._spec_values())
+
+    @classmethod
+    def spec_of(cls, vocab_size: int, d_model: int, values: Dict[str, Any]) -> str:
+        """The canonical spec of a head of this class built with option ``values`` at V, d: its name and, in
+        OPTIONS order, every option that is ``shown`` or differs from the default it would have at V, d (so
+        ``softmax:bias=0`` is ``softmax``, and ``lowrank:rank=128`` at d=512 is ``lowrank``)."""
+        declared = {o.name: o.default for o in cls.OPTIONS if o.in_spec}
+        resolved = cls.resolve_options(vocab_size, d_model, {**declared, **values})
+        parts = []
+        for option in cls.OPTIONS:
+            if not option.in_spec:
+                continue
+            value = resolved.get(option.name)
+            default = cls.resolve_options(vocab_size, d_model, {**resolved, option.name: option.default})
+            if option.shown or value != default.get(option.name):
+                parts.append(f"{option.name}={format_option(value)}")
+        return cls.name + (":" + ",".join(parts) if parts else "")
+
+    @classmethod
+    def resolve_options(cls, vocab_size: int, d_model: int, values: Dict[str, Any]) -> Dict[str, Any]:
+        """``values`` with every None an option resolves from V and d replaced by what the constructor would
+        choose (heads whose defaults depend on V or d override this); nothing is checked here."""
+        return dict(values)
+
+    def reset_parameters(self) -> None:
+        """Initialise every weight: the one place each head does (its constructor calls it)."""
+        raise NotImplementedError(f"{type(self).__name__}: implement reset_parameters()")
 
     def extra_repr(self) -> str:
         return f"spec={self.spec!r}, vocab_size={self.vocab_size}, d_model={self.d_model}"
 
     # ------------------------------------------------------------------ to implement
     def _spec_values(self) -> dict:
-        """{option: the value this head was built with} for every key of OPTION_TYPES."""
+        """{option: the value this head was built with} for every spec option of OPTIONS."""
         return {}
 
     def _loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -416,14 +527,6 @@ def check_choice(name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name}: unknown option {value!r}; expected one of {', '.join(choices)}")
     return value
-
-
-def _format_option(value) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, (tuple, list)):
-        return "/".join(str(v) for v in value)
-    return str(value)
 
 
 class LogitsHead(OutputHead):

@@ -19,13 +19,15 @@ from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trac
 
 from vqbench.ops import ALL_OPS, make_op
 from vqbench.provenance import use_cpu_allocator
-from vqbench.registry import make_head
+from vqbench.registry import import_modules, make_head
 from vqbench.sweep import DTYPES, make_inputs
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m vqbench.profile", description=__doc__.split("\n\n")[0])
     p.add_argument("--head", required=True, metavar="SPEC", help="head spec, e.g. vq:K=1024 or softmax:chunk=256")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first, so that the heads it registers can be named (repeatable)")
     p.add_argument("--vocab", type=int, default=50257, metavar="V", help="vocabulary size (default 50257)")
     p.add_argument("--d-model", type=int, default=1024, metavar="D", help="hidden width (default 1024)")
     p.add_argument("--tokens", type=int, default=2048, metavar="N", help="tokens per call (default 2048)")
@@ -41,6 +43,10 @@ def parse_args(argv=None):
     p.add_argument("--cpu-allocator", choices=["thp", "default"], default="thp",
                    help="as in vqbench.compare: thp (default) puts large CPU tensors on transparent huge pages")
     args = p.parse_args(argv)
+    try:
+        import_modules(args.imports)
+    except ValueError as error:
+        p.error(str(error))
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device: cuda requested but torch sees no CUDA device")
     for flag in ("vocab", "d_model", "tokens", "active"):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import json
 import math
 import os
@@ -234,13 +233,13 @@ def threads_sentence(rows: List[dict]) -> str:
 def vq_mapping(head: str, config: dict) -> str:
     """The token-to-code map a VQ run ends with: "learned" when training reassigned it (--reassign-every),
     else its spec's mapping (the VQ head's default when not given); "" for any other head."""
-    from vqbench.registry import head_class, parse_spec
+    from vqbench.registry import head_class, option, parse_spec
     name, options = parse_spec(head)
     if name != "vq":
         return ""
     if config.get("reassign_every", 0):
         return "learned"
-    default = inspect.signature(head_class("vq").__init__).parameters["mapping"].default
+    default = option(head_class("vq"), "mapping").default
     return options.get("mapping", default)
 
 

@@ -18,29 +18,25 @@ from collections import Counter
 from typing import List, Optional, Tuple
 
 from vqbench.quality import UNFINISHED, _pm, aggregate, markdown_table, typed_quality_row
+from vqbench.registry import import_modules
 from vqbench.results import read_rows, select_rows
 from vqbench.tables import build_tables, render
 
-METHODS = [
-    ("softmax", "Full softmax",
-     "The baseline: logits h W^T over all V tokens, normalised by a softmax. `softmax:chunk=C` computes the "
-     "same loss and gradients over chunks of C tokens without holding the N x V logits, the idea of Cut "
-     "Cross-Entropy [wijmans2025cut] and Liger's fused linear cross-entropy [hsu2024liger]."),
-    ("adaptive", "Adaptive softmax",
-     "Frequent tokens in a head softmax, rare tokens in tail clusters reached through the head, each cluster "
-     "with a smaller projection [grave2017efficient]; run through torch.nn.AdaptiveLogSoftmaxWithLoss."),
-    ("hierarchical", "Hierarchical softmax",
-     "Two-level class-based softmax p(w|h) = p(c(w)|h) p(w|c(w),h) with frequency-binned classes "
-     "[mikolov2011extensions], and a binary tree over Huffman codes [morin2005hierarchical, mikolov2013distributed, "
-     "joulin2017bag], whose loss follows each target's path."),
-    ("lowrank", "Low-rank factorisation",
-     "The V x d output matrix factorised through a rank-r bottleneck, Linear(d, r) then Linear(r, V) "
-     "[sainath2013lowrank]."),
-    ("vq", "VQ-Logits",
-     "A K x d codebook and a fixed map from each token to one code; codebook logits h C^T are scattered to the "
-     "V tokens [shao2025vqlogits]. Tokens sharing a code share a logit, so within a code the distribution is "
-     "uniform. vqbench's `collapsed` loss path uses this to compute the exact loss in O(N K d)."),
-]
+def methods(rows) -> List[str]:
+    """The Methods section's paragraphs: each registered head's METHOD, in ORDER, then one line for each head the
+    rows name that is not registered here (a head from a module this process did not import)."""
+    from vqbench.registry import registered_heads
+    heads = registered_heads()
+    parts = []
+    for name, cls in heads.items():
+        if cls.METHOD:
+            title = cls.TITLE[:1].upper() + cls.TITLE[1:]
+            parts += [f"**{title}** (`{name}`). {cls.METHOD}", ""]
+    for name in sorted({r["head"] for r in rows if r.get("head")} - set(heads)):
+        parts += [f"**`{name}`**: a head from a module outside vqbench, not imported here (its rows are in the "
+                  f"tables; `python -m vqbench.report --import MODULE` adds its description).", ""]
+    return parts
+
 
 BIBTEX_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "references.bib")
 
@@ -250,9 +246,7 @@ def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-
         parts += [f"- `results/{name}`: {reason}" for name, reason in sorted(pending.items())] + [""]
     if headline or sweep:
         parts += ["## Environment", "", environment(headline or sweep), ""]
-    parts += ["## Methods", ""]
-    for name, title, text in METHODS:
-        parts += [f"**{title}** (`{name}`). {text}", ""]
+    parts += ["## Methods", "", *methods(headline + sweep)]
     parts += ["References: `results/REFERENCES.bib`.", "", "## Paper claims vs measured", "",
               "VQ-Logits [shao2025vqlogits] claims up to 99% fewer output-layer parameters, 6x faster logit "
               "computation and +4% perplexity against full softmax.", "",
@@ -464,6 +458,9 @@ def stale_report(results_dir: str, **settings) -> List[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vqbench.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default="results", help="results folder (default results/)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first, so that the Methods section describes the heads it registers "
+                        "(repeatable)")
     p.add_argument("--vq-spec", default="vq:K=1024", help="the headline's VQ head for the claims table")
     p.add_argument("--paper-variant", default="vq-K1024", help="quality variant of the paper's form of VQ-Logits")
     p.add_argument("--sweep-d", type=int, default=1024, help="d of the sweep's speed-up tables (default 1024)")
@@ -476,6 +473,10 @@ def main(argv=None) -> int:
                    help="write nothing; print as CSV every latency row of the results files with its floor derived "
                         "now from the row's counts and ceilings, and time / floor")
     args = p.parse_args(argv)
+    try:
+        import_modules(args.imports)
+    except ValueError as error:
+        p.error(str(error))
     if not os.path.isdir(args.results):
         p.error(f"--results: no folder {args.results}")
     settings = dict(paper=args.paper_variant, vq_spec=args.vq_spec, sweep_d=args.sweep_d, sweep_n=args.sweep_n)

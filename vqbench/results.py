@@ -40,7 +40,6 @@ class Row:
     unit: str = ""
     V: str = ""
     d: str = ""
-    K: str = ""
     N: str = ""
     device: str = ""
     dtype: str = ""
@@ -65,6 +64,9 @@ class Row:
 
 
 COLUMNS = [f.name for f in fields(Row)]
+#: the columns of files written while the VQ-only K column was part of the schema (it followed d); such files
+#: still read, and a resumed one keeps its header (K left empty: the spec holds it)
+LEGACY_COLUMNS = COLUMNS[:COLUMNS.index("d") + 1] + ["K"] + COLUMNS[COLUMNS.index("d") + 1:]
 UNIT_KEY = ("spec", "op", "V", "d", "N", "device", "dtype")
 
 
@@ -127,6 +129,7 @@ class ResultsFile:
 
     def __init__(self, path: str):
         self.path = path
+        self.columns = COLUMNS
         self.done = set()
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._lock = open(path + ".lock", "a")
@@ -139,7 +142,9 @@ class ResultsFile:
         if os.path.exists(path):
             with open(path, newline="") as f:
                 header = next(csv.reader(f), None)
-            if header != COLUMNS:
+            if header == LEGACY_COLUMNS:
+                self.columns = LEGACY_COLUMNS
+            elif header != COLUMNS:
                 self.close()
                 raise ValueError(f"results file {path}: its columns are not this vqbench's "
                                  f"(an older sweep or another file); measure into a new file instead")
@@ -153,7 +158,7 @@ class ResultsFile:
     def append(self, rows: Iterable[dict]) -> None:
         """Write one unit's rows (dicts with Row's keys) in one write: a kill leaves whole units."""
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, self.columns, lineterminator="\n")
         rows = list(rows)
         writer.writerows(rows)
         with open(self.path, "a", newline="") as f:

@@ -1,7 +1,9 @@
-"""A sweep over heads x V x d x K x N x ops x devices x dtypes, written row by row.
+"""A sweep over head specs x V x d x N x ops x devices x dtypes, written row by row.
 
 Rows are appended to a CSV file as each (config, op) finishes, so an interrupted sweep
-loses nothing; ``resume=True`` skips every (config, op) already in the file. A configuration
+loses nothing; ``resume=True`` skips every (config, op) already in the file. Rows carry each head's
+canonical spec (``head.spec``), so ``softmax:bias=0`` and ``softmax`` are one head; any option is swept by
+a brace set in its spec (``vq:K={256,1024}``, see vqbench.registry.expand_spec). A configuration
 that raises (out of memory, an invalid combination) is recorded as skipped with its reason;
 guards skip, before trying, configurations whose analytic footprint or time exceeds a budget.
 """
@@ -21,7 +23,7 @@ from vqbench.fingerprint import code_fingerprint
 from vqbench.measure import make_inputs, peak_memory_and_flops, time_op
 from vqbench.ops import get_op
 from vqbench.provenance import provenance
-from vqbench.registry import expand_codebook, make_head, parse_spec
+from vqbench.registry import canonical_spec, expand_specs, make_head, parse_spec
 from vqbench.results import DEFAULT_OPS, PARAMS_OP, ResultsFile, unit_key
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
@@ -34,18 +36,30 @@ class Grid:
     heads: Sequence[str]
     vocab: Sequence[int]
     d_model: Sequence[int]
-    codebook: Sequence[int] = (1024,)
     tokens: Sequence[int] = (512,)
     ops: Sequence[str] = DEFAULT_OPS
     devices: Sequence[str] = ("cpu",)
     dtypes: Sequence[str] = ("float32",)
 
     def specs(self) -> List[str]:
-        """Head specs with vq's K filled in from ``codebook`` where a spec leaves it open."""
+        """The head specs with their brace sets expanded (``vq:K={256,1024}``: two specs)."""
+        return expand_specs(self.heads)
+
+    def configs(self):
+        """(device, dtype, V, d, spec) of every head configuration, each spec canonical at its V and d (specs
+        equal there, such as ``softmax`` and ``softmax:bias=0``, measured once)."""
         out = []
-        for spec in self.heads:
-            out.extend(dict.fromkeys(expand_codebook(spec, k) for k in self.codebook))
+        for device, dtype, vocab, d in itertools.product(self.devices, self.dtypes, self.vocab, self.d_model):
+            specs = dict.fromkeys(_canonical(spec, vocab, d) for spec in self.specs())
+            out.extend((device, dtype, vocab, d, spec) for spec in specs)
         return out
+
+
+def _canonical(spec: str, vocab: int, d: int) -> str:
+    try:
+        return canonical_spec(spec, vocab, d)
+    except (ValueError, TypeError):  # recorded as skipped when the head is built
+        return spec
 
 
 @dataclass
@@ -72,7 +86,7 @@ def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threa
         threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     stats = SweepStats()
-    configs = list(itertools.product(grid.devices, grid.dtypes, grid.vocab, grid.d_model, grid.specs()))
+    configs = grid.configs()
     bar = tqdm(total=len(configs) * len(grid.tokens) * (len(grid.ops) + 1), disable=not progress, desc="vqbench",
                unit="op", dynamic_ncols=True)
     meter = CeilingMeter(threads, **CEILING_SIZES[ceilings])
@@ -150,8 +164,7 @@ def footprint_bytes(intermediate_elements: int, parameters: int, op: str, elemen
 
 def base_row(head, context: dict, n: int, op: str, threads: int) -> dict:
     name = parse_spec(context["spec"])[0]
-    k = getattr(head, "K", "") if head is not None else parse_spec(context["spec"])[1].get("K", "")
-    return {**context, "head": name, "K": k, "N": n, "op": op, "spread": "", "status": "ok",
+    return {**context, "head": name, "N": n, "op": op, "spread": "", "status": "ok",
             "reason": "", **provenance(context["device"], threads),
             "code_fingerprint": _fingerprint(context["spec"])}
 

@@ -37,7 +37,7 @@ from vqbench.evaluate import EVAL_BATCH, hidden_states, perplexity, state_perple
 from vqbench.lm import LanguageModel, LSTMBody, detach_state
 from vqbench.provenance import cpu_model, git_commit
 from vqbench.reassign import CodeReassigner
-from vqbench.registry import make_head
+from vqbench.registry import import_modules, make_head
 
 CHECKPOINT_FORMAT = 2
 OPTIMIZERS = ("sgd", "adam")
@@ -599,8 +599,14 @@ def parse_args(argv=None) -> TrainConfig:
             continue
         kind = {"threads": int}.get(item.name, type(default) if default is not None else str)
         p.add_argument(flag, type=kind, default=default, help=f"(default {default})")
-    args = p.parse_args(argv)
-    cfg = TrainConfig(**vars(args))
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first, so that the heads it registers can be named (repeatable)")
+    args = vars(p.parse_args(argv))
+    try:  # not part of the run's config: a resumed run names its modules again
+        import_modules(args.pop("imports"))
+    except ValueError as error:
+        p.error(str(error))
+    cfg = TrainConfig(**args)
     try:
         validate(cfg)
     except ValueError as error:

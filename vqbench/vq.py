@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from vqbench.head import LogitsHead, check_choice, check_int_option, sample_rows, uniform
+from vqbench.head import LogitsHead, Option, check_choice, check_int_option, sample_rows, uniform
 from vqbench.mapping import MAPPINGS, build_mapping, validate_mapping
 from vqbench.registry import register_head
 
@@ -25,34 +25,50 @@ class VQLogits(LogitsHead):
 
     Parameters (closed form): K * d, plus V with ``bias=1``.
 
-    Options:
-        K: codebook size, 1 <= K <= V (default min(1024, V)).
-        mapping: "random", "contiguous", "frequency" (default) or "kmeans" (needs
-            ``embeddings`` [V, d]; the centroids initialise C unless codebook_init="random"),
-            or a [V] integer tensor.
-        path: the loss path, both exact. "scatter" (the paper's) materialises the N x V logits.
-            "collapsed" uses log sum_i exp(logit_i) = logsumexp_k(L[k] + log n_k), n_k the
-            number of tokens of code k (with a bias: the logsumexp of the biases in code k),
-            so the loss costs O(N K d) and no V-sized tensor. Default "collapsed".
-        bias: add a per-token bias b [V] (default 0: the paper's method).
-        bias_init: "zeros" (default) or "unigram": b starts at the log of each token's count
-            (``token_counts``), so the choice inside a code starts at the unigram shares.
-        seed: seed of the random mapping and of k-means.
+    Loss paths, both exact: "scatter" (the paper's) materialises the N x V logits; "collapsed" uses
+    log sum_i exp(logit_i) = logsumexp_k(L[k] + log n_k), n_k the number of tokens of code k (with a bias:
+    the logsumexp of the biases in code k), so the loss costs O(N K d) and no V-sized tensor. With
+    bias_init="unigram" the choice inside a code starts at the unigram shares.
 
     An empty code (no token maps to it) carries no probability: its term is -inf in the
     collapsed sum and its codebook row gets no gradient.
     """
 
-    OPTION_TYPES = {"K": int, "mapping": str, "path": str, "bias": bool, "bias_init": str, "seed": int,
-                    "codebook_init": str}
+    OPTIONS = (
+        Option("K", int, None, "codebook size, 1 <= K <= V", shown=True, default_text="min(1024, V)"),
+        Option("mapping", str, "frequency", "the token -> code map (kmeans needs `embeddings`; Python also takes a "
+                                            "[V] tensor)", choices=MAPPINGS),
+        Option("path", str, "collapsed", "the loss path, both exact: scatter materialises the N x V logits, "
+                                         "collapsed costs O(N K d)", choices=PATHS),
+        Option("bias", bool, False, "a per-token bias b [V] (our extension; the paper has none)"),
+        Option("bias_init", str, "zeros", "zeros, or unigram: b starts at the log of each token's count",
+               choices=("zeros", "unigram")),
+        Option("seed", int, 0, "seed of the random mapping and of k-means"),
+        Option("codebook_init", str, "auto", "auto: the k-means centroids when there are any, else random",
+               choices=("auto", "random", "centroids")),
+        Option("embeddings", torch.Tensor, None, "[V, d] token embeddings that kmeans clusters", in_spec=False),
+    )
+    TITLE = "VQ-Logits"
+    CITATIONS = ("shao2025vqlogits",)
+    SUMMARY = ("arXiv 2505.10202: a K x d codebook, a fixed map from each token to one code, codebook logits "
+               "scattered to V")
+    METHOD = ("A K x d codebook and a fixed map from each token to one code; codebook logits h C^T are scattered "
+              "to the V tokens [shao2025vqlogits]. Tokens sharing a code share a logit, so within a code the "
+              "distribution is uniform. vqbench's `collapsed` loss path uses this to compute the exact loss in "
+              "O(N K d).")
+    EXAMPLES = ("vq:K=1024", "vq:K=1024,mapping=kmeans", "vq:K=1024,bias=1,bias_init=unigram", "vq:K={256,1024}")
+    SMALL_EXAMPLES = ("vq:K=10", "vq:K=10,path=scatter", "vq:K=10,bias=1", "vq:K=10,bias=1,path=scatter",
+                      "vq:K=10,mapping=random", "vq:K=10,mapping=contiguous", "vq:K=10,mapping=kmeans",
+                      "vq:K=10,mapping=kmeans,codebook_init=random")
+    CAPABILITIES = frozenset({"label_smoothing", "logits"})
+    ORDER = 4
     OUTPUT_TOKEN_MAJOR = True
 
     def __init__(self, vocab_size, d_model, *, K=None, mapping="frequency", path="collapsed",
                  bias=False, bias_init="zeros", seed=0, codebook_init="auto", embeddings=None,
                  token_counts=None):
         super().__init__(vocab_size, d_model, token_counts)
-        if K is None:
-            K = min(1024, self.vocab_size)
+        K = self.resolve_options(self.vocab_size, self.d_model, {"K": K})["K"]
         self.K = check_int_option("K", K, minimum=1, maximum=self.vocab_size,
                                   why_max=f" (vocab_size; K > V leaves codes that no token uses)")
         self.path = check_choice("path", path, PATHS)
@@ -65,21 +81,15 @@ class VQLogits(LogitsHead):
             codes = validate_mapping(mapping, self.vocab_size, self.K)
         if codebook_init == "centroids" and centroids is None:
             raise ValueError("codebook_init: 'centroids' needs mapping='kmeans'")
-
-        bound = 1.0 / math.sqrt(self.d_model)  # nn.Linear's default init, as the softmax head
-        self.codebook = nn.Parameter(torch.empty(self.K, self.d_model).uniform_(-bound, bound))
-        if centroids is not None and codebook_init != "random":
-            with torch.no_grad():
-                self.codebook.copy_(centroids)
         check_choice("bias_init", bias_init, ("zeros", "unigram"))
         if bias_init != "zeros" and not bias:
             raise ValueError("bias_init: needs bias=1")
-        self.bias = nn.Parameter(torch.zeros(self.vocab_size)) if bias else None
-        if bias_init == "unigram":
-            with torch.no_grad():  # zero counts get the smallest count's bias, not -inf
-                counts = self.token_counts.clamp(min=float(self.token_counts[self.token_counts > 0].min()))
-                log_counts = counts.log()
-                self.bias.copy_((log_counts - log_counts.mean()).to(self.bias.dtype))
+        # the k-means centroids a reset starts the codebook from (not a buffer: not part of the state)
+        self._centroids = centroids if codebook_init != "random" else None
+        self.codebook = nn.Parameter(torch.empty(self.K, self.d_model))
+        self.bias = nn.Parameter(torch.empty(self.vocab_size)) if bias else None
+        self.bias_init, self.seed, self.codebook_init = bias_init, seed, codebook_init
+        self.reset_parameters()
 
         self.register_buffer("mapping", codes)
         self.register_buffer("code_sizes", torch.empty(self.K, dtype=torch.int64))
@@ -87,7 +97,27 @@ class VQLogits(LogitsHead):
         self.set_mapping(codes)
         # how the head was built, for its spec (a given tensor or a later set_mapping: "custom")
         self.mapping_name = mapping if isinstance(mapping, str) else "custom"
-        self.bias_init, self.seed, self.codebook_init = bias_init, seed, codebook_init
+
+    @classmethod
+    def resolve_options(cls, vocab_size, d_model, values):
+        if values.get("K") is None:
+            values = {**values, "K": min(1024, vocab_size)}
+        return values
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """The codebook uniform in +-1/sqrt(d) (nn.Linear's default, as the softmax head), or the k-means
+        centroids; the bias at zeros or at the centred log unigram counts."""
+        bound = 1.0 / math.sqrt(self.d_model)
+        self.codebook.uniform_(-bound, bound)
+        if self._centroids is not None:
+            self.codebook.copy_(self._centroids)
+        if self.bias is not None and self.bias_init == "unigram":  # zero counts get the smallest count's bias
+            counts = self.token_counts.clamp(min=float(self.token_counts[self.token_counts > 0].min()))
+            log_counts = counts.log()
+            self.bias.copy_((log_counts - log_counts.mean()).to(self.bias.dtype))
+        elif self.bias is not None:
+            self.bias.zero_()
 
     @torch.no_grad()
     def set_mapping(self, codes: torch.Tensor) -> None:
