@@ -144,7 +144,7 @@ def test_a_refactor_of_code_no_timed_call_runs_stales_no_row(results_dir, monkey
 
 def test_a_new_default_head_stales_no_row(results_dir, monkeypatch, tmp_path):
     copy = _copy_of_project(tmp_path, monkeypatch)
-    _edit(copy / "vqbench" / "registry.py", '"lowrank", "vq")', '"lowrank", "vq", "lowrank:rank=8")')
+    _edit(copy / "baselines" / "lowrank.py", '    TITLE = ', '    COMPARED = ("lowrank", "lowrank:rank=8")\n    TITLE = ')
     try:
         assert report.main(["--results", str(results_dir), "--check"]) == 0
     finally:
