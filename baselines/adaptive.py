@@ -81,6 +81,13 @@ class AdaptiveSoftmax(OutputHead):
     def _spec_values(self):
         return {"cutoffs": self.cutoffs, "div_value": self.div_value}
 
+    def _score_bound(self, h_norm, stats):
+        bound = h_norm * stats["asm.head.weight"][0]
+        for i in range(len(self.asm.tail)):  # a projection (Frobenius norm), then the cluster's rows
+            projected = h_norm * stats[f"asm.tail.{i}.0.weight"][1]
+            bound = max(bound, projected * stats[f"asm.tail.{i}.1.weight"][0])
+        return bound
+
     def closed_form_num_parameters(self) -> int:
         d, bounds = self.d_model, [*self.cutoffs, self.vocab_size]
         total = d * (self.cutoffs[0] + len(self.cutoffs))
@@ -107,10 +114,16 @@ class AdaptiveSoftmax(OutputHead):
         return self.rank_of_token[target] if self.permuted else target
 
     def _target_log_prob(self, hidden, target):
-        return self.asm(hidden, self._ranks(target)).output
+        return self._asm(hidden, target).output
 
     def _loss(self, hidden, target):
-        return self.asm(hidden, self._ranks(target)).loss
+        return self._asm(hidden, target).loss
+
+    def _asm(self, hidden, target):
+        # torch's module writes lower-precision cluster scores into an output of hidden's dtype, which
+        # autocast makes fail (index_copy_ of bfloat16 into float32): it runs in the parameters' dtype
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.asm(hidden, self._ranks(target))
 
     def _log_probs(self, hidden):
         if torch.is_grad_enabled() and (hidden.requires_grad or self.asm.head.weight.requires_grad):

@@ -56,6 +56,9 @@ class HierarchicalSoftmax(OutputHead):
     def least_sampled_parameters(self) -> int:
         return self.tree.least_sampled_parameters()
 
+    def _score_bound(self, h_norm, stats):
+        return h_norm * max(row for row, _ in stats.values())  # one product with rows of the tree's weights
+
     def closed_form_num_parameters(self) -> int:
         return self.tree.num_parameters()
 

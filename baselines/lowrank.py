@@ -42,6 +42,11 @@ class LowRankSoftmax(LogitsHead):
     def _spec_values(self):
         return {"rank": self.rank, "bias": self.bias is not None}
 
+    def _score_bound(self, h_norm, stats):
+        # |h P^T| <= |h| |P|_F, then each logit <= that times a row of W
+        low = h_norm * stats["down"][1]
+        return low * stats["weight"][0] + (stats["bias"][0] if self.bias is not None else 0.0)
+
     def closed_form_num_parameters(self) -> int:
         extra = self.vocab_size if self.bias is not None else 0
         return self.rank * self.d_model + self.vocab_size * self.rank + extra

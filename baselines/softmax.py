@@ -40,6 +40,9 @@ class FullSoftmax(LogitsHead):
     def _spec_values(self):
         return {"bias": self.bias is not None, "chunk": self.chunk}
 
+    def _score_bound(self, h_norm, stats):
+        return h_norm * stats["weight"][0] + (stats["bias"][0] if self.bias is not None else 0.0)
+
     def closed_form_num_parameters(self) -> int:
         return self.vocab_size * self.d_model + (self.vocab_size if self.bias is not None else 0)
 
