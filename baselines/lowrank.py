@@ -27,12 +27,21 @@ class LowRankSoftmax(LogitsHead):
 
     OPTION_TYPES = {"rank": int, "bias": bool}
 
+    @classmethod
+    def check_options(cls, vocab_size, d_model, *, rank=None, bias=False, token_counts=None):
+        super().check_options(vocab_size, d_model)
+        if rank is not None:
+            check_int_option("rank", rank, minimum=1, maximum=d_model, why_max=" (d_model; a larger rank adds nothing)")
+
+    @classmethod
+    def estimate_parameters(cls, vocab_size, d_model, *, rank=None, bias=False, **_):
+        rank = max(1, d_model // 4) if rank is None else rank
+        return rank * d_model + vocab_size * rank + (vocab_size if bias else 0)
+
     def __init__(self, vocab_size, d_model, *, rank=None, bias=False, token_counts=None):
+        self.check_options(vocab_size, d_model, rank=rank)
         super().__init__(vocab_size, d_model, token_counts)
-        if rank is None:
-            rank = max(1, self.d_model // 4)
-        self.rank = check_int_option("rank", rank, minimum=1, maximum=self.d_model,
-                                     why_max=" (d_model; a larger rank adds nothing)")
+        self.rank = max(1, self.d_model // 4) if rank is None else rank
         self.down = nn.Parameter(torch.empty(self.rank, self.d_model).uniform_(
             -1 / math.sqrt(self.d_model), 1 / math.sqrt(self.d_model)))
         self.weight = nn.Parameter(torch.empty(self.vocab_size, self.rank).uniform_(

@@ -30,9 +30,20 @@ class FullSoftmax(LogitsHead):
 
     OPTION_TYPES = {"bias": bool, "chunk": int}
 
+    @classmethod
+    def check_options(cls, vocab_size, d_model, *, bias=False, chunk=None, token_counts=None):
+        super().check_options(vocab_size, d_model)
+        if chunk is not None:
+            check_int_option("chunk", chunk, minimum=1)
+
+    @classmethod
+    def estimate_parameters(cls, vocab_size, d_model, *, bias=False, **_):
+        return vocab_size * d_model + (vocab_size if bias else 0)
+
     def __init__(self, vocab_size, d_model, *, bias=False, chunk=None, token_counts=None):
+        self.check_options(vocab_size, d_model, chunk=chunk)
         super().__init__(vocab_size, d_model, token_counts)
-        self.chunk = None if chunk is None else check_int_option("chunk", chunk, minimum=1)
+        self.chunk = chunk
         bound = 1.0 / math.sqrt(self.d_model)
         self.weight = nn.Parameter(torch.empty(self.vocab_size, self.d_model).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.zeros(self.vocab_size)) if bias else None

@@ -62,8 +62,7 @@ class OutputHead(nn.Module):
 
     def __init__(self, vocab_size: int, d_model: int, token_counts=None):
         super().__init__()
-        _check_positive_int("vocab_size", vocab_size, minimum=2)
-        _check_positive_int("d_model", d_model, minimum=1)
+        OutputHead.check_options(vocab_size, d_model)
         self.vocab_size = int(vocab_size)
         self.d_model = int(d_model)
         if token_counts is None:
@@ -72,6 +71,20 @@ class OutputHead(nn.Module):
             counts = validate_token_counts(token_counts, self.vocab_size)
         # float64 on CPU, kept out of the module's buffers so that .to(dtype) leaves it exact
         self.token_counts = counts
+
+    @classmethod
+    def check_options(cls, vocab_size: int, d_model: int, **options) -> None:
+        """Raise the constructor's ValueError/TypeError (naming the option) for option values that are wrong
+        at this (V, d), without building anything: what a sweep runs over its whole grid before measuring.
+        Subclasses check their own options here and call it from their constructor first."""
+        _check_positive_int("vocab_size", vocab_size, minimum=2)
+        _check_positive_int("d_model", d_model, minimum=1)
+
+    @classmethod
+    def estimate_parameters(cls, vocab_size: int, d_model: int, **options) -> Optional[int]:
+        """The closed-form parameter count of the head these (valid) options would build, without building
+        it (a memory guard runs before a head is allocated); None when a head cannot tell."""
+        return None
 
     # ------------------------------------------------------------------ public API
     def loss(self, hidden: torch.Tensor, target: torch.Tensor, *, ignore_index: int = -100,

@@ -73,11 +73,26 @@ def expand_codebook(spec: str, K: int) -> str:
     return f"vq:K={K}" + (f",{rest}" if rest else "")
 
 
-def make_head(spec: str, vocab_size: int, d_model: int, *, device=None, dtype=None, **options):
-    """Build a registered head from a name or spec string plus keyword options.
+def check_spec(spec: str, vocab_size: int, d_model: int, **options) -> None:
+    """Raise the ValueError/TypeError (naming the option) that building ``spec`` at (V, d) would raise for
+    an option value, without building the head: a sweep checks every point of its grid before measuring."""
+    cls, merged = _resolve(spec, options)
+    check = getattr(cls, "check_options", None)
+    if check is not None:
+        check(vocab_size, d_model, **merged)
 
-    ``device`` and ``dtype`` move the finished head (parameters only; index buffers stay int64).
-    """
+
+def estimate_parameters(spec: str, vocab_size: int, d_model: int, **options):
+    """The parameter count ``make_head(spec, V, d)`` would build (None when its class cannot tell), from the
+    class's closed form, without allocating anything."""
+    cls, merged = _resolve(spec, options)
+    check_spec(spec, vocab_size, d_model, **options)
+    estimate = getattr(cls, "estimate_parameters", None)
+    return None if estimate is None else estimate(vocab_size, d_model, **merged)
+
+
+def _resolve(spec: str, options: dict):
+    """(head class, every option from the spec string and the keywords, checked by name and type)."""
     name, spec_options = parse_spec(spec)
     cls = head_class(name)
     for key in spec_options:
@@ -90,6 +105,15 @@ def make_head(spec: str, vocab_size: int, d_model: int, *, device=None, dtype=No
             raise ValueError(
                 f"{key}: unknown option for head {name!r}; known options: {', '.join(sorted(allowed))}")
         merged[key] = value
+    return cls, merged
+
+
+def make_head(spec: str, vocab_size: int, d_model: int, *, device=None, dtype=None, **options):
+    """Build a registered head from a name or spec string plus keyword options.
+
+    ``device`` and ``dtype`` move the finished head (parameters only; index buffers stay int64).
+    """
+    cls, merged = _resolve(spec, options)
     head = cls(vocab_size, d_model, **merged)
     if device is not None or dtype is not None:
         head = head.to(device=device, dtype=dtype)

@@ -47,33 +47,52 @@ class VQLogits(LogitsHead):
                     "codebook_init": str}
     OUTPUT_TOKEN_MAJOR = True
 
+    @classmethod
+    def check_options(cls, vocab_size, d_model, *, K=None, mapping="frequency", path="collapsed", bias=False,
+                      bias_init="zeros", seed=0, codebook_init="auto", embeddings=None, token_counts=None):
+        super().check_options(vocab_size, d_model)
+        if K is not None:
+            check_int_option("K", K, minimum=1, maximum=vocab_size,
+                             why_max=" (vocab_size; K > V leaves codes that no token uses)")
+        check_choice("path", path, PATHS)
+        check_choice("codebook_init", codebook_init, ("auto", "random", "centroids"))
+        check_choice("bias_init", bias_init, ("zeros", "unigram"))
+        if bias_init != "zeros" and not bias:
+            raise ValueError("bias_init: needs bias=1")
+        if isinstance(mapping, str):
+            check_choice("mapping", mapping, MAPPINGS)
+            if mapping == "kmeans" and embeddings is None:
+                raise ValueError("embeddings: mapping='kmeans' needs embeddings of shape [vocab_size, d]")
+        elif not isinstance(mapping, torch.Tensor):
+            raise TypeError(f"mapping: expected one of {', '.join(MAPPINGS)} or a [V] integer tensor, "
+                            f"got {type(mapping).__name__}")
+        if codebook_init == "centroids" and not (isinstance(mapping, str) and mapping == "kmeans"):
+            raise ValueError("codebook_init: 'centroids' needs mapping='kmeans'")
+
+    @classmethod
+    def estimate_parameters(cls, vocab_size, d_model, *, K=None, bias=False, **_):
+        return (min(1024, vocab_size) if K is None else K) * d_model + (vocab_size if bias else 0)
+
     def __init__(self, vocab_size, d_model, *, K=None, mapping="frequency", path="collapsed",
                  bias=False, bias_init="zeros", seed=0, codebook_init="auto", embeddings=None,
                  token_counts=None):
+        self.check_options(vocab_size, d_model, K=K, mapping=mapping, path=path, bias=bias, bias_init=bias_init,
+                           seed=seed, codebook_init=codebook_init, embeddings=embeddings)
         super().__init__(vocab_size, d_model, token_counts)
-        if K is None:
-            K = min(1024, self.vocab_size)
-        self.K = check_int_option("K", K, minimum=1, maximum=self.vocab_size,
-                                  why_max=f" (vocab_size; K > V leaves codes that no token uses)")
-        self.path = check_choice("path", path, PATHS)
-        check_choice("codebook_init", codebook_init, ("auto", "random", "centroids"))
+        self.K = min(1024, self.vocab_size) if K is None else K
+        self.path = path
         centroids = None
         if isinstance(mapping, str):
             codes, centroids = build_mapping(mapping, self.vocab_size, self.K, self.token_counts,
                                              seed=seed, embeddings=embeddings)
         else:
             codes = validate_mapping(mapping, self.vocab_size, self.K)
-        if codebook_init == "centroids" and centroids is None:
-            raise ValueError("codebook_init: 'centroids' needs mapping='kmeans'")
 
         bound = 1.0 / math.sqrt(self.d_model)  # nn.Linear's default init, as the softmax head
         self.codebook = nn.Parameter(torch.empty(self.K, self.d_model).uniform_(-bound, bound))
         if centroids is not None and codebook_init != "random":
             with torch.no_grad():
                 self.codebook.copy_(centroids)
-        check_choice("bias_init", bias_init, ("zeros", "unigram"))
-        if bias_init != "zeros" and not bias:
-            raise ValueError("bias_init: needs bias=1")
         self.bias = nn.Parameter(torch.zeros(self.vocab_size)) if bias else None
         if bias_init == "unigram":
             with torch.no_grad():  # zero counts get the smallest count's bias, not -inf
