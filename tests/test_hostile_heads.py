@@ -110,10 +110,10 @@ def _autocast_case(spec, device):
     return head, hidden, target
 
 
-def _check_autocast(spec, device):
+def _check_autocast(spec, device, dtype):
     head, hidden, target = _autocast_case(spec, device)
     reference = head.loss(hidden, target)
-    with torch.autocast(device, dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=dtype):
         loss = head.loss(hidden, target)
     assert loss.dtype == torch.float32
     assert abs(loss.item() / reference.item() - 1) < 2e-3
@@ -122,15 +122,17 @@ def _check_autocast(spec, device):
     assert grads and all(g.dtype == torch.float32 and bool(torch.isfinite(g).all()) for g in grads)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("spec", AUTOCAST_HEADS)
-def test_every_head_trains_under_cpu_autocast_in_float32(spec):
-    _check_autocast(spec, "cpu")
+def test_every_head_trains_under_cpu_autocast_in_float32(spec, dtype):
+    _check_autocast(spec, "cpu", dtype)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("spec", AUTOCAST_HEADS)
-def test_every_head_trains_under_cuda_autocast_in_float32(spec):
-    _check_autocast(spec, "cuda")
+def test_every_head_trains_under_cuda_autocast_in_float32(spec, dtype):
+    _check_autocast(spec, "cuda", dtype)
 
 
 # ---------------------------------------------------------------------------- compiled callers
@@ -156,3 +158,19 @@ def test_compiled_loss_is_one_graph_and_matches_eager(spec, reduction):
     target[2] = -100  # ignored, as in padded batches
     fn = torch.compile(lambda h, t: head.loss(h, t, reduction=reduction), backend="eager", fullgraph=True)
     torch.testing.assert_close(fn(hidden, target), head.loss(hidden, target, reduction=reduction))
+
+
+@pytest.mark.parametrize("spec", ["softmax", "lowrank", "vq:K=10", "hierarchical"])
+def test_overflow_in_float16_autocast_products_is_caught(spec):
+    head = build(spec, dtype=torch.float32)
+    hidden, _ = inputs(dtype=torch.float32)
+    hidden = hidden.clone()
+    hidden[3] = 6e4  # finite in float32, but float16 products overflow
+    with torch.autocast("cpu", dtype=torch.float16):
+        try:
+            got = head.predict(hidden)
+        except ValueError as error:
+            assert str(error).startswith("hidden: logits overflow to inf/NaN in row 3")
+            return
+    expected = build(spec).log_probs(hidden.double())
+    assert torch.equal(expected.gather(1, got[:, None]).squeeze(1), expected.max(dim=-1).values)

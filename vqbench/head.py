@@ -274,6 +274,8 @@ class OutputHead(nn.Module):
         stats = self.parameter_stats()
         h_norm = float(hidden.abs().amax()) * math.sqrt(self.d_model)  # >= every row's 2-norm
         limit = torch.finfo(hidden.dtype).max / 64
+        if torch.is_autocast_enabled(hidden.device.type):  # the products may run in a narrower dtype
+            limit = min(limit, torch.finfo(torch.get_autocast_dtype(hidden.device.type)).max / 64)
         if self._score_bound(h_norm, stats) < limit:
             return None
         log_probs = self._log_probs(hidden)
