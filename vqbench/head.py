@@ -156,9 +156,9 @@ class OutputHead(nn.Module):
         flat, lead = self._flatten_hidden(hidden)
         with torch.no_grad():
             log_probs = self._guard_scores(flat)
-            if log_probs is not None:
-                return argmax_over_tokens(log_probs).reshape(lead)
-            return self._predict(flat).reshape(lead)
+        if log_probs is not None:
+            return argmax_over_tokens(log_probs).reshape(lead)
+        return self._predict(flat).reshape(lead)
 
     def sample(self, hidden: torch.Tensor, *, generator: Optional[torch.Generator] = None,
                temperature: float = 1.0) -> torch.Tensor:
@@ -270,9 +270,11 @@ class OutputHead(nn.Module):
         Returns None when no score can overflow (the bound of ``_score_bound``, with room for the sums a
         head adds to its scores), else the checked [N, V] log-probabilities to answer from.
         """
-        _check_finite(hidden)
+        peak = float(hidden.abs().amax())  # NaN or inf when any element is
+        if not math.isfinite(peak):
+            _check_finite(hidden)
         stats = self.parameter_stats()
-        h_norm = float(hidden.abs().amax()) * math.sqrt(self.d_model)  # >= every row's 2-norm
+        h_norm = peak * math.sqrt(self.d_model)  # >= every row's 2-norm
         limit = torch.finfo(hidden.dtype).max / 64
         if torch.is_autocast_enabled(hidden.device.type):  # the products may run in a narrower dtype
             limit = min(limit, torch.finfo(torch.get_autocast_dtype(hidden.device.type)).max / 64)
@@ -301,6 +303,9 @@ class OutputHead(nn.Module):
         stats = {}
         with torch.no_grad():
             for name, p in params:
+                if p.numel() == 0:
+                    stats[name] = (0.0, 0.0)
+                    continue
                 rows = p.detach().reshape(p.shape[0], -1) if p.dim() > 1 else p.detach().reshape(-1, 1)
                 norms = torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64)
                 if not bool(torch.isfinite(norms).all()) and not bool(torch.isfinite(p).all()):
