@@ -44,7 +44,7 @@ class AdaptiveSoftmax(OutputHead):
     SCRATCH_ELEMENTS = 1 << 24
 
     @classmethod
-    def check_options(cls, vocab_size, d_model, *, cutoffs=None, div_value=4.0, token_counts=None):
+    def check_options(cls, vocab_size, d_model, *, cutoffs=None, div_value=4.0, token_counts=None, **_):
         super().check_options(vocab_size, d_model)
         if isinstance(div_value, bool) or not isinstance(div_value, (int, float)) or not 1 < div_value < math.inf:
             raise ValueError(f"div_value: must be a finite number > 1, got {div_value!r}")

@@ -30,7 +30,7 @@ class HierarchicalSoftmax(OutputHead):
     OUTPUT_TOKEN_MAJOR = True  # both trees build log_probs token-major, [V, N]
 
     @classmethod
-    def check_options(cls, vocab_size, d_model, *, tree="class", classes=None, token_counts=None):
+    def check_options(cls, vocab_size, d_model, *, tree="class", classes=None, token_counts=None, **_):
         super().check_options(vocab_size, d_model)
         check_choice("tree", tree, TREES)
         if tree == "huffman" and classes is not None:

@@ -28,10 +28,11 @@ class LowRankSoftmax(LogitsHead):
     OPTION_TYPES = {"rank": int, "bias": bool}
 
     @classmethod
-    def check_options(cls, vocab_size, d_model, *, rank=None, bias=False, token_counts=None):
+    def check_options(cls, vocab_size, d_model, *, rank=None, bias=False, token_counts=None, **_):
         super().check_options(vocab_size, d_model)
         if rank is not None:
-            check_int_option("rank", rank, minimum=1, maximum=d_model, why_max=" (d_model; a larger rank adds nothing)")
+            check_int_option("rank", rank, minimum=1, maximum=d_model,
+                             why_max=" (d_model; a larger rank adds nothing)")
 
     @classmethod
     def estimate_parameters(cls, vocab_size, d_model, *, rank=None, bias=False, **_):

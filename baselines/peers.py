@@ -45,7 +45,7 @@ class PeerLoss(OutputHead):
     OPTION_TYPES = {"impl": str, "chunked": bool}
 
     @classmethod
-    def check_options(cls, vocab_size, d_model, *, impl="torch-lce", chunked=False, token_counts=None):
+    def check_options(cls, vocab_size, d_model, *, impl="torch-lce", chunked=False, token_counts=None, **_):
         super().check_options(vocab_size, d_model)
         check_choice("impl", impl, IMPLS)
         if chunked and impl != "torch-lce":

@@ -31,7 +31,7 @@ class FullSoftmax(LogitsHead):
     OPTION_TYPES = {"bias": bool, "chunk": int}
 
     @classmethod
-    def check_options(cls, vocab_size, d_model, *, bias=False, chunk=None, token_counts=None):
+    def check_options(cls, vocab_size, d_model, *, bias=False, chunk=None, token_counts=None, **_):
         super().check_options(vocab_size, d_model)
         if chunk is not None:
             check_int_option("chunk", chunk, minimum=1)

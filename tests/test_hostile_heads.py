@@ -15,8 +15,8 @@ HEADS = ["softmax", "softmax:chunk=7", "adaptive", "hierarchical", "hierarchical
 def _poison(head, value):
     """Write value into one element of the head's largest parameter through load_state_dict (as a user
     loading a broken checkpoint does) and return that parameter's name."""
-    name = max(head.state_dict(), key=lambda k: head.state_dict()[k].numel() * head.state_dict()[k].is_floating_point())
     state = head.state_dict()
+    name = max(state, key=lambda k: state[k].numel() * state[k].is_floating_point())
     state[name].view(-1)[1] = value
     head.load_state_dict(state)
     return name

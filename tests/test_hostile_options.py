@@ -68,7 +68,8 @@ def test_a_codebook_size_the_grid_fills_in_is_refused_only_where_no_vocabulary_f
         sweep.check_grid(Grid(heads=["vq"], vocab=[50, 60], d_model=[8], codebook=[8, 1000]))
 
 
-@pytest.mark.parametrize("spec", SPECS + ["hierarchical:tree=huffman", "softmax:bias=1", "adaptive:cutoffs=3/9/30,div_value=2"])
+@pytest.mark.parametrize("spec", SPECS + ["hierarchical:tree=huffman", "softmax:bias=1",
+                                          "adaptive:cutoffs=3/9/30,div_value=2"])
 def test_estimated_parameters_match_the_built_head(spec):
     options = {"embeddings": torch.randn(V, D)} if "kmeans" in spec else {}
     assert estimate_parameters(spec, V, D, **options) == build(spec).num_parameters()

@@ -49,7 +49,8 @@ class VQLogits(LogitsHead):
 
     @classmethod
     def check_options(cls, vocab_size, d_model, *, K=None, mapping="frequency", path="collapsed", bias=False,
-                      bias_init="zeros", seed=0, codebook_init="auto", embeddings=None, token_counts=None):
+                      bias_init="zeros", seed=0, codebook_init="auto", embeddings=None, token_counts=None,
+                      **_):
         super().check_options(vocab_size, d_model)
         if K is not None:
             check_int_option("K", K, minimum=1, maximum=vocab_size,
