@@ -51,25 +51,44 @@ class AdaptiveSoftmax(OutputHead):
     #: log_probs computes each tail cluster for groups of tokens in scratch tensors of this size
     SCRATCH_ELEMENTS = 1 << 24
 
-    def __init__(self, vocab_size, d_model, *, cutoffs=None, div_value=4.0, token_counts=None):
-        super().__init__(vocab_size, d_model, token_counts)
-        if isinstance(div_value, bool) or not isinstance(div_value, (int, float)) or div_value <= 1:
-            raise ValueError(f"div_value: must be a number > 1, got {div_value!r}")
-        cutoffs = self.resolve_options(self.vocab_size, self.d_model, {"cutoffs": cutoffs, "div_value": div_value})
-        cutoffs = tuple(cutoffs["cutoffs"])
+    @classmethod
+    def check_options(cls, vocab_size, d_model, *, cutoffs=None, div_value=4.0, token_counts=None, **_):
+        super().check_options(vocab_size, d_model)
+        if isinstance(div_value, bool) or not isinstance(div_value, (int, float)) or not 1 < div_value < math.inf:
+            raise ValueError(f"div_value: must be a finite number > 1, got {div_value!r}")
+        if cutoffs is None:
+            cutoffs = default_cutoffs(vocab_size, d_model, div_value)
+        if isinstance(cutoffs, (str, bytes)) or not hasattr(cutoffs, "__iter__"):
+            raise TypeError(f"cutoffs: expected a non-empty sequence of ints, got {cutoffs!r}")
+        cutoffs = tuple(cutoffs)
         if not cutoffs or any(isinstance(c, bool) or not isinstance(c, int) for c in cutoffs):
             raise TypeError(f"cutoffs: expected a non-empty sequence of ints, got {cutoffs!r}")
-        if list(cutoffs) != sorted(set(cutoffs)) or cutoffs[0] <= 0 or cutoffs[-1] >= self.vocab_size:
+        if list(cutoffs) != sorted(set(cutoffs)) or cutoffs[0] <= 0 or cutoffs[-1] >= vocab_size:
             raise ValueError(
-                f"cutoffs: must be strictly increasing ids in (0, {self.vocab_size}) "
-                f"(vocab_size={self.vocab_size}), got {list(cutoffs)}")
-        self.cutoffs = cutoffs
-        self.div_value = float(div_value)
-        self.hidden_sizes = [int(self.d_model // (self.div_value ** (i + 1))) for i in range(len(cutoffs))]
-        if min(self.hidden_sizes) < 1:
+                f"cutoffs: must be strictly increasing ids in (0, {vocab_size}) "
+                f"(vocab_size={vocab_size}), got {list(cutoffs)}")
+        if int(d_model // (div_value ** len(cutoffs))) < 1:
             raise ValueError(
-                f"div_value: d_model={self.d_model} / {self.div_value}^{len(cutoffs)} leaves a tail "
+                f"div_value: d_model={d_model} / {float(div_value)}^{len(cutoffs)} leaves a tail "
                 f"cluster with no dimension; lower div_value or use fewer cutoffs")
+
+    @classmethod
+    def estimate_parameters(cls, vocab_size, d_model, *, cutoffs=None, div_value=4.0, **_):
+        cutoffs = default_cutoffs(vocab_size, d_model, div_value) if cutoffs is None else tuple(cutoffs)
+        bounds = [*cutoffs, vocab_size]
+        total = d_model * (cutoffs[0] + len(cutoffs))
+        for i in range(len(cutoffs)):
+            h = int(d_model // (div_value ** (i + 1)))
+            total += d_model * h + h * (bounds[i + 1] - bounds[i])
+        return total
+
+    def __init__(self, vocab_size, d_model, *, cutoffs=None, div_value=4.0, token_counts=None):
+        self.check_options(vocab_size, d_model, cutoffs=cutoffs, div_value=div_value)
+        super().__init__(vocab_size, d_model, token_counts)
+        cutoffs = self.resolve_options(self.vocab_size, self.d_model, {"cutoffs": cutoffs, "div_value": div_value})
+        self.cutoffs = cutoffs = tuple(cutoffs["cutoffs"])
+        self.div_value = float(div_value)
+        self.hidden_sizes = [int(self.d_model // (self.div_value ** (i + 1))) for i in range(len(self.cutoffs))]
         # built without values, so that reset_parameters draws them (in the order torch's constructor would)
         self.asm = nn.AdaptiveLogSoftmaxWithLoss(
             self.d_model, self.vocab_size, list(cutoffs), div_value=self.div_value, head_bias=False,
@@ -100,6 +119,13 @@ class AdaptiveSoftmax(OutputHead):
 
     def _spec_values(self):
         return {"cutoffs": self.cutoffs, "div_value": self.div_value}
+
+    def _score_bound(self, h_norm, stats):
+        bound = h_norm * stats["asm.head.weight"][0]
+        for i in range(len(self.asm.tail)):  # a projection (Frobenius norm), then the cluster's rows
+            projected = h_norm * stats[f"asm.tail.{i}.0.weight"][1]
+            bound = max(bound, projected * stats[f"asm.tail.{i}.1.weight"][0])
+        return bound
 
     def closed_form_num_parameters(self) -> int:
         d, bounds = self.d_model, [*self.cutoffs, self.vocab_size]
@@ -132,10 +158,16 @@ class AdaptiveSoftmax(OutputHead):
         return self.rank_of_token[target] if self.permuted else target
 
     def _target_log_prob(self, hidden, target):
-        return self.asm(hidden, self._ranks(target)).output
+        return self._asm(hidden, target).output
 
     def _loss(self, hidden, target):
-        return self.asm(hidden, self._ranks(target)).loss
+        return self._asm(hidden, target).loss
+
+    def _asm(self, hidden, target):
+        # torch's module writes lower-precision cluster scores into an output of hidden's dtype, which
+        # autocast makes fail (index_copy_ of bfloat16 into float32): it runs in the parameters' dtype
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.asm(hidden, self._ranks(target))
 
     def _log_probs(self, hidden):
         if torch.is_grad_enabled() and (hidden.requires_grad or self.asm.head.weight.requires_grad):

@@ -75,8 +75,10 @@ class ClassTree(nn.Module):
         return (self.num_classes + self.vocab_size) * self.d_model
 
     def target_log_prob(self, hidden, target):
+        from vqbench.head import upcast_scores
         cls = self.class_of[target]
-        class_lp = torch.log_softmax(hidden @ self.class_weight.T, dim=-1).gather(1, cls[:, None]).squeeze(1)
+        class_logits = upcast_scores(hidden @ self.class_weight.T)  # float32 under autocast, as the words' CE
+        class_lp = torch.log_softmax(class_logits, dim=-1).gather(1, cls[:, None]).squeeze(1)
         # targets grouped by class; each group multiplies only its class's block of word vectors
         # (a slice of one split of the weight: its backward is one concatenation, no scatter)
         perm = torch.argsort(cls, stable=True)

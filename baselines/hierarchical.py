@@ -39,15 +39,30 @@ class HierarchicalSoftmax(OutputHead):
     ORDER = 2
     OUTPUT_TOKEN_MAJOR = True  # both trees build log_probs token-major, [V, N]
 
+    @classmethod
+    def check_options(cls, vocab_size, d_model, *, tree="class", classes=None, token_counts=None, **_):
+        super().check_options(vocab_size, d_model)
+        check_choice("tree", tree, TREES)
+        if tree == "huffman" and classes is not None:
+            raise ValueError("classes: only used with tree=class")
+        if classes is not None:
+            check_int_option("classes", classes, minimum=1, maximum=vocab_size, why_max=" (vocab_size)")
+
+    @classmethod
+    def estimate_parameters(cls, vocab_size, d_model, *, tree="class", classes=None, **_):
+        if tree == "huffman":
+            return (vocab_size - 1) * d_model
+        classes = max(1, round(math.sqrt(vocab_size))) if classes is None else classes
+        return (classes + vocab_size) * d_model
+
     def __init__(self, vocab_size, d_model, *, tree="class", classes=None, token_counts=None):
+        self.check_options(vocab_size, d_model, tree=tree, classes=classes)
         super().__init__(vocab_size, d_model, token_counts)
-        self.tree_kind = check_choice("tree", tree, TREES)
+        self.tree_kind = tree
         # each tree's module is imported where it is built, so that a row's code fingerprint
         # (vqbench.fingerprint) covers the tree it measured and not the other one
         if tree == "huffman":
             from baselines.huffman_tree import HuffmanTree
-            if classes is not None:
-                raise ValueError("classes: only used with tree=class")
             self.tree = HuffmanTree(self.vocab_size, self.d_model, self.token_counts)
         else:
             from baselines.class_tree import ClassTree
@@ -74,6 +89,9 @@ class HierarchicalSoftmax(OutputHead):
 
     def least_sampled_parameters(self) -> int:
         return self.tree.least_sampled_parameters()
+
+    def _score_bound(self, h_norm, stats):
+        return h_norm * max(row for row, _ in stats.values())  # one product with rows of the tree's weights
 
     def closed_form_num_parameters(self) -> int:
         return self.tree.num_parameters()

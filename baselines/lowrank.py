@@ -35,7 +35,20 @@ class LowRankSoftmax(LogitsHead):
     CAPABILITIES = frozenset({"label_smoothing", "logits"})
     ORDER = 3
 
+    @classmethod
+    def check_options(cls, vocab_size, d_model, *, rank=None, bias=False, token_counts=None, **_):
+        super().check_options(vocab_size, d_model)
+        if rank is not None:
+            check_int_option("rank", rank, minimum=1, maximum=d_model,
+                             why_max=" (d_model; a larger rank adds nothing)")
+
+    @classmethod
+    def estimate_parameters(cls, vocab_size, d_model, *, rank=None, bias=False, **_):
+        rank = max(1, d_model // 4) if rank is None else rank
+        return rank * d_model + vocab_size * rank + (vocab_size if bias else 0)
+
     def __init__(self, vocab_size, d_model, *, rank=None, bias=False, token_counts=None):
+        self.check_options(vocab_size, d_model, rank=rank)
         super().__init__(vocab_size, d_model, token_counts)
         rank = self.resolve_options(self.vocab_size, self.d_model, {"rank": rank})["rank"]
         self.rank = check_int_option("rank", rank, minimum=1, maximum=self.d_model,
@@ -60,6 +73,11 @@ class LowRankSoftmax(LogitsHead):
 
     def _spec_values(self):
         return {"rank": self.rank, "bias": self.bias is not None}
+
+    def _score_bound(self, h_norm, stats):
+        # |h P^T| <= |h| |P|_F, then each logit <= that times a row of W
+        low = h_norm * stats["down"][1]
+        return low * stats["weight"][0] + (stats["bias"][0] if self.bias is not None else 0.0)
 
     def closed_form_num_parameters(self) -> int:
         extra = self.vocab_size if self.bias is not None else 0

@@ -53,11 +53,21 @@ class PeerLoss(OutputHead):
     CAPABILITIES = frozenset({"loss_only"})
     ORDER = 5
 
-    def __init__(self, vocab_size, d_model, *, impl="torch-lce", chunked=False, token_counts=None):
-        super().__init__(vocab_size, d_model, token_counts)
-        self.impl = check_choice("impl", impl, IMPLS)
+    @classmethod
+    def check_options(cls, vocab_size, d_model, *, impl="torch-lce", chunked=False, token_counts=None, **_):
+        super().check_options(vocab_size, d_model)
+        check_choice("impl", impl, IMPLS)
         if chunked and impl != "torch-lce":
             raise ValueError("chunked: only torch-lce has a chunked option")
+
+    @classmethod
+    def estimate_parameters(cls, vocab_size, d_model, **_):
+        return vocab_size * d_model
+
+    def __init__(self, vocab_size, d_model, *, impl="torch-lce", chunked=False, token_counts=None):
+        self.check_options(vocab_size, d_model, impl=impl, chunked=chunked)
+        super().__init__(vocab_size, d_model, token_counts)
+        self.impl = impl
         self.chunked = bool(chunked)
         if impl == "torch-lce" and not hasattr(F, "linear_cross_entropy"):
             raise NotImplementedError(f"impl: torch-lce needs F.linear_cross_entropy (torch >= 2.13), "

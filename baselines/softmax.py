@@ -40,7 +40,18 @@ class FullSoftmax(LogitsHead):
     CAPABILITIES = frozenset({"label_smoothing", "logits"})
     ORDER = 0
 
+    @classmethod
+    def check_options(cls, vocab_size, d_model, *, bias=False, chunk=None, token_counts=None, **_):
+        super().check_options(vocab_size, d_model)
+        if chunk is not None:
+            check_int_option("chunk", chunk, minimum=1)
+
+    @classmethod
+    def estimate_parameters(cls, vocab_size, d_model, *, bias=False, **_):
+        return vocab_size * d_model + (vocab_size if bias else 0)
+
     def __init__(self, vocab_size, d_model, *, bias=False, chunk=None, token_counts=None):
+        self.check_options(vocab_size, d_model, chunk=chunk)
         super().__init__(vocab_size, d_model, token_counts)
         self.chunk = None if chunk is None else check_int_option("chunk", chunk, minimum=1)
         self.weight = nn.Parameter(torch.empty(self.vocab_size, self.d_model))
@@ -56,6 +67,9 @@ class FullSoftmax(LogitsHead):
 
     def _spec_values(self):
         return {"bias": self.bias is not None, "chunk": self.chunk}
+
+    def _score_bound(self, h_norm, stats):
+        return h_norm * stats["weight"][0] + (stats["bias"][0] if self.bias is not None else 0.0)
 
     def closed_form_num_parameters(self) -> int:
         return self.vocab_size * self.d_model + (self.vocab_size if self.bias is not None else 0)

@@ -18,7 +18,7 @@ import torch
 from vqbench.provenance import use_cpu_allocator
 from vqbench.registry import check_spec, default_specs, describe_heads, expand_specs, import_modules, parse_spec
 from vqbench.results import ALL_OPS, DEFAULT_OPS, ResultsFile, read_rows, select_rows
-from vqbench.sweep import DTYPES, Budget, Grid, memory_budget, run_sweep
+from vqbench.sweep import DTYPES, Budget, Grid, check_grid, memory_budget, run_sweep
 from vqbench.tables import build_tables, render
 
 
@@ -111,6 +111,11 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
                         ("--memory-budget-gib", args.memory_budget_gib)):
         if value is not None and not (0 < value < float("inf")):
             p.error(f"{flag}: must be a finite number > 0, got {value}")
+    if not args.from_file:
+        try:  # every option value at every (V, d) of the grid, before anything is built
+            check_grid(Grid(heads=args.heads, vocab=args.vocab, d_model=args.d_model))
+        except (ValueError, TypeError) as error:
+            p.error(f"--heads: {error}")
     if args.seed < 0:
         p.error(f"--seed: must be >= 0, got {args.seed}")
     if args.name is not None and (not args.name or os.sep in args.name or args.name.startswith(".")

@@ -34,11 +34,16 @@ def default_corpus_dir() -> str:
 
 def load_lines(source: str, cache_dir=None) -> Dict[str, List[str]]:
     """{split: lines} from a local folder of train/valid/test.txt or a hub name."""
-    import datasets
-
     if source in HUB and not os.path.isdir(source):
+        import datasets
+
         dataset = datasets.load_dataset(*HUB[source], cache_dir=cache_dir)
         return {split: [line.rstrip("\n") for line in dataset[split]["text"]] for split in SPLITS}
+    return {split: read_lines(path, split) for split, path in local_files(source).items()}
+
+
+def local_files(source: str) -> Dict[str, str]:
+    """{split: path} of a local corpus folder, each checked readable."""
     if not os.path.isdir(source):
         raise FileNotFoundError(f"corpus: no folder {source!r} (expected train.txt, valid.txt, test.txt) "
                                 f"and not a known hub name ({', '.join(HUB)})")
@@ -46,8 +51,27 @@ def load_lines(source: str, cache_dir=None) -> Dict[str, List[str]]:
     for split, path in files.items():
         if not os.path.isfile(path) or not os.access(path, os.R_OK):
             raise FileNotFoundError(f"corpus: cannot read {path!r} ({split} split)")
-    dataset = datasets.load_dataset("text", data_files=files, cache_dir=cache_dir)
-    return {split: dataset[split]["text"] for split in SPLITS}
+    return files
+
+
+def read_lines(path: str, split: str) -> List[str]:
+    """The lines of a UTF-8 text file as ``datasets``' text loader gives them (universal newlines, split
+    on "\n", the line break dropped), read directly: no cache can serve an older version of the file.
+    Empty, binary (a NUL byte) and invalid or truncated UTF-8 files raise one ValueError naming the file."""
+    lines = []
+    try:
+        with open(path, encoding="utf-8", errors="strict") as f:
+            for number, line in enumerate(f, 1):
+                if "\x00" in line:
+                    raise ValueError(f"corpus: {path!r} ({split} split) is not a text file (a NUL byte on "
+                                     f"line {number})")
+                lines.append(line.rstrip("\n"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"corpus: {path!r} ({split} split) is not valid UTF-8 ({error.reason} after line "
+                         f"{len(lines)}); a binary or truncated file?") from None
+    if not any(line.strip() for line in lines):
+        raise ValueError(f"corpus: {path!r} ({split} split) holds no words")
+    return lines
 
 
 def words(lines: List[str]) -> List[str]:
@@ -102,13 +126,28 @@ def corpus_fingerprint(corpus: Corpus) -> str:
 
 
 def load_corpus(source: str = None, cache_dir=None) -> Corpus:
-    """The corpus at ``source`` (default: default_corpus_dir()); cached per process, not to be mutated."""
-    return _load_corpus(os.path.abspath(source) if source and os.path.isdir(source)
-                        else source or default_corpus_dir(), cache_dir)
+    """The corpus at ``source`` (default: default_corpus_dir()); cached per process by the files' content
+    (a file edited in place is read again, whatever its size and time stamps), not to be mutated."""
+    source = source or default_corpus_dir()
+    if os.path.isdir(source):
+        source = os.path.abspath(source)
+        return _load_corpus(source, cache_dir, content_digest(local_files(source).values()))
+    return _load_corpus(source, cache_dir, "")
+
+
+def content_digest(paths) -> str:
+    """sha256 over the bytes of the files at ``paths``, in order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        digest.update(b"\x00" + path.encode())
+    return digest.hexdigest()
 
 
 @lru_cache(maxsize=4)
-def _load_corpus(source: str, cache_dir) -> Corpus:
+def _load_corpus(source: str, cache_dir, digest: str) -> Corpus:
     return build_corpus(load_lines(source, cache_dir))
 
 

@@ -4,6 +4,17 @@ An output head maps hidden states ``hidden`` [..., d] to a distribution over V t
 Subclasses implement the private, flat-shape methods (``_loss``, ``_target_log_prob``,
 ``_log_probs``, ``_predict``, ``_matmul_flops``, ``closed_form_num_parameters``); this
 class validates the inputs, flattens leading dimensions and restores them.
+
+Non-finite values, one policy for every head: ``loss``, ``target_log_prob``, ``log_probs`` and ``logits``
+propagate NaN and inf as torch's own ops do (a NaN loss is visible where it is used). ``predict`` and
+``sample``, which turn scores into token ids, never return an id chosen by a NaN: they raise a one-line
+ValueError naming the argument, "hidden: contains NaN or infinite values", "<parameter>: holds NaN or
+inf", or "hidden: logits overflow to inf/NaN in row i" for finite states whose scores overflow the dtype
+(rows whose scores stay finite, however large, get the answer of their V log-probabilities). Any
+temperature in (0, inf) is defined: scores are shifted by their row maximum before the division.
+
+Mixed precision: under ``torch.autocast`` the losses and log-probabilities of lower-precision scores are
+normalised in float32 and come back in float32, as ``F.cross_entropy``'s do.
 """
 
 from __future__ import annotations
@@ -140,8 +151,7 @@ class OutputHead(nn.Module):
 
     def __init__(self, vocab_size: int, d_model: int, token_counts=None):
         super().__init__()
-        _check_positive_int("vocab_size", vocab_size, minimum=2)
-        _check_positive_int("d_model", d_model, minimum=1)
+        OutputHead.check_options(vocab_size, d_model)
         self.vocab_size = int(vocab_size)
         self.d_model = int(d_model)
         if token_counts is None:
@@ -150,6 +160,20 @@ class OutputHead(nn.Module):
             counts = validate_token_counts(token_counts, self.vocab_size)
         # float64 on CPU, kept out of the module's buffers so that .to(dtype) leaves it exact
         self.token_counts = counts
+
+    @classmethod
+    def check_options(cls, vocab_size: int, d_model: int, **options) -> None:
+        """Raise the constructor's ValueError/TypeError (naming the option) for option values that are wrong
+        at this (V, d), without building anything: what a sweep runs over its whole grid before measuring.
+        Subclasses check their own options here and call it from their constructor first."""
+        _check_positive_int("vocab_size", vocab_size, minimum=2)
+        _check_positive_int("d_model", d_model, minimum=1)
+
+    @classmethod
+    def estimate_parameters(cls, vocab_size: int, d_model: int, **options) -> Optional[int]:
+        """The closed-form parameter count of the head these (valid) options would build, without building
+        it (a memory guard runs before a head is allocated); None when a head cannot tell."""
+        return None
 
     # ------------------------------------------------------------------ public API
     def loss(self, hidden: torch.Tensor, target: torch.Tensor, *, ignore_index: int = -100,
@@ -168,6 +192,9 @@ class OutputHead(nn.Module):
         flat, lead = self._flatten_hidden(hidden)
         target = self._flatten_target(target, hidden, ignore_index=ignore_index)
         keep = target != ignore_index
+        if torch.compiler.is_compiling():  # no data-dependent branch or shape: one graph
+            return self._masked_loss(flat, target, keep, reduction, label_smoothing).reshape(
+                lead if reduction == "none" else ())
         if reduction == "mean" and not label_smoothing and bool(keep.all()):
             return self._loss(flat, target)  # the plain path every head optimises
         kept_hidden, kept_target = flat[keep], target[keep]
@@ -180,6 +207,18 @@ class OutputHead(nn.Module):
         if reduction == "none":
             out = flat.new_zeros(target.shape).masked_scatter(keep, per_token)
             return out.reshape(lead)
+        total = per_token.sum()
+        return total if reduction == "sum" else total / keep.sum()
+
+    def _masked_loss(self, flat, target, keep, reduction, label_smoothing):
+        """``loss`` without data-dependent control flow, for compiled callers: every row is scored (an
+        ignored one as token 0) and masked; flat [N, d], target and keep [N] -> [N] or a scalar."""
+        per_token = self._token_nll(flat, target.where(keep, 0))
+        if label_smoothing:
+            per_token = (1 - label_smoothing) * per_token - label_smoothing * self._mean_log_prob(flat)
+        per_token = per_token.where(keep, 0)
+        if reduction == "none":
+            return per_token
         total = per_token.sum()
         return total if reduction == "sum" else total / keep.sum()
 
@@ -204,7 +243,10 @@ class OutputHead(nn.Module):
     def predict(self, hidden: torch.Tensor) -> torch.Tensor:
         """The most probable token (int64); hidden [..., d] -> [...]."""
         flat, lead = self._flatten_hidden(hidden)
-        _check_finite(flat)
+        with torch.no_grad():
+            log_probs = self._guard_scores(flat)
+        if log_probs is not None:
+            return argmax_over_tokens(log_probs).reshape(lead)
         return self._predict(flat).reshape(lead)
 
     def sample(self, hidden: torch.Tensor, *, generator: Optional[torch.Generator] = None,
@@ -219,10 +261,12 @@ class OutputHead(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
         flat, lead = self._flatten_hidden(hidden)
-        _check_finite(flat)
         if generator is not None and generator.device.type != flat.device.type:
             raise ValueError(f"generator: on {generator.device} but hidden is on {flat.device}")
         with torch.no_grad():
+            log_probs = self._guard_scores(flat)
+            if log_probs is not None:
+                return sample_rows(log_probs, generator, float(temperature)).reshape(lead)
             return self._sample(flat, generator, float(temperature)).reshape(lead)
 
     def logits(self, hidden: torch.Tensor, *, out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -334,6 +378,64 @@ class OutputHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"spec={self.spec!r}, vocab_size={self.vocab_size}, d_model={self.d_model}"
+
+    # ------------------------------------------------------------------ non-finite guard
+    def _guard_scores(self, hidden: torch.Tensor) -> Optional[torch.Tensor]:
+        """Check hidden [N, d] and the parameters before ``predict`` or ``sample`` turn scores into ids.
+
+        Returns None when no score can overflow (the bound of ``_score_bound``, with room for the sums a
+        head adds to its scores), else the checked [N, V] log-probabilities to answer from.
+        """
+        peak = float(hidden.abs().amax())  # NaN or inf when any element is
+        if not math.isfinite(peak):
+            _check_finite(hidden)
+        stats = self.parameter_stats()
+        h_norm = peak * math.sqrt(self.d_model)  # >= every row's 2-norm
+        limit = torch.finfo(hidden.dtype).max / 64
+        if torch.is_autocast_enabled(hidden.device.type):  # the products may run in a narrower dtype
+            limit = min(limit, torch.finfo(torch.get_autocast_dtype(hidden.device.type)).max / 64)
+        if self._score_bound(h_norm, stats) < limit:
+            return None
+        log_probs = self._log_probs(hidden)
+        top = log_probs.amax(dim=-1)  # NaN when a row holds one, -inf or +inf when it overflowed
+        bad = (~torch.isfinite(top)).nonzero()
+        if bad.numel():
+            raise ValueError(f"hidden: logits overflow to inf/NaN in row {int(bad[0])} (of {hidden.shape[0]}); "
+                             f"no token can be chosen for it")
+        return log_probs
+
+    def parameter_stats(self) -> dict:
+        """{parameter name: (largest row 2-norm, Frobenius norm)} (a 1-d parameter's rows are its elements),
+        in float64; raises ValueError naming a parameter that holds NaN or inf. Cached until a parameter
+        changes (its storage or its version counter, which every in-place update advances)."""
+        params = list(self.named_parameters())
+        try:
+            key = tuple((name, p.data_ptr(), p._version, p.dtype, tuple(p.shape)) for name, p in params)
+        except RuntimeError:  # inference tensors keep no version counter: check every time
+            key = None
+        cached = self.__dict__.get("_parameter_stats_cache")
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        stats = {}
+        with torch.no_grad():
+            for name, p in params:
+                if p.numel() == 0:
+                    stats[name] = (0.0, 0.0)
+                    continue
+                rows = p.detach().reshape(p.shape[0], -1) if p.dim() > 1 else p.detach().reshape(-1, 1)
+                norms = torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64)
+                if not bool(torch.isfinite(norms).all()) and not bool(torch.isfinite(p).all()):
+                    raise ValueError(f"{name}: holds NaN or inf (a head parameter); predict and sample cannot "
+                                     f"choose a token from its scores")
+                stats[name] = (float(norms.max()), float(norms.square().sum().sqrt()))
+        self.__dict__["_parameter_stats_cache"] = (key, stats)
+        return stats
+
+    def _score_bound(self, h_norm: float, stats: dict) -> float:
+        """An upper bound on |any score| this head computes for a hidden row of 2-norm <= h_norm, from the
+        parameter_stats ``stats`` (Cauchy-Schwarz; partial sums of a product obey it too). Default inf:
+        a head without a bound answers predict and sample from its checked V log-probabilities."""
+        return math.inf
 
     # ------------------------------------------------------------------ to implement
     def _spec_values(self) -> dict:
@@ -451,6 +553,10 @@ class OutputHead(nn.Module):
             if target.device != hidden.device:
                 raise ValueError(f"target: on {target.device} but hidden is on {hidden.device}")
         flat = target.reshape(-1).long()
+        if torch.compiler.is_compiling():
+            # reading the range back to Python would break a compiled caller's graph; compiled code
+            # relies on the gathers' own index checks instead
+            return flat
         scored = flat if ignore_index is None else flat[flat != ignore_index]
         if scored.numel():
             low, high = int(scored.min()), int(scored.max())
@@ -582,9 +688,25 @@ def argmax_over_tokens(scores: torch.Tensor) -> torch.Tensor:
 
 
 def sample_rows(scores: torch.Tensor, generator, temperature: float = 1.0) -> torch.Tensor:
-    """[N] one index per row of scores [N, M], drawn from softmax(scores / temperature)."""
-    probs = torch.softmax(scores.float() / temperature if temperature != 1.0 else scores.float(), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    """[N] one index per row of scores [N, M], drawn from softmax(scores / temperature).
+
+    The rows are shifted to a maximum of 0 before the division, so that no temperature in (0, inf)
+    overflows: the best score stays 0 and the others go to -inf at worst (probability 0). A temperature
+    that float32 cannot hold as a non-zero divisor of the shifted scores divides in float64."""
+    shifted = scores - scores.amax(dim=-1, keepdim=True)
+    wide = not 1e-30 < temperature < 1e30
+    shifted = shifted.double() if wide else shifted.float()
+    if temperature != 1.0:
+        shifted = shifted / temperature
+    return torch.multinomial(torch.softmax(shifted, dim=-1), 1, generator=generator).squeeze(1)
+
+
+def upcast_scores(scores: torch.Tensor) -> torch.Tensor:
+    """Scores [...] a matmul returned in float16/bfloat16 under torch.autocast, in float32 for their
+    normalisation (as F.cross_entropy does under autocast); any other scores unchanged."""
+    if scores.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(scores.device.type):
+        return scores.float()
+    return scores
 
 
 def uniform(n: int, like: torch.Tensor, generator) -> torch.Tensor:

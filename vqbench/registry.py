@@ -18,7 +18,7 @@ import pkgutil
 import re
 import sys
 from importlib import metadata
-from typing import Dict, Iterable, List, Tuple, Type
+from typing import Dict, Iterable, List, Optional, Tuple, Type
 
 #: registered head classes by name (``registered_heads()`` finds every head first)
 HEADS: Dict[str, type] = {}
@@ -188,12 +188,6 @@ def spec_options(cls, spec_options_text: Dict[str, str]) -> dict:
     return values
 
 
-def check_spec(spec: str) -> None:
-    """Raise ValueError/TypeError naming what is wrong with ``spec`` (its head and option types), building nothing."""
-    name, options = parse_spec(spec)
-    spec_options(head_class(name), options)
-
-
 def canonical_spec(spec: str, vocab_size: int, d_model: int) -> str:
     """The spec a head built from ``spec`` at V, d reports as ``head.spec``, without building it."""
     name, options = parse_spec(spec)
@@ -214,12 +208,27 @@ def option(cls, name: str):
     raise ValueError(f"{name}: no such option of head {cls.name!r}")
 
 
-def make_head(spec: str, vocab_size: int, d_model: int, *, device=None, dtype=None, **options):
-    """Build a registered head from a name or spec string plus keyword options (any of the class's OPTIONS,
-    and token_counts).
+def check_spec(spec: str, vocab_size: Optional[int] = None, d_model: Optional[int] = None, **options) -> None:
+    """Raise the ValueError/TypeError (naming the option) that building ``spec`` would raise for its head name
+    and option types, and, given (V, d), for an option value, without building the head: a sweep checks every
+    point of its grid before measuring."""
+    cls, merged = _resolve(spec, options)
+    check = getattr(cls, "check_options", None)
+    if check is not None and vocab_size is not None and d_model is not None:
+        check(vocab_size, d_model, **merged)
 
-    ``device`` and ``dtype`` move the finished head (parameters only; index buffers stay int64).
-    """
+
+def estimate_parameters(spec: str, vocab_size: int, d_model: int, **options):
+    """The parameter count ``make_head(spec, V, d)`` would build (None when its class cannot tell), from the
+    class's closed form, without allocating anything."""
+    cls, merged = _resolve(spec, options)
+    check_spec(spec, vocab_size, d_model, **options)
+    estimate = getattr(cls, "estimate_parameters", None)
+    return None if estimate is None else estimate(vocab_size, d_model, **merged)
+
+
+def _resolve(spec: str, options: dict):
+    """(head class, every option from the spec string and the keywords, checked by name and type)."""
     name, texts = parse_spec(spec)
     cls = head_class(name)
     for key in texts:
@@ -231,6 +240,15 @@ def make_head(spec: str, vocab_size: int, d_model: int, *, device=None, dtype=No
         if key not in allowed:
             raise ValueError(f"{key}: unknown option for head {name!r}; known options: {', '.join(allowed)}")
         merged[key] = value
+    return cls, merged
+
+
+def make_head(spec: str, vocab_size: int, d_model: int, *, device=None, dtype=None, **options):
+    """Build a registered head from a name or spec string plus keyword options.
+
+    ``device`` and ``dtype`` move the finished head (parameters only; index buffers stay int64).
+    """
+    cls, merged = _resolve(spec, options)
     head = cls(vocab_size, d_model, **merged)
     if device is not None or dtype is not None:
         head = head.to(device=device, dtype=dtype)

@@ -23,7 +23,7 @@ from vqbench.fingerprint import code_fingerprint
 from vqbench.measure import make_inputs, peak_memory_and_flops, time_op
 from vqbench.ops import get_op
 from vqbench.provenance import provenance
-from vqbench.registry import canonical_spec, expand_specs, make_head, parse_spec
+from vqbench.registry import canonical_spec, check_spec, estimate_parameters, expand_spec, expand_specs, make_head, parse_spec
 from vqbench.results import DEFAULT_OPS, PARAMS_OP, ResultsFile, unit_key
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
@@ -76,12 +76,33 @@ class SweepStats:
     resumed: int = 0
 
 
+def check_grid(grid: Grid) -> None:
+    """Raise ValueError (one line: the spec, the grid point, the option) when a head spec has an option
+    value that is wrong at a point of the grid, before anything is built or measured. A spec from a brace
+    set (``vq:K={256,4096}``) is refused only where it fits no point of the grid; elsewhere that point is
+    skipped with its reason, as an out-of-memory one."""
+    points = list(itertools.product(grid.vocab, grid.d_model))
+    for typed in grid.heads:
+        expanded = expand_spec(typed)
+        for candidate in expanded:
+            errors = []
+            for vocab, d in points:
+                try:
+                    check_spec(candidate, vocab, d)
+                except (ValueError, TypeError) as error:
+                    errors.append((vocab, d, error))
+            if errors and (len(expanded) == 1 or len(errors) == len(points)):
+                vocab, d, error = errors[0]
+                raise ValueError(f"{candidate} at V={vocab}, d={d}: {error}")
+
+
 def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threads: Optional[int] = None,
               resume: bool = False, progress: bool = True, seed: int = 0, ceilings: str = "full") -> SweepStats:
     """Measure every unit of ``grid`` into ``results``; ``ceilings="small"`` measures the machine's ceilings on
     small operands (smoke tests: floors then mean nothing)."""
     from tqdm.auto import tqdm
 
+    check_grid(grid)
     if threads is None:
         threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -110,16 +131,22 @@ def measure_head(context: dict, todo, results: ResultsFile, budget: Budget, mete
     after, with how far they drifted); vqbench.floors derives the floor from it when tables are built."""
     device, dtype = context["device"], DTYPES[context["dtype"]]
     head, build_error = None, None
+    planned = _planned_parameters(context)
+    elem = torch.empty((), dtype=dtype).element_size()
+    unbuilt = budget.memory_bytes is not None and planned is not None and planned * elem > budget.memory_bytes
     try:
-        torch.manual_seed(seed)
-        head = make_head(context["spec"], context["V"], context["d"], device=device, dtype=dtype)
+        if not unbuilt:  # a head whose parameters alone pass the budget is never allocated
+            torch.manual_seed(seed)
+            head = make_head(context["spec"], context["V"], context["d"], device=device, dtype=dtype)
     except Exception as error:  # invalid combination, OOM while building
         build_error = error
     meter.begin(torch.device(device), dtype)
     pending = []
     for n, op in todo:
         base = {**base_row(head, context, n, op, threads), "seed": seed}
-        if isinstance(build_error, NotImplementedError):  # a peer without its package, say
+        if unbuilt:
+            rows, working_bytes = unbuilt_rows(base, op, planned, elem, budget), None
+        elif isinstance(build_error, NotImplementedError):  # a peer without its package, say
             rows, working_bytes = [skipped(base, f"not applicable: {build_error}")], None
         elif build_error is not None:
             rows, working_bytes = [skipped(base, f"build: {describe(build_error)}")], None
@@ -138,6 +165,25 @@ def measure_head(context: dict, todo, results: ResultsFile, budget: Budget, mete
         rates, drift = meter.better(working_bytes)
         results.append([{**base, **rates.as_row(), "ceiling_drift": f"{drift:.3f}", "metric": "ceilings",
                          "unit": "FLOP/s", "value": rates.as_row()["gemm_flop_s"]}])
+
+
+def _planned_parameters(context: dict) -> Optional[int]:
+    """The closed-form parameter count of the head a configuration builds, None when unknown."""
+    try:
+        return estimate_parameters(context["spec"], context["V"], context["d"])
+    except Exception:  # an invalid spec is refused when it is built, with its reason
+        return None
+
+
+def unbuilt_rows(base: dict, op: str, planned: int, elem: int, budget: Budget) -> list:
+    """Rows of a unit whose head's parameters alone exceed the memory budget: its parameter count (closed
+    form) for the params unit, the memory guard's reason for every op."""
+    if op == PARAMS_OP:
+        return [{**base, "metric": "params", "unit": "count", "value": planned},
+                {**base, "metric": "param_bytes", "unit": "bytes", "value": planned * elem}]
+    need = footprint_bytes(0, planned, op, elem)
+    return [skipped(base, f"memory guard: needs at least {need / 2**30:.1f} GiB for the parameters alone, "
+                          f"budget {budget.memory_bytes / 2**30:.1f} GiB; the head was not built")]
 
 
 MEMORY_FRACTION = 0.6  # of RAM (CPU) or of the GPU's memory: the most a measured op may plan to use

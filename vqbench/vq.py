@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from vqbench.head import LogitsHead, Option, check_choice, check_int_option, sample_rows, uniform
+from vqbench.head import LogitsHead, Option, check_choice, check_int_option, sample_rows, uniform, upcast_scores
 from vqbench.mapping import MAPPINGS, build_mapping, validate_mapping
 from vqbench.registry import register_head
 
@@ -64,26 +64,47 @@ class VQLogits(LogitsHead):
     ORDER = 4
     OUTPUT_TOKEN_MAJOR = True
 
+    @classmethod
+    def check_options(cls, vocab_size, d_model, *, K=None, mapping="frequency", path="collapsed", bias=False,
+                      bias_init="zeros", seed=0, codebook_init="auto", embeddings=None, token_counts=None,
+                      **_):
+        super().check_options(vocab_size, d_model)
+        if K is not None:
+            check_int_option("K", K, minimum=1, maximum=vocab_size,
+                             why_max=" (vocab_size; K > V leaves codes that no token uses)")
+        check_choice("path", path, PATHS)
+        check_choice("codebook_init", codebook_init, ("auto", "random", "centroids"))
+        check_choice("bias_init", bias_init, ("zeros", "unigram"))
+        if bias_init != "zeros" and not bias:
+            raise ValueError("bias_init: needs bias=1")
+        if isinstance(mapping, str):
+            check_choice("mapping", mapping, MAPPINGS)
+            if mapping == "kmeans" and embeddings is None:
+                raise ValueError("embeddings: mapping='kmeans' needs embeddings of shape [vocab_size, d]")
+        elif not isinstance(mapping, torch.Tensor):
+            raise TypeError(f"mapping: expected one of {', '.join(MAPPINGS)} or a [V] integer tensor, "
+                            f"got {type(mapping).__name__}")
+        if codebook_init == "centroids" and not (isinstance(mapping, str) and mapping == "kmeans"):
+            raise ValueError("codebook_init: 'centroids' needs mapping='kmeans'")
+
+    @classmethod
+    def estimate_parameters(cls, vocab_size, d_model, *, K=None, bias=False, **_):
+        return (min(1024, vocab_size) if K is None else K) * d_model + (vocab_size if bias else 0)
+
     def __init__(self, vocab_size, d_model, *, K=None, mapping="frequency", path="collapsed",
                  bias=False, bias_init="zeros", seed=0, codebook_init="auto", embeddings=None,
                  token_counts=None):
+        self.check_options(vocab_size, d_model, K=K, mapping=mapping, path=path, bias=bias, bias_init=bias_init,
+                           seed=seed, codebook_init=codebook_init, embeddings=embeddings)
         super().__init__(vocab_size, d_model, token_counts)
-        K = self.resolve_options(self.vocab_size, self.d_model, {"K": K})["K"]
-        self.K = check_int_option("K", K, minimum=1, maximum=self.vocab_size,
-                                  why_max=f" (vocab_size; K > V leaves codes that no token uses)")
-        self.path = check_choice("path", path, PATHS)
-        check_choice("codebook_init", codebook_init, ("auto", "random", "centroids"))
+        self.K = self.resolve_options(self.vocab_size, self.d_model, {"K": K})["K"]
+        self.path = path
         centroids = None
         if isinstance(mapping, str):
             codes, centroids = build_mapping(mapping, self.vocab_size, self.K, self.token_counts,
                                              seed=seed, embeddings=embeddings)
         else:
             codes = validate_mapping(mapping, self.vocab_size, self.K)
-        if codebook_init == "centroids" and centroids is None:
-            raise ValueError("codebook_init: 'centroids' needs mapping='kmeans'")
-        check_choice("bias_init", bias_init, ("zeros", "unigram"))
-        if bias_init != "zeros" and not bias:
-            raise ValueError("bias_init: needs bias=1")
         # the k-means centroids a reset starts the codebook from (not a buffer: not part of the state)
         self._centroids = centroids if codebook_init != "random" else None
         self.codebook = nn.Parameter(torch.empty(self.K, self.d_model))
@@ -132,6 +153,11 @@ class VQLogits(LogitsHead):
     def _spec_values(self):
         return {"K": self.K, "mapping": self.mapping_name, "path": self.path, "bias": self.bias is not None,
                 "bias_init": self.bias_init, "seed": self.seed, "codebook_init": self.codebook_init}
+
+    def _score_bound(self, h_norm, stats):
+        # code logits, plus a bias and the log-mass of a code (at most 2 max|b| + log V)
+        bias = stats["bias"][0] if self.bias is not None else 0.0
+        return h_norm * stats["codebook"][0] + 2 * bias + math.log(self.vocab_size)
 
     def closed_form_num_parameters(self) -> int:
         return self.K * self.d_model + (self.vocab_size if self.bias is not None else 0)
@@ -206,7 +232,7 @@ class VQLogits(LogitsHead):
     def _target_log_prob(self, hidden, target):
         if self.path == "scatter":
             return super()._target_log_prob(hidden, target)
-        code_logits = self.codebook_logits(hidden)
+        code_logits = upcast_scores(self.codebook_logits(hidden))
         own = code_logits.gather(1, self.mapping[target][:, None]).squeeze(1)
         if self.bias is not None:
             own = own + self.bias[target]
@@ -214,7 +240,7 @@ class VQLogits(LogitsHead):
 
     def _mean_log_prob(self, hidden):
         # mean over V of (L[M(i)] + b_i) - log Z = (sum_k n_k L_k) / V + mean(b) - log Z: no V logits
-        code_logits = self.codebook_logits(hidden)
+        code_logits = upcast_scores(self.codebook_logits(hidden))
         mean = code_logits @ self.code_sizes.to(code_logits.dtype) / self.vocab_size
         if self.bias is not None:
             mean = mean + self.bias.mean()
@@ -238,22 +264,29 @@ class VQLogits(LogitsHead):
         return candidates.min(dim=-1).values
 
     def _sample(self, hidden, generator, temperature):
-        # p(token i) ~ exp((L[M(i)] + b_i) / T) = exp(L_k / T) * exp(b_i / T): a code k from the K-way
-        # softmax of L / T + log sum_{i in k} exp(b_i / T), then a token inside k by exp(b_i / T)
-        # (uniformly without a bias): exact at every temperature, and no V-wide tensor per token
+        # p(token i) ~ exp((L[M(i)] + b_i) / T): a code k from the K-way softmax of (L_k + B_k) / T + log
+        # sum_{i in k} exp((b_i - B_k) / T), B_k the largest bias in k, then a token inside k by exp((b_i -
+        # B_k) / T) (uniformly without a bias): exact at every temperature, no V-wide tensor per token.
+        # Scores are shifted to a row maximum of 0 and divided in float64, so that no T in (0, inf) overflows.
         members = torch.argsort(self.mapping, stable=True)            # tokens grouped by code
         sizes = self.code_sizes
         start = torch.cumsum(sizes, 0) - sizes
+        scores = self.codebook_logits(hidden).double()
         if self.bias is None:
-            mass = sizes.to(hidden.dtype).log()
+            log_within = sizes.double().log()
         else:
-            weights, mass = self._code_mass(self.bias.detach() / temperature)
-        code = sample_rows(self.codebook_logits(hidden) / temperature + mass, generator)
+            b = self.bias.detach().double()
+            peak = self._code_peak(b)
+            weights = torch.exp((b - peak[self.mapping]) / temperature)  # in [0, 1], 1 for each code's best
+            log_within = torch.zeros_like(peak).scatter_add(0, self.mapping, weights).log()
+            scores = scores + peak
+        scaled = (scores - scores.amax(dim=1, keepdim=True)) / temperature + log_within
+        code = sample_rows(scaled, generator)
         u = uniform(code.shape[0], hidden, generator)
         if self.bias is None:
             offset = torch.clamp((u * sizes[code]).long(), max=sizes[code] - 1)
             return members[start[code] + offset]
-        cumulative = torch.cumsum(weights[members].double(), 0)       # [V], grouped by code
+        cumulative = torch.cumsum(weights[members], 0)                # [V], grouped by code
         below = torch.where(start > 0, cumulative[(start - 1).clamp(min=0)], 0.0)
         total = cumulative[(start + sizes - 1).clamp(min=0)] - below
         index = torch.searchsorted(cumulative, below[code] + u * total[code], right=True)
