@@ -481,7 +481,10 @@ def main(argv=None) -> int:
         p.error(f"--results: no folder {args.results}")
     settings = dict(paper=args.paper_variant, vq_spec=args.vq_spec, sweep_d=args.sweep_d, sweep_n=args.sweep_n)
     if args.floors:
-        write_floors(args.results, sys.stdout)
+        try:
+            write_floors(args.results, sys.stdout)
+        except BrokenPipeError:  # a reader such as `head` that stops early: not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     if args.check:
         notes = []
