@@ -105,8 +105,8 @@ def validate(cfg: TrainConfig) -> None:
         if not (ok and math.isfinite(getattr(cfg, name))):
             raise ValueError(f"{name}: out of range ({getattr(cfg, name)!r}; lr and clip > 0, lr_decay >= 1, "
                              f"0 <= plateau < 1, 0 <= dropout < 1)")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ValueError(f"threads: must be >= 1, got {cfg.threads}")
+    if cfg.threads is not None and not 1 <= cfg.threads <= 4096:  # torch takes a C int
+        raise ValueError(f"threads: must be between 1 and 4096, got {cfg.threads}")
     if cfg.protocol == "frozen" and not cfg.body_from:
         raise ValueError("body_from: the frozen protocol needs the checkpoint of a trained body")
     for name in ("body_from", "embeddings_from"):
@@ -616,6 +616,10 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as error:
         print(f"python -m vqbench.train: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # checkpoints are written whole (temporary file, then rename): nothing to undo
+        print(f"python -m vqbench.train: interrupted; continue from the last checkpoint with --resume "
+              f"(--out {cfg.out})", file=sys.stderr)
+        return 130
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
