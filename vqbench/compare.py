@@ -15,7 +15,7 @@ import tempfile
 
 import torch
 
-from vqbench.provenance import use_cpu_allocator
+from vqbench.provenance import relative_argv, relative_path, use_cpu_allocator
 from vqbench.registry import DEFAULT_HEADS, coerce_option, head_class, parse_spec
 from vqbench.results import ALL_OPS, DEFAULT_OPS, ResultsFile, read_rows, select_rows
 from vqbench.sweep import DTYPES, Budget, Grid, memory_budget, run_sweep
@@ -177,7 +177,7 @@ def settings_clash(rows, args) -> str:
 
 def write_markdown(path, name, command, source, tables):
     write_text(path, f"# vqbench compare: {name}\n\nRegenerate: `{command.strip()}`\n\n"
-                     f"Rows: `{source}`.\n\n{render(tables, 'github')}", source)
+                     f"Rows: `{relative_path(source)}`.\n\n{render(tables, 'github')}", source)
 
 
 def write_text(path: str, text: str, source: str) -> None:
@@ -212,7 +212,7 @@ class Refused(Exception):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = "python -m vqbench.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m vqbench.compare " + " ".join(relative_argv(sys.argv[1:] if argv is None else argv))
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit (ulimit -f) then fails the write with EFBIG, not a core dump
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:

@@ -35,7 +35,7 @@ import torch
 from vqbench.data import batchify, bptt_batches, corpus_fingerprint, load_corpus
 from vqbench.evaluate import EVAL_BATCH, hidden_states, perplexity, state_perplexity
 from vqbench.lm import LanguageModel, LSTMBody, detach_state
-from vqbench.provenance import cpu_model, git_commit
+from vqbench.provenance import cpu_model, git_commit, relative_argv, relative_path
 from vqbench.reassign import CodeReassigner
 from vqbench.registry import make_head
 
@@ -414,7 +414,7 @@ class Trainer:
             seeded(cfg.seed, 2)  # the dropout stream, the same for every head
             # --resume with no checkpoint (it was lost) starts over: nothing of an earlier log continues
             self.run.set_aside_log_after(-1)
-        self.invocation = {"argv": sys.argv[1:], "git_commit": git_commit(), "cpu_model": cpu_model(),
+        self.invocation = {"argv": relative_argv(sys.argv[1:]), "git_commit": git_commit(), "cpu_model": cpu_model(),
                            "torch_version": str(torch.__version__), "threads": torch.get_num_threads(),
                            "world_size": self.world, "epochs": cfg.epochs, "steps": cfg.steps,
                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_step": self.step,
@@ -551,7 +551,8 @@ class Trainer:
             "precision": str(next(self.head.parameters()).dtype).replace("torch.", ""),
             "git_commit": git_commit(), "cpu_model": cpu_model(), "torch_version": str(torch.__version__),
             "threads": torch.get_num_threads(), "corpus": corpus_fingerprint(self.corpus),
-            "config": asdict(self.cfg), "invocations": self.invocations + [self.invocation]}
+            "config": {k: relative_path(v) for k, v in asdict(self.cfg).items()},
+            "invocations": self.invocations + [self.invocation]}
 
     def stop_reason(self) -> str:
         if self.schedule.stopped(self.cfg):
