@@ -7,6 +7,7 @@ import csv
 import fcntl
 import glob
 import io
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import sys
 
 import pytest
 
-from vqbench import compare, results, train
+from vqbench import compare, profile, quality, results, train
 from vqbench.results import COLUMNS, PARAMS_METRICS, TIMED_METRICS, ResultsFile, read_rows
 
 TINY = ["--heads", "vq:K=8", "--vocab", "50", "--d-model", "8", "--tokens", "4", "--ops", "loss",
@@ -295,6 +296,24 @@ def test_bad_path_flags_are_one_line_before_any_file(tmp_path, capsys, flags, na
     assert run_main(compare.main, TINY + ["--out", str(tmp_path)] + flags) == 2
     one_line_error(capsys, name)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "x" * 300, 7, ""])
+def test_a_plan_run_name_that_is_not_one_folder_name_is_one_line(tmp_path, capsys, name):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"runs": [{"name": name, "head": "softmax", "group": "reference", "seeds": [0]}]}))
+    assert run_main(quality.main, ["plan", "--plan", str(plan)]) == 2
+    one_line_error(capsys, "plan", "run name")
+
+
+def test_a_profile_logdir_that_is_a_file_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "traces"
+    blocker.write_text("x")
+    monkeypatch.setattr(profile, "profile_op", lambda args: pytest.fail("profiled before checking --logdir"))
+    argv = ["--head", "softmax", "--vocab", "100", "--d-model", "8", "--tokens", "4", "--logdir", str(blocker)]
+    assert run_main(profile.main, argv) == 2
+    one_line_error(capsys, "--logdir")
+    assert blocker.read_text() == "x"
 
 
 def test_a_huge_thread_count_in_train_is_one_line(tmp_path, capsys):

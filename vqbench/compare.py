@@ -17,7 +17,7 @@ import torch
 
 from vqbench.provenance import relative_argv, relative_path, use_cpu_allocator
 from vqbench.registry import DEFAULT_HEADS, coerce_option, head_class, parse_spec
-from vqbench.results import ALL_OPS, DEFAULT_OPS, ResultsFile, read_rows, select_rows
+from vqbench.results import ALL_OPS, DEFAULT_OPS, ResultsFile, path_component_problem, read_rows, select_rows
 from vqbench.sweep import DTYPES, Budget, Grid, memory_budget, run_sweep
 from vqbench.tables import build_tables, render
 
@@ -111,7 +111,7 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
     if args.seed < 0:
         p.error(f"--seed: must be >= 0, got {args.seed}")
     if args.name is not None:
-        problem = name_problem(args.name)
+        problem = path_component_problem(args.name, NAME_SUFFIX)
         if problem:
             p.error(f"--name: a file stem inside --out ({problem}), got {args.name[:80]!r}")
     if args.format not in FORMATS:
@@ -133,18 +133,7 @@ def _table_formats() -> frozenset:
 FORMATS = _table_formats()
 MAX_THREADS = 4096  # torch takes a C int; more threads than this is a typo, not a machine
 #: the longest suffix a stem gets (NAME.csv.incomplete-YYYYmmdd-HHMMSS-NNNN), within a 255-byte file name
-NAME_MAX_BYTES = 255 - len(".csv.incomplete-20260101-000000-9999")
-
-
-def name_problem(name: str) -> str:
-    """'' when name can be a file stem inside a folder, else what is wrong with it."""
-    if not name or name.startswith("."):
-        return "not empty, not starting with '.'"
-    if os.sep in name or (os.altsep and os.altsep in name) or "\0" in name:
-        return "no path separators or NUL"
-    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX_BYTES:
-        return f"at most {NAME_MAX_BYTES} bytes, the file system's limit less the longest suffix"
-    return ""
+NAME_SUFFIX = ".csv.incomplete-20260101-000000-9999"
 
 
 def rows_selected(rows, selection):

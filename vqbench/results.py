@@ -78,6 +78,20 @@ def unit_key(row: dict) -> tuple:
     return tuple(str(row[k]) for k in UNIT_KEY)
 
 
+def path_component_problem(name, suffix: str = "") -> str:
+    """'' when name (a user's string: a --name, a plan's run name) can be one file name in a folder with
+    suffix appended, else what is wrong with it."""
+    if not isinstance(name, str) or not name or name.startswith("."):
+        return "a string, not empty, not starting with '.'"
+    if os.sep in name or (os.altsep and os.altsep in name) or "\0" in name:
+        return "no path separators or NUL"
+    limit = 255 - len(suffix.encode())  # NAME_MAX of every common file system
+    if len(name.encode("utf-8", "surrogateescape")) > limit:
+        return f"at most {limit} bytes, the file system's limit less the suffix {suffix!r}" if suffix else \
+            f"at most {limit} bytes, the file system's limit"
+    return ""
+
+
 def select_rows(rows: Iterable[dict], **criteria) -> List[dict]:
     """Rows whose column ``name`` is one of the values given for it (a single value or a collection;
     compared as text). select_rows(rows, op=["loss", "train"], N=2048)."""
