@@ -429,3 +429,17 @@ def test_a_file_size_limit_during_resume_changes_nothing(tmp_path):
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["r.csv"]
+
+
+def test_a_header_only_file_left_by_a_stopped_run_does_not_block_a_rerun(tmp_path):
+    (tmp_path / "r.csv").write_text(HEADER)
+    assert compare.main(TINY + ["--out", str(tmp_path), "--name", "r"]) == 0
+    assert {r["op"] for r in read_rows(str(tmp_path / "r.csv"))} == {"params", "loss"}
+
+
+def test_a_file_with_rows_still_blocks_a_rerun(tmp_path, capsys):
+    (tmp_path / "r.csv").write_text(HEADER + csv_text(unit("softmax", op="params")))
+    before = (tmp_path / "r.csv").read_bytes()
+    assert compare.main(TINY + ["--out", str(tmp_path), "--name", "r"]) == 2
+    one_line_error(capsys, "--name", "exists")
+    assert (tmp_path / "r.csv").read_bytes() == before

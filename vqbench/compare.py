@@ -17,7 +17,7 @@ import torch
 
 from vqbench.provenance import relative_argv, relative_path, use_cpu_allocator
 from vqbench.registry import DEFAULT_HEADS, coerce_option, head_class, parse_spec
-from vqbench.results import ALL_OPS, DEFAULT_OPS, ResultsFile, path_component_problem, read_rows, select_rows
+from vqbench.results import ALL_OPS, COLUMNS, DEFAULT_OPS, ResultsFile, path_component_problem, read_rows, select_rows
 from vqbench.sweep import DTYPES, Budget, Grid, memory_budget, run_sweep
 from vqbench.tables import build_tables, render
 
@@ -279,13 +279,24 @@ def make_out(out: str) -> None:
         raise Refused(f"--out: {out!r} is not writable")
 
 
+def header_only(path: str) -> bool:
+    """True when path is a results file that holds its header and nothing else (a run stopped before its first
+    unit): measuring into it loses nothing, so it does not block a rerun."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return False
+    return os.path.isfile(path) and head.decode("utf-8", "replace").strip() == ",".join(COLUMNS)
+
+
 def open_results_path(args) -> str:
     """OUT/NAME.csv: an existing file is resumed, or with --overwrite moved to a backup once its lock is held
     (ResultsFile); without either it is left alone and the run refused."""
     make_out(args.out)
     args.name = args.name or "compare"
     csv_path = os.path.join(args.out, f"{args.name}.csv")
-    if os.path.lexists(csv_path) and not args.resume and not args.overwrite:
+    if os.path.lexists(csv_path) and not args.resume and not args.overwrite and not header_only(csv_path):
         raise Refused(f"--name: {csv_path} exists; pass --resume to add to it, or --overwrite to start afresh "
                       f"(the old file is then kept as a backup); nothing was changed")
     return csv_path

@@ -59,7 +59,8 @@ def numeric_problem(rows) -> str:
             try:
                 kind(cell)
             except ValueError:
-                return f"{r.get('spec', '?')} {r.get('op', '?')} {r.get('metric', '?')}: {key}={cell[:40]!r} is not a number"
+                where = f"{r.get('spec', '?')} {r.get('op', '?')} {r.get('metric', '?')}"
+                return f"{where}: {key}={cell[:40]!r} is not a number"
     return ""
 
 
