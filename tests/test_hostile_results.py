@@ -443,3 +443,28 @@ def test_a_file_with_rows_still_blocks_a_rerun(tmp_path, capsys):
     assert compare.main(TINY + ["--out", str(tmp_path), "--name", "r"]) == 2
     one_line_error(capsys, "--name", "exists")
     assert (tmp_path / "r.csv").read_bytes() == before
+
+
+def test_a_second_overwrite_process_leaves_the_running_sweep_and_every_row_alone(measured, capsys):
+    """The reproduction of issue 32: `compare --overwrite &` and, while it runs, another `--overwrite`."""
+    import time
+
+    original = measured.read_bytes()
+    slow = [a if a != "0.002" else "0.3" for a in TINY] + ["--heads", "softmax", "vq:K=8", "vq:K=9", "vq:K=10"]
+    argv = slow + ["--out", str(measured.parent), "--name", "r", "--overwrite"]
+    code = f"import sys; from vqbench import compare; sys.exit(compare.main({argv!r}))"
+    first = subprocess.Popen([sys.executable, "-c", code], cwd=measured.parent, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": REPO})
+    try:
+        deadline = time.time() + 120
+        while not lock_is_held(measured) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert lock_is_held(measured), "the first sweep never took its lock"
+        assert run_main(compare.main, TINY + ["--out", str(measured.parent), "--name", "r", "--overwrite"]) == 2
+        one_line_error(capsys, "--name", "another vqbench process")
+    finally:
+        _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    [backup] = glob.glob(str(measured) + ".bak-*")
+    assert open(backup, "rb").read() == original
+    assert {r["spec"] for r in read_rows(str(measured))} == {"softmax", "vq:K=8", "vq:K=9", "vq:K=10"}
