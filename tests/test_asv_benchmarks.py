@@ -1,5 +1,6 @@
 """The asv suite: discovery (`asv check`) and one small parameter combination of every method."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -86,9 +87,22 @@ def test_specs_are_full_spec_strings_with_no_k_parameter():
     assert head.K == 256 and head.path == "scatter" and set(ops) == {"log_probs", "loss", "train"}
 
 
+def temporary_config(tmp_path) -> str:
+    """A copy of asv.conf.json whose folders asv writes (results, html, environments) lie under tmp_path:
+    `asv run`, even with --dry-run, rewrites RESULTS/MACHINE/machine.json, and results/asv is committed."""
+    from asv.util import load_json
+    conf = load_json(os.path.join(ROOT, "asv.conf.json"), js_comments=True)
+    conf.update(repo=ROOT, benchmark_dir=os.path.join(ROOT, "benchmarks"), results_dir=str(tmp_path / "results"),
+                html_dir=str(tmp_path / "html"), env_dir=str(tmp_path / "env"))
+    path = tmp_path / "asv.conf.json"
+    path.write_text(json.dumps(conf))
+    return str(path)
+
+
 @pytest.mark.skipif(shutil.which("asv") is None, reason="asv is not installed (pip install -e '.[bench]')")
-def test_asv_check_discovers_the_suite():
-    result = subprocess.run([sys.executable, "-m", "asv", "check", "--python=same"], cwd=ROOT,
+def test_asv_check_discovers_the_suite(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "asv", "check", "--python=same",
+                             "--config", temporary_config(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -96,15 +110,17 @@ def test_asv_check_discovers_the_suite():
 @pytest.mark.skipif(shutil.which("asv") is None, reason="asv is not installed (pip install -e '.[bench]')")
 def test_asv_runs_one_small_combination_in_this_environment(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path)}  # asv machine --yes writes ~/.asv-machine.json
-    subprocess.run([sys.executable, "-m", "asv", "machine", "--yes"], cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=120)
+    config = temporary_config(tmp_path)
+    subprocess.run([sys.executable, "-m", "asv", "machine", "--yes", "--config", config], cwd=ROOT, env=env,
+                   check=True, capture_output=True, timeout=120)
     combination = r"\('vq:K=1024', 8192, 512, 256\)"
     result = subprocess.run(
         [sys.executable, "-m", "asv", "run", "--python=same", "--quick", "--dry-run", "--show-stderr",
-         "-b", rf"HeadsCPU\.(time_loss|track_params|track_flops_loss){combination}"],
+         "--config", config, "-b", rf"HeadsCPU\.(time_loss|track_params|track_flops_loss){combination}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "failed" not in output.lower(), output
     assert str(1024 * 512) in output                 # track_params: K * d
     assert str(2 * 256 * 512 * 1024) in output       # track_flops_loss: 2 N d K
+    assert os.listdir(tmp_path / "results")          # asv's machine.json went to the temporary folder

@@ -1,8 +1,9 @@
 """python -m vqbench.compare: measure every head and print citable tables.
 
 With no arguments: a small CPU grid (every head's default specs, V in {10000, 50257}, d=512, N=256,
-all ops) that finishes in a few minutes on 2 cores; rows go to results/compare.csv and the
-tables to results/compare.md. Any option is swept by a brace set in a spec: ``--heads "vq:K={256,1024,4096}"``.
+all ops) that finishes in a few minutes on 2 cores; rows go to runs/compare.csv and the
+tables to runs/compare.md (runs/ is ignored by git: a first run leaves the repository as it was).
+Any option is swept by a brace set in a spec: ``--heads "vq:K={256,1024,4096}"``.
 Heads from other modules: ``--import MODULE`` (repeatable) or the entry-point group ``vqbench.heads``.
 """
 
@@ -10,14 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-import time
+import tempfile
 
 import torch
 
-from vqbench.provenance import use_cpu_allocator
+from vqbench.provenance import relative_argv, relative_path, use_cpu_allocator
 from vqbench.registry import check_spec, default_specs, describe_heads, expand_specs, import_modules, parse_spec
-from vqbench.results import ALL_OPS, DEFAULT_OPS, ResultsFile, read_rows, select_rows
+from vqbench.results import ALL_OPS, COLUMNS, DEFAULT_OPS, ResultsFile, path_component_problem, read_rows, select_rows
 from vqbench.sweep import DTYPES, Budget, Grid, check_grid, memory_budget, run_sweep
 from vqbench.tables import build_tables, render
 
@@ -46,11 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu, cuda or all (cpu plus cuda when present)")
     p.add_argument("--dtype", nargs="+", default=None, choices=list(DTYPES),
                    help="parameter dtypes (default float32)")
-    p.add_argument("--out", default="results", metavar="DIR", help="folder for NAME.csv and NAME.md")
+    p.add_argument("--out", default="runs", metavar="DIR",
+                   help="folder for NAME.csv and NAME.md (default runs/, which git ignores)")
     p.add_argument("--name", default=None,
                    help="stem of the result files (default: compare); with --from, also writes DIR/NAME.md")
     p.add_argument("--format", default="github",
-                   help="table format: github (markdown), latex, csv or any tabulate format")
+                   help="table format: github (markdown), latex, csv or any tabulate format "
+                        "(tabulate.tabulate_formats)")
     p.add_argument("--from", dest="from_file", metavar="FILE",
                    help="re-render tables from a stored results CSV without measuring; --heads, --vocab, "
                         "--d-model, --tokens, --ops and --dtype then select rows (a bare head name: all its specs)")
@@ -118,15 +122,30 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
             p.error(f"--heads: {error}")
     if args.seed < 0:
         p.error(f"--seed: must be >= 0, got {args.seed}")
-    if args.name is not None and (not args.name or os.sep in args.name or args.name.startswith(".")
-                                  or (os.altsep and os.altsep in args.name)):
-        p.error(f"--name: a file stem inside --out (no path separators, not starting with '.'), got {args.name!r}")
+    if args.name is not None:
+        problem = path_component_problem(args.name, NAME_SUFFIX)
+        if problem:
+            p.error(f"--name: a file stem inside --out ({problem}), got {args.name[:80]!r}")
+    if args.format not in FORMATS:
+        p.error(f"--format: unknown table format {args.format[:80]!r}; choose github, latex, csv or one of "
+                f"tabulate's ({', '.join(sorted(FORMATS - {'github', 'latex', 'csv'}))})")
     if args.resume and args.overwrite:
         p.error("--overwrite: cannot be combined with --resume")
-    if args.threads is not None and args.threads < 1:
-        p.error(f"--threads: must be >= 1, got {args.threads}")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        p.error(f"--threads: must be between 1 and {MAX_THREADS}, got {args.threads}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device: cuda requested but torch sees no CUDA device")
+
+
+def _table_formats() -> frozenset:
+    from tabulate import tabulate_formats
+    return frozenset(["github", "latex", "csv", *tabulate_formats])
+
+
+FORMATS = _table_formats()
+MAX_THREADS = 4096  # torch takes a C int; more threads than this is a typo, not a machine
+#: the longest suffix a stem gets (NAME.csv.incomplete-YYYYmmdd-HHMMSS-NNNN), within a 255-byte file name
+NAME_SUFFIX = ".csv.incomplete-20260101-000000-9999"
 
 
 def rows_selected(rows, selection):
@@ -156,9 +175,34 @@ def settings_clash(rows, args) -> str:
 
 
 def write_markdown(path, name, command, source, tables):
-    with open(path, "w") as f:
-        f.write(f"# vqbench compare: {name}\n\nRegenerate: `{command.strip()}`\n\n"
-                f"Rows: `{source}`.\n\n{render(tables, 'github')}")
+    write_text(path, f"# vqbench compare: {name}\n\nRegenerate: `{command.strip()}`\n\n"
+                     f"Rows: `{relative_path(source)}`.\n\n{render(tables, 'github')}", source)
+
+
+def write_text(path: str, text: str, source: str) -> None:
+    """Write path whole through a fresh temporary file: a link planted at path is replaced, never followed,
+    and a reader never sees half a file; the input (source) is never the output."""
+    if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+        raise Refused(f"--name: {path} is the input {source}; choose another --name or --out")
+    directory, base = os.path.split(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".tmp")
+    except OSError as error:
+        raise Refused(f"--out: cannot write into {directory} ({error.strerror})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class Refused(Exception):
@@ -167,12 +211,22 @@ class Refused(Exception):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = "python -m vqbench.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m vqbench.compare " + " ".join(relative_argv(sys.argv[1:] if argv is None else argv))
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit (ulimit -f) then fails the write with EFBIG, not a core dump
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return render_stored(args, command) if args.from_file else measure(args, command)
     except Refused as reason:
         print(reason, file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("python -m vqbench.compare: interrupted; every finished unit is kept (measure the rest with "
+              "--resume)", file=sys.stderr)
+        return 130
+    except OSError as error:
+        print(f"python -m vqbench.compare: cannot write {error.filename or 'a file'}: {error.strerror}; every "
+              f"finished unit is kept (measure the rest with --resume)", file=sys.stderr)
+        return 1
 
 
 def render_stored(args, command: str) -> int:
@@ -185,6 +239,7 @@ def render_stored(args, command: str) -> int:
         raise Refused(f"--from: {args.from_file}: no rows (of this selection) to render")
     tables = build_tables(rows)
     if args.name:
+        make_out(args.out)
         write_markdown(os.path.join(args.out, f"{args.name}.md"), args.name, command, args.from_file, tables)
     print(render(tables, args.format))
     return 0
@@ -202,9 +257,11 @@ def measure(args, command: str) -> int:
     budget = Budget(memory_bytes=memory, seconds_per_call=args.time_budget_s, min_run_time=args.min_run_time)
     csv_path = open_results_path(args)
     try:
-        results = ResultsFile(csv_path)
+        results = ResultsFile(csv_path, overwrite=args.overwrite)
     except ValueError as error:
         raise Refused(f"--name: {error}") from None
+    if results.backup:
+        print(f"--overwrite: the old rows are kept in {results.backup}", file=sys.stderr)
     with results:
         clash = settings_clash(read_rows(csv_path), args) if args.resume else ""
         if clash:
@@ -216,32 +273,42 @@ def measure(args, command: str) -> int:
     write_markdown(os.path.join(args.out, f"{args.name}.md"), args.name, command, csv_path, tables)
     if args.format not in ("github",):
         suffix = {"latex": "tex", "csv": "tables.csv"}.get(args.format, f"{args.format}.txt")
-        with open(os.path.join(args.out, f"{args.name}.{suffix}"), "w") as f:
-            f.write(render(tables, args.format))
+        write_text(os.path.join(args.out, f"{args.name}.{suffix}"), render(tables, args.format), csv_path)
     print(render(tables, args.format))
     print(f"measured {stats.measured}, skipped {stats.skipped}, resumed {stats.resumed}; "
           f"rows in {csv_path}", file=sys.stderr)
     return 0
 
 
-def open_results_path(args) -> str:
-    """OUT/NAME.csv, ready to write: an existing file is resumed, or with --overwrite moved to a backup;
-    without either it is left alone and the run refused."""
+def make_out(out: str) -> None:
     try:
-        os.makedirs(args.out, exist_ok=True)
+        os.makedirs(out, exist_ok=True)
     except OSError as error:
-        raise Refused(f"--out: cannot create {args.out!r} ({error.strerror})") from None
-    if not os.access(args.out, os.W_OK):
-        raise Refused(f"--out: {args.out!r} is not writable")
+        raise Refused(f"--out: cannot create {out!r} ({error.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise Refused(f"--out: {out!r} is not writable")
+
+
+def header_only(path: str) -> bool:
+    """True when path is a results file that holds its header and nothing else (a run stopped before its first
+    unit): measuring into it loses nothing, so it does not block a rerun."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return False
+    return os.path.isfile(path) and head.decode("utf-8", "replace").strip() == ",".join(COLUMNS)
+
+
+def open_results_path(args) -> str:
+    """OUT/NAME.csv: an existing file is resumed, or with --overwrite moved to a backup once its lock is held
+    (ResultsFile); without either it is left alone and the run refused."""
+    make_out(args.out)
     args.name = args.name or "compare"
     csv_path = os.path.join(args.out, f"{args.name}.csv")
-    if os.path.exists(csv_path) and not args.resume:
-        if not args.overwrite:
-            raise Refused(f"--name: {csv_path} exists; pass --resume to add to it, or --overwrite to start afresh "
-                          f"(the old file is then kept as a backup); nothing was changed")
-        backup = f"{csv_path}.bak-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.replace(csv_path, backup)
-        print(f"--overwrite: the old rows are kept in {backup}", file=sys.stderr)
+    if os.path.lexists(csv_path) and not args.resume and not args.overwrite and not header_only(csv_path):
+        raise Refused(f"--name: {csv_path} exists; pass --resume to add to it, or --overwrite to start afresh "
+                      f"(the old file is then kept as a backup); nothing was changed")
     return csv_path
 
 

@@ -41,7 +41,7 @@ from vqbench.evaluate import hidden_states
 from vqbench.lm import LSTMBody
 from vqbench.map_search import search_mapping
 from vqbench.mapping import build_mapping
-from vqbench.provenance import cpu_model, git_commit
+from vqbench.provenance import cpu_model, git_commit, relative_path
 from vqbench.registry import make_head
 
 MAPPINGS = ("random", "contiguous", "frequency", "kmeans")
@@ -184,7 +184,7 @@ def run(args) -> List[dict]:
     for model in args.model:
         seed = load_softmax_model(model, corpus)[2]["seed"]
         there = scored.get(seed)
-        if there and there[0] != model:
+        if there and os.path.abspath(there[0]) != os.path.abspath(model):  # stored relative (relative_path)
             raise ValueError(f"model: {model!r} has seed {seed}, scored in {args.out!r} from {there[0]!r} "
                              f"(ratios pair by seed; nothing was changed)")
         todo[model] = [key for key in asked if not there or key not in there[1]]
@@ -223,7 +223,7 @@ def run(args) -> List[dict]:
                     f"{kept['held_out_nats_per_position']:.4f}); {int((found != start).sum())} tokens moved")
         test = hidden_states(body, corpus.ids["test"], cfg["bptt"])
         for row in oracle_table(chunks_of(head, *test, args.chunk), mappings, corpus.counts):
-            rows.append({"model": model, "model_seed": cfg["seed"], **row,
+            rows.append({"model": relative_path(model), "model_seed": cfg["seed"], **row,
                          "note": notes.get((row["mapping"], row["K"]), ""), "cpu_model": cpu_model(),
                          "git_commit": git_commit()})
     return rows

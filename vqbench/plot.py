@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import os
 import sys
+import tempfile
 from collections import defaultdict
 
 from vqbench.results import ALL_OPS, read_rows, select_rows
@@ -37,8 +38,30 @@ def _series(rows, metric, x_key, **fixed):
 
 
 def _caption(rows):
-    r = rows[0]
-    return f"{r['device_name']} ({r['device']}), {r['dtype']}, {r['threads']} threads, torch {r['torch_version']}"
+    r = {k: v or "?" for k, v in rows[0].items()}  # a file written by another tool may lack provenance columns
+    return plain(f"{r.get('device_name', '?')} ({r['device']}), {r['dtype']}, {r.get('threads', '?')} threads, "
+                 f"torch {r.get('torch_version', '?')}")
+
+
+def plain(text: str) -> str:
+    """text as matplotlib shows it literally: a '$' from a file would otherwise start mathtext (and an
+    unbalanced one fails the whole figure)."""
+    return text.replace("$", r"\$")
+
+
+def numeric_problem(rows) -> str:
+    """'' when every ok row's V, d, N and value (and spread, when given) are numbers, else the first that is not."""
+    for r in rows:
+        for key, kind in (("V", int), ("d", int), ("N", int), ("value", float), ("spread", float)):
+            cell = r.get(key) or ""
+            if key == "spread" and not cell:
+                continue
+            try:
+                kind(cell)
+            except ValueError:
+                where = f"{r.get('spec', '?')} {r.get('op', '?')} {r.get('metric', '?')}"
+                return f"{where}: {key}={cell[:40]!r} is not a number"
+    return ""
 
 
 def _style(ax, xlabel, ylabel, title):
@@ -56,7 +79,7 @@ def _draw(ax, series, palette):
         colour, marker = palette[spec]
         xs = [p[0] for p in points]
         ys = [p[1] for p in points]
-        ax.plot(xs, ys, marker=marker, color=colour, label=spec, linewidth=1.5, markersize=5)
+        ax.plot(xs, ys, marker=marker, color=colour, label=plain(spec), linewidth=1.5, markersize=5)
 
 
 def plot_latency(rows, palette, d, out_dir, plt, sources=()):
@@ -126,9 +149,20 @@ def file_sha256(path: str) -> str:
 
 
 def _save(fig, out_dir, name, plt, sources=()):
+    """Draw into a fresh temporary file, then rename it to name: a link planted there is replaced, not followed."""
     path = os.path.join(out_dir, name)
-    fig.savefig(path, dpi=110, metadata={SOURCE_KEY: source_note(sources, out_dir)} if sources else None)
-    plt.close(fig)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=110,
+                        metadata={SOURCE_KEY: source_note(sources, out_dir)} if sources else None)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -158,7 +192,7 @@ def plot_quality_pareto(summary, path: str, sources=()) -> None:
         spread = 0.0 if s["ratio_std"] != s["ratio_std"] else s["ratio_std"]
         ax.errorbar(s["output_params"], s["ratio_mean"], yerr=spread, fmt="o", color=colour, capsize=3,
                     markerfacecolor=colour if s["seeds"] > 1 else "white", zorder=3)
-        ax.annotate(s["name"], (s["output_params"], s["ratio_mean"]), fontsize=7, xytext=(4, 3),
+        ax.annotate(plain(s["name"]), (s["output_params"], s["ratio_mean"]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
     measured = [(s["output_params"], s["ratio_mean"]) for s in summary if s["ratio_mean"] == s["ratio_mean"]]
     front = pareto_frontier(measured)
@@ -218,6 +252,9 @@ def main(argv=None) -> int:
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         p.error("no measured rows in the given files")
+    problem = numeric_problem(ok)
+    if problem:
+        p.error(f"FILE: {problem} (a cell edited by hand?)")
     device = args.device or ok[0]["device"]
     dtype = args.dtype or ok[0]["dtype"]
     ok = [r for r in ok if r["device"] == device and r["dtype"] == dtype]
@@ -232,10 +269,14 @@ def main(argv=None) -> int:
     if vocab not in vocabs:
         p.error(f"--vocab: no rows with V={vocab} (the files have {vocabs})")
     palette = colours(r["spec"] for r in ok)
-    os.makedirs(args.out, exist_ok=True)
-    sources = args.files
-    paths = (plot_latency(ok, palette, d, args.out, plt, sources) + plot_params(ok, palette, d, args.out, plt, sources)
-             + plot_memory(ok, palette, d, vocab, args.out, plt, sources))
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        sources = args.files
+        paths = (plot_latency(ok, palette, d, args.out, plt, sources)
+                 + plot_params(ok, palette, d, args.out, plt, sources)
+                 + plot_memory(ok, palette, d, vocab, args.out, plt, sources))
+    except OSError as error:
+        p.error(f"--out: cannot write figures into {args.out} ({error.strerror})")
     for path in paths:
         print(path)
     return 0

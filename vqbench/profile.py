@@ -10,6 +10,7 @@ named after the head, sizes and op; the top operators are printed with tabulate.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 
@@ -61,6 +62,8 @@ def parse_args(argv=None):
         make_head(args.head, args.vocab, args.d_model, device="meta")
     except (ValueError, TypeError) as error:
         p.error(f"--head: {error}")
+    if os.path.exists(args.logdir) and not os.path.isdir(args.logdir):  # before the profiling, not after
+        p.error(f"--logdir: {args.logdir!r} is a file, not a folder")
     return args
 
 

@@ -13,6 +13,23 @@ import torch
 import vqbench
 
 
+def relative_path(path):
+    """path as a committed file may record it: relative to the current folder (the repository's root, where
+    every command is run from), never absolute, since an absolute path names one machine's folders."""
+    if not isinstance(path, str) or not os.path.isabs(path):
+        return path
+    return os.path.relpath(path)
+
+
+def relative_argv(argv):
+    """argv with each absolute path (a token, or the value of --flag=PATH) made relative (relative_path)."""
+    out = []
+    for token in argv:
+        flag, eq, value = token.partition("=")
+        out.append(f"{flag}={relative_path(value)}" if eq and token.startswith("-") else relative_path(token))
+    return out
+
+
 @lru_cache(maxsize=1)
 def git_commit() -> str:
     """The commit of the checkout vqbench runs from, with '+dirty' for uncommitted changes."""

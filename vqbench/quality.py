@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Tuple
 
 from tabulate import tabulate
 
+from vqbench.results import path_component_problem
 from vqbench.train import TrainConfig
 
 DEFAULT_PLAN = os.path.join("configs", "quality.json")
@@ -85,6 +86,10 @@ class Plan:
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"plan: {path!r} is not a quality plan ({type(error).__name__}: {error})") from None
         names = [e["name"] for e in self.entries]
+        for name in names:  # each becomes a folder's name, PROTOCOL-NAME-sSEED, under the runs folder
+            problem = path_component_problem(name, f"{self.protocol}--s9999")
+            if problem:
+                raise ValueError(f"plan: {path!r}: run name {str(name)[:80]!r} must be one folder name ({problem})")
         if len(set(names)) != len(names) or [e for e in self.entries if e["group"] == "reference"][:1] == []:
             raise ValueError(f"plan: {path!r} needs unique run names and one entry of group 'reference'")
         if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:

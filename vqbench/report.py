@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import hashlib
 import json
 import math
 import os
+import stat
 import struct
 import sys
 from collections import Counter
@@ -393,29 +395,50 @@ def write_floors(results_dir: str, out) -> None:
     writer.writerows(floor_rows(results_dir))
 
 
+PNG_LIMIT = 64 << 20      # a figure is a few hundred KiB; more is not one of ours
+SOURCE_LIMIT = 4 << 30    # the largest source file --check hashes
+
+
+def _read_regular(path: str, limit: int) -> bytes:
+    """The bytes of path, a regular file of at most limit bytes; ValueError otherwise (a FIFO or device is
+    never read: opened without blocking, checked before reading)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise ValueError(f"cannot open it ({error.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > limit:
+            raise ValueError(f"{info.st_size} bytes, more than the {limit} this check reads")
+        return f.read(limit + 1)
+
+
 def png_text(path: str) -> dict:
-    """The uncompressed text chunks (tEXt, iTXt) of a PNG file: {keyword: text}."""
-    found = {}
-    with open(path, "rb") as f:
-        if f.read(8) != b"\x89PNG\r\n\x1a\n":
-            raise ValueError(f"{path} is not a PNG file")
-        while True:
-            header = f.read(8)
-            if len(header) < 8:
-                return found
-            length, kind = struct.unpack(">I4s", header)
-            data = f.read(length)
-            f.read(4)  # CRC
+    """The uncompressed text chunks (tEXt, iTXt) of a PNG file: {keyword: text}; ValueError (one line) when
+    path is not a readable PNG of at most PNG_LIMIT bytes or a text chunk is not valid text."""
+    data = _read_regular(path, PNG_LIMIT)
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG file")
+    found, at = {}, 8
+    while at + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[at:at + 8])
+        chunk = data[at + 8:at + 8 + length]
+        at += 12 + length  # length, type, data, CRC
+        try:
             if kind == b"tEXt":
-                key, _, text = data.partition(b"\0")
+                key, _, text = chunk.partition(b"\0")
                 found[key.decode("latin-1")] = text.decode("latin-1")
             elif kind == b"iTXt":
-                key, _, rest = data.partition(b"\0")
+                key, _, rest = chunk.partition(b"\0")
                 if rest[:1] == b"\0":  # not compressed: flags, method, language\0, translated keyword\0, text
-                    text = rest[2:].split(b"\0", 2)[-1]
-                    found[key.decode("latin-1")] = text.decode("utf-8")
+                    found[key.decode("latin-1")] = rest[2:].split(b"\0", 2)[-1].decode("utf-8")
             elif kind == b"IEND":
-                return found
+                break
+        except UnicodeDecodeError:
+            raise ValueError(f"its {kind.decode('latin-1')} text is not UTF-8") from None
+    return found
 
 
 FIGURES = ("*.png", "figures/*.png", "quality/*.png")  # the figures README and REPORT show (not archived ones)
@@ -423,24 +446,43 @@ FIGURES = ("*.png", "figures/*.png", "quality/*.png")  # the figures README and 
 
 def stale_figures(results_dir: str) -> List[str]:
     """One line per figure under results_dir drawn from files that have changed since (or that records no
-    sources): `python -m vqbench.plot` and `quality table` write each source's sha256 into the PNG."""
-    from vqbench.plot import SOURCE_KEY, file_sha256
+    sources, or cannot be read): `python -m vqbench.plot` and `quality table` write each source's sha256 into
+    the PNG. A recorded source is read only when it is a regular file inside results_dir."""
+    from vqbench.plot import SOURCE_KEY
     problems = []
     cited = [p for pattern in FIGURES for p in glob.glob(os.path.join(results_dir, pattern))]
     for path in sorted(cited):
-        note = png_text(path).get(SOURCE_KEY)
+        try:
+            note = png_text(path).get(SOURCE_KEY)
+        except ValueError as error:
+            problems.append(f"{path}: not a readable figure ({error}); draw it again")
+            continue
         if not note:
             problems.append(f"{path}: records no source files (drawn by an older vqbench.plot); draw it again")
             continue
         for part in note.split("; "):
             rel, _, digest = part.rpartition(" sha256=")
-            source = os.path.normpath(os.path.join(os.path.dirname(path), rel))
-            if not os.path.exists(source):
-                problems.append(f"{path}: its source {source} is gone")
-                continue
-            if file_sha256(source) != digest:
-                problems.append(f"{path}: {source} has changed since it was drawn; draw it again")
+            problem = _source_problem(results_dir, os.path.dirname(path), rel, digest)
+            if problem:
+                problems.append(f"{path}: {problem}")
     return problems
+
+
+def _source_problem(results_dir: str, figure_dir: str, rel: str, digest: str) -> str:
+    """'' when the figure's recorded source rel still has this digest, else why the figure is stale."""
+    source = os.path.normpath(os.path.join(figure_dir, rel))
+    root = os.path.realpath(results_dir)
+    if os.path.commonpath([os.path.realpath(source), root]) != root:
+        return f"its recorded source {rel[:200]!r} lies outside {results_dir} (not read); draw it again"
+    if not os.path.exists(source):
+        return f"its source {source} is gone"
+    try:
+        data = _read_regular(source, SOURCE_LIMIT)
+    except ValueError as error:
+        return f"its source {source} cannot be checked ({error}); draw it again"
+    if hashlib.sha256(data).hexdigest() != digest:
+        return f"{source} has changed since it was drawn; draw it again"
+    return ""
 
 
 def stale_report(results_dir: str, **settings) -> List[str]:
@@ -495,11 +537,14 @@ def main(argv=None) -> int:
         print("stale results: measure them again" if problems else "every results file describes the working tree")
         return 1 if problems else 0
     report = build_report(args.results, **settings)
-    with open(os.path.join(args.results, "REPORT.md"), "w") as f:
-        f.write(report)
-    with open(os.path.join(args.results, "REFERENCES.bib"), "w") as f:
-        with open(BIBTEX_PATH) as source:
-            f.write(source.read())
+    try:
+        with open(os.path.join(args.results, "REPORT.md"), "w") as f:
+            f.write(report)
+        with open(os.path.join(args.results, "REFERENCES.bib"), "w") as f:
+            with open(BIBTEX_PATH) as source:
+                f.write(source.read())
+    except OSError as error:
+        p.error(f"--results: cannot write {error.filename} ({error.strerror})")
     print(os.path.join(args.results, "REPORT.md"))
     print(os.path.join(args.results, "REFERENCES.bib"))
     return 0

@@ -12,6 +12,8 @@ import csv
 import fcntl
 import io
 import os
+import stat
+import tempfile
 import time
 from dataclasses import dataclass, fields
 from typing import Iterable, List
@@ -67,11 +69,28 @@ COLUMNS = [f.name for f in fields(Row)]
 #: the columns of files written while the VQ-only K column was part of the schema (it followed d); such files
 #: still read, and a resumed one keeps its header (K left empty: the spec holds it)
 LEGACY_COLUMNS = COLUMNS[:COLUMNS.index("d") + 1] + ["K"] + COLUMNS[COLUMNS.index("d") + 1:]
+
+# a skip reason or an edited cell may exceed the csv module's 128 KiB default; a results file is read whole anyway
+csv.field_size_limit(max(csv.field_size_limit(), 1 << 28))
 UNIT_KEY = ("spec", "op", "V", "d", "N", "device", "dtype")
 
 
 def unit_key(row: dict) -> tuple:
     return tuple(str(row[k]) for k in UNIT_KEY)
+
+
+def path_component_problem(name, suffix: str = "") -> str:
+    """'' when name (a user's string: a --name, a plan's run name) can be one file name in a folder with
+    suffix appended, else what is wrong with it."""
+    if not isinstance(name, str) or not name or name.startswith("."):
+        return "a string, not empty, not starting with '.'"
+    if os.sep in name or (os.altsep and os.altsep in name) or "\0" in name:
+        return "no path separators or NUL"
+    limit = 255 - len(suffix.encode())  # NAME_MAX of every common file system
+    if len(name.encode("utf-8", "surrogateescape")) > limit:
+        return f"at most {limit} bytes, the file system's limit less the suffix {suffix!r}" if suffix else \
+            f"at most {limit} bytes, the file system's limit"
+    return ""
 
 
 def select_rows(rows: Iterable[dict], **criteria) -> List[dict]:
@@ -88,8 +107,10 @@ def read_rows(path: str) -> List[dict]:
         raise FileNotFoundError(f"results file not found: {path}")
     if os.path.isdir(path):
         raise ValueError(f"{path} is a folder, not a results file")
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"{path} is not a regular file (a device or pipe?), not a results file")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
             reader = csv.DictReader(f)
             missing = [c for c in UNIT_KEY + ("metric", "value", "status") if c not in (reader.fieldnames or ())]
             if missing:
@@ -121,38 +142,44 @@ def complete_units(rows: Iterable[dict]) -> set:
 class ResultsFile:
     """Append-only CSV of result rows; knows which (config, op) units it holds complete.
 
-    Holds an exclusive lock (``PATH.lock``) while open, so two sweeps never write one file. A unit is
-    done only when all its metric rows are there (or its skipped row); on opening, the lines of
-    incomplete units (a kill, a full disk) move to ``PATH.incomplete-TIME`` and the unit is measured
-    again. Nothing is ever deleted.
+    Holds an exclusive lock (``PATH.lock``) while open, so two sweeps never write one file; everything that
+    changes an existing file (the backup of ``overwrite``, setting incomplete units aside) happens only once
+    the lock is held. A unit is done only when all its metric rows are there (or its skipped row); on opening,
+    the records of incomplete units (a kill, a full disk) move to ``PATH.incomplete-TIME`` and the unit is
+    measured again. Nothing is ever deleted: an ``overwrite`` moves the old file to a backup name no other
+    file holds.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, overwrite: bool = False):
         self.path = path
         self.columns = COLUMNS
         self.done = set()
+        self.backup = None
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._lock = open(path + ".lock", "a")
+        self._lock = _take_lock(path + ".lock", path)
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise ValueError(f"results file {path}: another vqbench process is writing it "
-                             f"(lock {path}.lock); wait for it or choose another --name") from None
-        if os.path.exists(path):
-            with open(path, newline="") as f:
+            self._open(overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, overwrite: bool) -> None:
+        if overwrite and os.path.lexists(self.path):
+            self.backup = _unique_name(f"{self.path}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(self.path, self.backup)
+        if os.path.exists(self.path):
+            with open(self.path, newline="", encoding="utf-8-sig", errors="replace") as f:
                 header = next(csv.reader(f), None)
             if header == LEGACY_COLUMNS:
                 self.columns = LEGACY_COLUMNS
             elif header != COLUMNS:
-                self.close()
-                raise ValueError(f"results file {path}: its columns are not this vqbench's "
+                raise ValueError(f"results file {self.path}: its columns are not this vqbench's "
                                  f"(an older sweep or another file); measure into a new file instead")
             self._set_aside_incomplete()
-            for row in read_rows(path):
+            for row in read_rows(self.path):
                 self.done.add(unit_key(row))
         else:
-            with open(path, "w", newline="") as f:
+            with open(self.path, "x", newline="", encoding="utf-8") as f:
                 csv.writer(f).writerow(COLUMNS)
 
     def append(self, rows: Iterable[dict]) -> None:
@@ -161,16 +188,23 @@ class ResultsFile:
         writer = csv.DictWriter(buffer, self.columns, lineterminator="\n")
         rows = list(rows)
         writer.writerows(rows)
-        with open(self.path, "a", newline="") as f:
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
             f.write(buffer.getvalue())  # one write per unit: a kill leaves whole units
             f.flush()
         for row in rows:
             self.done.add(unit_key(row))
 
     def close(self) -> None:
-        if not self._lock.closed:
+        """Release the lock and remove its file: the lock's inode is checked by every taker, so removing it
+        while held never lets two writers in."""
+        if self._lock is not None:
+            try:
+                os.unlink(self.path + ".lock")
+            except OSError:
+                pass
             fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+            os.close(self._lock)
+            self._lock = None
 
     def __enter__(self):
         return self
@@ -179,20 +213,103 @@ class ResultsFile:
         self.close()
 
     def _set_aside_incomplete(self):
-        """Move the lines of incomplete units (and a torn last line) to PATH.incomplete-TIME."""
-        with open(self.path, newline="") as f:
-            lines = f.read().splitlines(keepends=True)
-        header, body = lines[0], lines[1:]
-        torn = [body.pop()] if body and not body[-1].endswith("\n") else []
-        rows = list(csv.DictReader([header] + body))
-        complete = complete_units(rows)
-        keep = [line for line, row in zip(body, rows) if unit_key(row) in complete]
-        aside = [line for line, row in zip(body, rows) if unit_key(row) not in complete] + torn
+        """Move the records of incomplete units (and a torn or unreadable last record) to PATH.incomplete-TIME;
+        a record may span lines (a quoted cell holding a line break), blank lines stay."""
+        with open(self.path, newline="", encoding="utf-8-sig") as f:
+            records = csv_records(f)
+        (header, _), body = records[0], records[1:]
+        rows = [dict(zip(self.columns, fields)) if _well_formed(raw, fields, self.columns) else None
+                for raw, fields in body]
+        complete = complete_units(r for r in rows if r is not None)
+        keep, aside = [], []
+        for (raw, fields), row in zip(body, rows):
+            blank = fields == [] and raw.strip("\r\n") == ""
+            (keep if blank or (row is not None and unit_key(row) in complete) else aside).append(raw)
         if not aside:
             return
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        with open(f"{self.path}.incomplete-{stamp}", "a", newline="") as f:
-            f.writelines([header] + [line if line.endswith("\n") else line + "\n" for line in aside])
-        with open(self.path + ".tmp", "w", newline="") as f:
-            f.writelines([header] + keep)
-        os.replace(self.path + ".tmp", self.path)
+        directory, name = os.path.split(os.path.abspath(self.path))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")  # never a planted link
+        aside_path = None
+        try:
+            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+                f.writelines([header] + keep)
+            os.chmod(tmp, os.stat(self.path).st_mode & 0o777)
+            aside_path = _unique_name(f"{self.path}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
+            with open(aside_path, "w", newline="", encoding="utf-8") as f:
+                f.writelines([header] + [r if r.endswith(("\n", "\r")) else r + "\n" for r in aside])
+            os.replace(tmp, self.path)
+        except BaseException:
+            _remove_quietly(tmp)
+            if aside_path:
+                _remove_quietly(aside_path)
+            raise
+
+
+def csv_records(lines: Iterable[str]) -> List[tuple]:
+    """[(raw text, fields)] per CSV record of ``lines`` (an open file or list of lines, newlines kept): a quoted
+    cell holding a line break makes one record of several lines; fields is None for an unreadable last record."""
+    consumed = []
+
+    def feed():
+        for line in lines:
+            consumed.append(line)
+            yield line
+
+    records = []
+    reader = csv.reader(feed())
+    try:
+        for fields in reader:
+            records.append(("".join(consumed), fields))
+            consumed.clear()
+    except csv.Error:
+        records.append(("".join(consumed), None))
+    return records
+
+
+def _well_formed(raw: str, fields, columns=COLUMNS) -> bool:
+    """A whole record with one field per column (a torn last line ends without a newline)."""
+    return fields is not None and len(fields) == len(columns) and raw.endswith(("\n", "\r"))
+
+
+def _take_lock(lock_path: str, path: str) -> int:
+    """An exclusive flock on lock_path (never through a link), retried when a finishing writer removed the
+    file between our open and our lock; ValueError when another process holds it or it cannot be a lock."""
+    for _ in range(100):
+        try:
+            fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            raise ValueError(f"results file {path}: cannot use its lock {lock_path} "
+                             f"({error.strerror}; a folder or link there?)") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(f"results file {path}: another vqbench process is writing it "
+                             f"(lock {lock_path}); wait for it or choose another --name") from None
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(lock_path, follow_symlinks=False)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    raise ValueError(f"results file {path}: its lock {lock_path} keeps changing; another process is using it")
+
+
+def _unique_name(stem: str) -> str:
+    """stem, or stem-2, stem-3, ...: the first name no file holds, created empty (O_EXCL) so that no
+    other process can take it before we fill it."""
+    for n in range(1, 10000):
+        candidate = stem if n == 1 else f"{stem}-{n}"
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+            return candidate
+        except FileExistsError:
+            continue
+    raise ValueError(f"no free file name beside {stem}")
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -35,7 +35,7 @@ import torch
 from vqbench.data import batchify, bptt_batches, corpus_fingerprint, load_corpus
 from vqbench.evaluate import EVAL_BATCH, hidden_states, perplexity, state_perplexity
 from vqbench.lm import LanguageModel, LSTMBody, detach_state
-from vqbench.provenance import cpu_model, git_commit
+from vqbench.provenance import cpu_model, git_commit, relative_argv, relative_path
 from vqbench.reassign import CodeReassigner
 from vqbench.registry import import_modules, make_head
 
@@ -105,8 +105,8 @@ def validate(cfg: TrainConfig) -> None:
         if not (ok and math.isfinite(getattr(cfg, name))):
             raise ValueError(f"{name}: out of range ({getattr(cfg, name)!r}; lr and clip > 0, lr_decay >= 1, "
                              f"0 <= plateau < 1, 0 <= dropout < 1)")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ValueError(f"threads: must be >= 1, got {cfg.threads}")
+    if cfg.threads is not None and not 1 <= cfg.threads <= 4096:  # torch takes a C int
+        raise ValueError(f"threads: must be between 1 and 4096, got {cfg.threads}")
     if cfg.protocol == "frozen" and not cfg.body_from:
         raise ValueError("body_from: the frozen protocol needs the checkpoint of a trained body")
     for name in ("body_from", "embeddings_from"):
@@ -414,7 +414,7 @@ class Trainer:
             seeded(cfg.seed, 2)  # the dropout stream, the same for every head
             # --resume with no checkpoint (it was lost) starts over: nothing of an earlier log continues
             self.run.set_aside_log_after(-1)
-        self.invocation = {"argv": sys.argv[1:], "git_commit": git_commit(), "cpu_model": cpu_model(),
+        self.invocation = {"argv": relative_argv(sys.argv[1:]), "git_commit": git_commit(), "cpu_model": cpu_model(),
                            "torch_version": str(torch.__version__), "threads": torch.get_num_threads(),
                            "world_size": self.world, "epochs": cfg.epochs, "steps": cfg.steps,
                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_step": self.step,
@@ -551,7 +551,8 @@ class Trainer:
             "precision": str(next(self.head.parameters()).dtype).replace("torch.", ""),
             "git_commit": git_commit(), "cpu_model": cpu_model(), "torch_version": str(torch.__version__),
             "threads": torch.get_num_threads(), "corpus": corpus_fingerprint(self.corpus),
-            "config": asdict(self.cfg), "invocations": self.invocations + [self.invocation]}
+            "config": {k: relative_path(v) for k, v in asdict(self.cfg).items()},
+            "invocations": self.invocations + [self.invocation]}
 
     def stop_reason(self) -> str:
         if self.schedule.stopped(self.cfg):
@@ -622,6 +623,10 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as error:
         print(f"python -m vqbench.train: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # checkpoints are written whole (temporary file, then rename): nothing to undo
+        print(f"python -m vqbench.train: interrupted; continue from the last checkpoint with --resume "
+              f"(--out {cfg.out})", file=sys.stderr)
+        return 130
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -1,0 +1,133 @@
+"""A new user's first hour (issue 32): the test suite and the main job leave the repository as it was, and
+committed files name no machine's folders (no absolute paths).
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from vqbench import compare, train
+from vqbench.data import default_corpus_dir
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--heads", "vq:K=8", "--vocab", "50", "--d-model", "8", "--tokens", "4", "--ops", "loss",
+        "--threads", "1", "--no-progress", "--ceilings", "small", "--min-run-time", "0.002"]
+#: an absolute path: a slash after a separator (not inside a word, a unit such as tokens/s, or a URL) and
+#: at least two components
+ABSOLUTE = re.compile(r"(?:^|(?<=[\s\"'`(=\[,]))/[\w.-]+/[\w./-]*")
+#: documents that name a system tool by its path (`/usr/bin/time`), not a folder of this machine
+TOOLS = {"/usr/bin/time"}
+
+
+def git(*args):
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+IN_GIT = git("rev-parse", "--git-dir").returncode == 0
+needs_git = pytest.mark.skipif(not IN_GIT, reason="not a git checkout")
+
+
+def absolute_paths(text):
+    return sorted(set(ABSOLUTE.findall(text)) - TOOLS)
+
+
+def test_the_absolute_path_pattern():
+    assert absolute_paths('"checkpoint_dir": "/work/ckpt/run-s0"') == ["/work/ckpt/run-s0"]
+    assert absolute_paths("Rows: `/root/out/r.csv`.") == ["/root/out/r.csv"]
+    assert absolute_paths("12 tokens/s/core, https://example.org/a/b, ../ckpt/run, N/A, `/usr/bin/time`") == []
+
+
+@needs_git
+def test_no_committed_text_file_under_results_holds_an_absolute_path():
+    found = {}
+    for path in git("ls-files", "-z", "results").stdout.split("\0"):
+        if not path or path.endswith((".png", ".pdf")):
+            continue
+        try:
+            with open(os.path.join(REPO, path), encoding="utf-8") as f:
+                hits = absolute_paths(f.read())
+        except (UnicodeDecodeError, FileNotFoundError):
+            continue
+        if hits:
+            found[path] = hits[:3]
+    assert not found, found
+
+
+def test_relative_path_and_argv():
+    from vqbench.provenance import relative_argv, relative_path
+    here = os.getcwd()
+    assert relative_path(os.path.join(here, "runs", "r")) == os.path.join("runs", "r")
+    assert not os.path.isabs(relative_path("/elsewhere/ckpt"))
+    assert relative_path("runs/r") == "runs/r" and relative_path(None) is None and relative_path(3) == 3
+    argv = relative_argv(["--out", os.path.join(here, "o"), f"--checkpoint-dir={here}/c", "--heads", "vq:K=8"])
+    assert argv == ["--out", "o", "--checkpoint-dir=c", "--heads", "vq:K=8"]
+
+
+def test_compare_records_no_absolute_path(tmp_path):
+    assert compare.main(TINY + ["--out", str(tmp_path), "--name", "r"]) == 0
+    text = (tmp_path / "r.md").read_text()
+    header = text.split("**Table")[0]
+    assert str(tmp_path).lstrip("/") in header and not absolute_paths(header)
+
+
+@pytest.mark.skipif(not os.path.isdir(default_corpus_dir()), reason="no WikiText-2")
+def test_train_records_no_absolute_path(tmp_path, monkeypatch):
+    out, checkpoints = tmp_path / "run", tmp_path / "ckpt"
+    argv = ["--d-model", "16", "--layers", "1", "--bptt", "10", "--batch-size", "4", "--train-tokens", "2000",
+            "--eval-tokens", "400", "--threads", "1", "--head", "softmax", "--steps", "2",
+            "--out", str(out), "--checkpoint-dir", str(checkpoints)]
+    monkeypatch.setattr(sys, "argv", ["vqbench.train", *argv])
+    assert train.main(argv) == 0
+    for name in ("summary.json", "log.jsonl"):
+        text = (out / name).read_text()
+        assert not absolute_paths(text), (name, absolute_paths(text)[:3])
+    summary = json.loads((out / "summary.json").read_text())
+    assert not os.path.isabs(summary["config"]["checkpoint_dir"])
+    assert os.path.abspath(summary["config"]["checkpoint_dir"]) == str(checkpoints)
+
+
+@needs_git
+def test_the_default_output_is_ignored_by_git():
+    out = compare.build_parser().get_default("out")
+    paths = [os.path.join(out, name) for name in ("compare.csv", "compare.md", "compare.csv.bak-1")]
+    assert git("check-ignore", *paths).stdout.split() == paths
+    assert not git("ls-files", out).stdout.strip()
+
+
+def test_the_main_job_leaves_only_its_two_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert compare.main(TINY) == 0
+    found = sorted(os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path) for f in files)
+    assert found == [os.path.join("runs", "compare.csv"), os.path.join("runs", "compare.md")]
+
+
+def tracked_state():
+    """git status and the modification time of every tracked file (a rewrite with the same bytes shows
+    only in the time)."""
+    files = [f for f in git("ls-files", "-z").stdout.split("\0") if f]
+    times = {f: os.stat(os.path.join(REPO, f)).st_mtime_ns for f in files if os.path.exists(os.path.join(REPO, f))}
+    return git("status", "--porcelain", "--untracked-files=all").stdout, times
+
+
+#: tests that write files: the asv run (machine.json), the main job, plots and reports
+SUBSET = ["tests/test_asv_benchmarks.py::test_asv_runs_one_small_combination_in_this_environment",
+          "tests/test_plot_report.py", "tests/test_hostile_files.py::test_overwrite_keeps_a_backup"]
+
+
+@needs_git
+@pytest.mark.skipif(os.environ.get("VQBENCH_INNER_SUITE") == "1", reason="the subset itself")
+def test_the_test_suite_leaves_the_repository_as_it_was():
+    before = tracked_state()
+    env = {**os.environ, "VQBENCH_INNER_SUITE": "1",
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}  # finds asv
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SUBSET],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:]
+    after = tracked_state()
+    assert after[0] == before[0]
+    changed = [f for f, t in after[1].items() if before[1].get(f) != t]
+    assert not changed, changed[:10]
