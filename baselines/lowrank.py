@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines.chunked_cross_entropy import chunked_linear_cross_entropy, chunked_token_terms
 from vqbench.head import LogitsHead, check_int_option, linear_into
 from vqbench.registry import register_head
 
@@ -23,12 +24,21 @@ class LowRankSoftmax(LogitsHead):
     Options:
         rank: r, 1 <= r <= d (default max(1, d // 4)).
         bias: add a bias on the V logits (default 0).
+        chunk: tokens per chunk of the exact memory-efficient loss, as softmax's ``chunk``: the
+            chunked linear cross-entropy (baselines.chunked_cross_entropy) over the projected
+            states x = h P^T [N, r], so training never holds the N x V logits; peak extra memory
+            about chunk x V. Traffic per training step: per chunk, W [V, r] read twice (logits,
+            gradient of x) and the gradient of W read and written once, so about
+            4 (N / chunk) V r elements, plus h, P and x; no N x V tensor goes to memory when a
+            chunk's logits fit in cache. FLOPs as the plain path: 2 N r (d + V) forward,
+            2 N r (3 d + 3 V) with the gradients. Default none: the plain path.
     """
 
-    OPTION_TYPES = {"rank": int, "bias": bool}
+    OPTION_TYPES = {"rank": int, "bias": bool, "chunk": int}
 
-    def __init__(self, vocab_size, d_model, *, rank=None, bias=False, token_counts=None):
+    def __init__(self, vocab_size, d_model, *, rank=None, bias=False, chunk=None, token_counts=None):
         super().__init__(vocab_size, d_model, token_counts)
+        self.chunk = None if chunk is None else check_int_option("chunk", chunk, minimum=1)
         if rank is None:
             rank = max(1, self.d_model // 4)
         self.rank = check_int_option("rank", rank, minimum=1, maximum=self.d_model,
@@ -40,7 +50,7 @@ class LowRankSoftmax(LogitsHead):
         self.bias = nn.Parameter(torch.zeros(self.vocab_size)) if bias else None
 
     def _spec_values(self):
-        return {"rank": self.rank, "bias": self.bias is not None}
+        return {"rank": self.rank, "bias": self.bias is not None, "chunk": self.chunk}
 
     def closed_form_num_parameters(self) -> int:
         extra = self.vocab_size if self.bias is not None else 0
@@ -51,6 +61,28 @@ class LowRankSoftmax(LogitsHead):
 
     def _logits_into(self, hidden, out):
         linear_into(hidden @ self.down.T, self.weight, self.bias, out)
+
+    def _loss(self, hidden, target):
+        if self.chunk is not None:
+            return chunked_linear_cross_entropy(hidden @ self.down.T, self.weight, self.bias, target, self.chunk)
+        return super()._loss(hidden, target)
+
+    def _token_nll(self, hidden, target):
+        if self.chunk is None:
+            return super()._token_nll(hidden, target)
+        return chunked_token_terms(hidden @ self.down.T, self.weight, self.bias, target, self.chunk)[0]
+
+    def _mean_log_prob(self, hidden):
+        if self.chunk is None:
+            return super()._mean_log_prob(hidden)
+        # the target column is not needed: any id will do
+        target = torch.zeros(hidden.shape[0], dtype=torch.int64, device=hidden.device)
+        return -chunked_token_terms(hidden @ self.down.T, self.weight, self.bias, target, self.chunk)[1]
+
+    def largest_intermediate(self, num_tokens, op):
+        if op == "loss" and self.chunk is not None:
+            return max(min(self.chunk, num_tokens) * self.vocab_size, num_tokens * self.rank)
+        return num_tokens * self.vocab_size
 
     def _matmul_flops(self, num_tokens, op, target):
         return 2 * num_tokens * self.rank * (self.d_model + self.vocab_size)

@@ -10,7 +10,7 @@ SPECS = [
     "softmax", "softmax:bias=1", "softmax:chunk=7", "softmax:chunk=7,bias=1",
     "adaptive", "adaptive:cutoffs=10/40,div_value=2",
     "hierarchical", "hierarchical:classes=5", "hierarchical:tree=huffman",
-    "lowrank", "lowrank:rank=3,bias=1",
+    "lowrank", "lowrank:rank=3,bias=1", "lowrank:rank=3,bias=1,chunk=7",
     "vq:K=10", "vq:K=10,path=scatter", "vq:K=10,bias=1", "vq:K=10,bias=1,path=scatter",
     "vq:K=10,mapping=random", "vq:K=10,mapping=contiguous", "vq:K=10,mapping=kmeans",
     "vq:K=10,mapping=kmeans,codebook_init=random",
