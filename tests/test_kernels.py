@@ -1,0 +1,85 @@
+"""Faster kernels against the implementations they replaced, kept here as references: same loss,
+log-probabilities and gradients in float64, float32 and bfloat16, over several shapes (odd ones too)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vqbench
+
+SHAPES = [(97, 16, 40), (2, 3, 1), (1001, 33, 77), (5, 1, 9)]  # V, d, N
+DTYPES = [(torch.float64, 1e-12), (torch.float32, 2e-5), (torch.bfloat16, 3e-2)]
+
+
+def huffman_reference(tree, hidden, target):
+    """The gather-based path the Huffman kernel replaced: [E, d] rows of hidden and of the node vectors."""
+    depth = tree.depth[target]
+    on_path = tree.path_signs[target] != 0
+    nodes = tree.path_nodes[target][on_path]
+    signs = tree.path_signs[target][on_path].to(hidden.dtype)
+    token = torch.arange(target.shape[0]).repeat_interleave(depth)
+    scores = torch.einsum("ed,ed->e", hidden.index_select(0, token), tree.node_weight.index_select(0, nodes))
+    return hidden.new_zeros(target.shape[0]).index_add(0, token, F.logsigmoid(signs * scores))
+
+
+def values_and_grads(module, fn, hidden, target, weights):
+    """fn(hidden, target) [N], its weighted sum's gradients for hidden and every parameter of module."""
+    h = hidden.clone().requires_grad_(True)
+    module.zero_grad(set_to_none=True)
+    out = fn(h, target)
+    (out * weights).sum().backward()
+    return [out.detach(), h.grad] + [p.grad for p in module.parameters()]
+
+
+def case(spec, dtype, vocab, d, n, seed=0, counts=None):
+    torch.manual_seed(seed)
+    head = vqbench.make_head(spec, vocab, d, dtype=dtype, token_counts=counts)
+    g = torch.Generator().manual_seed(seed + 1)
+    hidden = torch.randn(n, d, generator=g).to(dtype)
+    target = torch.randint(0, vocab, (n,), generator=g)
+    weights = torch.randn(n, generator=g).to(dtype)
+    return head, hidden, target, weights
+
+
+def assert_close_all(ours, reference, atol, dtype):
+    rtol = atol if dtype == torch.bfloat16 else 0
+    for a, b in zip(ours, reference):
+        assert a is not None and b is not None and a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a.double(), b.double(), atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("vocab,d,n", SHAPES)
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+def test_huffman_kernel_equals_gather_reference(vocab, d, n, dtype, atol):
+    head, hidden, target, weights = case("hierarchical:tree=huffman", dtype, vocab, d, n)
+    tree = head.tree
+    ours = values_and_grads(tree, tree.target_log_prob, hidden, target, weights)
+    reference = values_and_grads(tree, lambda h, t: huffman_reference(tree, h, t), hidden, target, weights)
+    assert_close_all(ours, reference, atol, dtype)
+
+
+def test_huffman_kernel_with_skewed_counts_and_repeated_targets():
+    counts = torch.tensor([1000.0, 1, 1, 3, 50, 7, 7, 2, 900, 1, 4])
+    head, hidden, _, weights = case("hierarchical:tree=huffman", torch.float64, 11, 6, 30, counts=counts)
+    target = torch.tensor([0, 8, 1, 1, 1, 9, 10, 0, 0, 0] * 3)
+    tree = head.tree
+    ours = values_and_grads(tree, tree.target_log_prob, hidden, target, weights)
+    reference = values_and_grads(tree, lambda h, t: huffman_reference(tree, h, t), hidden, target, weights)
+    assert_close_all(ours, reference, 1e-12, torch.float64)
+    # the public loss goes through the kernel too
+    assert torch.allclose(head.loss(hidden, target), -huffman_reference(tree, hidden, target).mean(), atol=1e-12)
+
+
+def test_huffman_kernel_keeps_no_gathered_path_rows():
+    """The kernel's point: no [E, d] tensor of gathered rows (E = the summed depths) is kept for backward."""
+    head, hidden, target, _ = case("hierarchical:tree=huffman", torch.float32, 97, 16, 40)
+    rows = int(head.tree.depth[target].sum()) * 16
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        head.loss(hidden.requires_grad_(True), target).backward()
+    assert saved and max(saved) < rows
