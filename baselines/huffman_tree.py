@@ -176,13 +176,14 @@ class PathLogProb(torch.autograd.Function):
     (the pairs of token 0, then of token 1, ...) -> [N].
 
     CPU kernel (float64 or float32 arithmetic; bfloat16 and float16 inputs are computed in float32 and
-    rounded once). The M distinct nodes on the paths are gathered once (U_M [M, d]); the scores are one
-    sampled dense-dense product over the [N, M] sparsity pattern of the pairs (CSR, no [E, d] tensor of
+    rounded once, their M distinct path nodes converted once into U_M [M, d]). The scores are one
+    sampled dense-dense product over the sparsity pattern of the pairs (CSR, no [E, d] tensor of
     gathered rows), and the backward is two sparse-dense products with the same pattern, token-major
-    for the hidden states and node-major for the node vectors.
+    for the hidden states and node-major (over the M touched nodes) for the node vectors.
 
-    Analytic cost, forward: 2 E d FLOPs; reads h (N d) and the M touched rows (M d), writes U_M (M d)
-    and the N log-probabilities. Backward: 4 E d FLOPs; reads h, U_M, writes the hidden gradient (N d)
+    Analytic cost, forward: 2 E d FLOPs; reads h (N d) and the M touched rows (M d) (half precision:
+    also writes U_M, M d) and writes the N log-probabilities. Backward: 4 E d FLOPs; reads h and the
+    M touched rows, writes the hidden gradient (N d)
     and the M touched rows of the weight gradient (M d), plus the dense zero gradient of all (V-1) d
     elements that autograd's dense parameter gradient requires (the floor's "gradients of the
     parameters it read" counts only the M d). word2vec and fastText do the same 2 E d (forward) and
@@ -195,27 +196,30 @@ class PathLogProb(torch.autograd.Function):
         n = hidden.shape[0]
         unique, compact = torch.unique(nodes, return_inverse=True)          # [M], [E]
         h = hidden.to(work)
-        u = weight.index_select(0, unique).to(work)                         # [M, d]
+        if weight.dtype == work:  # the products read the touched rows where they lie
+            u, col = weight, nodes                                          # [V-1, d], [E]
+        else:  # the M touched rows, converted once
+            u, col = weight.index_select(0, unique).to(work), compact       # [M, d], [E]
         crow = torch.zeros(n + 1, dtype=torch.int64)
         torch.cumsum(depth, 0, out=crow[1:])
         sign = signs.to(work)
-        signed = sign * torch.ops.vqbench.csr_sampled_dots(crow, compact, h, u)    # [E]
+        signed = sign * torch.ops.vqbench.csr_sampled_dots(crow, col, h, u)        # [E]
         token = torch.repeat_interleave(torch.arange(n), depth)            # [E]
         out = torch.zeros(n, dtype=work).index_add_(0, token, F.logsigmoid(signed))
-        ctx.save_for_backward(h, u, crow, compact, token, sign, signed, unique)
+        ctx.save_for_backward(h, u, crow, col, compact, token, sign, signed, unique)
         ctx.shapes = hidden.dtype, weight.shape
         return out.to(hidden.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        h, u, crow, compact, token, sign, signed, unique = ctx.saved_tensors
+        h, u, crow, col, compact, token, sign, signed, unique = ctx.saved_tensors
         dtype, weight_shape = ctx.shapes
-        n, m = h.shape[0], u.shape[0]
+        n, m = h.shape[0], unique.numel()
         # d logsigmoid(s) / ds = sigmoid(-s); s = sign * score
         g = grad_out.to(h.dtype).index_select(0, token) * sign * torch.sigmoid(-signed)   # [E]
         grad_hidden = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_hidden = torch.ops.vqbench.csr_mm(crow, compact, g, u).to(dtype)
+            grad_hidden = torch.ops.vqbench.csr_mm(crow, col, g, u).to(dtype)
         if ctx.needs_input_grad[1]:
             order = torch.argsort(compact, stable=True)                      # node-major pairs
             node_crow = torch.zeros(m + 1, dtype=torch.int64)
