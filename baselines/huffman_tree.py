@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
+from vqbench.fresh import fresh_zeros
+
 
 def huffman_parents(counts: torch.Tensor):
     """Huffman tree over V leaves. Returns (parent [2V-1], is_right [2V-1]) int64.
@@ -225,7 +227,9 @@ class PathLogProb(torch.autograd.Function):
             node_crow = torch.zeros(m + 1, dtype=torch.int64)
             torch.cumsum(torch.bincount(compact, minlength=m), 0, out=node_crow[1:])
             touched = torch.ops.vqbench.csr_mm(node_crow, token.index_select(0, order), g.index_select(0, order), h)
-            grad_weight = torch.zeros(weight_shape, dtype=dtype).index_copy_(0, unique, touched.to(dtype))
+            # the dense zero gradient autograd requires is most of a training step's memory traffic:
+            # first touched on huge pages
+            grad_weight = fresh_zeros(weight_shape, dtype=dtype, device="cpu").index_copy_(0, unique, touched.to(dtype))
         return grad_hidden, grad_weight, None, None, None
 
 

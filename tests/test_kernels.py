@@ -83,3 +83,32 @@ def test_huffman_kernel_keeps_no_gathered_path_rows():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         head.loss(hidden.requires_grad_(True), target).backward()
     assert saved and max(saved) < rows
+
+
+def test_fresh_empty_advises_only_whole_huge_pages_inside_the_tensor(monkeypatch):
+    from vqbench import fresh
+    calls = []
+    monkeypatch.setattr(fresh, "_madvise", lambda start, length, advice: calls.append((start, length, advice)) or 0)
+    t = fresh.fresh_empty((3, fresh.HUGE_PAGE), dtype=torch.uint8, device="cpu")
+    (start, length, advice), = calls
+    assert advice == fresh._MADV_HUGEPAGE and start % fresh.HUGE_PAGE == 0 and length % fresh.HUGE_PAGE == 0
+    assert t.data_ptr() <= start and start + length <= t.data_ptr() + t.numel() and length >= fresh.HUGE_PAGE
+    calls.clear()
+    fresh.fresh_empty((100,), dtype=torch.uint8, device="cpu")  # no whole huge page inside: no advice
+    assert not calls
+    assert torch.equal(fresh.fresh_zeros((5, 7), dtype=torch.float64, device="cpu"), torch.zeros(5, 7, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("op", ["logits", "log_probs"])
+def test_vq_fresh_outputs_are_advised_onto_huge_pages(monkeypatch, op):
+    """A fresh V-wide result (no out=, no autograd) is advised before its first touch, with the values of
+    the autograd path."""
+    from vqbench import fresh
+    head, hidden, _, _ = case("vq:K=10", torch.float64, 1000, 8, 600)
+    calls = []
+    monkeypatch.setattr(fresh, "_madvise", lambda start, length, advice: calls.append((start, length)) or 0)
+    with torch.no_grad():
+        result = getattr(head, op)(hidden)
+    storage = result.untyped_storage()
+    assert calls and all(storage.data_ptr() <= s and s + n <= storage.data_ptr() + storage.nbytes() for s, n in calls)
+    assert torch.equal(result, getattr(head, op)(hidden).detach())
