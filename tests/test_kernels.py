@@ -112,3 +112,46 @@ def test_vq_fresh_outputs_are_advised_onto_huge_pages(monkeypatch, op):
     storage = result.untyped_storage()
     assert calls and all(storage.data_ptr() <= s and s + n <= storage.data_ptr() + storage.nbytes() for s, n in calls)
     assert torch.equal(result, getattr(head, op)(hidden).detach())
+
+
+def class_tree_reference(tree, hidden, target):
+    """The autograd path the class-tree kernel replaced: a split of the weight, one cross_entropy per class."""
+    cls = tree.class_of[target]
+    class_lp = torch.log_softmax(hidden @ tree.class_weight.T, dim=-1).gather(1, cls[:, None]).squeeze(1)
+    perm = torch.argsort(cls, stable=True)
+    per_class = torch.bincount(cls, minlength=tree.num_classes).tolist()
+    hidden_groups = hidden[perm].split(per_class)
+    position_groups = tree.position[target[perm]].split(per_class)
+    words = tree.word_weight if tree.ids_in_frequency_order else tree.word_weight.index_select(0, tree.order)
+    word_blocks = words.split(tree.class_size_list)
+    nll = [F.cross_entropy(h @ w.T, p, reduction="none")
+           for h, w, p, n in zip(hidden_groups, word_blocks, position_groups, per_class) if n]
+    within = torch.empty_like(class_lp).index_put((perm,), -torch.cat(nll))
+    return class_lp + within
+
+
+@pytest.mark.parametrize("vocab,d,n", SHAPES)
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_class_tree_kernel_equals_split_reference(vocab, d, n, dtype, atol, shuffled):
+    counts = None
+    if shuffled:  # ids not in frequency order: the kernel reorders the rows
+        counts = torch.randperm(vocab, generator=torch.Generator().manual_seed(3)).double() + 1
+    head, hidden, target, weights = case("hierarchical", dtype, vocab, d, n, counts=counts)
+    tree = head.tree
+    assert tree.ids_in_frequency_order == (not shuffled or vocab == 1)
+    ours = values_and_grads(tree, tree.target_log_prob, hidden, target, weights)
+    reference = values_and_grads(tree, lambda h, t: class_tree_reference(tree, h, t), hidden, target, weights)
+    assert_close_all(ours, reference, atol, dtype)
+
+
+def test_class_tree_weight_gradient_is_one_fresh_tensor_on_huge_pages(monkeypatch):
+    """The kernel writes every class's gradient block into one [V, d] tensor advised before its first
+    touch (the split path concatenates fresh per-class products instead)."""
+    from vqbench import fresh
+    head, hidden, target, _ = case("hierarchical", torch.float64, 5000, 128, 64)
+    calls = []
+    monkeypatch.setattr(fresh, "_madvise", lambda start, length, advice: calls.append((start, length)) or 0)
+    head.loss(hidden, target).backward()
+    grad = head.tree.word_weight.grad.untyped_storage()
+    assert any(grad.data_ptr() <= s and s + n <= grad.data_ptr() + grad.nbytes() for s, n in calls)
