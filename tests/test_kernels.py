@@ -155,3 +155,23 @@ def test_class_tree_weight_gradient_is_one_fresh_tensor_on_huge_pages(monkeypatc
     head.loss(hidden, target).backward()
     grad = head.tree.word_weight.grad.untyped_storage()
     assert any(grad.data_ptr() <= s and s + n <= grad.data_ptr() + grad.nbytes() for s, n in calls)
+
+
+@pytest.mark.parametrize("vocab,d,n", SHAPES + [(300, 8, 500)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_class_tree_predict_equals_argmax_of_log_probs(vocab, d, n, dtype):
+    """The same tokens as the argmax over log_probs' values, ties (frequent in bfloat16) included."""
+    head, hidden, _, _ = case("hierarchical", dtype, vocab, d, n)
+    with torch.no_grad():
+        reference = head.log_probs(hidden).argmax(dim=-1)
+        assert torch.equal(head.predict(hidden), reference)
+        # coarse weights make equal log-probabilities common: the first of them must win
+        head.tree.word_weight.copy_((head.tree.word_weight * 4).round() / 4)
+        hidden = (hidden * 2).round() / 2
+        assert torch.equal(head.predict(hidden), head.log_probs(hidden).argmax(dim=-1))
+
+
+def test_class_tree_predict_writes_no_normalised_log_probs(monkeypatch):
+    head, hidden, _, _ = case("hierarchical", torch.float32, 97, 16, 40)
+    monkeypatch.setattr(head.tree, "log_probs", lambda *a, **k: pytest.fail("predict built the V log-probs"))
+    head.predict(hidden)
