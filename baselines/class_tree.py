@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from vqbench.fresh import fresh_empty
 from vqbench.frequency import balanced_bins, frequency_order
 
 
@@ -83,13 +83,9 @@ class ClassTree(nn.Module):
         # (a slice of one split of the weight: its backward is one concatenation, no scatter)
         perm = torch.argsort(cls, stable=True)
         per_class = torch.bincount(cls, minlength=self.num_classes).tolist()
-        hidden_groups = hidden[perm].split(per_class)
-        position_groups = self.position[target[perm]].split(per_class)
-        words = self.word_weight if self.ids_in_frequency_order else self.word_weight.index_select(0, self.order)
-        word_blocks = words.split(self.class_size_list)
-        nll = [F.cross_entropy(h @ w.T, p, reduction="none")                # [n_c]
-               for h, w, p, n in zip(hidden_groups, word_blocks, position_groups, per_class) if n]
-        within = torch.empty_like(class_lp).index_put((perm,), -torch.cat(nll))
+        order = None if self.ids_in_frequency_order else self.order
+        within = WithinClassLogProb.apply(hidden, self.word_weight, perm, self.position[target[perm]], per_class,
+                                          self.class_size_list, order)
         return class_lp + within
 
     def log_probs(self, hidden, out_t=None):
@@ -109,6 +105,35 @@ class ClassTree(nn.Module):
             else:
                 out[rows] = block - shift
         return out.T
+
+    def predict(self, hidden):
+        """[N, d] -> [N] the argmax over V of log_probs (its first index among equal values, as an argmax
+        over log_probs' rounded values), for ids in frequency order, without writing the normalised
+        [V, N] log-probabilities or reducing them with argmax: per class, the shift logsumexp - log p(c)
+        (the same expression as log_probs) and the block's amax give the class's best log-probability
+        (rounding is monotone, so max_w round(x_w - s) = round(max x - s)); the first class with the
+        best value wins, and only its rows, in the columns it won, are compared again to find the first
+        token reaching it. Traffic: the [V, N] logits written once and read twice (logsumexp, amax)
+        instead of also written normalised and argmax-reduced; FLOPs: 2 N d (C + V)."""
+        class_lp = torch.log_softmax(self.class_weight @ hidden.T, dim=0)    # [C, N]
+        logits = self.word_weight @ hidden.T                                 # [V, N]
+        shift = torch.empty_like(class_lp)
+        best = torch.full_like(class_lp, -math.inf)
+        for c, (lo, hi) in enumerate(self.class_bounds):
+            if hi > lo:
+                block = logits[lo:hi]
+                shift[c] = torch.logsumexp(block, dim=0) - class_lp[c]
+                best[c] = block.amax(dim=0) - shift[c]
+        if bool(best.isnan().any()):  # argmax's NaN rule (the first NaN wins) needs every value
+            return self.log_probs(hidden).T.argmax(dim=0)
+        winner = best.argmax(dim=0)                                          # [N]
+        token = torch.empty_like(winner)
+        for c in torch.unique(winner).tolist():
+            cols = (winner == c).nonzero().squeeze(1)
+            lo, hi = self.class_bounds[c]
+            values = logits[lo:hi].index_select(1, cols) - shift[c].index_select(0, cols)   # rounded as log_probs
+            token[cols] = values.argmax(dim=0) + lo
+        return token
 
     def sample(self, hidden, generator):
         """[N] tokens: a class from p(c|h), then a word from the softmax over that class's rows."""
@@ -140,3 +165,68 @@ class ClassTree(nn.Module):
             return head + 2 * num_tokens * d * mean_size
         cls = self.class_of[target.to(self.class_of.device)]
         return head + 2 * d * int(self.class_sizes[cls].sum())
+
+
+class WithinClassLogProb(torch.autograd.Function):
+    """log p(w | c(w), h) per token: a log-softmax over the rows of the target's class only.
+
+    hidden [N, d], word_weight [V, d], perm [N] (tokens grouped by class, stable), positions [N] (each
+    grouped token's row inside its class), per_class (tokens per class, C ints), class_sizes (rows per
+    class, C ints), order ([V] rows in class order, or None when ids are already in that order) -> [N].
+
+    Forward, class by class: logits h_c W_c^T [n_c, |c|] and their log-softmax (kept for backward, as
+    cross_entropy's autograd keeps it). Backward writes each class's gradient blocks straight into the
+    [N, d] and [V, d] gradients (torch.mm(out=)); classes no target reached get zero rows. The weight
+    gradient is one fresh [V, d] tensor first touched on huge pages (vqbench.fresh), rather than a
+    fresh product per class concatenated afterwards.
+
+    Analytic cost: forward 2 d sum_c n_c |c| FLOPs, reads h (N d) and the reached classes' rows, writes
+    N values; backward 4 d sum_c n_c |c| FLOPs, reads the same rows and h again, writes the hidden
+    gradient (N d) and the weight gradient (V d: the reached classes' rows, zeros elsewhere, as a dense
+    gradient must).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, word_weight, perm, positions, per_class, class_sizes, order):
+        words = word_weight if order is None else word_weight.index_select(0, order)
+        grouped = hidden.index_select(0, perm)                                   # [N, d]
+        out = torch.empty(hidden.shape[0], dtype=hidden.dtype, device=hidden.device)
+        saved, start, row = [], 0, 0
+        for n_c, size in zip(per_class, class_sizes):
+            if n_c:
+                lsm = torch.log_softmax(grouped[start:start + n_c] @ words[row:row + size].T, dim=1)
+                out[start:start + n_c] = lsm.gather(1, positions[start:start + n_c, None]).squeeze(1)
+                saved.append(lsm)
+            start, row = start + n_c, row + size
+        ctx.save_for_backward(grouped, words, perm, positions, *saved)
+        ctx.layout = per_class, class_sizes, order, word_weight.shape
+        return torch.empty_like(out).index_copy_(0, perm, out)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grouped, words, perm, positions, *saved = ctx.saved_tensors
+        per_class, class_sizes, order, weight_shape = ctx.layout
+        g = grad_out.index_select(0, perm).to(grouped.dtype)                   # [N], grouped
+        want_hidden, want_weight = ctx.needs_input_grad[:2]
+        grad_grouped = torch.empty_like(grouped) if want_hidden else None
+        grad_words = fresh_empty(weight_shape, dtype=words.dtype, device=words.device) if want_weight else None
+        lsm_of = iter(saved)
+        start = row = 0
+        for n_c, size in zip(per_class, class_sizes):
+            if n_c:
+                # d log p(target) / d logits = onehot - softmax, scaled by each token's incoming gradient
+                scores = next(lsm_of).exp().mul_(-g[start:start + n_c, None])
+                scores[torch.arange(n_c, device=g.device), positions[start:start + n_c]] += g[start:start + n_c]
+                if want_hidden:
+                    torch.mm(scores, words[row:row + size], out=grad_grouped[start:start + n_c])
+                if want_weight:
+                    torch.mm(scores.T, grouped[start:start + n_c], out=grad_words[row:row + size])
+            elif want_weight:
+                grad_words[row:row + size].zero_()
+            start, row = start + n_c, row + size
+        grad_hidden = None
+        if grad_grouped is not None:
+            grad_hidden = torch.empty_like(grad_grouped).index_copy_(0, perm, grad_grouped)
+        if grad_words is not None and order is not None:  # rows back from class order to token ids
+            grad_words = torch.empty_like(grad_words).index_copy_(0, order, grad_words)
+        return grad_hidden, grad_words, None, None, None, None, None

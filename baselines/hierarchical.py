@@ -102,6 +102,11 @@ class HierarchicalSoftmax(OutputHead):
     def _log_probs(self, hidden):
         return self.tree.log_probs(hidden)
 
+    def _predict(self, hidden):
+        if self.tree_kind == "class" and self.tree.ids_in_frequency_order:
+            return self.tree.predict(hidden)
+        return super()._predict(hidden)
+
     def _sample(self, hidden, generator, temperature):
         if temperature != 1.0:  # p^(1/T) does not factor over the tree's levels
             return super()._sample(hidden, generator, temperature)

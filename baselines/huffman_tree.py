@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import heapq
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import register_flop_formula
+
+from vqbench.fresh import fresh_zeros
 
 
 def huffman_parents(counts: torch.Tensor):
@@ -115,6 +119,8 @@ class HuffmanTree(nn.Module):
         depth = self.depth[target]                                          # [N]
         on_path = self.path_signs[target] != 0                              # [N, D]
         nodes = self.path_nodes[target][on_path]                            # [E]
+        if hidden.device.type == "cpu":
+            return PathLogProb.apply(hidden, self.node_weight, depth, nodes, self.path_signs[target][on_path])
         signs = self.path_signs[target][on_path].to(hidden.dtype)           # [E]
         token = torch.arange(target.shape[0], device=target.device).repeat_interleave(depth)
         # row gathers (index_select: its backward is an index_add, no padded [N, D, d] tensor)
@@ -168,3 +174,94 @@ class HuffmanTree(nn.Module):
         if target is None:
             return 2 * num_tokens * d * self.expected_depth
         return 2 * d * int(self.depth[target.to(self.depth.device)].sum())
+
+
+class PathLogProb(torch.autograd.Function):
+    """log p(target) = sum over the E (token, node) pairs on the targets' paths of logsigmoid(sign h . u).
+
+    hidden [N, d], weight [V-1, d], depth [N] (>= 1), nodes [E] and signs [E] (int8, +-1), token-major
+    (the pairs of token 0, then of token 1, ...) -> [N].
+
+    CPU kernel (float64 or float32 arithmetic; bfloat16 and float16 inputs are computed in float32 and
+    rounded once, their M distinct path nodes converted once into U_M [M, d]). The scores are one
+    sampled dense-dense product over the sparsity pattern of the pairs (CSR, no [E, d] tensor of
+    gathered rows), and the backward is two sparse-dense products with the same pattern, token-major
+    for the hidden states and node-major (over the M touched nodes) for the node vectors.
+
+    Analytic cost, forward: 2 E d FLOPs; reads h (N d) and the M touched rows (M d) (half precision:
+    also writes U_M, M d) and writes the N log-probabilities. Backward: 4 E d FLOPs; reads h and the
+    M touched rows, writes the hidden gradient (N d)
+    and the M touched rows of the weight gradient (M d), plus the dense zero gradient of all (V-1) d
+    elements that autograd's dense parameter gradient requires (the floor's "gradients of the
+    parameters it read" counts only the M d). word2vec and fastText do the same 2 E d (forward) and
+    4 E d (update) multiply-adds, one (token, node) pair at a time.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, depth, nodes, signs):
+        work = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        n = hidden.shape[0]
+        unique, compact = torch.unique(nodes, return_inverse=True)          # [M], [E]
+        h = hidden.to(work)
+        if weight.dtype == work:  # the products read the touched rows where they lie
+            u, col = weight, nodes                                          # [V-1, d], [E]
+        else:  # the M touched rows, converted once
+            u, col = weight.index_select(0, unique).to(work), compact       # [M, d], [E]
+        crow = torch.zeros(n + 1, dtype=torch.int64)
+        torch.cumsum(depth, 0, out=crow[1:])
+        sign = signs.to(work)
+        signed = sign * torch.ops.vqbench.csr_sampled_dots(crow, col, h, u)        # [E]
+        token = torch.repeat_interleave(torch.arange(n), depth)            # [E]
+        out = torch.zeros(n, dtype=work).index_add_(0, token, F.logsigmoid(signed))
+        ctx.save_for_backward(h, u, crow, col, compact, token, sign, signed, unique)
+        ctx.shapes = hidden.dtype, weight.shape
+        return out.to(hidden.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        h, u, crow, col, compact, token, sign, signed, unique = ctx.saved_tensors
+        dtype, weight_shape = ctx.shapes
+        n, m = h.shape[0], unique.numel()
+        # d logsigmoid(s) / ds = sigmoid(-s); s = sign * score
+        g = grad_out.to(h.dtype).index_select(0, token) * sign * torch.sigmoid(-signed)   # [E]
+        grad_hidden = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = torch.ops.vqbench.csr_mm(crow, col, g, u).to(dtype)
+        if ctx.needs_input_grad[1]:
+            order = torch.argsort(compact, stable=True)                      # node-major pairs
+            node_crow = torch.zeros(m + 1, dtype=torch.int64)
+            torch.cumsum(torch.bincount(compact, minlength=m), 0, out=node_crow[1:])
+            touched = torch.ops.vqbench.csr_mm(node_crow, token.index_select(0, order), g.index_select(0, order), h)
+            # the dense zero gradient autograd requires is most of a training step's memory traffic:
+            # first touched on huge pages
+            grad_weight = fresh_zeros(weight_shape, dtype=dtype, device="cpu").index_copy_(0, unique, touched.to(dtype))
+        return grad_hidden, grad_weight, None, None, None
+
+
+# The sparse products as two custom ops with their FLOPs registered: torch's FLOP counter would
+# count a sparse CSR x dense product as the dense one, and does not count the sampled product at all.
+@torch.library.custom_op("vqbench::csr_sampled_dots", mutates_args=())
+def csr_sampled_dots(crow: torch.Tensor, col: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """[E]: left[i] . right[col[e]] for each pair e = (i, col[e]) of the CSR pattern crow [n + 1], col [E];
+    left [n, d], right [m, d]. 2 E d FLOPs; reads left and right once (no gathered rows written)."""
+    pattern = _csr(crow, col, left.new_zeros(col.numel()), (left.shape[0], right.shape[0]))
+    return torch.sparse.sampled_addmm(pattern, left, right.T, beta=0).values().clone()
+
+
+@torch.library.custom_op("vqbench::csr_mm", mutates_args=())
+def csr_mm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """[n, d] = S @ dense for the CSR matrix S [n, m] (crow [n + 1], col [E], values [E]); dense [m, d].
+    2 E d FLOPs; reads dense's rows named by col, writes n d."""
+    return _csr(crow, col, values, (crow.numel() - 1, dense.shape[0])) @ dense
+
+
+@register_flop_formula([torch.ops.vqbench.csr_sampled_dots, torch.ops.vqbench.csr_mm])
+def _csr_flops(crow_shape, col_shape, third_shape, fourth_shape, *args, **kwargs) -> int:
+    return 2 * col_shape[0] * fourth_shape[1]
+
+
+def _csr(crow, col, values, size):
+    """A sparse CSR tensor (its invariants hold by construction: no check, no beta-state warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)

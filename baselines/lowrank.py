@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines.chunked_cross_entropy import chunked_linear_cross_entropy, chunked_token_terms
 from vqbench.head import LogitsHead, Option, check_int_option, linear_into
 from vqbench.registry import register_head
 
@@ -19,25 +20,38 @@ class LowRankSoftmax(LogitsHead):
     Shapes: hidden [N, d] -> [N, r] -> logits [N, V]; P [r, d]; W [V, r]; b [V] with ``bias=1``.
 
     Parameters (closed form): r * d + V * r, plus V with ``bias=1``.
+
+    Options (``chunk``): tokens per chunk of the exact memory-efficient loss, as softmax's ``chunk``: the
+    chunked linear cross-entropy (baselines.chunked_cross_entropy) over the projected states x = h P^T
+    [N, r], so training never holds the N x V logits; peak extra memory about chunk x V. Traffic per
+    training step: per chunk, W [V, r] read twice (logits, gradient of x) and the gradient of W read and
+    written once, so about 4 (N / chunk) V r elements, plus h, P and x; no N x V tensor goes to memory when a
+    chunk's logits fit in cache. FLOPs as the plain path: 2 N r (d + V) forward, 2 N r (3 d + 3 V) with the
+    gradients.
     """
 
     OPTIONS = (
         Option("rank", int, None, "r, 1 <= r <= d", default_text="max(1, d // 4)"),
         Option("bias", bool, False, "add a bias on the V logits"),
+        Option("chunk", int, None, "tokens per chunk of an exact loss that never holds the N x V logits (as "
+                                   "softmax's); none: the plain path"),
     )
     TITLE = "low-rank factorisation"
     CITATIONS = ("sainath2013lowrank",)
-    SUMMARY = "Linear(d, r) then Linear(r, V)"
+    SUMMARY = ("Linear(d, r) then Linear(r, V); `chunk` as softmax's (an exact loss that never holds the N x V "
+               "logits)")
     METHOD = ("The V x d output matrix factorised through a rank-r bottleneck, Linear(d, r) then Linear(r, V) "
               "[sainath2013lowrank].")
-    EXAMPLES = ("lowrank", "lowrank:rank=128")
-    SMALL_EXAMPLES = ("lowrank", "lowrank:rank=3,bias=1")
+    EXAMPLES = ("lowrank", "lowrank:rank=128", "lowrank:chunk=256")
+    SMALL_EXAMPLES = ("lowrank", "lowrank:rank=3,bias=1", "lowrank:rank=3,bias=1,chunk=7")
     CAPABILITIES = frozenset({"label_smoothing", "logits"})
     ORDER = 3
 
     @classmethod
-    def check_options(cls, vocab_size, d_model, *, rank=None, bias=False, token_counts=None, **_):
+    def check_options(cls, vocab_size, d_model, *, rank=None, bias=False, chunk=None, token_counts=None, **_):
         super().check_options(vocab_size, d_model)
+        if chunk is not None:
+            check_int_option("chunk", chunk, minimum=1)
         if rank is not None:
             check_int_option("rank", rank, minimum=1, maximum=d_model,
                              why_max=" (d_model; a larger rank adds nothing)")
@@ -47,9 +61,10 @@ class LowRankSoftmax(LogitsHead):
         rank = max(1, d_model // 4) if rank is None else rank
         return rank * d_model + vocab_size * rank + (vocab_size if bias else 0)
 
-    def __init__(self, vocab_size, d_model, *, rank=None, bias=False, token_counts=None):
-        self.check_options(vocab_size, d_model, rank=rank)
+    def __init__(self, vocab_size, d_model, *, rank=None, bias=False, chunk=None, token_counts=None):
+        self.check_options(vocab_size, d_model, rank=rank, chunk=chunk)
         super().__init__(vocab_size, d_model, token_counts)
+        self.chunk = chunk
         rank = self.resolve_options(self.vocab_size, self.d_model, {"rank": rank})["rank"]
         self.rank = check_int_option("rank", rank, minimum=1, maximum=self.d_model,
                                      why_max=" (d_model; a larger rank adds nothing)")
@@ -72,7 +87,7 @@ class LowRankSoftmax(LogitsHead):
             self.bias.zero_()
 
     def _spec_values(self):
-        return {"rank": self.rank, "bias": self.bias is not None}
+        return {"rank": self.rank, "bias": self.bias is not None, "chunk": self.chunk}
 
     def _score_bound(self, h_norm, stats):
         # |h P^T| <= |h| |P|_F, then each logit <= that times a row of W
@@ -88,6 +103,28 @@ class LowRankSoftmax(LogitsHead):
 
     def _logits_into(self, hidden, out):
         linear_into(hidden @ self.down.T, self.weight, self.bias, out)
+
+    def _loss(self, hidden, target):
+        if self.chunk is not None:
+            return chunked_linear_cross_entropy(hidden @ self.down.T, self.weight, self.bias, target, self.chunk)
+        return super()._loss(hidden, target)
+
+    def _token_nll(self, hidden, target):
+        if self.chunk is None:
+            return super()._token_nll(hidden, target)
+        return chunked_token_terms(hidden @ self.down.T, self.weight, self.bias, target, self.chunk)[0]
+
+    def _mean_log_prob(self, hidden):
+        if self.chunk is None:
+            return super()._mean_log_prob(hidden)
+        # the target column is not needed: any id will do
+        target = torch.zeros(hidden.shape[0], dtype=torch.int64, device=hidden.device)
+        return -chunked_token_terms(hidden @ self.down.T, self.weight, self.bias, target, self.chunk)[1]
+
+    def largest_intermediate(self, num_tokens, op):
+        if op == "loss" and self.chunk is not None:
+            return max(min(self.chunk, num_tokens) * self.vocab_size, num_tokens * self.rank)
+        return num_tokens * self.vocab_size
 
     def _matmul_flops(self, num_tokens, op, target):
         return 2 * num_tokens * self.rank * (self.d_model + self.vocab_size)

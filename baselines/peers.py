@@ -101,7 +101,8 @@ class PeerLoss(OutputHead):
         if self.impl == "cce":
             from cut_cross_entropy import linear_cross_entropy
             kind = {} if hidden.device.type == "cuda" else {"impl": "torch_compile"}
-            return linear_cross_entropy(hidden, self.weight, target, **kind)
+            # its torch_compile path returns a float32 loss for half inputs; every head's loss has hidden's dtype
+            return linear_cross_entropy(hidden, self.weight, target, **kind).to(hidden.dtype)
         if hidden.device.type != "cuda":
             raise NotImplementedError("liger's fused linear cross-entropy runs on CUDA only")
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy

@@ -52,6 +52,36 @@ def test_chunked_softmax_under_no_grad_and_scaled_backward():
     assert torch.allclose(chunked.weight.grad, plain.weight.grad)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 40, 1000])
+@pytest.mark.parametrize("bias", [0, 1])
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_chunked_lowrank_equals_plain(chunk, bias, dtype, atol):
+    plain = build(f"lowrank:rank=5,bias={bias}", dtype)
+    chunked = build(f"lowrank:rank=5,bias={bias},chunk={chunk}", dtype)
+    chunked.load_state_dict(plain.state_dict())
+    if bias:
+        with torch.no_grad():
+            plain.bias.normal_()
+            chunked.bias.copy_(plain.bias)
+    hidden, target = inputs(dtype)
+    assert_same(loss_and_grads(chunked, hidden, target), loss_and_grads(plain, hidden, target), atol)
+
+
+@pytest.mark.parametrize("spec", ["softmax:chunk=7", "lowrank:rank=5,chunk=7"])
+def test_chunked_loss_saves_no_token_by_vocab_tensor(spec):
+    head = build(spec)
+    hidden, target = inputs()
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        head.loss(hidden.requires_grad_(True), target).backward()
+    assert saved and max(saved) < N * V
+
+
 @pytest.mark.parametrize("options", ["K=10", "K=10,bias=1", "K=10,mapping=random", "K=1", "K=97"])
 def test_vq_collapsed_equals_scatter(options):
     collapsed = build(f"vq:{options},path=collapsed")

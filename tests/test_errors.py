@@ -78,6 +78,7 @@ def test_vq_bad_options(kwargs, match, error):
 @pytest.mark.parametrize("spec,kwargs,match,error", [
     ("softmax", {"chunk": 0}, "chunk", ValueError),
     ("lowrank", {"rank": D + 1}, "rank", ValueError),
+    ("lowrank", {"chunk": 0}, "chunk", ValueError),
     ("adaptive", {"cutoffs": (40, 10)}, "cutoffs", ValueError),
     ("adaptive", {"cutoffs": (10, V)}, "cutoffs", ValueError),
     ("adaptive", {"cutoffs": ()}, "cutoffs", TypeError),

@@ -48,6 +48,25 @@ def test_peer_loss_and_gradients_equal_softmax(spec):
     assert peer.num_parameters() == softmax.num_parameters() == V * D
 
 
+HAS_CCE = importlib.util.find_spec("cut_cross_entropy") is not None
+
+
+@pytest.mark.skipif(not HAS_CCE, reason="cut-cross-entropy not installed")
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 4e-2)])
+@pytest.mark.parametrize("n,d,v", [(37, 24, 301), (5, 7, 2), (1, 3, 513)])
+def test_cce_on_cpu_equals_softmax_in_float32_and_bfloat16(dtype, tol, n, d, v):
+    torch.manual_seed(0)
+    peer, softmax = make_head("peer:impl=cce", v, d, dtype=dtype), make_head("softmax", v, d, dtype=dtype)
+    with torch.no_grad():
+        softmax.weight.copy_(peer.weight)
+    g = torch.Generator().manual_seed(2)
+    hidden, target = torch.randn(n, d, generator=g).to(dtype), torch.randint(0, v, (n,), generator=g)
+    theirs, ours = loss_and_grads(peer, hidden, target), loss_and_grads(softmax, hidden, target)
+    assert theirs[0].dtype == dtype
+    for a, b in zip(theirs, ours):
+        torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol)
+
+
 def test_peers_refuse_what_they_do_not_implement():
     peer, _ = pair("peer:impl=torch-lce") if HAS_LCE else pair("peer:impl=compile")
     hidden, target = torch.randn(4, D), torch.randint(0, V, (4,))

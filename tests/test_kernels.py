@@ -1,0 +1,177 @@
+"""Faster kernels against the implementations they replaced, kept here as references: same loss,
+log-probabilities and gradients in float64, float32 and bfloat16, over several shapes (odd ones too)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vqbench
+
+SHAPES = [(97, 16, 40), (2, 3, 1), (1001, 33, 77), (5, 1, 9)]  # V, d, N
+DTYPES = [(torch.float64, 1e-12), (torch.float32, 2e-5), (torch.bfloat16, 3e-2)]
+
+
+def huffman_reference(tree, hidden, target):
+    """The gather-based path the Huffman kernel replaced: [E, d] rows of hidden and of the node vectors."""
+    depth = tree.depth[target]
+    on_path = tree.path_signs[target] != 0
+    nodes = tree.path_nodes[target][on_path]
+    signs = tree.path_signs[target][on_path].to(hidden.dtype)
+    token = torch.arange(target.shape[0]).repeat_interleave(depth)
+    scores = torch.einsum("ed,ed->e", hidden.index_select(0, token), tree.node_weight.index_select(0, nodes))
+    return hidden.new_zeros(target.shape[0]).index_add(0, token, F.logsigmoid(signs * scores))
+
+
+def values_and_grads(module, fn, hidden, target, weights):
+    """fn(hidden, target) [N], its weighted sum's gradients for hidden and every parameter of module."""
+    h = hidden.clone().requires_grad_(True)
+    module.zero_grad(set_to_none=True)
+    out = fn(h, target)
+    (out * weights).sum().backward()
+    return [out.detach(), h.grad] + [p.grad for p in module.parameters()]
+
+
+def case(spec, dtype, vocab, d, n, seed=0, counts=None):
+    torch.manual_seed(seed)
+    head = vqbench.make_head(spec, vocab, d, dtype=dtype, token_counts=counts)
+    g = torch.Generator().manual_seed(seed + 1)
+    hidden = torch.randn(n, d, generator=g).to(dtype)
+    target = torch.randint(0, vocab, (n,), generator=g)
+    weights = torch.randn(n, generator=g).to(dtype)
+    return head, hidden, target, weights
+
+
+def assert_close_all(ours, reference, atol, dtype):
+    rtol = atol if dtype == torch.bfloat16 else 0
+    for a, b in zip(ours, reference):
+        assert a is not None and b is not None and a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a.double(), b.double(), atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("vocab,d,n", SHAPES)
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+def test_huffman_kernel_equals_gather_reference(vocab, d, n, dtype, atol):
+    head, hidden, target, weights = case("hierarchical:tree=huffman", dtype, vocab, d, n)
+    tree = head.tree
+    ours = values_and_grads(tree, tree.target_log_prob, hidden, target, weights)
+    reference = values_and_grads(tree, lambda h, t: huffman_reference(tree, h, t), hidden, target, weights)
+    assert_close_all(ours, reference, atol, dtype)
+
+
+def test_huffman_kernel_with_skewed_counts_and_repeated_targets():
+    counts = torch.tensor([1000.0, 1, 1, 3, 50, 7, 7, 2, 900, 1, 4])
+    head, hidden, _, weights = case("hierarchical:tree=huffman", torch.float64, 11, 6, 30, counts=counts)
+    target = torch.tensor([0, 8, 1, 1, 1, 9, 10, 0, 0, 0] * 3)
+    tree = head.tree
+    ours = values_and_grads(tree, tree.target_log_prob, hidden, target, weights)
+    reference = values_and_grads(tree, lambda h, t: huffman_reference(tree, h, t), hidden, target, weights)
+    assert_close_all(ours, reference, 1e-12, torch.float64)
+    # the public loss goes through the kernel too
+    assert torch.allclose(head.loss(hidden, target), -huffman_reference(tree, hidden, target).mean(), atol=1e-12)
+
+
+def test_huffman_kernel_keeps_no_gathered_path_rows():
+    """The kernel's point: no [E, d] tensor of gathered rows (E = the summed depths) is kept for backward."""
+    head, hidden, target, _ = case("hierarchical:tree=huffman", torch.float32, 97, 16, 40)
+    rows = int(head.tree.depth[target].sum()) * 16
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        head.loss(hidden.requires_grad_(True), target).backward()
+    assert saved and max(saved) < rows
+
+
+def test_fresh_empty_advises_only_whole_huge_pages_inside_the_tensor(monkeypatch):
+    from vqbench import fresh
+    calls = []
+    monkeypatch.setattr(fresh, "_madvise", lambda start, length, advice: calls.append((start, length, advice)) or 0)
+    t = fresh.fresh_empty((3, fresh.HUGE_PAGE), dtype=torch.uint8, device="cpu")
+    (start, length, advice), = calls
+    assert advice == fresh._MADV_HUGEPAGE and start % fresh.HUGE_PAGE == 0 and length % fresh.HUGE_PAGE == 0
+    assert t.data_ptr() <= start and start + length <= t.data_ptr() + t.numel() and length >= fresh.HUGE_PAGE
+    calls.clear()
+    fresh.fresh_empty((100,), dtype=torch.uint8, device="cpu")  # no whole huge page inside: no advice
+    assert not calls
+    assert torch.equal(fresh.fresh_zeros((5, 7), dtype=torch.float64, device="cpu"), torch.zeros(5, 7, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("op", ["logits", "log_probs"])
+def test_vq_fresh_outputs_are_advised_onto_huge_pages(monkeypatch, op):
+    """A fresh V-wide result (no out=, no autograd) is advised before its first touch, with the values of
+    the autograd path."""
+    from vqbench import fresh
+    head, hidden, _, _ = case("vq:K=10", torch.float64, 1000, 8, 600)
+    calls = []
+    monkeypatch.setattr(fresh, "_madvise", lambda start, length, advice: calls.append((start, length)) or 0)
+    with torch.no_grad():
+        result = getattr(head, op)(hidden)
+    storage = result.untyped_storage()
+    assert calls and all(storage.data_ptr() <= s and s + n <= storage.data_ptr() + storage.nbytes() for s, n in calls)
+    assert torch.equal(result, getattr(head, op)(hidden).detach())
+
+
+def class_tree_reference(tree, hidden, target):
+    """The autograd path the class-tree kernel replaced: a split of the weight, one cross_entropy per class."""
+    cls = tree.class_of[target]
+    class_lp = torch.log_softmax(hidden @ tree.class_weight.T, dim=-1).gather(1, cls[:, None]).squeeze(1)
+    perm = torch.argsort(cls, stable=True)
+    per_class = torch.bincount(cls, minlength=tree.num_classes).tolist()
+    hidden_groups = hidden[perm].split(per_class)
+    position_groups = tree.position[target[perm]].split(per_class)
+    words = tree.word_weight if tree.ids_in_frequency_order else tree.word_weight.index_select(0, tree.order)
+    word_blocks = words.split(tree.class_size_list)
+    nll = [F.cross_entropy(h @ w.T, p, reduction="none")
+           for h, w, p, n in zip(hidden_groups, word_blocks, position_groups, per_class) if n]
+    within = torch.empty_like(class_lp).index_put((perm,), -torch.cat(nll))
+    return class_lp + within
+
+
+@pytest.mark.parametrize("vocab,d,n", SHAPES)
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_class_tree_kernel_equals_split_reference(vocab, d, n, dtype, atol, shuffled):
+    counts = None
+    if shuffled:  # ids not in frequency order: the kernel reorders the rows
+        counts = torch.randperm(vocab, generator=torch.Generator().manual_seed(3)).double() + 1
+    head, hidden, target, weights = case("hierarchical", dtype, vocab, d, n, counts=counts)
+    tree = head.tree
+    assert tree.ids_in_frequency_order == (not shuffled or vocab == 1)
+    ours = values_and_grads(tree, tree.target_log_prob, hidden, target, weights)
+    reference = values_and_grads(tree, lambda h, t: class_tree_reference(tree, h, t), hidden, target, weights)
+    assert_close_all(ours, reference, atol, dtype)
+
+
+def test_class_tree_weight_gradient_is_one_fresh_tensor_on_huge_pages(monkeypatch):
+    """The kernel writes every class's gradient block into one [V, d] tensor advised before its first
+    touch (the split path concatenates fresh per-class products instead)."""
+    from vqbench import fresh
+    head, hidden, target, _ = case("hierarchical", torch.float64, 5000, 128, 64)
+    calls = []
+    monkeypatch.setattr(fresh, "_madvise", lambda start, length, advice: calls.append((start, length)) or 0)
+    head.loss(hidden, target).backward()
+    grad = head.tree.word_weight.grad.untyped_storage()
+    assert any(grad.data_ptr() <= s and s + n <= grad.data_ptr() + grad.nbytes() for s, n in calls)
+
+
+@pytest.mark.parametrize("vocab,d,n", SHAPES + [(300, 8, 500)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_class_tree_predict_equals_argmax_of_log_probs(vocab, d, n, dtype):
+    """The same tokens as the argmax over log_probs' values, ties (frequent in bfloat16) included."""
+    head, hidden, _, _ = case("hierarchical", dtype, vocab, d, n)
+    with torch.no_grad():
+        reference = head.log_probs(hidden).argmax(dim=-1)
+        assert torch.equal(head.predict(hidden), reference)
+        # coarse weights make equal log-probabilities common: the first of them must win
+        head.tree.word_weight.copy_((head.tree.word_weight * 4).round() / 4)
+        hidden = (hidden * 2).round() / 2
+        assert torch.equal(head.predict(hidden), head.log_probs(hidden).argmax(dim=-1))
+
+
+def test_class_tree_predict_writes_no_normalised_log_probs(monkeypatch):
+    head, hidden, _, _ = case("hierarchical", torch.float32, 97, 16, 40)
+    monkeypatch.setattr(head.tree, "log_probs", lambda *a, **k: pytest.fail("predict built the V log-probs"))
+    head.predict(hidden)
