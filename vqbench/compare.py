@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from vqbench import busy, shards
 from vqbench.provenance import use_cpu_allocator
 from vqbench.registry import DEFAULT_HEADS, coerce_option, head_class, parse_spec
 from vqbench.results import ALL_OPS, DEFAULT_OPS, ResultsFile, read_rows, select_rows
@@ -48,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stem of the result files (default: compare); with --from, also writes DIR/NAME.md")
     p.add_argument("--format", default="github",
                    help="table format: github (markdown), latex, csv or any tabulate format")
-    p.add_argument("--from", dest="from_file", metavar="FILE",
-                   help="re-render tables from a stored results CSV without measuring; --heads, --vocab, "
-                        "--d-model, --codebook, --tokens, --ops and --dtype then select rows")
+    p.add_argument("--from", dest="from_file", nargs="+", metavar="FILE",
+                   help="re-render tables from stored results CSVs (several render as one) without measuring; "
+                        "--heads, --vocab, --d-model, --codebook, --tokens, --ops and --dtype then select rows")
     p.add_argument("--resume", action="store_true",
                    help="keep NAME.csv and skip every (config, op) already complete in it")
     p.add_argument("--overwrite", action="store_true",
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "pages, so a fresh N x V output is not dominated by 4 KiB page faults (the role CUDA's "
                         "caching allocator plays on GPU); default: the plain allocator. Stored in every row")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    shards.add_compare_flags(p)
     return p
 
 
@@ -116,6 +118,7 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         p.error(f"--threads: must be >= 1, got {args.threads}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device: cuda requested but torch sees no CUDA device")
+    shards.check_compare_args(p, args)
 
 
 def rows_selected(rows, selection):
@@ -146,10 +149,10 @@ def settings_clash(rows, args) -> str:
     return ""
 
 
-def write_markdown(path, name, command, source, tables):
+def write_markdown(path, name, command, source, tables, notes=""):
     with open(path, "w") as f:
         f.write(f"# vqbench compare: {name}\n\nRegenerate: `{command.strip()}`\n\n"
-                f"Rows: `{source}`.\n\n{render(tables, 'github')}")
+                f"Rows: `{source}`.\n\n{render(tables, 'github')}" + (f"\n{notes}" if notes else ""))
 
 
 class Refused(Exception):
@@ -160,35 +163,64 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     command = "python -m vqbench.compare " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
-        return render_stored(args, command) if args.from_file else measure(args, command)
+        if args.from_file:
+            return render_stored(args, command)
+        return measure_sharded(args, command) if args.shards and args.shard is None else measure(args, command)
     except Refused as reason:
         print(reason, file=sys.stderr)
         return 2
 
 
 def render_stored(args, command: str) -> int:
-    """--from: tables from a stored results file, nothing measured."""
+    """--from: tables from stored results files (several as one), nothing measured; each file's machine
+    load records close them."""
     try:
-        rows = rows_selected(read_rows(args.from_file), args.selection)
-    except (OSError, ValueError) as error:
-        raise Refused(f"--from: {args.from_file}: {error}") from None
+        rows, by_file = shards.merge_rows(args.from_file, args.allow_mixed)
+    except ValueError as error:
+        raise Refused(str(error)) from None
+    rows = rows_selected(rows, args.selection)
     if not rows:
-        raise Refused(f"--from: {args.from_file}: no rows (of this selection) to render")
+        raise Refused(f"--from: {' '.join(args.from_file)}: no rows (of this selection) to render")
     tables = build_tables(rows)
+    notes = busy.note({path: busy.records_for(path, r) for path, r in by_file.items()}, args.format)
+    notes += shards.mixed_note(rows) if args.allow_mixed else ""
     if args.name:
-        write_markdown(os.path.join(args.out, f"{args.name}.md"), args.name, command, args.from_file, tables)
-    print(render(tables, args.format))
+        write_markdown(os.path.join(args.out, f"{args.name}.md"), args.name, command, " ".join(args.from_file),
+                       tables, notes)
+    print(render(tables, args.format) + (f"\n{notes}" if notes else ""))
     return 0
 
 
-def measure(args, command: str) -> int:
-    use_cpu_allocator(args.cpu_allocator)
+def make_grid(args) -> Grid:
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
         print("no CUDA device: measuring on cpu only", file=sys.stderr)
         devices = ["cpu"]
-    grid = Grid(heads=args.heads, vocab=args.vocab, d_model=args.d_model, codebook=args.codebook,
+    return Grid(heads=args.heads, vocab=args.vocab, d_model=args.d_model, codebook=args.codebook,
                 tokens=args.tokens, ops=args.ops, devices=devices, dtypes=args.dtype)
+
+
+def measure_sharded(args, command: str) -> int:
+    """--shards N: every shard as a job (vqbench.shards), then their files rendered as one into NAME.md."""
+    try:
+        code, paths = shards.run_sharded(args, make_grid(args))
+    except ValueError as error:
+        raise Refused(str(error)) from None
+    if paths is None:
+        return code
+    args.from_file, args.name = [p for p in paths if os.path.exists(p)], args.name or "compare"
+    return code or render_stored(args, command)
+
+
+def measure(args, command: str) -> int:
+    use_cpu_allocator(args.cpu_allocator)
+    grid = make_grid(args)
+    devices, configs = grid.devices, None
+    if args.shard is not None:  # one shard of a split grid, into its own file
+        try:
+            args.name, configs = shards.worker_shard(args, grid)
+        except ValueError as error:
+            raise Refused(str(error)) from None
     memory = args.memory_budget_gib * 2**30 if args.memory_budget_gib else memory_budget(devices)
     budget = Budget(memory_bytes=memory, seconds_per_call=args.time_budget_s, min_run_time=args.min_run_time)
     csv_path = open_results_path(args)
@@ -201,18 +233,25 @@ def measure(args, command: str) -> int:
         if clash:
             raise Refused(f"--resume: {csv_path} holds rows measured with {clash}; a resumed file must be "
                           f"measured alike (measure into another --name)")
+        meter = busy.LoadMeter(args.threads or torch.get_num_threads()).start()
         stats = run_sweep(grid, results, budget, threads=args.threads, resume=args.resume,
-                          progress=not args.no_progress, seed=args.seed, ceilings=args.ceilings)
-    tables = build_tables(read_rows(csv_path))
-    write_markdown(os.path.join(args.out, f"{args.name}.md"), args.name, command, csv_path, tables)
+                          progress=not args.no_progress, seed=args.seed, ceilings=args.ceilings, configs=configs)
+        rows = read_rows(csv_path)
+        load = meter.stop(rows, shard=args.name if configs is not None else "")
+        busy.append_record(csv_path, load)
+    tables, records = build_tables(rows), {csv_path: busy.records_for(csv_path, rows)}
+    write_markdown(os.path.join(args.out, f"{args.name}.md"), args.name, command, csv_path, tables,
+                   busy.note(records))
+    notes = busy.note(records, args.format)
     if args.format not in ("github",):
         suffix = {"latex": "tex", "csv": "tables.csv"}.get(args.format, f"{args.format}.txt")
         with open(os.path.join(args.out, f"{args.name}.{suffix}"), "w") as f:
-            f.write(render(tables, args.format))
-    print(render(tables, args.format))
+            f.write(render(tables, args.format) + notes)
+    print(render(tables, args.format) + (f"\n{notes}" if notes else ""))
     print(f"measured {stats.measured}, skipped {stats.skipped}, resumed {stats.resumed}; "
           f"rows in {csv_path}", file=sys.stderr)
-    return 0
+    print(f"machine {busy.sentence(load)}", file=sys.stderr)
+    return 3 if load["busy"] and args.strict else 0
 
 
 def open_results_path(args) -> str:
