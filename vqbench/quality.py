@@ -393,9 +393,14 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoints", help="checkpoint folder (default $VQBENCH_CHECKPOINTS, else the runs folder)")
     p.add_argument("--lanes", type=int, default=2, help="runs at once, one core each (default 2)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or variants (by name)")
+    from vqbench import shards
+    shards.add_executor_flags(p, None)  # --executor: each run a submitit job (vqbench.shards)
     args = p.parse_args(argv)
     if args.lanes < 1:
         p.error("--lanes: must be >= 1")
+    shards.check_executor_args(p, args)
+    if args.no_wait and not args.executor:
+        p.error("--no-wait: only with --executor")
     try:
         plan = Plan(args.plan)
         runs_dir = os.path.join(args.results, "runs")
@@ -404,6 +409,8 @@ def main(argv=None) -> int:
             for run in plan.runs(runs_dir):
                 done = plan.finished(runs_dir, run.run)
                 print(("# done: " if done else "") + " ".join(run.command(runs_dir, checkpoints, plan.common)))
+        elif args.action == "run" and args.executor:
+            shards.run_plan(plan, runs_dir, checkpoints, args)
         elif args.action == "run":
             run_all(plan, runs_dir, checkpoints, args.lanes, args.only)
         else:

@@ -433,3 +433,44 @@ def report(results: Dict[str, object], folder: str) -> int:
         elif result == 3 and code == 0:
             code = 3
     return code
+
+
+# --------------------------------------------------------------------------- a quality plan
+
+def plan_jobs(plan, runs_dir: str, checkpoints: str, submitted, only) -> List[Tuple[str, TrainJob]]:
+    """The plan's unfinished runs not yet submitted, as jobs, those with a checkpoint first (they resume)."""
+    todo = [r for r in plan.runs(runs_dir) if r.run not in submitted and not plan.finished(runs_dir, r.run)
+            and (not only or r.run in only or r.name in only)]
+    todo.sort(key=lambda r: not os.path.exists(os.path.join(checkpoints, r.run, "checkpoint.pt")))
+    return [(r.run, TrainJob(r.command(runs_dir, checkpoints, plan.common)[3:])) for r in todo]
+
+
+def run_plan(plan, runs_dir: str, checkpoints: str, args) -> None:
+    """quality run --executor: every unfinished run of the plan as a job (local: --lanes at a time, one core
+    each; SLURM: all at once), logs and summaries in the runs folder as without jobs, submitit's files in
+    --jobs-dir (default CHECKPOINTS/jobs). Runs that become decidable when others finish (the best seeds)
+    are submitted then; RuntimeError naming the failed runs."""
+    runs_dir, checkpoints = os.path.abspath(runs_dir), os.path.abspath(checkpoints)
+    folder = os.path.abspath(args.jobs_dir or os.path.join(checkpoints, "jobs"))
+    os.makedirs(checkpoints, exist_ok=True)
+    executor = make_executor(args, folder, "vqbench-quality", args.gpus_per_task or 0, None)
+    cores = sorted(os.sched_getaffinity(0))
+    pin = args.lanes > 1 and len(cores) >= args.lanes
+    slots = [{"cores": [cores[i]] if pin else None, "gpu": None} for i in range(args.lanes)]
+    submitted, failed = set(), []
+    while jobs := plan_jobs(plan, runs_dir, checkpoints, submitted, args.only):
+        if args.no_wait and args.executor == "local" and len(jobs) > len(slots):
+            raise ValueError(f"--no-wait: the local executor runs {len(slots)} of the {len(jobs)} runs at a time "
+                             f"(--lanes), so it must wait (or use --executor slurm)")
+        results = (submit_local(executor, jobs, slots, not args.no_wait) if args.executor == "local"
+                   else submit_all(executor, jobs, not args.no_wait))
+        submitted.update(label for label, _ in jobs)
+        if args.no_wait:
+            for label, job in results.items():
+                print(f"{label}: job {job.job_id}")
+            print(f"logs in {folder}; runs that wait on these (best seeds) need another `quality run`",
+                  file=sys.stderr)
+            return
+        failed += [label for label, result in results.items() if isinstance(result, BaseException)]
+    if failed:
+        raise RuntimeError(f"runs failed (see their logs under {folder}): {', '.join(failed)}")
