@@ -209,7 +209,16 @@ def measure_sharded(args, command: str) -> int:
     if paths is None:
         return code
     args.from_file, args.name = [p for p in paths if os.path.exists(p)], args.name or "compare"
-    return code or render_stored(args, command)
+    try:
+        if not args.from_file:
+            raise Refused(f"--shards: no shard wrote its results file (logs in {args.jobs_dir or args.out})")
+        rendered = render_stored(args, command)
+    except Refused as reason:
+        if not code:
+            raise
+        print(reason, file=sys.stderr)  # a shard failed: that is the exit code, the rest is detail
+        return code
+    return code or rendered
 
 
 def measure(args, command: str) -> int:

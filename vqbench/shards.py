@@ -85,8 +85,8 @@ def check_compare_args(p: argparse.ArgumentParser, args) -> None:
         p.error("--shards: measures; it cannot be combined with --from")
     if args.no_wait and args.shards is None:
         p.error("--no-wait: only with --shards")
-    if args.allow_mixed and not args.from_file:
-        p.error("--allow-mixed: only with --from")
+    if args.allow_mixed and not (args.from_file or args.shards):
+        p.error("--allow-mixed: only with --from or --shards (shards measured on different nodes)")
 
 
 # --------------------------------------------------------------------------- splitting a grid
