@@ -77,16 +77,18 @@ def test_a_shard_killed_half_way_resumes_to_the_same_units(tmp_path):
     assert len({key[:-1] for key in merged}) == 3 * 2 * 3  # every (spec, V) with params, loss and predict
 
 
-def test_a_two_run_plan_through_the_local_executor_feeds_quality_table(tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
+def tiny_corpus(folder):
+    folder.mkdir()
     words = [f"w{i}" for i in range(30)]
     for name, lines in (("train.txt", 120), ("valid.txt", 20), ("test.txt", 20)):
-        (corpus / name).write_text("".join(" ".join(words[(i * 7 + j * 3) % (5 + i % 25)] for j in range(8)) + "\n"
+        (folder / name).write_text("".join(" ".join(words[(i * 7 + j * 3) % (5 + i % 25)] for j in range(8)) + "\n"
                                            for i in range(lines)))
-    plan = {"protocol": "joint", "epochs": 1,
-            "common_flags": ["--threads", "1", "--data", str(corpus), "--d-model", "8", "--layers", "1", "--bptt",
-                             "5", "--batch-size", "4", "--optimizer", "adam", "--lr", "0.01"],
+    return ["--threads", "1", "--data", str(folder), "--d-model", "8", "--layers", "1", "--bptt", "5",
+            "--batch-size", "4", "--optimizer", "adam", "--lr", "0.01"]
+
+
+def test_a_two_run_plan_through_the_local_executor_feeds_quality_table(tmp_path):
+    plan = {"protocol": "joint", "epochs": 1, "common_flags": tiny_corpus(tmp_path / "corpus"),
             "runs": [{"name": "softmax", "head": "softmax", "group": "reference", "seeds": [0]},
                      {"name": "vq", "head": "vq:K=8", "group": "paper", "seeds": [0]}]}
     (tmp_path / "plan.json").write_text(json.dumps(plan))
@@ -97,6 +99,24 @@ def test_a_two_run_plan_through_the_local_executor_feeds_quality_table(tmp_path)
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == ["joint-softmax-s0", "joint-vq-s0"]
     assert all(r["stop"].startswith("epochs") and float(r["test_ppl"]) > 0 for r in rows)
+
+
+def test_a_requeued_training_job_resumes_from_its_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    argv = tiny_corpus(tmp_path / "corpus") + ["--head", "softmax", "--steps", "400", "--checkpoint-every", "5",
+                                                "--out", str(out), "--resume"]
+    args = type("Args", (), {"executor": "local", "time_min": 10})()
+    job = shards.make_executor(args, str(tmp_path / "jobs"), "t", 0, None).submit(shards.TrainJob(argv))
+    deadline = time.time() + 300
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    controller = job._process.pid  # submitit's local controller; the job's task is its child
+    (task,) = open(f"/proc/{controller}/task/{controller}/children").read().split()
+    os.kill(int(task), signal.SIGUSR2)  # what SLURM sends before pre-empting: submitit checkpoints, requeues
+    assert job.result() == 0
+    invocations = [json.loads(line)["invocation"] for line in open(out / "log.jsonl") if '"invocation"' in line]
+    assert len(invocations) == 2 and invocations[1]["from_step"] > 0
+    assert json.loads((out / "summary.json").read_text())["stop"].startswith("steps")
 
 
 def write_rows(path, cpu, spec="softmax", torch_version="2.13.0"):
