@@ -229,3 +229,13 @@ def test_a_quiet_run_and_a_drifting_one(monkeypatch):
     drifted = meter.stop([{"metric": "floor", "ceiling_drift": "0.4", "timestamp": late},
                           {"metric": "floor", "ceiling_drift": "0.9", "timestamp": "2000-01-01T00:00:00+00:00"}])
     assert drifted["busy"] and "40%" in drifted["why"]  # rows from before the run do not count
+
+
+def test_local_shards_never_share_cores_and_take_one_gpu_each(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert shards.local_slots(["cpu"], None, 0, 4) == [{"cores": None, "gpu": None}]  # one at a time, all cores
+    pinned = shards.local_slots(["cpu"], 4, 0, 8)
+    assert [s["cores"] for s in pinned] == [list(range(i, i + 4)) for i in (0, 4, 8, 12)]
+    gpus = shards.local_slots(["cuda"], None, 2, 4)
+    assert [(s["gpu"], s["cores"]) for s in gpus] == [(0, list(range(8))), (1, list(range(8, 16)))]
+    assert len(shards.local_slots(["cuda"], 2, 8, 3)) == 3  # no more slots than shards
