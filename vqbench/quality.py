@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Tuple
 
 from tabulate import tabulate
 
+from vqbench import shards
 from vqbench.train import TrainConfig
 
 DEFAULT_PLAN = os.path.join("configs", "quality.json")
@@ -393,7 +394,6 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoints", help="checkpoint folder (default $VQBENCH_CHECKPOINTS, else the runs folder)")
     p.add_argument("--lanes", type=int, default=2, help="runs at once, one core each (default 2)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or variants (by name)")
-    from vqbench import shards
     shards.add_executor_flags(p, None)  # --executor: each run a submitit job (vqbench.shards)
     args = p.parse_args(argv)
     if args.lanes < 1:
