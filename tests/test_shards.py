@@ -175,7 +175,7 @@ def test_the_slurm_script_holds_the_partition_time_and_gpus(tmp_path, capsys, fa
     plan = {"runs": [{"name": "softmax", "head": "softmax", "group": "reference", "seeds": [0, 1]}]}
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     assert quality.main(["run", "--plan", str(tmp_path / "plan.json"), "--results", str(tmp_path / "q"),
-                         "--executor", "slurm", "--partition", "cpu", "--time-min", "600", "--no-exclusive",
+                         "--executor", "slurm", "--partition", "cpu", "--time-min", "600",
                          "--no-wait"]) == 0
     scripts = [p.read_text() for p in fake_slurm.iterdir() if p.read_text() != script]
     assert "#SBATCH --partition=cpu" in scripts[0] and "#SBATCH --time=600" in scripts[0]

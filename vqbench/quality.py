@@ -394,7 +394,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoints", help="checkpoint folder (default $VQBENCH_CHECKPOINTS, else the runs folder)")
     p.add_argument("--lanes", type=int, default=2, help="runs at once, one core each (default 2)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or variants (by name)")
-    shards.add_executor_flags(p, None)  # --executor: each run a submitit job (vqbench.shards)
+    shards.add_executor_flags(p, None, exclusive=False)  # --executor: each run a submitit job (vqbench.shards)
     args = p.parse_args(argv)
     if args.lanes < 1:
         p.error("--lanes: must be >= 1")

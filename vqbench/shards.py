@@ -37,8 +37,8 @@ GRID_FIELDS = ("heads", "vocab", "d_model", "codebook", "tokens", "ops", "device
 
 # --------------------------------------------------------------------------- flags
 
-def add_executor_flags(p: argparse.ArgumentParser, default_executor: Optional[str]) -> None:
-    """The job flags shared by compare and quality."""
+def add_executor_flags(p: argparse.ArgumentParser, default_executor: Optional[str], exclusive: bool) -> None:
+    """The job flags shared by compare and quality (a sweep's timings need a node each, a training run not)."""
     p.add_argument("--executor", choices=["local", "slurm"], default=default_executor,
                    help="submitit executor for the jobs: local (this machine) or slurm")
     p.add_argument("--jobs-dir", metavar="DIR", default=None,
@@ -47,8 +47,8 @@ def add_executor_flags(p: argparse.ArgumentParser, default_executor: Optional[st
     p.add_argument("--time-min", type=int, default=240, help="wall-clock limit of a job in minutes (default 240)")
     p.add_argument("--gpus-per-task", type=int, default=None,
                    help="GPUs per job (default: 1 for CUDA sweeps, else 0)")
-    p.add_argument("--exclusive", action=argparse.BooleanOptionalAction, default=True,
-                   help="SLURM: a node to each job (default; timing needs a machine to itself)")
+    p.add_argument("--exclusive", action=argparse.BooleanOptionalAction, default=exclusive,
+                   help=f"SLURM: a node to each job (default: {'yes' if exclusive else 'no'})")
     p.add_argument("--no-wait", action="store_true", help="submit, print the job ids and return")
 
 
@@ -57,7 +57,7 @@ def add_compare_flags(p: argparse.ArgumentParser) -> None:
                    help="split the grid into N shards of about equal expected cost, one results file each")
     p.add_argument("--shard", type=int, default=None, metavar="I",
                    help="measure only shard I (0-based) of --shards N here, without submitting (what each job runs)")
-    add_executor_flags(p, "local")
+    add_executor_flags(p, "local", exclusive=True)
     p.add_argument("--strict", action="store_true",
                    help="exit 3 when the machine was busy while measuring (others on the run's cores, or "
                         "ceilings that moved)")
