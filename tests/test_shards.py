@@ -191,6 +191,18 @@ def test_bad_sharding_flags_are_refused_with_one_line(tmp_path, capsys):
         assert flag in capsys.readouterr().err.splitlines()[-1]
 
 
+def test_jobs_without_submitit_are_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "submitit" else real(name, *a))
+    with pytest.raises(SystemExit):
+        compare.main(GRID + ["--out", str(tmp_path), "--shards", "2"])
+    assert "pip install" in capsys.readouterr().err and not os.listdir(tmp_path)
+    with pytest.raises(SystemExit):
+        quality.main(["run", "--executor", "local", "--plan", str(tmp_path / "none.json")])
+    assert "submitit" in capsys.readouterr().err
+
+
 def test_the_split_balances_expected_cost_and_keeps_the_sweep_order():
     configs = [("cpu", "float32", v, 8, "softmax") for v in (10, 20, 30, 40, 50)]
     parts = shards.split(configs, [5.0, 4.0, 3.0, 3.0, 1.0], 2)

@@ -3,6 +3,7 @@
     python -m vqbench.quality plan                  # every command of configs/quality.json, in order
     python -m vqbench.quality run --checkpoints DIR # run or resume what is unfinished, two lanes
     python -m vqbench.quality table                 # results/quality/quality.{csv,md}, pareto.png, oracle.md
+    python -m vqbench.quality run --executor slurm  # each run a submitit job (vqbench.shards, README)
 
 The plan (``--plan``, default configs/quality.json) lists head variants, each with its seeds and a
 group, and the epoch budget of every run; every run uses vqbench.train's schedule. A run is finished
@@ -398,7 +399,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.lanes < 1:
         p.error("--lanes: must be >= 1")
-    shards.check_executor_args(p, args)
+    shards.check_executor_args(p, args, submits=args.action == "run" and bool(args.executor))
     if args.no_wait and not args.executor:
         p.error("--no-wait: only with --executor")
     try:

@@ -65,7 +65,11 @@ def add_compare_flags(p: argparse.ArgumentParser) -> None:
                    help="with several --from files: render rows of different machines or versions together")
 
 
-def check_executor_args(p: argparse.ArgumentParser, args) -> None:
+def check_executor_args(p: argparse.ArgumentParser, args, submits: bool) -> None:
+    """The job flags, and submitit's presence when this command will submit jobs."""
+    import importlib.util
+    if submits and importlib.util.find_spec("submitit") is None:
+        p.error(f"--executor: jobs need submitit, which is not installed (pip install -e \".[cluster]\")")
     if args.time_min < 1:
         p.error(f"--time-min: must be >= 1, got {args.time_min}")
     if args.gpus_per_task is not None and args.gpus_per_task < 0:
@@ -76,7 +80,7 @@ def check_executor_args(p: argparse.ArgumentParser, args) -> None:
 
 def check_compare_args(p: argparse.ArgumentParser, args) -> None:
     """Each sharding flag checked before any work (errors name the flag)."""
-    check_executor_args(p, args)
+    check_executor_args(p, args, submits=bool(args.shards) and args.shard is None and not args.from_file)
     if args.shards is not None and args.shards < 1:
         p.error(f"--shards: must be >= 1, got {args.shards}")
     if args.shard is not None and (args.shards is None or not 0 <= args.shard < args.shards):
