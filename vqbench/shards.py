@@ -69,7 +69,7 @@ def check_executor_args(p: argparse.ArgumentParser, args, submits: bool) -> None
     """The job flags, and submitit's presence when this command will submit jobs."""
     import importlib.util
     if submits and importlib.util.find_spec("submitit") is None:
-        p.error(f"--executor: jobs need submitit, which is not installed (pip install -e \".[cluster]\")")
+        p.error("--executor: jobs need submitit, which is not installed (pip install -e \".[cluster]\")")
     if args.time_min < 1:
         p.error(f"--time-min: must be >= 1, got {args.time_min}")
     if args.gpus_per_task is not None and args.gpus_per_task < 0:
