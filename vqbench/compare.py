@@ -17,6 +17,7 @@ import tempfile
 
 import torch
 
+from vqbench import busy, shards
 from vqbench.provenance import relative_argv, relative_path, use_cpu_allocator
 from vqbench.registry import check_spec, default_specs, describe_heads, expand_specs, import_modules, parse_spec
 from vqbench.results import ALL_OPS, COLUMNS, DEFAULT_OPS, ResultsFile, path_component_problem, read_rows, select_rows
@@ -55,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="github",
                    help="table format: github (markdown), latex, csv or any tabulate format "
                         "(tabulate.tabulate_formats)")
-    p.add_argument("--from", dest="from_file", metavar="FILE",
-                   help="re-render tables from a stored results CSV without measuring; --heads, --vocab, "
-                        "--d-model, --tokens, --ops and --dtype then select rows (a bare head name: all its specs)")
+    p.add_argument("--from", dest="from_file", nargs="+", metavar="FILE",
+                   help="re-render tables from stored results CSVs (several render as one) without measuring; "
+                        "--heads, --vocab, --d-model, --tokens, --ops and --dtype then select rows (a bare head "
+                        "name: all its specs)")
     p.add_argument("--resume", action="store_true",
                    help="keep NAME.csv and skip every (config, op) already complete in it")
     p.add_argument("--overwrite", action="store_true",
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "pages, so a fresh N x V output is not dominated by 4 KiB page faults (the role CUDA's "
                         "caching allocator plays on GPU); default: the plain allocator. Stored in every row")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    shards.add_compare_flags(p)
     return p
 
 
@@ -135,6 +138,7 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         p.error(f"--threads: must be between 1 and {MAX_THREADS}, got {args.threads}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device: cuda requested but torch sees no CUDA device")
+    shards.check_compare_args(p, args)
 
 
 def _table_formats() -> frozenset:
@@ -174,16 +178,20 @@ def settings_clash(rows, args) -> str:
     return ""
 
 
-def write_markdown(path, name, command, source, tables):
+def write_markdown(path, name, command, sources, tables, notes=""):
+    """NAME.md: the command, the results files it was built from and the tables (plus the machine-load notes)."""
+    rows_from = " ".join(relative_path(source) for source in sources)
     write_text(path, f"# vqbench compare: {name}\n\nRegenerate: `{command.strip()}`\n\n"
-                     f"Rows: `{relative_path(source)}`.\n\n{render(tables, 'github')}", source)
+                     f"Rows: `{rows_from}`.\n\n{render(tables, 'github')}" + (f"\n{notes}" if notes else ""),
+               sources)
 
 
-def write_text(path: str, text: str, source: str) -> None:
+def write_text(path: str, text: str, sources) -> None:
     """Write path whole through a fresh temporary file: a link planted at path is replaced, never followed,
-    and a reader never sees half a file; the input (source) is never the output."""
-    if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
-        raise Refused(f"--name: {path} is the input {source}; choose another --name or --out")
+    and a reader never sees half a file; an input (sources) is never the output."""
+    for source in sources:
+        if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+            raise Refused(f"--name: {path} is the input {source}; choose another --name or --out")
     directory, base = os.path.split(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".tmp")
@@ -215,7 +223,9 @@ def main(argv=None) -> int:
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit (ulimit -f) then fails the write with EFBIG, not a core dump
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        return render_stored(args, command) if args.from_file else measure(args, command)
+        if args.from_file:
+            return render_stored(args, command)
+        return measure_sharded(args, command) if args.shards and args.shard is None else measure(args, command)
     except Refused as reason:
         print(reason, file=sys.stderr)
         return 2
@@ -230,29 +240,65 @@ def main(argv=None) -> int:
 
 
 def render_stored(args, command: str) -> int:
-    """--from: tables from a stored results file, nothing measured."""
+    """--from: tables from stored results files (several as one), nothing measured; each file's machine
+    load records close them."""
     try:
-        rows = rows_selected(read_rows(args.from_file), args.selection)
-    except (OSError, ValueError) as error:
-        raise Refused(f"--from: {args.from_file}: {error}") from None
+        rows, by_file = shards.merge_rows(args.from_file, args.allow_mixed)
+    except ValueError as error:
+        raise Refused(str(error)) from None
+    rows = rows_selected(rows, args.selection)
     if not rows:
-        raise Refused(f"--from: {args.from_file}: no rows (of this selection) to render")
+        raise Refused(f"--from: {' '.join(args.from_file)}: no rows (of this selection) to render")
     tables = build_tables(rows)
+    notes = busy.note({path: busy.records_for(path, r) for path, r in by_file.items()}, args.format)
+    notes += shards.mixed_note(rows) if args.allow_mixed else ""
     if args.name:
         make_out(args.out)
-        write_markdown(os.path.join(args.out, f"{args.name}.md"), args.name, command, args.from_file, tables)
-    print(render(tables, args.format))
+        write_markdown(os.path.join(args.out, f"{args.name}.md"), args.name, command, args.from_file, tables,
+                       notes)
+    print(render(tables, args.format) + (f"\n{notes}" if notes else ""))
     return 0
 
 
-def measure(args, command: str) -> int:
-    use_cpu_allocator(args.cpu_allocator)
+def make_grid(args) -> Grid:
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
         print("no CUDA device: measuring on cpu only", file=sys.stderr)
         devices = ["cpu"]
-    grid = Grid(heads=args.heads, vocab=args.vocab, d_model=args.d_model, tokens=args.tokens, ops=args.ops,
+    return Grid(heads=args.heads, vocab=args.vocab, d_model=args.d_model, tokens=args.tokens, ops=args.ops,
                 devices=devices, dtypes=args.dtype)
+
+
+def measure_sharded(args, command: str) -> int:
+    """--shards N: every shard as a job (vqbench.shards), then their files rendered as one into NAME.md."""
+    try:
+        code, paths = shards.run_sharded(args, make_grid(args))
+    except ValueError as error:
+        raise Refused(str(error)) from None
+    if paths is None:
+        return code
+    args.from_file, args.name = [p for p in paths if os.path.exists(p)], args.name or "compare"
+    try:
+        if not args.from_file:
+            raise Refused(f"--shards: no shard wrote its results file (logs in {args.jobs_dir or args.out})")
+        rendered = render_stored(args, command)
+    except Refused as reason:
+        if not code:
+            raise
+        print(reason, file=sys.stderr)  # a shard failed: that is the exit code, the rest is detail
+        return code
+    return code or rendered
+
+
+def measure(args, command: str) -> int:
+    use_cpu_allocator(args.cpu_allocator)
+    grid = make_grid(args)
+    devices, configs = grid.devices, None
+    if args.shard is not None:  # one shard of a split grid, into its own file
+        try:
+            args.name, configs = shards.worker_shard(args, grid)
+        except ValueError as error:
+            raise Refused(str(error)) from None
     memory = args.memory_budget_gib * 2**30 if args.memory_budget_gib else memory_budget(devices)
     budget = Budget(memory_bytes=memory, seconds_per_call=args.time_budget_s, min_run_time=args.min_run_time)
     csv_path = open_results_path(args)
@@ -267,17 +313,25 @@ def measure(args, command: str) -> int:
         if clash:
             raise Refused(f"--resume: {csv_path} holds rows measured with {clash}; a resumed file must be "
                           f"measured alike (measure into another --name)")
+        meter = busy.LoadMeter(args.threads or torch.get_num_threads()).start()
         stats = run_sweep(grid, results, budget, threads=args.threads, resume=args.resume,
-                          progress=not args.no_progress, seed=args.seed, ceilings=args.ceilings)
-    tables = build_tables(read_rows(csv_path))
-    write_markdown(os.path.join(args.out, f"{args.name}.md"), args.name, command, csv_path, tables)
+                          progress=not args.no_progress, seed=args.seed, ceilings=args.ceilings, configs=configs)
+        rows = read_rows(csv_path)
+        load = meter.stop(rows, shard=args.name if configs is not None else "")
+        busy.append_record(csv_path, load)
+    tables, records = build_tables(rows), {csv_path: busy.records_for(csv_path, rows)}
+    write_markdown(os.path.join(args.out, f"{args.name}.md"), args.name, command, [csv_path], tables,
+                   busy.note(records))
+    notes = busy.note(records, args.format)
     if args.format not in ("github",):
         suffix = {"latex": "tex", "csv": "tables.csv"}.get(args.format, f"{args.format}.txt")
-        write_text(os.path.join(args.out, f"{args.name}.{suffix}"), render(tables, args.format), csv_path)
-    print(render(tables, args.format))
+        write_text(os.path.join(args.out, f"{args.name}.{suffix}"), render(tables, args.format) + notes,
+                   [csv_path])
+    print(render(tables, args.format) + (f"\n{notes}" if notes else ""))
     print(f"measured {stats.measured}, skipped {stats.skipped}, resumed {stats.resumed}; "
           f"rows in {csv_path}", file=sys.stderr)
-    return 0
+    print(f"machine {busy.sentence(load)}", file=sys.stderr)
+    return 3 if load["busy"] and args.strict else 0
 
 
 def make_out(out: str) -> None:

@@ -3,6 +3,7 @@
     python -m vqbench.quality plan                  # every command of configs/quality.json, in order
     python -m vqbench.quality run --checkpoints DIR # run or resume what is unfinished, two lanes
     python -m vqbench.quality table                 # results/quality/quality.{csv,md}, pareto.png, oracle.md
+    python -m vqbench.quality run --executor slurm  # each run a submitit job (vqbench.shards, README)
 
 The plan (``--plan``, default configs/quality.json) lists head variants, each with its seeds and a
 group, and the epoch budget of every run; every run uses vqbench.train's schedule. A run is finished
@@ -30,6 +31,7 @@ from typing import Dict, List, Optional, Tuple
 
 from tabulate import tabulate
 
+from vqbench import shards
 from vqbench.results import path_component_problem
 from vqbench.train import TrainConfig
 
@@ -397,9 +399,13 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoints", help="checkpoint folder (default $VQBENCH_CHECKPOINTS, else the runs folder)")
     p.add_argument("--lanes", type=int, default=2, help="runs at once, one core each (default 2)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or variants (by name)")
+    shards.add_executor_flags(p, None, exclusive=False)  # --executor: each run a submitit job (vqbench.shards)
     args = p.parse_args(argv)
     if args.lanes < 1:
         p.error("--lanes: must be >= 1")
+    shards.check_executor_args(p, args, submits=args.action == "run" and bool(args.executor))
+    if args.no_wait and not args.executor:
+        p.error("--no-wait: only with --executor")
     try:
         plan = Plan(args.plan)
         runs_dir = os.path.join(args.results, "runs")
@@ -408,6 +414,8 @@ def main(argv=None) -> int:
             for run in plan.runs(runs_dir):
                 done = plan.finished(runs_dir, run.run)
                 print(("# done: " if done else "") + " ".join(run.command(runs_dir, checkpoints, plan.common)))
+        elif args.action == "run" and args.executor:
+            shards.run_plan(plan, runs_dir, checkpoints, args)
         elif args.action == "run":
             run_all(plan, runs_dir, checkpoints, args.lanes, args.only)
         else:

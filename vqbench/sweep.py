@@ -97,9 +97,11 @@ def check_grid(grid: Grid) -> None:
 
 
 def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threads: Optional[int] = None,
-              resume: bool = False, progress: bool = True, seed: int = 0, ceilings: str = "full") -> SweepStats:
+              resume: bool = False, progress: bool = True, seed: int = 0, ceilings: str = "full",
+              configs: Optional[Iterable[tuple]] = None) -> SweepStats:
     """Measure every unit of ``grid`` into ``results``; ``ceilings="small"`` measures the machine's ceilings on
-    small operands (smoke tests: floors then mean nothing)."""
+    small operands (smoke tests: floors then mean nothing); ``configs``, (device, dtype, V, d, spec) tuples,
+    keeps only those head configurations (one shard of the grid)."""
     from tqdm.auto import tqdm
 
     check_grid(grid)
@@ -107,7 +109,8 @@ def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threa
         threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     stats = SweepStats()
-    configs = grid.configs()
+    wanted = None if configs is None else set(configs)
+    configs = [c for c in grid.configs() if wanted is None or c in wanted]
     bar = tqdm(total=len(configs) * len(grid.tokens) * (len(grid.ops) + 1), disable=not progress, desc="vqbench",
                unit="op", dynamic_ncols=True)
     meter = CeilingMeter(threads, **CEILING_SIZES[ceilings])
