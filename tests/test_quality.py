@@ -122,6 +122,14 @@ def test_report_states_the_perplexity_claim_from_the_table(plan, tmp_path):
     claim = next(line for line in report.splitlines() if line.startswith("| perplexity"))
     assert "1.250" in claim and "+25.0%" in claim and "262,144" in claim and "not measured" not in report
     assert "## Quality on WikiText-2" in report
+    # a summary without body and vocabulary predates them: the LSTM track, named in every perplexity row
+    assert claim.split("| ")[3].startswith("2-layer LSTM, word-level WikiText-2 V=33,278; VQ-Logits in the paper's form")
+
+
+def test_a_setting_names_body_vocabulary_and_corpus():
+    assert quality.setting({}) == "2-layer LSTM, word-level WikiText-2 V=33,278"
+    assert quality.setting({"body": "gpt-4x256", "vocabulary": "cl100k_base-100277"}) == \
+        "4-layer GPT, d=256, cl100k_base WikiText-2 V=100,277"
 
 
 def test_report_names_the_planned_runs_without_a_row_until_they_finish(tmp_path):

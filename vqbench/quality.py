@@ -244,6 +244,35 @@ def vq_mapping(head: str, config: dict) -> str:
     return options.get("mapping", default)
 
 
+LSTM_TRACK = ("lstm", "word-33278")  # the body and vocabulary of runs whose summary predates the columns
+
+
+def describe_body(body: str) -> str:
+    """'lstm' -> '2-layer LSTM'; 'gpt-4x256' -> '4-layer GPT, d=256' (the quality.csv body column in words)."""
+    if body == "lstm":
+        return "2-layer LSTM"
+    kind, _, size = body.partition("-")
+    layers, _, width = size.partition("x")
+    if kind == "gpt" and layers.isdigit() and width.isdigit():
+        return f"{layers}-layer GPT, d={width}"
+    return body
+
+
+def describe_vocabulary(vocabulary: str) -> str:
+    """'word-33278' -> 'word-level WikiText-2 V=33,278'; 'cl100k_base-100277' -> 'cl100k_base WikiText-2
+    V=100,277' (the quality.csv vocabulary column in words)."""
+    name, _, size = vocabulary.rpartition("-")
+    if not size.isdigit():
+        return vocabulary
+    return f"{'word-level' if name == 'word' else name} WikiText-2 V={int(size):,}"
+
+
+def setting(row: dict) -> str:
+    """The setting a quality row or variant was measured in: body, vocabulary and corpus."""
+    body, vocabulary = row.get("body") or LSTM_TRACK[0], row.get("vocabulary") or LSTM_TRACK[1]
+    return f"{describe_body(body)}, {describe_vocabulary(vocabulary)}"
+
+
 def typed_quality_row(row: dict) -> dict:
     """A quality.csv row (strings) with its numbers as numbers."""
     out = dict(row)
@@ -278,6 +307,7 @@ def aggregate(rows: List[dict], reference: str) -> List[dict]:
         ratio_mean, ratio_std = mean_std(ratios) if ratios else (math.nan, math.nan)
         params = group[0]["output_params"]
         out.append({"name": name, "head": group[0]["head"], "mapping": group[0].get("mapping", ""),
+                    "setting": setting(group[0]),
                     "group": group[0]["group"], "seeds": len(group),
                     "test_mean": test_mean, "test_std": test_std, "valid_mean": valid_mean, "valid_std": valid_std,
                     "ratio_mean": ratio_mean, "ratio_std": ratio_std, "ratio_seeds": len(ratios),
@@ -351,7 +381,7 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str) ->
     with open(path, "w") as f:
         f.write(text)
     oracle_csv = os.path.join(results_dir, "oracle.csv")
-    if os.path.exists(oracle_csv):  # oracle.md sets the measured VQ runs next to their bound
+    if os.path.exists(oracle_csv):  # oracle.md sets the measured VQ runs next to their estimate
         from vqbench.oracle import write_markdown
         write_markdown(oracle_csv)
     return path
@@ -364,12 +394,14 @@ QUALITY_MD = """# Quality: WikiText-2 perplexity with each output layer
 Regenerate: `python -m vqbench.quality run --checkpoints DIR && python -m vqbench.quality table` (plan:
 `{plan}`). Every run trains a 2-layer LSTM body (d=200, dropout 0.2, BPTT 35, 20 streams) jointly with its
 head under one schedule (`python -m vqbench.train --help`): SGD at learning rate 20 with gradient clipping
-at 0.25 (the recipe of PyTorch's word_language_model example), the learning rate divided by 4 after an
-epoch that improves validation perplexity by less than 1%, training stopped after 2 such epochs in a row
-or {epochs} epochs, and the best-validation model evaluated on test with the head's exact, normalised
+at 0.25 (the optimiser settings of PyTorch's word_language_model example, not its schedule: that divides
+the rate only when validation does not improve at all and runs 40 epochs), the learning rate divided by 4
+after an epoch that improves validation perplexity by less than 1%, training stopped after 2 such epochs in
+a row or {epochs} epochs, and the best-validation model evaluated on test with the head's exact, normalised
 `target_log_prob`. A seed sets the initialisation, the dropout stream and the data order, identically
 for every head; ratios to softmax pair runs of the same seed (mean ± std over seeds). "max last-epoch
-gain": the largest relative validation improvement of a run's last epoch (under 1% means converged).
+gain": the largest relative validation improvement of a run's last epoch (under 1% for every run the
+plateau rule stopped, by construction: a sign of a flat curve, not a proof of convergence).
 CPU: {cpus}; precision: {precision}; {threads} (tokens/s in quality.csv are indicative;
 head speed is measured by `python -m vqbench.compare`; each run's summary.json lists its invocations).
 

@@ -16,7 +16,7 @@ import sys
 from collections import Counter
 from typing import List
 
-from vqbench.quality import UNFINISHED, _pm, aggregate, markdown_table, typed_quality_row
+from vqbench.quality import UNFINISHED, _pm, aggregate, markdown_table, setting, typed_quality_row
 from vqbench.results import read_rows, select_rows
 from vqbench.tables import build_tables, render
 
@@ -146,7 +146,8 @@ WIKITEXT2_VOCAB = 33_278  # the quality runs' vocabulary (WikiText-2 train, <eos
 def quality_claims(quality, reference="softmax", paper="vq-K1024"):
     """Sentences for the perplexity claim: the paper's form of VQ-Logits and the best VQ variant with >= 95%
     fewer output parameters (the paper's cut; the Pareto figure shows the rest), each as its
-    test-perplexity ratio to the reference (paired by seed, mean ± std) with its output parameters."""
+    test-perplexity ratio to the reference (paired by seed, mean ± std) with its output parameters, each
+    opening with its setting (body, vocabulary, corpus) so that no row reads as another setting's verdict."""
     variants = {v["name"]: v for v in aggregate(quality, reference)} if quality else {}
     soft = variants.get(reference)
     if soft is None:
@@ -161,14 +162,14 @@ def quality_claims(quality, reference="softmax", paper="vq-K1024"):
 
     out = []
     if paper in variants:
-        out.append("VQ-Logits in the paper's form (K=1024, frequency mapping, no bias): " + said(variants[paper]))
+        out.append(f"{variants[paper]['setting']}; VQ-Logits in the paper's form (K=1024, frequency mapping, no bias): " + said(variants[paper]))
     # the paper's claim is +4% at >= 95% fewer output parameters, so the best variant is sought at that cut
     vq = [v for v in variants.values() if v["head"].startswith("vq") and not math.isnan(v["ratio_mean"])
           and v["fewer_params"] >= PAPER_FEWER_PARAMS]
     if vq:
         best = min(vq, key=lambda v: v["ratio_mean"])
         if best["name"] != paper:
-            out.append("best VQ variant with >= 95% fewer output parameters: " + said(best))
+            out.append(f"{best['setting']}; best VQ variant with >= 95% fewer output parameters: " + said(best))
     return out
 
 
@@ -185,21 +186,23 @@ def unfinished_quality_runs(quality_md: str) -> list:
 
 
 def oracle_section(oracle_csv, quality, reference="softmax"):
-    """REPORT lines on the oracle bound: what a VQ head could reach from a trained softmax model's own code
+    """REPORT lines on the oracle estimate: what a VQ head would reach from a trained softmax model's own code
     probabilities, and each measured VQ gap split into the mapping's and the codebook's factor."""
-    from vqbench.oracle import bound_summary, gap_markdown, read_rows as read_oracle, target_verdict
+    from vqbench.oracle import estimate_summary, gap_markdown, read_rows as read_oracle, target_verdict
     rows = read_oracle(oracle_csv)
     variants = aggregate(quality, reference)
     # a K x d codebook has K/V of softmax's V x d output parameters
     max_K = math.floor((1 - PAPER_FEWER_PARAMS) * WIKITEXT2_VOCAB)
     verdict = target_verdict(rows, variants, max_K)
-    return ["### The oracle bound", "",
+    return ["### The oracle estimate", "",
             "From `results/quality/oracle.csv` (`python -m vqbench.oracle`; every mapping and K in "
             "`results/quality/oracle.md`): the test perplexity ratio to softmax that a VQ head would reach if its "
-            "code probabilities were exactly a trained softmax model's: what the mapping alone costs; what a "
-            "measured VQ run pays above it is the codebook's. At d=200 a codebook of "
+            "code probabilities were exactly a trained softmax model's: an estimate of what the mapping alone "
+            "costs (not a bound: a VQ model trained for the code task may predict codes better than the softmax's "
+            "summed probabilities); what a measured VQ run pays above it is the codebook's. Setting: "
+            f"{setting({})}. At d=200 a codebook of "
             f"K <= {max_K} has >= {100 * PAPER_FEWER_PARAMS:.0f}% fewer output parameters than softmax "
-            f"(V={WIKITEXT2_VOCAB:,}). Bound: " + bound_summary(rows, max_K) + ".", "",
+            f"(V={WIKITEXT2_VOCAB:,}). Estimate: " + estimate_summary(rows, max_K) + ".", "",
             *([verdict, ""] if verdict else []),
             gap_markdown(rows, variants), ""]
 
