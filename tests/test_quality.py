@@ -106,7 +106,8 @@ def test_table_gives_mean_std_and_seed_paired_ratios(plan, tmp_path):
     assert summary["softmax"]["test_mean"] == pytest.approx(105.0) and summary["softmax"]["test_std"] == pytest.approx(5.0)
     assert summary["adaptive"]["ratio_mean"] == pytest.approx(0.99) and summary["adaptive"]["seeds"] == 1
     text = open(path).read()
-    assert "1.167 ± 0.058" in text and "105.0 ± 5.0" in text and "1 (single seed)" in text
+    assert "1.167 ± 0.058 (95% CI 1.023-1.310)" in text and "105.0 ± 5.0" in text and "1 (single seed)" in text
+    assert "| 0.990 (single seed) " in text  # adaptive's one ratio has no interval, and says why
     assert "joint-lowrank-s0" in text.split("Runs not finished yet")[1]
     assert os.path.getsize(tmp_path / "results" / "pareto.png") > 1000
 
@@ -124,6 +125,17 @@ def test_report_states_the_perplexity_claim_from_the_table(plan, tmp_path):
     assert "## Quality on WikiText-2" in report
     # a summary without body and vocabulary predates them: the LSTM track, named in every perplexity row
     assert claim.split("| ")[3].startswith("2-layer LSTM, word-level WikiText-2 V=33,278; VQ-Logits in the paper's form")
+
+
+@pytest.mark.parametrize("df, quantile", [(1, 12.706), (2, 4.303), (4, 2.776), (30, 2.042)])
+def test_t_quantiles_match_the_printed_tables(df, quantile):
+    assert quality.t_quantile(0.975, df) == pytest.approx(quantile, abs=5e-4)
+
+
+def test_t_intervals_need_two_values_and_widen_with_the_spread():
+    assert all(map(__import__("math").isnan, quality.t_interval([1.1])))
+    low, high = quality.t_interval([1.0, 1.1, 1.2])  # mean 1.1, std 0.1: half-width 4.303 x 0.1 / sqrt(3)
+    assert (low, high) == pytest.approx((1.1 - 0.248414, 1.1 + 0.248414), abs=1e-5)
 
 
 def test_a_setting_names_body_vocabulary_and_corpus():

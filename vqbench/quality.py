@@ -289,6 +289,40 @@ def mean_std(values: List[float]) -> Tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
 
 
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile (0.5 <= p < 1) of Student's t with df >= 1 degrees of freedom: bisection on its CDF,
+    integrated with Simpson's rule over the substitution t = tan(u), which keeps the heavy tail finite."""
+    if not (0.5 <= p < 1) or df < 1:
+        raise ValueError(f"p, df: need 0.5 <= p < 1 and df >= 1, got p={p}, df={df}")
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def mass(upper: float) -> float:  # P(0 < T < tan(upper))
+        steps, width = 400, upper / 400
+        total = 0.0
+        for i in range(steps + 1):
+            u = i * width
+            t = math.tan(u)
+            f = math.exp(log_norm - (df + 1) / 2 * math.log1p(t * t / df)) / math.cos(u) ** 2
+            total += f * (1 if i in (0, steps) else 4 if i % 2 else 2)
+        return total * width / 3
+
+    lo, hi = 0.0, math.pi / 2 * (1 - 1e-9)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mass(mid) < p - 0.5 else (lo, mid)
+    return math.tan((lo + hi) / 2)
+
+
+def t_interval(values: List[float], level: float = 0.95) -> Tuple[float, float]:
+    """The two-sided ``level`` Student-t confidence interval of the mean of ``values`` (nan, nan for fewer
+    than two): the spread of a few seeds says little on its own, the interval says what it allows."""
+    if len(values) < 2:
+        return math.nan, math.nan
+    mean, std = mean_std(values)
+    half = t_quantile(0.5 + level / 2, len(values) - 1) * std / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
 def aggregate(rows: List[dict], reference: str) -> List[dict]:
     """Per variant: test/valid perplexity mean and std over seeds, and the ratio to the reference paired by
     seed (the same seed gives both the same initialisation of the body, dropout stream and data order)."""
@@ -305,12 +339,14 @@ def aggregate(rows: List[dict], reference: str) -> List[dict]:
         test_mean, test_std = mean_std(tests)
         valid_mean, valid_std = mean_std([r["valid_ppl"] for r in group])
         ratio_mean, ratio_std = mean_std(ratios) if ratios else (math.nan, math.nan)
+        ratio_low, ratio_high = t_interval(ratios)
         params = group[0]["output_params"]
         out.append({"name": name, "head": group[0]["head"], "mapping": group[0].get("mapping", ""),
                     "setting": setting(group[0]),
                     "group": group[0]["group"], "seeds": len(group),
                     "test_mean": test_mean, "test_std": test_std, "valid_mean": valid_mean, "valid_std": valid_std,
                     "ratio_mean": ratio_mean, "ratio_std": ratio_std, "ratio_seeds": len(ratios),
+                    "ratio_low": ratio_low, "ratio_high": ratio_high,
                     "seed_ratios": seed_ratios,
                     "output_params": params,
                     "fewer_params": 1 - params / ref_params if ref_params else math.nan,
@@ -325,12 +361,22 @@ def _pm(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
+def ratio_cell(variant: dict) -> str:
+    """'1.059 ± 0.021 (95% CI 1.005-1.112)' over seeds, '1.059 (single seed)' for one, '' for none."""
+    if math.isnan(variant["ratio_mean"]):
+        return ""
+    if variant["ratio_seeds"] < 2:
+        return f"{variant['ratio_mean']:.3f} (single seed)"
+    return (f"{_pm(variant['ratio_mean'], variant['ratio_std'], 3)} "
+            f"(95% CI {variant['ratio_low']:.3f}-{variant['ratio_high']:.3f})")
+
+
 def markdown_table(summary: List[dict]) -> str:
     headers = ["variant", "head", "mapping", "seeds", "test ppl", "valid ppl", "test ppl / softmax", "output params",
                "fewer params", "epochs", "max last-epoch gain", "varies"]
     body = [[s["name"], s["head"], s["mapping"], s["seeds"] if s["seeds"] > 1 else "1 (single seed)",
              _pm(s["test_mean"], s["test_std"], 1), _pm(s["valid_mean"], s["valid_std"], 1),
-             _pm(s["ratio_mean"], s["ratio_std"], 3), f"{s['output_params']:,}",
+             ratio_cell(s), f"{s['output_params']:,}",
              "" if math.isnan(s["fewer_params"]) else f"{100 * s['fewer_params']:.1f}%", s["epochs"],
              f"{100 * s['last_epoch_gain']:.2f}%", s["varies"]] for s in summary]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
@@ -399,7 +445,8 @@ the rate only when validation does not improve at all and runs 40 epochs), the l
 after an epoch that improves validation perplexity by less than 1%, training stopped after 2 such epochs in
 a row or {epochs} epochs, and the best-validation model evaluated on test with the head's exact, normalised
 `target_log_prob`. A seed sets the initialisation, the dropout stream and the data order, identically
-for every head; ratios to softmax pair runs of the same seed (mean ± std over seeds). "max last-epoch
+for every head; ratios to softmax pair runs of the same seed (mean ± sample std over seeds, and the
+95% Student-t interval of the mean; a single seed's ratio says so). "max last-epoch
 gain": the largest relative validation improvement of a run's last epoch (under 1% for every run the
 plateau rule stopped, by construction: a sign of a flat curve, not a proof of convergence).
 CPU: {cpus}; precision: {precision}; {threads} (tokens/s in quality.csv are indicative;

@@ -146,8 +146,8 @@ WIKITEXT2_VOCAB = 33_278  # the quality runs' vocabulary (WikiText-2 train, <eos
 def quality_claims(quality, reference="softmax", paper="vq-K1024"):
     """Sentences for the perplexity claim: the paper's form of VQ-Logits and the best VQ variant with >= 95%
     fewer output parameters (the paper's cut; the Pareto figure shows the rest), each as its
-    test-perplexity ratio to the reference (paired by seed, mean ± std) with its output parameters, each
-    opening with its setting (body, vocabulary, corpus) so that no row reads as another setting's verdict."""
+    test-perplexity ratio to the reference (paired by seed, mean ± std and 95% t-interval) with its output
+    parameters, each opening with its setting (body, vocabulary, corpus) so that no row reads as another setting's verdict."""
     variants = {v["name"]: v for v in aggregate(quality, reference)} if quality else {}
     soft = variants.get(reference)
     if soft is None:
@@ -156,7 +156,9 @@ def quality_claims(quality, reference="softmax", paper="vq-K1024"):
     def said(v):
         spread = "" if math.isnan(v["ratio_std"]) else f" ± {v['ratio_std']:.3f}"
         seeds = f"{v['ratio_seeds']} seeds" if v["ratio_seeds"] > 1 else "1 seed"
-        return (f"test ppl ratio {v['ratio_mean']:.3f}{spread} ({100 * (v['ratio_mean'] - 1):+.1f}%, {seeds}; "
+        interval = "" if math.isnan(v["ratio_low"]) else f"95% CI {v['ratio_low']:.3f}-{v['ratio_high']:.3f}, "
+        return (f"test ppl ratio {v['ratio_mean']:.3f}{spread} ({interval}{100 * (v['ratio_mean'] - 1):+.1f}%, "
+                f"{seeds}; "
                 f"{v['name']}, {v['output_params']:,} output parameters, {100 * v['fewer_params']:.1f}% fewer "
                 f"than softmax's {soft['output_params']:,}; softmax test ppl {_pm(soft['test_mean'], soft['test_std'], 1)})")
 
