@@ -596,8 +596,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.task.trainable().parameters(), self.cfg.clip)
+        rate = self.schedule.lr * self.lr_factor()
         for group in self.optimizer.param_groups:
-            group["lr"] = self.schedule.lr * self.lr_factor()
+            group["lr"] = rate
         self.optimizer.step()
         self.synchronize()
         self.elapsed += time.perf_counter() - start
@@ -612,8 +613,7 @@ class Trainer:
                 self.head_seconds += time_head(self.head, hidden.detach(), targets, self.synchronize)
             self.timed_steps += 1
             self.run.log(step=self.step, epoch=self.epoch + 1, loss=self.task.logged_loss(loss),
-                         lr=self.schedule.lr * self.lr_factor(), tokens_per_s=self.tokens / self.elapsed,
-                         **self.speed())
+                         lr=rate, tokens_per_s=self.tokens / self.elapsed, **self.speed())
         if self.rank == 0 and self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
             self.run.log(step=self.step, valid_ppl=self.task.evaluate("validation"))
         if self.step % self.cfg.checkpoint_every == 0:
