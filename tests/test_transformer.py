@@ -131,7 +131,22 @@ def test_a_checkpoint_written_before_the_new_settings_resumes(tmp_path):
     path = tmp_path / "checkpoint.pt"
     saved = torch.load(path, weights_only=True)
     for key in ("body", "heads", "vocabulary", "tie_embeddings", "weight_decay", "warmup", "cosine_epochs",
-                "autocast"):
+                "autocast", "reassign_margin"):
         del saved["config"][key]  # as an LSTM checkpoint of the previous version stores it
     torch.save(saved, path)
     assert train.train(train.parse_args(args + ["--steps", "4", "--resume"]))["steps"] == 4
+
+
+@needs_corpus
+def test_a_learned_run_logs_the_share_of_tokens_moved_at_each_reassignment(tmp_path):
+    out = str(tmp_path / "run")
+    train.train(train.parse_args(["--head", "vq:K=64", "--d-model", "16", "--layers", "1", "--bptt", "8",
+                                  "--batch-size", "4", "--train-tokens", "600", "--eval-tokens", "200",
+                                  "--threads", "1", "--steps", "6", "--reassign-every", "2",
+                                  "--reassign-margin", "0.01", "--out", out]))
+    moves = [r for r in records(out) if "reassigned_tokens" in r]
+    assert [r["step"] for r in moves] == [2, 4, 6]
+    for r in moves:
+        assert r["reassigned_share"] == pytest.approx(r["reassigned_tokens"] / 33_278)
+        assert 0 < r["seen_tokens"] <= 64 and r["reassigned_share_of_seen"] == pytest.approx(
+            r["reassigned_tokens"] / r["seen_tokens"])

@@ -98,6 +98,7 @@ class TrainConfig:
     cosine_epochs: int = 0
     autocast: str = "none"
     device: str = "cpu"
+    reassign_margin: float = 0.0
 
 
 # Settings a run may change between invocations: where files go, how often it reports, how long it
@@ -124,11 +125,12 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
     checks = {"lr": cfg.lr > 0, "clip": cfg.clip > 0, "lr_decay": cfg.lr_decay >= 1,
-              "plateau": 0 <= cfg.plateau < 1, "dropout": 0 <= cfg.dropout < 1, "weight_decay": cfg.weight_decay >= 0}
+              "plateau": 0 <= cfg.plateau < 1, "dropout": 0 <= cfg.dropout < 1, "weight_decay": cfg.weight_decay >= 0,
+              "reassign_margin": cfg.reassign_margin >= 0}
     for name, ok in checks.items():
         if not (ok and math.isfinite(getattr(cfg, name))):
             raise ValueError(f"{name}: out of range ({getattr(cfg, name)!r}; lr and clip > 0, lr_decay >= 1, "
-                             f"0 <= plateau < 1, 0 <= dropout < 1, weight_decay >= 0)")
+                             f"0 <= plateau < 1, 0 <= dropout < 1, weight_decay and reassign_margin >= 0)")
     validate_model(cfg)
     if cfg.threads is not None and cfg.threads < 1:
         raise ValueError(f"threads: must be >= 1, got {cfg.threads}")
@@ -489,7 +491,8 @@ class Trainer:
         self.epoch, self.window, self.step, self.steps_per_epoch = 0, 0, 0, 0
         self.invocations: List[dict] = []
         self.optimizer = make_optimizer(cfg, self.task.trainable(), cfg.lr)
-        self.reassigner = CodeReassigner(self.head, cfg.reassign_every) if cfg.reassign_every else None
+        self.reassigner = (CodeReassigner(self.head, cfg.reassign_every, cfg.reassign_margin)
+                           if cfg.reassign_every else None)
         if cfg.resume and os.path.exists(self.run.checkpoint):
             self.restore(load_checkpoint(self.run.checkpoint, "resume"))
             self.run.set_aside_log_after(self.step)
@@ -606,8 +609,10 @@ class Trainer:
         self.step += 1
         self.window += 1
         moved = self.reassigner.maybe_reassign(self.step) if self.reassigner else None
-        if moved is not None:
-            self.run.log(step=self.step, reassigned_tokens=moved)
+        if moved is not None:  # the share of the vocabulary, and of the tokens seen, that changed code
+            seen = self.reassigner.last_seen
+            self.run.log(step=self.step, reassigned_tokens=moved, reassigned_share=moved / self.head.vocab_size,
+                         seen_tokens=seen, reassigned_share_of_seen=moved / seen if seen else 0.0)
         if self.step % self.cfg.log_every == 0:
             with self.autocast_context():
                 self.head_seconds += time_head(self.head, hidden.detach(), targets, self.synchronize)
