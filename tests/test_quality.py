@@ -336,3 +336,39 @@ def test_tracks_get_their_own_rows_settings_and_reference(plan, tmp_path):
     text = (tmp_path / "results" / "quality.md").read_text()
     assert "Track gpt (plan `gpt.json`, its runs named joint-gpt-*): a GPT track" in text
     assert "| gpt-4x256, cl100k_base-100277 | vq-K1024" in text.replace("  ", " ").replace("  ", " ")
+
+
+def test_the_claims_table_states_each_track_against_its_own_softmax_and_the_tied_one(plan, tmp_path):
+    from vqbench.report import build_report
+    runs_dir = str(tmp_path / "quality" / "runs")
+    gpt_plan = tmp_path / "gpt.json"
+    gpt_plan.write_text(json.dumps({"track": "gpt", "runs": [
+        {"name": "softmax", "head": "softmax", "group": "reference", "seeds": [0, 1]},
+        {"name": "softmax-tied", "head": "softmax", "group": "tied", "seeds": [0, 1], "flags": ["--tie-embeddings"]},
+        {"name": "vq-K5013", "head": "vq:K=5013", "group": "paper", "seeds": [0, 1]}]}))
+    track = {"body": "gpt-4x256", "vocabulary": "cl100k_base-100277"}
+    for seed in (0, 1):
+        fake_summary(runs_dir, f"joint-softmax-s{seed}", valid=110, test=100.0, seed=seed, params=6_000_000)
+        fake_summary(runs_dir, f"joint-vq-K1024-s{seed}", valid=150, test=150.0, seed=seed, params=200_000)
+        fake_summary(runs_dir, f"joint-gpt-softmax-s{seed}", valid=60, test=50.0, seed=seed, params=25_670_912, **track)
+        fake_summary(runs_dir, f"joint-gpt-softmax-tied-s{seed}", valid=60, test=45.0 + 5 * seed, seed=seed,
+                     params=25_670_912, **track)
+        fake_summary(runs_dir, f"joint-gpt-vq-K5013-s{seed}", valid=60, test=54.0, seed=seed, params=1_283_328, **track)
+    quality.write_tables(plan, runs_dir, str(tmp_path / "quality"), "plan.json", [(quality.Plan(str(gpt_plan)), "g")])
+    claims = [line.split(" | ")[2] for line in build_report(str(tmp_path)).splitlines()
+              if line.startswith("| perplexity")]
+    assert claims[0].startswith("2-layer LSTM, word-level WikiText-2 V=33,278; VQ-Logits in the paper's form "
+                                "(K=1024, frequency mapping, no bias): test ppl ratio 1.500 ± 0.000")
+    gpt = "4-layer GPT, d=256, cl100k_base WikiText-2 V=100,277; "
+    assert claims[1].startswith(gpt + "VQ-Logits in the paper's form (K=5013, frequency mapping, no bias): "
+                                "test ppl ratio 1.080 ± 0.000")
+    assert "95.0% fewer than softmax's 25,670,912; softmax test ppl 50.0 ± 0.0)" in claims[1]
+    # against the tied softmax, paired by seed: 54/45 and 54/50
+    assert claims[2].startswith(gpt + "VQ-Logits in the paper's form against the tied softmax (softmax-tied): "
+                                "test ppl ratio %.3f ± %.3f (95%% CI" % mean_std_of([54 / 45, 54 / 50]))
+    assert "softmax-tied test ppl 47.5 ± 3.5)" in claims[2] and len(claims) == 3
+
+
+def mean_std_of(values):
+    import statistics
+    return statistics.fmean(values), statistics.stdev(values)
