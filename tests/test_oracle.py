@@ -256,3 +256,28 @@ def test_the_report_states_the_estimate_from_oracle_csv_next_to_the_measured_gap
     assert ("The paper's +4% (x1.040) is not ruled out at K <= 1663: the learned map at K=1536 (unigram shares "
             "inside a code) has an estimate of x1.030.") in section
     assert "The one measured VQ variant lies below its estimate: codebook factor x0.938." in section
+
+
+def test_the_oracle_reads_a_gpt_softmax_model(tmp_path):
+    """The estimate on the transformer track: the oracle rebuilds the GPT body its softmax run trained, and
+    its softmax perplexity is that model's own test perplexity."""
+    import csv
+
+    from vqbench import oracle, train
+    from vqbench.data import load_corpus
+    from vqbench.evaluate import perplexity
+
+    data = tiny_corpus(tmp_path / "corpus")
+    out = tmp_path / "run"
+    train.train(train.parse_args(["--head", "softmax", "--body", "gpt", "--heads", "2", "--data", data,
+                                  "--d-model", "16", "--layers", "1", "--bptt", "10", "--batch-size", "4",
+                                  "--steps", "20", "--optimizer", "adamw", "--lr", "0.01", "--threads", "1",
+                                  "--out", str(out)]))
+    csv_path = tmp_path / "oracle.csv"
+    assert oracle.main(["--model", str(out / "checkpoint.pt"), "--data", data, "--K", "4", "--out", str(csv_path)]) == 0
+    corpus = load_corpus(data)
+    body, head, cfg = oracle.load_softmax_model(str(out / "checkpoint.pt"), corpus)
+    assert type(body).__name__ == "GPTBody"
+    rows = list(csv.DictReader(open(csv_path)))
+    assert float(rows[0]["softmax_ppl"]) == pytest.approx(perplexity(body, head, corpus.ids["test"], cfg["bptt"]),
+                                                          rel=1e-6)

@@ -39,9 +39,8 @@ from typing import Dict, List, Tuple
 import torch
 from tabulate import tabulate
 
-from vqbench.data import corpus_fingerprint, load_corpus
+from vqbench.data import VOCABULARIES, corpus_fingerprint, load_corpus
 from vqbench.evaluate import hidden_states
-from vqbench.lm import LSTMBody
 from vqbench.map_search import search_mapping
 from vqbench.mapping import build_mapping
 from vqbench.provenance import cpu_model, git_commit
@@ -122,7 +121,8 @@ def load_softmax_model(path: str, corpus):
     if saved["corpus"] != corpus_fingerprint(corpus):
         raise ValueError(f"model: {path!r} was trained on another corpus")
     body_state, head_state = model_states(saved, path, "model")
-    body = LSTMBody(corpus.vocab_size, cfg["d_model"], cfg["layers"], cfg["dropout"])
+    from vqbench.train import body_of
+    body = body_of(cfg, corpus.vocab_size)  # the LSTM or the GPT the run trained
     body.load_state_dict(body_state)
     head = make_head(cfg["head"], corpus.vocab_size, cfg["d_model"], token_counts=corpus.counts)
     head.load_state_dict(head_state)
@@ -150,6 +150,8 @@ def main(argv=None) -> int:
                         "validation from the frequency map, scored on test like the others; ~1-2 min per sweep)")
     p.add_argument("--sweeps", type=int, default=30, help="most sweeps of each search (default 30)")
     p.add_argument("--data", help="corpus folder (default: vqbench.data.default_corpus_dir())")
+    p.add_argument("--vocabulary", default="word", choices=VOCABULARIES,
+                   help="the tokenizer the softmax models were trained with (default word)")
     p.add_argument("--out", default=os.path.join("results", "quality", "oracle.csv"),
                    help="CSV to write (refused if it exists, unless --add); oracle.md is rendered beside it")
     p.add_argument("--add", action="store_true",
@@ -175,7 +177,7 @@ def run(args) -> List[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     scored = scored_rows(args.out, args.add)
-    corpus = load_corpus(args.data)
+    corpus = load_corpus(args.data, vocabulary=args.vocabulary)
     if any(k > corpus.vocab_size for k in args.K + args.search):
         raise ValueError(f"K, search: must be <= the vocabulary size {corpus.vocab_size}")
     learned = [learned_mapping(path, corpus) for path in args.learned]
