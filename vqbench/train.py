@@ -38,6 +38,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
 from typing import List, Optional
 
 import torch
@@ -46,7 +47,7 @@ from vqbench.data import batchify, bptt_batches, corpus_fingerprint, load_corpus
 from vqbench.evaluate import EVAL_BATCH, hidden_states, perplexity, state_perplexity
 from vqbench.data import VOCABULARIES
 from vqbench.lm import BODIES, LanguageModel, detach_state, make_body
-from vqbench.provenance import cpu_model, device_name, git_commit, native_bf16
+from vqbench.provenance import cpu_model, device_name, git_commit
 from vqbench.reassign import CodeReassigner
 from vqbench.registry import make_head
 
@@ -403,6 +404,26 @@ def distributed(cfg: TrainConfig):
             torch.distributed.init_process_group("nccl" if cuda else "gloo")
         return torch.distributed.get_rank(), world, device
     return 0, 1, device
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a GPU that torch says supports it, or a CPU with
+    AVX512-BF16 or AMX-BF16 (elsewhere bf16 autocast is emulated and slower than float32)."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
