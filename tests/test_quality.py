@@ -335,6 +335,7 @@ def test_tracks_get_their_own_rows_settings_and_reference(plan, tmp_path):
     assert by[("gpt-4x256", "vq-K1024")]["setting"] == "4-layer GPT, d=256, cl100k_base WikiText-2 V=100,277"
     text = (tmp_path / "results" / "quality.md").read_text()
     assert "Track gpt (plan `gpt.json`, its runs named joint-gpt-*): a GPT track" in text
+    assert os.path.getsize(tmp_path / "results" / "pareto-gpt-4x256-cl100k_base-100277.png") > 1000
     assert "| gpt-4x256, cl100k_base-100277 | vq-K1024" in text.replace("  ", " ").replace("  ", " ")
 
 
@@ -367,6 +368,8 @@ def test_the_claims_table_states_each_track_against_its_own_softmax_and_the_tied
     assert claims[2].startswith(gpt + "VQ-Logits in the paper's form against the tied softmax (softmax-tied): "
                                 "test ppl ratio %.3f ± %.3f (95%% CI" % mean_std_of([54 / 45, 54 / 50]))
     assert "softmax-tied test ppl 47.5 ± 3.5)" in claims[2] and len(claims) == 3
+    assert ("![quality vs parameters, gpt-4x256-cl100k_base-100277](quality/pareto-gpt-4x256-cl100k_base-100277.png)"
+            in build_report(str(tmp_path)))
 
 
 def mean_std_of(values):

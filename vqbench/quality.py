@@ -431,8 +431,12 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str, mo
         writer.writerows(rows)
     summary = aggregate(rows, plan.reference()["name"])
     from vqbench.plot import plot_quality_pareto
-    plot_quality_pareto(summary, os.path.join(results_dir, "pareto.png"),
-                        sources=[os.path.join(results_dir, "quality.csv")])
+    settings = list(dict.fromkeys(v["setting"] for v in summary))
+    for index, where in enumerate(settings):  # one figure per setting: ratios are to that setting's softmax
+        first = [v for v in summary if v["setting"] == where][0]
+        name = "pareto.png" if index == 0 else f"pareto-{first['body']}-{first['vocabulary']}.png"
+        plot_quality_pareto([v for v in summary if v["setting"] == where], os.path.join(results_dir, name),
+                            sources=[os.path.join(results_dir, "quality.csv")])
     commands = "\n".join(" ".join(r.command(runs_dir, "$VQBENCH_CHECKPOINTS", p.common))
                          for p, _ in plans for r in p.runs(runs_dir))
     unfinished = [progress(runs_dir, r.run) for p, _ in plans for r in p.runs(runs_dir)

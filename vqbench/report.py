@@ -298,7 +298,9 @@ def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-
                   "every run in `results/quality/quality.md`). Ratios pair runs of the same seed.", "",
                   markdown_table(aggregate(quality, reference)), "",
                   *unfinished_quality_runs(os.path.join(results_dir, "quality", "quality.md")),
-                  "![quality vs parameters](quality/pareto.png)", ""]
+                  "![quality vs parameters](quality/pareto.png)", "",
+                  *[f"![quality vs parameters, {os.path.basename(path)[7:-4]}](quality/{os.path.basename(path)})\n"
+                    for path in sorted(glob.glob(os.path.join(results_dir, "quality", "pareto-*.png")))]]
         oracle_csv = os.path.join(results_dir, "quality", "oracle.csv")
         if os.path.exists(oracle_csv):
             parts += oracle_section(oracle_csv, quality, reference)
