@@ -106,7 +106,8 @@ def test_table_gives_mean_std_and_seed_paired_ratios(plan, tmp_path):
     assert summary["softmax"]["test_mean"] == pytest.approx(105.0) and summary["softmax"]["test_std"] == pytest.approx(5.0)
     assert summary["adaptive"]["ratio_mean"] == pytest.approx(0.99) and summary["adaptive"]["seeds"] == 1
     text = open(path).read()
-    assert "1.167 ± 0.058" in text and "105.0 ± 5.0" in text and "1 (single seed)" in text
+    assert "1.167 ± 0.058 (95% CI 1.023-1.310)" in text and "105.0 ± 5.0" in text and "1 (single seed)" in text
+    assert "| 0.990 (single seed) " in text  # adaptive's one ratio has no interval, and says why
     assert "joint-lowrank-s0" in text.split("Runs not finished yet")[1]
     assert os.path.getsize(tmp_path / "results" / "pareto.png") > 1000
 
@@ -122,6 +123,25 @@ def test_report_states_the_perplexity_claim_from_the_table(plan, tmp_path):
     claim = next(line for line in report.splitlines() if line.startswith("| perplexity"))
     assert "1.250" in claim and "+25.0%" in claim and "262,144" in claim and "not measured" not in report
     assert "## Quality on WikiText-2" in report
+    # a summary without body and vocabulary predates them: the LSTM track, named in every perplexity row
+    assert claim.split("| ")[3].startswith("2-layer LSTM, word-level WikiText-2 V=33,278; VQ-Logits in the paper's form")
+
+
+@pytest.mark.parametrize("df, quantile", [(1, 12.706), (2, 4.303), (4, 2.776), (30, 2.042)])
+def test_t_quantiles_match_the_printed_tables(df, quantile):
+    assert quality.t_quantile(0.975, df) == pytest.approx(quantile, abs=5e-4)
+
+
+def test_t_intervals_need_two_values_and_widen_with_the_spread():
+    assert all(map(__import__("math").isnan, quality.t_interval([1.1])))
+    low, high = quality.t_interval([1.0, 1.1, 1.2])  # mean 1.1, std 0.1: half-width 4.303 x 0.1 / sqrt(3)
+    assert (low, high) == pytest.approx((1.1 - 0.248414, 1.1 + 0.248414), abs=1e-5)
+
+
+def test_a_setting_names_body_vocabulary_and_corpus():
+    assert quality.setting({}) == "2-layer LSTM, word-level WikiText-2 V=33,278"
+    assert quality.setting({"body": "gpt-4x256", "vocabulary": "cl100k_base-100277"}) == \
+        "4-layer GPT, d=256, cl100k_base WikiText-2 V=100,277"
 
 
 def test_report_names_the_planned_runs_without_a_row_until_they_finish(tmp_path):
@@ -226,9 +246,9 @@ def test_the_markdown_table_names_each_vq_runs_mapping(plan, tmp_path):
     fake_summary(runs_dir, "joint-vq-learned-s0", valid=140, test=130, config={"reassign_every": 500})
     quality.write_tables(plan, runs_dir, str(tmp_path / "results"), "plan.json")
     lines = (tmp_path / "results" / "quality.md").read_text().splitlines()
-    header = next(line for line in lines if line.startswith("| variant"))
+    header = next(line for line in lines if line.startswith("| body, vocabulary"))
     column = [cell.strip() for cell in header.split("|")].index("mapping")
-    mapping = {cells[1]: cells[column] for cells in
+    mapping = {cells[2]: cells[column] for cells in
                ([c.strip() for c in line.split("|")] for line in lines if line.startswith("| "))}
     assert mapping["vq-K1024"] == "frequency" and mapping["vq-learned"] == "learned" and mapping["softmax"] == ""
 
@@ -262,3 +282,96 @@ def test_the_best_vq_claim_is_sought_among_variants_with_95_percent_fewer_parame
     claims = [line for line in build_report(str(tmp_path)).splitlines() if line.startswith("| perplexity")]
     best = next(line for line in claims if "best VQ variant" in line)
     assert "vq-learned" in best and "1.200" in best and "vq-bias" not in best
+
+
+def test_the_transformer_plan_holds_the_issues_runs_at_their_parameter_targets():
+    # paper-form VQ at the largest K with >= 95% fewer output parameters than softmax at V=100,277, d=256;
+    # the vq group at >= 95% fewer as well; the matched heads at most VQ's count and within 10% of it
+    from vqbench import make_head
+    plan = quality.Plan(quality.TRANSFORMER_PLAN)
+    vocab, d_model = 100_277, 256
+    flags = dict(zip(plan.common[::2], plan.common[1::2]))
+    assert (flags["--body"], flags["--vocabulary"], flags["--d-model"]) == ("gpt", "cl100k_base", str(d_model))
+    assert plan.track == "gpt" and plan.planned(plan.reference(), 0).run == "joint-gpt-softmax-s0"
+    params = {e["name"]: make_head(e["head"], vocab, d_model).num_parameters() for e in plan.entries}
+    softmax = params["softmax"]
+    paper = next(e for e in plan.entries if e["group"] == "paper")
+    K = int(paper["head"].split("=")[1])
+    assert 1 - params[paper["name"]] / softmax >= 0.95 > 1 - (K + 1) * d_model / softmax
+    assert all(1 - params[e["name"]] / softmax >= 0.95 for e in plan.entries if e["group"] == "vq")
+    for entry in (e for e in plan.entries if e["group"] == "matched"):
+        assert 0.9 * params[paper["name"]] <= params[entry["name"]] <= params[paper["name"]], entry["name"]
+    seeds = {e["name"]: e["seeds"] for e in plan.entries}
+    assert seeds["softmax"] == seeds["softmax-tied"] == seeds[paper["name"]] == [0, 1, 2]
+    assert next(e for e in plan.entries if e["name"] == "softmax-tied")["flags"] == ["--tie-embeddings"]
+    assert plan.best_seeds == (1, 2) and set(plan.best_groups) == {"vq", "other"}
+    train_cfg = __import__("vqbench.train", fromlist=["parse_args"]).parse_args(
+        list(plan.common) + ["--head", "softmax", "--out", "x"])  # every flag is one vqbench.train knows
+    assert train_cfg.body == "gpt" and train_cfg.d_model % train_cfg.heads == 0
+
+
+def test_tracks_get_their_own_rows_settings_and_reference(plan, tmp_path):
+    runs_dir = str(tmp_path / "results" / "runs")
+    gpt_plan = tmp_path / "gpt.json"
+    gpt_plan.write_text(json.dumps({**PLAN, "track": "gpt", "description": "a GPT track", "best_seeds": {},
+                                    "runs": PLAN["runs"][:2]}))
+    gpt = quality.Plan(str(gpt_plan))
+    for seed in (0, 1):
+        fake_summary(runs_dir, f"joint-softmax-s{seed}", valid=110, test=100.0, seed=seed, params=6_000_000)
+        fake_summary(runs_dir, f"joint-vq-K1024-s{seed}", valid=150, test=150.0, seed=seed, params=200_000)
+        track = {"body": "gpt-4x256", "vocabulary": "cl100k_base-100277"}
+        fake_summary(runs_dir, f"joint-gpt-softmax-s{seed}", valid=60, test=50.0, seed=seed, params=9_000_000, **track)
+        fake_summary(runs_dir, f"joint-gpt-vq-K1024-s{seed}", valid=60, test=55.0 + seed, seed=seed, params=300_000,
+                     total_params=12_000_000, **track)
+    quality.write_tables(plan, runs_dir, str(tmp_path / "results"), "plan.json", [(gpt, "gpt.json")])
+    with open(tmp_path / "results" / "quality.csv") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert (rows["joint-softmax-s0"]["body"], rows["joint-softmax-s0"]["vocabulary"]) == ("lstm", "word-33278")
+    assert rows["joint-gpt-vq-K1024-s1"]["body"] == "gpt-4x256" and rows["joint-gpt-vq-K1024-s1"]["total_params"] == "12000000"
+    summary = quality.aggregate([quality.typed_quality_row(r) for r in rows.values()], "softmax")
+    by = {(v["body"], v["name"]): v for v in summary}
+    assert by[("lstm", "vq-K1024")]["ratio_mean"] == pytest.approx(1.5)  # against the LSTM's own softmax
+    assert by[("gpt-4x256", "vq-K1024")]["ratio_mean"] == pytest.approx(1.11)  # 55/50 and 56/50
+    assert by[("gpt-4x256", "vq-K1024")]["setting"] == "4-layer GPT, d=256, cl100k_base WikiText-2 V=100,277"
+    text = (tmp_path / "results" / "quality.md").read_text()
+    assert "Track gpt (plan `gpt.json`, its runs named joint-gpt-*): a GPT track" in text
+    assert os.path.getsize(tmp_path / "results" / "pareto-gpt-4x256-cl100k_base-100277.png") > 1000
+    assert "| gpt-4x256, cl100k_base-100277 | vq-K1024" in text.replace("  ", " ").replace("  ", " ")
+
+
+def test_the_claims_table_states_each_track_against_its_own_softmax_and_the_tied_one(plan, tmp_path):
+    from vqbench.report import build_report
+    runs_dir = str(tmp_path / "quality" / "runs")
+    gpt_plan = tmp_path / "gpt.json"
+    gpt_plan.write_text(json.dumps({"track": "gpt", "runs": [
+        {"name": "softmax", "head": "softmax", "group": "reference", "seeds": [0, 1]},
+        {"name": "softmax-tied", "head": "softmax", "group": "tied", "seeds": [0, 1], "flags": ["--tie-embeddings"]},
+        {"name": "vq-K5013", "head": "vq:K=5013", "group": "paper", "seeds": [0, 1]}]}))
+    track = {"body": "gpt-4x256", "vocabulary": "cl100k_base-100277"}
+    for seed in (0, 1):
+        fake_summary(runs_dir, f"joint-softmax-s{seed}", valid=110, test=100.0, seed=seed, params=6_000_000)
+        fake_summary(runs_dir, f"joint-vq-K1024-s{seed}", valid=150, test=150.0, seed=seed, params=200_000)
+        fake_summary(runs_dir, f"joint-gpt-softmax-s{seed}", valid=60, test=50.0, seed=seed, params=25_670_912, **track)
+        fake_summary(runs_dir, f"joint-gpt-softmax-tied-s{seed}", valid=60, test=45.0 + 5 * seed, seed=seed,
+                     params=25_670_912, **track)
+        fake_summary(runs_dir, f"joint-gpt-vq-K5013-s{seed}", valid=60, test=54.0, seed=seed, params=1_283_328, **track)
+    quality.write_tables(plan, runs_dir, str(tmp_path / "quality"), "plan.json", [(quality.Plan(str(gpt_plan)), "g")])
+    claims = [line.split(" | ")[2] for line in build_report(str(tmp_path)).splitlines()
+              if line.startswith("| perplexity")]
+    assert claims[0].startswith("2-layer LSTM, word-level WikiText-2 V=33,278; VQ-Logits in the paper's form "
+                                "(K=1024, frequency mapping, no bias): test ppl ratio 1.500 ± 0.000")
+    gpt = "4-layer GPT, d=256, cl100k_base WikiText-2 V=100,277; "
+    assert claims[1].startswith(gpt + "VQ-Logits in the paper's form (K=5013, frequency mapping, no bias): "
+                                "test ppl ratio 1.080 ± 0.000")
+    assert "95.0% fewer than softmax's 25,670,912; softmax test ppl 50.0 ± 0.0)" in claims[1]
+    # against the tied softmax, paired by seed: 54/45 and 54/50
+    assert claims[2].startswith(gpt + "VQ-Logits in the paper's form against the tied softmax (softmax-tied): "
+                                "test ppl ratio %.3f ± %.3f (95%% CI" % mean_std_of([54 / 45, 54 / 50]))
+    assert "softmax-tied test ppl 47.5 ± 3.5)" in claims[2] and len(claims) == 3
+    assert ("![quality vs parameters, gpt-4x256-cl100k_base-100277](quality/pareto-gpt-4x256-cl100k_base-100277.png)"
+            in build_report(str(tmp_path)))
+
+
+def mean_std_of(values):
+    import statistics
+    return statistics.fmean(values), statistics.stdev(values)

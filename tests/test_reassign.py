@@ -84,3 +84,24 @@ def test_bad_arguments_name_themselves():
         CodeReassigner(head, every=0)
     with pytest.raises(TypeError, match="head"):
         CodeReassigner(make_head("softmax", V, D), every=5)
+    with pytest.raises(ValueError, match="^margin:"):
+        CodeReassigner(head, every=5, margin=-0.1)
+
+
+def test_a_margin_holds_back_moves_that_gain_less_per_occurrence():
+    """One token seen n times: it moves only when its best first-order gain exceeds margin x n nats."""
+    torch.manual_seed(3)
+    hidden = 3 * torch.randn(64, D, dtype=torch.float64)
+    targets = torch.full((64,), 7)
+    probe = vq_head()
+    scores = hidden @ probe.codebook.detach().T
+    log_z = torch.logsumexp(scores + probe.code_sizes.double().log(), dim=1)
+    gain = scores.sum(0) - torch.exp(scores - log_z[:, None]).sum(0)  # [K] for token 7
+    per_occurrence = float(gain.max() - gain[probe.mapping[7]]) / 64
+    assert per_occurrence > 0
+    for margin, moves in ((0.0, 1), (0.99 * per_occurrence, 1), (1.01 * per_occurrence, 0)):
+        head = vq_head()
+        reassigner = CodeReassigner(head, every=1, margin=margin)
+        reassigner.observe(hidden, targets)
+        assert reassigner.maybe_reassign(1) == moves, margin
+        assert reassigner.last_seen == 1

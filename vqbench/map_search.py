@@ -13,7 +13,7 @@ their changes add exactly: a sweep takes the best moves greedily, each code touc
 approximate, so a sweep that raises J is undone and retried with half as many). The oracle runs
 the search on half of the validation positions, stops it when the other half stops improving, and
 scores the map on test like any other: the best fixed map this search finds for that model, an
-empirical bound on what fixed maps can do.
+empirical estimate of what fixed maps can do.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""python -m vqbench.oracle: the best perplexity any VQ-Logits head with a given mapping could reach.
+"""python -m vqbench.oracle: an estimate of the perplexity a VQ-Logits head with a given mapping reaches.
 
     python -m vqbench.oracle --model CKPT/joint-softmax-s0/best.pt [--learned CKPT/joint-vq-K1024-learned-s0/best.pt]
 
@@ -10,16 +10,19 @@ P(code | context) = sum of p_softmax(i | context) over the code's tokens, its te
     uniform: exp(mean over test targets of [-log P(code(y)) + log n_code(y)])
     unigram: exp(mean over test targets of [-log P(code(y)) - log(u_y / U_code(y))])
 
-Against the softmax model's own perplexity this splits a VQ head's gap in two: the oracle's ratio is
-what the mapping costs (no codebook can do better from these hidden states), the rest of a measured VQ
-ratio is the codebook's (a K x d matrix standing in for a sum of V softmax rows). Mappings: random,
+This is an estimate, not a bound: it is the perplexity of one predictor (code probabilities taken from
+the trained softmax), and a VQ model trained for the code task may predict codes better than the
+softmax's sums do. What is exact: a VQ head's perplexity is its code perplexity times a fixed
+within-code factor (n_code, or the unigram shares), so against the softmax model's own perplexity the
+oracle's ratio estimates what the mapping costs and the rest of a measured VQ ratio is the codebook's
+(a K x d matrix standing in for a sum of V softmax rows). Mappings: random,
 contiguous, frequency, k-means over the softmax's output vectors, a learned map read from a trained
 VQ run, at each K, and with ``--search K`` a map searched for each model (vqbench/map_search.py: local
 search for this very objective on half the validation split, stopped by the other half, scored on
 test), the best fixed map found. A code that holds one token gives it an exact row of its own, so "exact rows" (and the
 share of test targets they cover) says how far a map already is the "exact rows for the frequent tokens,
 VQ for the tail" design. Writes oracle.csv (refused if it exists: one measurement per file) and renders
-oracle.md beside it, with the measured VQ runs of quality.csv next to their bound; ``--add`` appends the
+oracle.md beside it, with the measured VQ runs of quality.csv next to their estimate; ``--add`` appends the
 rows (softmax seed, mapping, K) not scored there yet, leaving the rows there as they are.
 """
 
@@ -36,9 +39,8 @@ from typing import Dict, List, Tuple
 import torch
 from tabulate import tabulate
 
-from vqbench.data import corpus_fingerprint, load_corpus
+from vqbench.data import VOCABULARIES, corpus_fingerprint, load_corpus
 from vqbench.evaluate import hidden_states
-from vqbench.lm import LSTMBody
 from vqbench.map_search import search_mapping
 from vqbench.mapping import build_mapping
 from vqbench.provenance import cpu_model, git_commit, relative_path
@@ -119,7 +121,8 @@ def load_softmax_model(path: str, corpus):
     if saved["corpus"] != corpus_fingerprint(corpus):
         raise ValueError(f"model: {path!r} was trained on another corpus")
     body_state, head_state = model_states(saved, path, "model")
-    body = LSTMBody(corpus.vocab_size, cfg["d_model"], cfg["layers"], cfg["dropout"])
+    from vqbench.train import body_of
+    body = body_of(cfg, corpus.vocab_size)  # the LSTM or the GPT the run trained
     body.load_state_dict(body_state)
     head = make_head(cfg["head"], corpus.vocab_size, cfg["d_model"], token_counts=corpus.counts)
     head.load_state_dict(head_state)
@@ -147,6 +150,8 @@ def main(argv=None) -> int:
                         "validation from the frequency map, scored on test like the others; ~1-2 min per sweep)")
     p.add_argument("--sweeps", type=int, default=30, help="most sweeps of each search (default 30)")
     p.add_argument("--data", help="corpus folder (default: vqbench.data.default_corpus_dir())")
+    p.add_argument("--vocabulary", default="word", choices=VOCABULARIES,
+                   help="the tokenizer the softmax models were trained with (default word)")
     p.add_argument("--out", default=os.path.join("results", "quality", "oracle.csv"),
                    help="CSV to write (refused if it exists, unless --add); oracle.md is rendered beside it")
     p.add_argument("--add", action="store_true",
@@ -172,7 +177,7 @@ def run(args) -> List[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     scored = scored_rows(args.out, args.add)
-    corpus = load_corpus(args.data)
+    corpus = load_corpus(args.data, vocabulary=args.vocabulary)
     if any(k > corpus.vocab_size for k in args.K + args.search):
         raise ValueError(f"K, search: must be <= the vocabulary size {corpus.vocab_size}")
     learned = [learned_mapping(path, corpus) for path in args.learned]
@@ -287,8 +292,8 @@ def _mean_std(values: List[float], digits: int) -> str:
     return _pm(*mean_std(values), digits)
 
 
-def bound_rows(rows: List[dict]) -> List[list]:
-    """Table rows per (mapping, K), in first-seen order: the bound's mean +- std over the softmax models."""
+def estimate_rows(rows: List[dict]) -> List[list]:
+    """Table rows per (mapping, K), in first-seen order: the estimate's mean +- std over the softmax models."""
     keys = list(dict.fromkeys((r["mapping"], r["K"]) for r in rows))
     body = []
     for mapping, k in keys:
@@ -302,9 +307,9 @@ def bound_rows(rows: List[dict]) -> List[list]:
 
 
 def paired_gaps(oracle_rows: List[dict], variants: List[dict]) -> List[dict]:
-    """Per measured VQ variant (quality.aggregate rows with a mapping) with a bound of its mapping and K:
-    name, mapping, K, biased (a per-token bias: the unigram-share bound applies), seeds (those with both a VQ
-    run and an oracle row), measured (VQ test ppl / softmax test ppl of seed s) and bound (the oracle ratio
+    """Per measured VQ variant (quality.aggregate rows with a mapping) with an estimate for its mapping and K:
+    name, mapping, K, biased (a per-token bias: the unigram-share estimate applies), seeds (those with both a VQ
+    run and an oracle row), measured (VQ test ppl / softmax test ppl of seed s) and estimate (the oracle ratio
     from the softmax model of seed s, the model its own ratio divides by), both lists in seed order."""
     from vqbench.registry import coerce_option, head_class, parse_spec
     paired = []
@@ -320,7 +325,7 @@ def paired_gaps(oracle_rows: List[dict], variants: List[dict]) -> List[dict]:
         if seeds:
             paired.append({"name": v["name"], "mapping": v["mapping"], "K": K, "biased": bool(biased),
                            "seeds": seeds, "measured": [v["seed_ratios"][s] for s in seeds],
-                           "bound": [oracle[s] for s in seeds]})
+                           "estimate": [oracle[s] for s in seeds]})
     return paired
 
 
@@ -330,17 +335,17 @@ def gap_split(oracle_rows: List[dict], variants: List[dict]) -> List[list]:
     over the paired seeds, and the mapping's share of the gap on a log scale."""
     body = []
     for g in paired_gaps(oracle_rows, variants):
-        measured_mean, bound_mean = statistics.fmean(g["measured"]), statistics.fmean(g["bound"])
-        share = (f"{100 * math.log(bound_mean) / math.log(measured_mean):.0f}%"
-                 if measured_mean > 1 and bound_mean >= 1 else "")
+        measured_mean, estimate_mean = statistics.fmean(g["measured"]), statistics.fmean(g["estimate"])
+        share = (f"{100 * math.log(estimate_mean) / math.log(measured_mean):.0f}%"
+                 if measured_mean > 1 and estimate_mean >= 1 else "")
         body.append([g["name"], g["mapping"], g["K"], "unigram share (per-token bias)" if g["biased"] else "1/n",
-                     ", ".join(map(str, g["seeds"])), _mean_std(g["measured"], 3), _mean_std(g["bound"], 3),
-                     _mean_std([m / b for m, b in zip(g["measured"], g["bound"])], 3), share])
+                     ", ".join(map(str, g["seeds"])), _mean_std(g["measured"], 3), _mean_std(g["estimate"], 3),
+                     _mean_std([m / b for m, b in zip(g["measured"], g["estimate"])], 3), share])
     return body
 
 
 def gap_markdown(rows: List[dict], variants: List[dict]) -> str:
-    """The table of each measured VQ variant against the bound of its mapping and K (``gap_split``), or a
+    """The table of each measured VQ variant against the estimate for its mapping and K (``gap_split``), or a
     sentence saying that there is none yet."""
     split = gap_split(rows, variants)
     if not split:
@@ -360,9 +365,9 @@ def grouped(rows: List[dict], max_K: int = None) -> Dict[Tuple[str, int], List[d
     return groups
 
 
-def bound_summary(rows: List[dict], max_K: int) -> str:
-    """One sentence from oracle.csv: the bound of the paper's form (frequency map, K=1024) and the lowest
-    bound of any mapping at K <= max_K (the codebooks with >= 95% fewer output parameters), each as the mean
+def estimate_summary(rows: List[dict], max_K: int) -> str:
+    """One sentence from oracle.csv: the estimate for the paper's form (frequency map, K=1024) and the lowest
+    estimate of any mapping at K <= max_K (the codebooks with >= 95% fewer output parameters), each as the mean
     oracle / softmax ratio over the softmax models scored, 1/n inside a code and with unigram shares."""
     def mean_of(group, key):
         return statistics.fmean(r[key] for r in group)
@@ -374,21 +379,21 @@ def bound_summary(rows: List[dict], max_K: int) -> str:
     said = []
     paper = groups.get(("frequency", 1024))
     if paper:
-        said.append(f"the paper's form (frequency map, K=1024) at best x{mean_of(paper, 'oracle_ratio'):.3f} "
+        said.append(f"the paper's form (frequency map, K=1024) estimated x{mean_of(paper, 'oracle_ratio'):.3f} "
                     f"({models(paper)})")
     small = grouped(rows, max_K)
     if small:
         for column, inside in (("oracle_ratio", "1/n inside a code"), ("oracle_unigram_ratio", "unigram shares")):
             (mapping, k), group = min(small.items(), key=lambda item: mean_of(item[1], column))
-            said.append(f"the lowest bound at K <= {max_K} with {inside}: x{mean_of(group, column):.3f} "
+            said.append(f"the lowest estimate at K <= {max_K} with {inside}: x{mean_of(group, column):.3f} "
                         f"({mapping} map, K={k}, {models(group)})")
     return "; ".join(said)
 
 
 def target_verdict(rows: List[dict], variants: List[dict], max_K: int, target: float = 1.04) -> str:
     """Sentences from oracle.csv and the measured VQ variants on the paper's target (test ppl <= target x
-    softmax at K <= max_K): whether the lowest bound of any mapping scored there, 1/n or unigram shares
-    inside a code, leaves room for it, and whether the measured runs lie above their bounds (their
+    softmax at K <= max_K): whether the lowest estimate of any mapping scored there, 1/n or unigram shares
+    inside a code, leaves room for it, and whether the measured runs lie above their estimates (their
     codebook factor, measured / oracle, per variant over its paired seeds)."""
     groups = grouped(rows, max_K)
     if not groups:
@@ -399,21 +404,22 @@ def target_verdict(rows: List[dict], variants: List[dict], max_K: int, target: f
     mapping, k, inside = where
     goal = f"The paper's +{100 * (target - 1):.0f}% (x{target:.3f})"
     if lowest > target:
-        said = [f"{goal} lies below every bound at K <= {max_K}: the lowest, x{lowest:.3f} ({mapping} map, "
-                f"K={k}, {inside} inside a code), is {100 * (lowest / target - 1):.0f}% above it. So no VQ head "
+        said = [f"{goal} lies below every estimate at K <= {max_K}: the lowest, x{lowest:.3f} ({mapping} map, "
+                f"K={k}, {inside} inside a code), is {100 * (lowest / target - 1):.0f}% above it. So a VQ head "
                 f"with one of these mappings and >= 95% fewer output parameters reaches it at this vocabulary "
-                f"unless its code probabilities beat the converged softmax model's own."]
+                f"only if its code probabilities beat the converged softmax model's own summed ones (an estimate, "
+                f"not a bound: a model trained for the code task may predict codes better)."]
     else:
         said = [f"{goal} is not ruled out at K <= {max_K}: the {mapping} map at K={k} ({inside} inside a "
-                f"code) has a bound of x{lowest:.3f}."]
-    factors = [statistics.fmean(m / b for m, b in zip(g["measured"], g["bound"]))
+                f"code) has an estimate of x{lowest:.3f}."]
+    factors = [statistics.fmean(m / b for m, b in zip(g["measured"], g["estimate"]))
                for g in paired_gaps(rows, variants)]
     if len(factors) == 1:
         side = "above" if factors[0] >= 1 else "below"
-        said.append(f"The one measured VQ variant lies {side} its bound: codebook factor x{factors[0]:.3f}.")
+        said.append(f"The one measured VQ variant lies {side} its estimate: codebook factor x{factors[0]:.3f}.")
     elif factors:
         below = sum(f < 1 for f in factors)
-        where = "every one lies above its bound" if not below else f"{below} lie below their bound"
+        where = "every one lies above its estimate" if not below else f"{below} lie below their estimate"
         said.append(f"Of the {len(factors)} measured VQ variants (any K), {where}: codebook factor "
                     f"x{min(factors):.3f} to x{max(factors):.3f}.")
     return " ".join(said)
@@ -431,42 +437,43 @@ def write_markdown(oracle_csv: str, quality_csv: str = None) -> str:
         with open(quality_csv, newline="") as f:
             variants = aggregate([typed_quality_row(r) for r in csv.DictReader(f)], "softmax")
     models = {(r["model_seed"], r["model"]): r["softmax_ppl"] for r in rows}
-    bound = tabulate(bound_rows(rows), headers=[
+    estimate = tabulate(estimate_rows(rows), headers=[
         "mapping", "K", "softmax models", "oracle ppl (1/n)", "oracle / softmax (1/n)",
         "oracle / softmax (unigram share)", "within-code factor", "exact rows", "test targets on exact rows (%)"],
         tablefmt="github", disable_numparse=True)
     notes = "\n".join(f"- {r['mapping']} K={r['K']}, softmax seed {r['model_seed']}: {r['note']}"
                       for r in rows if r.get("note"))
     if notes:
-        bound += "\n\n" + notes
+        estimate += "\n\n" + notes
     split_text = gap_markdown(rows, variants)
     text = ORACLE_MD.format(
         cpus=", ".join(sorted({r["cpu_model"] for r in rows})), commits=", ".join(sorted({r["git_commit"] for r in rows})),
         models="; ".join(f"seed {seed}: test ppl {ppl:.1f} ({path})" for (seed, path), ppl in sorted(models.items())),
-        bound=bound, split=split_text)
+        estimate=estimate, split=split_text)
     md = os.path.splitext(oracle_csv)[0] + ".md"
     with open(md, "w") as f:
         f.write(text)
     return md
 
 
-ORACLE_MD = """# The VQ-Logits oracle bound on WikiText-2 test
+ORACLE_MD = """# The VQ-Logits oracle estimate on WikiText-2 test
 
 From `oracle.csv` (`python -m vqbench.oracle --model DIR/joint-softmax-s*/best.pt`, git commit {commits}) and
 `quality.csv`; rendered again by `python -m vqbench.quality table`. CPU: {cpus}. For each trained softmax model and
 mapping: the test perplexity a VQ head would reach if its code probabilities were exactly the softmax
 model's (the sum of p over each code's tokens), choosing inside a code uniformly (1/n) or by unigram share
-(the best a context-free per-token bias can do). The oracle ratio is what the mapping alone costs; a
-measured VQ ratio above it is the codebook's share of the gap. "Exact rows": codes that hold a single
+(the best a context-free per-token bias can do). The oracle ratio estimates what the mapping alone costs;
+a measured VQ ratio above it is the codebook's share of the gap. It is an estimate, not a bound: a VQ model
+trained for the code task may predict codes better than the softmax's summed probabilities. "Exact rows": codes that hold a single
 token (an exact output row for it). Softmax models: {models}.
 
-## The bound per mapping and K (mean ± std over the softmax models)
+## The estimate per mapping and K (mean ± std over the softmax models)
 
-{bound}
+{estimate}
 
-## Measured VQ runs against their bound
+## Measured VQ runs against their estimate
 
-Per seed s: measured = VQ test ppl / softmax test ppl of seed s; oracle = the bound from softmax seed s;
+Per seed s: measured = VQ test ppl / softmax test ppl of seed s; oracle = the estimate from softmax seed s;
 codebook's factor = measured / oracle = VQ test ppl / oracle ppl. Each column is a mean ± std over the
 seeds that have both a VQ run and a softmax model scored here (a single value: one such seed).
 The mapping's share of the gap is log(oracle) / log(measured): the rest is the codebook's (K x d rows

@@ -36,10 +36,12 @@ from vqbench.results import path_component_problem
 from vqbench.train import TrainConfig
 
 DEFAULT_PLAN = os.path.join("configs", "quality.json")
+TRANSFORMER_PLAN = os.path.join("configs", "quality-transformer.json")
 DEFAULT_RESULTS = os.path.join("results", "quality")
-CSV_COLUMNS = ["run", "name", "head", "mapping", "protocol", "seed", "group", "epochs", "best_epoch", "stop",
-               "valid_ppl", "test_ppl", "last_epoch_gain", "output_params", "within_code_ppl_factor", "tokens_per_s",
-               "threads", "precision", "cpu_model", "git_commit", "varies"]
+CSV_COLUMNS = ["run", "name", "head", "mapping", "body", "vocabulary", "protocol", "seed", "group", "epochs",
+               "best_epoch", "stop", "valid_ppl", "test_ppl", "last_epoch_gain", "output_params", "total_params",
+               "shared_params", "within_code_ppl_factor", "tokens_per_s", "output_share", "threads", "precision",
+               "autocast", "cpu_model", "git_commit", "varies"]
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,12 @@ class PlannedRun:
     flags: Tuple[str, ...]
     varies: str
     epochs: int
+    track: str = ""
 
     @property
     def run(self) -> str:
-        return f"{self.protocol}-{self.name}-s{self.seed}"
+        """The run's folder name: protocol, the plan's track (when it names one), variant and seed."""
+        return f"{self.protocol}-{self.track + '-' if self.track else ''}{self.name}-s{self.seed}"
 
     def command(self, runs_dir: str, checkpoints: str, common: Tuple[str, ...]) -> List[str]:
         return ["python", "-m", "vqbench.train", "--head", self.head, "--protocol", self.protocol,
@@ -73,6 +77,8 @@ class Plan:
             with open(path) as f:
                 data = json.load(f)
             self.protocol = data.get("protocol", "joint")
+            self.track = str(data.get("track", ""))  # prefixes run folders: tracks share one runs folder
+            self.description = str(data.get("description", ""))
             self.common = tuple(data.get("common_flags", ()))
             self.epochs = data.get("epochs", TrainConfig.epochs)
             self.first = tuple(data.get("first", ()))
@@ -104,7 +110,7 @@ class Plan:
 
     def planned(self, entry: dict, seed: int) -> PlannedRun:
         return PlannedRun(entry["name"], entry["head"], self.protocol, seed, entry["group"],
-                          tuple(entry.get("flags", ())), entry.get("varies", ""), self.epochs)
+                          tuple(entry.get("flags", ())), entry.get("varies", ""), self.epochs, self.track)
 
     def reference(self) -> dict:
         return next(e for e in self.entries if e["group"] == "reference")
@@ -211,10 +217,14 @@ def table_rows(plan: Plan, runs_dir: str) -> List[dict]:
         if not finished(s, plan.epochs):
             continue
         rows.append({"run": run.run, "name": run.name, "head": run.head,
-                     "mapping": vq_mapping(run.head, s.get("config", {})), "protocol": run.protocol,
+                     "mapping": vq_mapping(run.head, s.get("config", {})),
+                     "body": s.get("body") or LSTM_TRACK[0], "vocabulary": s.get("vocabulary") or LSTM_TRACK[1],
+                     "protocol": run.protocol,
                      "seed": run.seed, "group": run.group, "epochs": s["epochs"], "best_epoch": s["best_epoch"],
                      "stop": s["stop"], "valid_ppl": s["valid_ppl"], "test_ppl": s["test_ppl"],
                      "last_epoch_gain": s["last_epoch_gain"], "output_params": s["output_params"],
+                     "total_params": s.get("total_params", ""), "shared_params": s.get("shared_params", ""),
+                     "output_share": s.get("output_share", ""), "autocast": s.get("autocast", "none"),
                      "within_code_ppl_factor": s.get("within_code_ppl_factor", ""),
                      "tokens_per_s": s["tokens_per_s"], "threads": run_threads(s), "precision": s["precision"],
                      "cpu_model": s["cpu_model"], "git_commit": s["git_commit"], "varies": run.varies})
@@ -250,6 +260,35 @@ def vq_mapping(head: str, config: dict) -> str:
     return options.get("mapping", default)
 
 
+LSTM_TRACK = ("lstm", "word-33278")  # the body and vocabulary of runs whose summary predates the columns
+
+
+def describe_body(body: str) -> str:
+    """'lstm' -> '2-layer LSTM'; 'gpt-4x256' -> '4-layer GPT, d=256' (the quality.csv body column in words)."""
+    if body == "lstm":
+        return "2-layer LSTM"
+    kind, _, size = body.partition("-")
+    layers, _, width = size.partition("x")
+    if kind == "gpt" and layers.isdigit() and width.isdigit():
+        return f"{layers}-layer GPT, d={width}"
+    return body
+
+
+def describe_vocabulary(vocabulary: str) -> str:
+    """'word-33278' -> 'word-level WikiText-2 V=33,278'; 'cl100k_base-100277' -> 'cl100k_base WikiText-2
+    V=100,277' (the quality.csv vocabulary column in words)."""
+    name, _, size = vocabulary.rpartition("-")
+    if not size.isdigit():
+        return vocabulary
+    return f"{'word-level' if name == 'word' else name} WikiText-2 V={int(size):,}"
+
+
+def setting(row: dict) -> str:
+    """The setting a quality row or variant was measured in: body, vocabulary and corpus."""
+    body, vocabulary = row.get("body") or LSTM_TRACK[0], row.get("vocabulary") or LSTM_TRACK[1]
+    return f"{describe_body(body)}, {describe_vocabulary(vocabulary)}"
+
+
 def typed_quality_row(row: dict) -> dict:
     """A quality.csv row (strings) with its numbers as numbers."""
     out = dict(row)
@@ -259,6 +298,8 @@ def typed_quality_row(row: dict) -> dict:
         out[key] = float(row[key])
     out.setdefault("varies", "")
     out.setdefault("mapping", "")
+    out["body"] = row.get("body") or LSTM_TRACK[0]  # a quality.csv written before the columns: the LSTM's
+    out["vocabulary"] = row.get("vocabulary") or LSTM_TRACK[1]
     return out
 
 
@@ -266,33 +307,72 @@ def mean_std(values: List[float]) -> Tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
 
 
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile (0.5 <= p < 1) of Student's t with df >= 1 degrees of freedom: bisection on its CDF,
+    integrated with Simpson's rule over the substitution t = tan(u), which keeps the heavy tail finite."""
+    if not (0.5 <= p < 1) or df < 1:
+        raise ValueError(f"p, df: need 0.5 <= p < 1 and df >= 1, got p={p}, df={df}")
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def mass(upper: float) -> float:  # P(0 < T < tan(upper))
+        steps, width = 400, upper / 400
+        total = 0.0
+        for i in range(steps + 1):
+            u = i * width
+            t = math.tan(u)
+            f = math.exp(log_norm - (df + 1) / 2 * math.log1p(t * t / df)) / math.cos(u) ** 2
+            total += f * (1 if i in (0, steps) else 4 if i % 2 else 2)
+        return total * width / 3
+
+    lo, hi = 0.0, math.pi / 2 * (1 - 1e-9)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mass(mid) < p - 0.5 else (lo, mid)
+    return math.tan((lo + hi) / 2)
+
+
+def t_interval(values: List[float], level: float = 0.95) -> Tuple[float, float]:
+    """The two-sided ``level`` Student-t confidence interval of the mean of ``values`` (nan, nan for fewer
+    than two): the spread of a few seeds says little on its own, the interval says what it allows."""
+    if len(values) < 2:
+        return math.nan, math.nan
+    mean, std = mean_std(values)
+    half = t_quantile(0.5 + level / 2, len(values) - 1) * std / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
 def aggregate(rows: List[dict], reference: str) -> List[dict]:
-    """Per variant: test/valid perplexity mean and std over seeds, and the ratio to the reference paired by
-    seed (the same seed gives both the same initialisation of the body, dropout stream and data order)."""
-    by_name: Dict[str, List[dict]] = {}
+    """Per variant of each setting (body, vocabulary): test/valid perplexity mean and std over seeds, and the
+    ratio to the setting's own reference paired by seed (the same seed gives both the same initialisation
+    of the body, dropout stream and data order); settings in first-seen order."""
+    by_setting: Dict[str, Dict[str, List[dict]]] = {}
     for r in rows:
-        by_name.setdefault(r["name"], []).append(r)
-    ref = {r["seed"]: r for r in by_name.get(reference, [])}
+        by_setting.setdefault(setting(r), {}).setdefault(r["name"], []).append(r)
+    return [variant_summary(name, group, by_names.get(reference, []))
+            for by_names in by_setting.values() for name, group in by_names.items()]
+
+
+def variant_summary(name: str, group: List[dict], reference_rows: List[dict]) -> dict:
+    """One variant's rows [seeds] against its setting's reference rows: aggregate's row."""
+    ref = {r["seed"]: r for r in reference_rows}
     ref_params = next(iter(ref.values()))["output_params"] if ref else None
-    out = []
-    for name, group in by_name.items():
-        tests = [r["test_ppl"] for r in group]
-        seed_ratios = {r["seed"]: r["test_ppl"] / ref[r["seed"]]["test_ppl"] for r in group if r["seed"] in ref}
-        ratios = list(seed_ratios.values())
-        test_mean, test_std = mean_std(tests)
-        valid_mean, valid_std = mean_std([r["valid_ppl"] for r in group])
-        ratio_mean, ratio_std = mean_std(ratios) if ratios else (math.nan, math.nan)
-        params = group[0]["output_params"]
-        out.append({"name": name, "head": group[0]["head"], "mapping": group[0].get("mapping", ""),
-                    "group": group[0]["group"], "seeds": len(group),
-                    "test_mean": test_mean, "test_std": test_std, "valid_mean": valid_mean, "valid_std": valid_std,
-                    "ratio_mean": ratio_mean, "ratio_std": ratio_std, "ratio_seeds": len(ratios),
-                    "seed_ratios": seed_ratios,
-                    "output_params": params,
-                    "fewer_params": 1 - params / ref_params if ref_params else math.nan,
-                    "epochs": "/".join(str(r["epochs"]) for r in group),
-                    "last_epoch_gain": max(r["last_epoch_gain"] for r in group), "varies": group[0]["varies"]})
-    return out
+    seed_ratios = {r["seed"]: r["test_ppl"] / ref[r["seed"]]["test_ppl"] for r in group if r["seed"] in ref}
+    ratios = list(seed_ratios.values())
+    test_mean, test_std = mean_std([r["test_ppl"] for r in group])
+    valid_mean, valid_std = mean_std([r["valid_ppl"] for r in group])
+    ratio_mean, ratio_std = mean_std(ratios) if ratios else (math.nan, math.nan)
+    ratio_low, ratio_high = t_interval(ratios)
+    params = group[0]["output_params"]
+    return {"name": name, "head": group[0]["head"], "mapping": group[0].get("mapping", ""),
+            "setting": setting(group[0]), "body": group[0].get("body") or LSTM_TRACK[0],
+            "vocabulary": group[0].get("vocabulary") or LSTM_TRACK[1],
+            "group": group[0]["group"], "seeds": len(group),
+            "test_mean": test_mean, "test_std": test_std, "valid_mean": valid_mean, "valid_std": valid_std,
+            "ratio_mean": ratio_mean, "ratio_std": ratio_std, "ratio_seeds": len(ratios),
+            "ratio_low": ratio_low, "ratio_high": ratio_high, "seed_ratios": seed_ratios,
+            "output_params": params, "fewer_params": 1 - params / ref_params if ref_params else math.nan,
+            "epochs": "/".join(str(r["epochs"]) for r in group),
+            "last_epoch_gain": max(r["last_epoch_gain"] for r in group), "varies": group[0]["varies"]}
 
 
 def _pm(mean: float, std: float, digits: int) -> str:
@@ -301,12 +381,23 @@ def _pm(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
+def ratio_cell(variant: dict) -> str:
+    """'1.059 ± 0.021 (95% CI 1.005-1.112)' over seeds, '1.059 (single seed)' for one, '' for none."""
+    if math.isnan(variant["ratio_mean"]):
+        return ""
+    if variant["ratio_seeds"] < 2:
+        return f"{variant['ratio_mean']:.3f} (single seed)"
+    return (f"{_pm(variant['ratio_mean'], variant['ratio_std'], 3)} "
+            f"(95% CI {variant['ratio_low']:.3f}-{variant['ratio_high']:.3f})")
+
+
 def markdown_table(summary: List[dict]) -> str:
-    headers = ["variant", "head", "mapping", "seeds", "test ppl", "valid ppl", "test ppl / softmax", "output params",
-               "fewer params", "epochs", "max last-epoch gain", "varies"]
-    body = [[s["name"], s["head"], s["mapping"], s["seeds"] if s["seeds"] > 1 else "1 (single seed)",
+    headers = ["body, vocabulary", "variant", "head", "mapping", "seeds", "test ppl", "valid ppl",
+               "test ppl / softmax", "output params", "fewer params", "epochs", "max last-epoch gain", "varies"]
+    body = [[f"{s['body']}, {s['vocabulary']}", s["name"], s["head"], s["mapping"],
+             s["seeds"] if s["seeds"] > 1 else "1 (single seed)",
              _pm(s["test_mean"], s["test_std"], 1), _pm(s["valid_mean"], s["valid_std"], 1),
-             _pm(s["ratio_mean"], s["ratio_std"], 3), f"{s['output_params']:,}",
+             ratio_cell(s), f"{s['output_params']:,}",
              "" if math.isnan(s["fewer_params"]) else f"{100 * s['fewer_params']:.1f}%", s["epochs"],
              f"{100 * s['last_epoch_gain']:.2f}%", s["varies"]] for s in summary]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
@@ -332,8 +423,11 @@ def progress(runs_dir: str, run: str) -> str:
     return f"{run} (step {step:,}{epochs})"
 
 
-def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str) -> str:
-    rows = table_rows(plan, runs_dir)
+def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str, more=()) -> str:
+    """quality.csv, quality.md, pareto.png (and oracle.md) from the finished runs of ``plan`` and of the
+    (Plan, path) pairs in ``more``, the other tracks, whose runs share runs_dir under their track's names."""
+    plans = [(plan, plan_path), *more]
+    rows = [row for p, _ in plans for row in table_rows(p, runs_dir)]
     if not rows:
         raise ValueError(f"table: no finished runs under {runs_dir!r}; run `python -m vqbench.quality run` first")
     os.makedirs(results_dir, exist_ok=True)
@@ -343,21 +437,28 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str) ->
         writer.writerows(rows)
     summary = aggregate(rows, plan.reference()["name"])
     from vqbench.plot import plot_quality_pareto
-    plot_quality_pareto(summary, os.path.join(results_dir, "pareto.png"),
-                        sources=[os.path.join(results_dir, "quality.csv")])
-    commands = "\n".join(" ".join(r.command(runs_dir, "$VQBENCH_CHECKPOINTS", plan.common))
-                         for r in plan.runs(runs_dir))
-    unfinished = [progress(runs_dir, r.run) for r in plan.runs(runs_dir) if not plan.finished(runs_dir, r.run)]
+    settings = list(dict.fromkeys(v["setting"] for v in summary))
+    for index, where in enumerate(settings):  # one figure per setting: ratios are to that setting's softmax
+        first = [v for v in summary if v["setting"] == where][0]
+        name = "pareto.png" if index == 0 else f"pareto-{first['body']}-{first['vocabulary']}.png"
+        plot_quality_pareto([v for v in summary if v["setting"] == where], os.path.join(results_dir, name),
+                            sources=[os.path.join(results_dir, "quality.csv")])
+    commands = "\n".join(" ".join(r.command(runs_dir, "$VQBENCH_CHECKPOINTS", p.common))
+                         for p, _ in plans for r in p.runs(runs_dir))
+    unfinished = [progress(runs_dir, r.run) for p, _ in plans for r in p.runs(runs_dir)
+                  if not p.finished(runs_dir, r.run)]
+    tracks = "".join(f"\n\nTrack {p.track or '(none)'} (plan `{path}`, its runs named joint-{p.track}-*): "
+                     f"{p.description}" for p, path in more)
     cpus = sorted({r["cpu_model"] for r in rows})
     text = QUALITY_MD.format(plan=plan_path, table=markdown_table(summary), commands=commands,
                              epochs=plan.epochs, cpus=", ".join(cpus), precision=", ".join(sorted({r["precision"] for r in rows})),
                              unfinished=", ".join(unfinished) or "none", unfinished_title=UNFINISHED,
-                             threads=threads_sentence(rows))
+                             threads=threads_sentence(rows), tracks=tracks)
     path = os.path.join(results_dir, "quality.md")
     with open(path, "w") as f:
         f.write(text)
     oracle_csv = os.path.join(results_dir, "oracle.csv")
-    if os.path.exists(oracle_csv):  # oracle.md sets the measured VQ runs next to their bound
+    if os.path.exists(oracle_csv):  # oracle.md sets the measured VQ runs next to their estimate
         from vqbench.oracle import write_markdown
         write_markdown(oracle_csv)
     return path
@@ -370,14 +471,17 @@ QUALITY_MD = """# Quality: WikiText-2 perplexity with each output layer
 Regenerate: `python -m vqbench.quality run --checkpoints DIR && python -m vqbench.quality table` (plan:
 `{plan}`). Every run trains a 2-layer LSTM body (d=200, dropout 0.2, BPTT 35, 20 streams) jointly with its
 head under one schedule (`python -m vqbench.train --help`): SGD at learning rate 20 with gradient clipping
-at 0.25 (the recipe of PyTorch's word_language_model example), the learning rate divided by 4 after an
-epoch that improves validation perplexity by less than 1%, training stopped after 2 such epochs in a row
-or {epochs} epochs, and the best-validation model evaluated on test with the head's exact, normalised
+at 0.25 (the optimiser settings of PyTorch's word_language_model example, not its schedule: that divides
+the rate only when validation does not improve at all and runs 40 epochs), the learning rate divided by 4
+after an epoch that improves validation perplexity by less than 1%, training stopped after 2 such epochs in
+a row or {epochs} epochs, and the best-validation model evaluated on test with the head's exact, normalised
 `target_log_prob`. A seed sets the initialisation, the dropout stream and the data order, identically
-for every head; ratios to softmax pair runs of the same seed (mean ± std over seeds). "max last-epoch
-gain": the largest relative validation improvement of a run's last epoch (under 1% means converged).
+for every head; ratios to softmax pair runs of the same seed (mean ± sample std over seeds, and the
+95% Student-t interval of the mean; a single seed's ratio says so). "max last-epoch
+gain": the largest relative validation improvement of a run's last epoch (under 1% for every run the
+plateau rule stopped, by construction: a sign of a flat curve, not a proof of convergence).
 CPU: {cpus}; precision: {precision}; {threads} (tokens/s in quality.csv are indicative;
-head speed is measured by `python -m vqbench.compare`; each run's summary.json lists its invocations).
+head speed is measured by `python -m vqbench.compare`; each run's summary.json lists its invocations).{tracks}
 
 {table}
 
@@ -394,12 +498,16 @@ Commands (in queue order):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vqbench.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=["plan", "run", "table"])
-    p.add_argument("--plan", default=DEFAULT_PLAN, help=f"plan file (default {DEFAULT_PLAN})")
+    p.add_argument("--plan", nargs="+", default=[DEFAULT_PLAN, TRANSFORMER_PLAN],
+                   help=f"plan files, one per track (default {DEFAULT_PLAN} {TRANSFORMER_PLAN}); table reads "
+                        "them all, plan and run go through them in order")
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default {DEFAULT_RESULTS})")
     p.add_argument("--checkpoints", help="checkpoint folder (default $VQBENCH_CHECKPOINTS, else the runs folder)")
     p.add_argument("--lanes", type=int, default=2, help="runs at once, one core each (default 2)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or variants (by name)")
     shards.add_executor_flags(p, None, exclusive=False)  # --executor: each run a submitit job (vqbench.shards)
+    p.add_argument("--device", default="cpu",
+                   help="where each run trains (vqbench.train --device; default cpu): a run may resume elsewhere")
     args = p.parse_args(argv)
     if args.lanes < 1:
         p.error("--lanes: must be >= 1")
@@ -407,19 +515,24 @@ def main(argv=None) -> int:
     if args.no_wait and not args.executor:
         p.error("--no-wait: only with --executor")
     try:
-        plan = Plan(args.plan)
+        plans = [Plan(path) for path in args.plan]
+        for plan in plans if args.device != "cpu" else ():
+            plan.common += ("--device", args.device)
         runs_dir = os.path.join(args.results, "runs")
         checkpoints = args.checkpoints or default_checkpoints(runs_dir)
         if args.action == "plan":
-            for run in plan.runs(runs_dir):
-                done = plan.finished(runs_dir, run.run)
-                print(("# done: " if done else "") + " ".join(run.command(runs_dir, checkpoints, plan.common)))
+            for plan in plans:
+                for run in plan.runs(runs_dir):
+                    done = plan.finished(runs_dir, run.run)
+                    print(("# done: " if done else "") + " ".join(run.command(runs_dir, checkpoints, plan.common)))
         elif args.action == "run" and args.executor:
-            shards.run_plan(plan, runs_dir, checkpoints, args)
+            for plan in plans:
+                shards.run_plan(plan, runs_dir, checkpoints, args)
         elif args.action == "run":
-            run_all(plan, runs_dir, checkpoints, args.lanes, args.only)
+            for plan in plans:
+                run_all(plan, runs_dir, checkpoints, args.lanes, args.only)
         else:
-            print(write_tables(plan, runs_dir, args.results, args.plan))
+            print(write_tables(plans[0], runs_dir, args.results, args.plan[0], list(zip(plans[1:], args.plan[1:]))))
     except (ValueError, RuntimeError) as error:
         print(f"python -m vqbench.quality: error: {error}", file=sys.stderr)
         return 2

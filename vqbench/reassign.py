@@ -8,7 +8,9 @@ where S_vk = sum of s_k over the positions whose target is v, m_k = sum over all
 exp(s_k) / Z (the probability one more token in code k would take), and w_v = exp(b_v) (1 without
 bias). Between two re-assignments both are accumulated over the training batches; at a
 re-assignment every token seen since the last one moves to argmax_k (S_vk - w_v m_k), staying put
-when no move gains. Tokens not seen keep their code. The codebook (and bias) keep training under the
+when no move gains. Tokens not seen keep their code. With a margin m > 0 a token moves only when the
+move gains more than m nats per occurrence of it in the window, so that moves the first-order gain
+barely favours (noise on a few occurrences) stop and the map settles. The codebook (and bias) keep training under the
 new map and the loss stays the exact VQ-Logits loss at every step. (Dropping the m_k term, that is
 holding Z fixed, is a trap: every token then flocks to the few codes that score high everywhere.)
 """
@@ -26,12 +28,15 @@ class CodeReassigner:
     Memory: a [V, K] float32 sum and a [V] count.
     """
 
-    def __init__(self, head: VQLogits, every: int):
+    def __init__(self, head: VQLogits, every: int, margin: float = 0.0):
         if not isinstance(head, VQLogits):
             raise TypeError(f"head: re-assignment needs a vq head, got {type(head).__name__}")
         if every < 1:
             raise ValueError(f"every: re-assignment period must be >= 1 step, got {every}")
-        self.head, self.every = head, every
+        if not margin >= 0 or margin == float("inf"):
+            raise ValueError(f"margin: must be a finite number of nats >= 0, got {margin!r}")
+        self.head, self.every, self.margin = head, every, margin
+        self.last_seen = 0  # tokens seen in the window of the latest re-assignment
         device = head.codebook.device
         dtype = torch.float64 if head.codebook.dtype == torch.float64 else torch.float32
         self.score_sums = torch.zeros(head.vocab_size, head.K, dtype=dtype, device=device)
@@ -67,7 +72,9 @@ class CodeReassigner:
         codes = self.head.mapping.clone()
         current = gain.gather(1, codes[seen][:, None]).squeeze(1)
         best, choice = gain.max(dim=1)
-        codes[seen] = torch.where(best > current, choice, codes[seen])
+        needed = self.margin * self.counts[seen].to(gain.dtype)  # margin nats per occurrence
+        codes[seen] = torch.where(best > current + needed, choice, codes[seen])
+        self.last_seen = int(seen.sum())
         moved = int((codes != self.head.mapping).sum())
         self.head.set_mapping(codes)
         self.score_sums.zero_()

@@ -17,6 +17,16 @@ training stream is rotated by an offset drawn from the seed and the epoch), iden
 head. The run folder gets log.jsonl and summary.json; checkpoint.pt and best.pt go to
 ``--checkpoint-dir`` (default: the run folder). ``--resume`` continues exactly from checkpoint.pt
 and refuses a checkpoint written with another head, corpus, model, optimiser, schedule or seed.
+
+Bodies: ``--body lstm`` (the default) or ``--body gpt`` (a pre-LayerNorm decoder, vqbench/lm.py,
+with ``--heads`` and a context of ``--bptt`` tokens); ``--vocabulary cl100k_base`` tokenises the
+corpus with that LLM vocabulary (vqbench/data.py); ``--tie-embeddings`` makes the softmax head's
+weight the input embedding. ``--optimizer adamw`` with ``--weight-decay`` (matrices only),
+``--warmup`` steps of linear warm-up and ``--cosine-epochs`` of cosine decay (to a tenth) is the
+transformer recipe; the plateau rule still divides the rate by ``--lr-decay`` and stops the run.
+``--autocast bf16`` trains in bfloat16 autocast, ``auto`` only where the device computes bfloat16
+natively (recorded per invocation); evaluation is always float32. ``--device cuda`` puts the model
+and batches on the GPU.
 """
 
 from __future__ import annotations
@@ -28,20 +38,24 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
 from typing import List, Optional
 
 import torch
 
 from vqbench.data import batchify, bptt_batches, corpus_fingerprint, load_corpus
 from vqbench.evaluate import EVAL_BATCH, hidden_states, perplexity, state_perplexity
-from vqbench.lm import LanguageModel, LSTMBody, detach_state
-from vqbench.provenance import cpu_model, git_commit, relative_argv, relative_path
+from vqbench.data import VOCABULARIES
+from vqbench.lm import BODIES, LanguageModel, detach_state, make_body
+from vqbench.provenance import cpu_model, device_name, git_commit, relative_argv, relative_path
 from vqbench.reassign import CodeReassigner
 from vqbench.registry import import_modules, make_head
 
 CHECKPOINT_FORMAT = 2
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 PROTOCOLS = ("joint", "frozen")
+AUTOCAST = ("none", "bf16", "auto")
+MIN_LR_RATIO = 0.1  # where cosine decay ends, as a share of the peak rate
 
 
 @dataclass
@@ -76,15 +90,28 @@ class TrainConfig:
     reassign_every: int = 0
     threads: Optional[int] = None
     resume: bool = False
+    body: str = "lstm"
+    heads: int = 4
+    vocabulary: str = "word"
+    tie_embeddings: bool = False
+    weight_decay: float = 0.0
+    warmup: int = 0
+    cosine_epochs: int = 0
+    autocast: str = "none"
+    device: str = "cpu"
+    reassign_margin: float = 0.0
 
 
 # Settings a run may change between invocations: where files go, how often it reports, how long it
 # trains. Every other field decides the trained model, so a resume must match it exactly.
 FREE_FIELDS = ("out", "checkpoint_dir", "epochs", "steps", "eval_every", "checkpoint_every", "log_every",
-               "threads", "resume")
+               "threads", "resume", "device")
 POSITIVE_INT = ("epochs", "batch_size", "bptt", "d_model", "layers", "patience", "checkpoint_every",
-                "log_every", "frozen_batch")
-NON_NEGATIVE_INT = ("steps", "eval_every", "seed", "train_tokens", "eval_tokens", "reassign_every")
+                "log_every", "frozen_batch", "heads")
+NON_NEGATIVE_INT = ("steps", "eval_every", "seed", "train_tokens", "eval_tokens", "reassign_every", "warmup",
+                    "cosine_epochs")
+CHOICES = {"protocol": PROTOCOLS, "optimizer": OPTIMIZERS, "body": BODIES, "vocabulary": VOCABULARIES,
+           "autocast": AUTOCAST}
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -95,16 +122,17 @@ def validate(cfg: TrainConfig) -> None:
     for name in NON_NEGATIVE_INT:
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name}: must be >= 0, got {getattr(cfg, name)}")
-    if cfg.protocol not in PROTOCOLS:
-        raise ValueError(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
     checks = {"lr": cfg.lr > 0, "clip": cfg.clip > 0, "lr_decay": cfg.lr_decay >= 1,
-              "plateau": 0 <= cfg.plateau < 1, "dropout": 0 <= cfg.dropout < 1}
+              "plateau": 0 <= cfg.plateau < 1, "dropout": 0 <= cfg.dropout < 1, "weight_decay": cfg.weight_decay >= 0,
+              "reassign_margin": cfg.reassign_margin >= 0}
     for name, ok in checks.items():
         if not (ok and math.isfinite(getattr(cfg, name))):
             raise ValueError(f"{name}: out of range ({getattr(cfg, name)!r}; lr and clip > 0, lr_decay >= 1, "
-                             f"0 <= plateau < 1, 0 <= dropout < 1)")
+                             f"0 <= plateau < 1, 0 <= dropout < 1, weight_decay and reassign_margin >= 0)")
+    validate_model(cfg)
     if cfg.threads is not None and not 1 <= cfg.threads <= 4096:  # torch takes a C int
         raise ValueError(f"threads: must be between 1 and 4096, got {cfg.threads}")
     if cfg.protocol == "frozen" and not cfg.body_from:
@@ -113,6 +141,19 @@ def validate(cfg: TrainConfig) -> None:
         path = getattr(cfg, name)
         if path and not os.path.isfile(path):
             raise ValueError(f"{name}: no checkpoint file {path!r}")
+
+
+def validate_model(cfg: TrainConfig) -> None:
+    """The body, tying and device settings that only make sense together."""
+    if cfg.body == "gpt" and cfg.d_model % cfg.heads:
+        raise ValueError(f"heads: d_model {cfg.d_model} does not split into {cfg.heads} heads")
+    if cfg.tie_embeddings and (cfg.protocol != "joint" or cfg.head.partition(":")[0] != "softmax"):
+        raise ValueError("tie_embeddings: ties a softmax head's weight to the input embedding; needs --head "
+                         "softmax[:...] and the joint protocol")
+    if not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
+        raise ValueError(f"device: expected cpu or cuda[:N], got {cfg.device!r}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {cfg.device!r} asked for, but this torch sees no CUDA device")
 
 
 def identity(cfg: TrainConfig) -> dict:
@@ -172,18 +213,23 @@ class Schedule:
 
 class JointTask:
     """Body and head trained together on BPTT windows of the training streams (the LSTM state carries
-    over from window to window and starts afresh each epoch)."""
+    over from window to window and starts afresh each epoch; a GPT's windows are each their own context,
+    taken in an order shuffled per epoch)."""
 
-    def __init__(self, cfg: TrainConfig, corpus, rank: int, world: int):
+    def __init__(self, cfg: TrainConfig, corpus, rank: int, world: int, device: torch.device):
         if cfg.batch_size % world:
             raise ValueError(f"batch_size: {cfg.batch_size} streams do not split over {world} processes")
-        self.cfg, self.rank, self.world = cfg, rank, world
+        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
         self.train_ids, self.valid_ids, self.test_ids = split_ids(cfg, corpus)
         seeded(cfg.seed, 0)
-        self.body = LSTMBody(corpus.vocab_size, cfg.d_model, cfg.layers, cfg.dropout)
+        self.body = make_body(cfg.body, corpus.vocab_size, cfg.d_model, cfg.layers, cfg.dropout, cfg.heads, cfg.bptt)
         self.head = build_head(cfg, corpus, cfg.d_model)
-        self.model = LanguageModel(self.body, self.head)
-        self.wrapped = torch.nn.parallel.DistributedDataParallel(self.model) if world > 1 else self.model
+        if cfg.tie_embeddings:  # one [V, d] matrix: the input embedding is the output weight
+            self.head.weight = self.body.embedding.weight
+        self.model = LanguageModel(self.body, self.head).to(device)
+        ids = [device.index or 0] if device.type == "cuda" else None
+        self.wrapped = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids) if world > 1
+                        else self.model)
         self.lstm_state = None
 
     def trainable(self) -> torch.nn.Module:
@@ -194,13 +240,17 @@ class JointTask:
         offset = int(torch.randint(0, self.train_ids.numel(), (1,), generator=data_generator(self.cfg, epoch)))
         streams = batchify(self.train_ids.roll(-offset), self.cfg.batch_size)
         per_rank = self.cfg.batch_size // self.world
-        return list(bptt_batches(streams[self.rank * per_rank:(self.rank + 1) * per_rank], self.cfg.bptt))
+        windows = list(bptt_batches(streams[self.rank * per_rank:(self.rank + 1) * per_rank], self.cfg.bptt))
+        if self.cfg.body == "lstm":
+            return windows
+        order = torch.randperm(len(windows), generator=data_generator(self.cfg, epoch))
+        return [windows[i] for i in order]
 
     def begin_epoch(self) -> None:
         self.lstm_state = None
 
     def loss(self, batch):
-        x, y = batch
+        x, y = batch[0].to(self.device), batch[1].to(self.device)
         loss, state, hidden = self.wrapped(x, y, self.lstm_state)
         self.lstm_state = detach_state(state)
         return loss, hidden, y
@@ -231,17 +281,18 @@ class FrozenTask:
     """Only the head trains, on the hidden states of a trained body computed once (cached beside the
     body's checkpoint): each epoch is a pass over a permutation of the training positions."""
 
-    def __init__(self, cfg: TrainConfig, corpus, rank: int, world: int):
+    def __init__(self, cfg: TrainConfig, corpus, rank: int, world: int, device: torch.device):
         if world > 1:
             raise ValueError("protocol: the frozen protocol runs in one process")
-        self.cfg = cfg
+        self.cfg, self.device = cfg, device
         saved = load_checkpoint(cfg.body_from, "body_from")
         body_cfg = saved["config"]
         if saved["corpus"] != corpus_fingerprint(corpus):
             raise ValueError(f"body_from: {cfg.body_from!r} was trained on another corpus")
-        self.body = LSTMBody(corpus.vocab_size, body_cfg["d_model"], body_cfg["layers"], body_cfg["dropout"])
+        self.body = body_of(body_cfg, corpus.vocab_size)
         self.body.load_state_dict(saved["body"])
-        self.head = build_head(cfg, corpus, body_cfg["d_model"])
+        self.body.to(device)
+        self.head = build_head(cfg, corpus, body_cfg["d_model"]).to(device)
         train_ids, valid_ids, test_ids = split_ids(cfg, corpus)
         self.states = {"train": self.cached_states("train", train_ids, cfg.batch_size),
                        "validation": self.cached_states("valid", valid_ids, EVAL_BATCH),
@@ -256,7 +307,7 @@ class FrozenTask:
                 return tuple(torch.load(path, map_location="cpu", weights_only=True))
             except Exception:  # a damaged cache is recomputed, never trusted
                 pass
-        states = hidden_states(self.body, ids, self.cfg.bptt, batch_size)
+        states = tuple(t.cpu() for t in hidden_states(self.body, ids, self.cfg.bptt, batch_size))
         torch.save(states, path + ".tmp")
         os.replace(path + ".tmp", path)
         return states
@@ -273,7 +324,8 @@ class FrozenTask:
         pass
 
     def loss(self, batch):
-        hidden, targets = self.states["train"][0][batch], self.states["train"][1][batch]
+        hidden = self.states["train"][0][batch].to(self.device)
+        targets = self.states["train"][1][batch].to(self.device)
         return self.head.loss(hidden, targets), hidden, targets
 
     def logged_loss(self, loss) -> float:
@@ -293,6 +345,19 @@ class FrozenTask:
 
 
 TASKS = {"joint": JointTask, "frozen": FrozenTask}
+
+
+def body_of(body_cfg: dict, vocab_size: int) -> torch.nn.Module:
+    """The body a checkpoint's config describes (configs written before --body describe an LSTM)."""
+    return make_body(body_cfg.get("body", "lstm"), vocab_size, body_cfg["d_model"], body_cfg["layers"],
+                     body_cfg["dropout"], body_cfg.get("heads", 4), body_cfg["bptt"])
+
+
+def body_label(cfg) -> str:
+    """quality.csv's body column: 'lstm', or 'gpt-{layers}x{d_model}'."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    body = get("body", "lstm") or "lstm"
+    return body if body == "lstm" else f"{body}-{get('layers')}x{get('d_model')}"
 
 
 def split_ids(cfg: TrainConfig, corpus):
@@ -315,17 +380,57 @@ def build_head(cfg: TrainConfig, corpus, d_model: int):
 
 
 def make_optimizer(cfg: TrainConfig, module: torch.nn.Module, lr: float):
+    if cfg.optimizer == "adamw":  # decay on matrices only, never on biases and LayerNorm gains
+        params = list(module.parameters())
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
     if cfg.optimizer == "adam":
         return torch.optim.Adam(module.parameters(), lr=lr)
     return torch.optim.SGD(module.parameters(), lr=lr)
 
 
-def distributed():
-    """(rank, world size); initialises torch.distributed when started by torchrun."""
+def distributed(cfg: TrainConfig):
+    """(rank, world size, device); initialises torch.distributed when started by torchrun: NCCL with one
+    GPU per process (LOCAL_RANK) on CUDA, gloo on CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
+    cuda = cfg.device.startswith("cuda")
+    device = torch.device(cfg.device)
+    if world > 1:
+        if cuda:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        return torch.distributed.get_rank(), world, device
+    return 0, 1, device
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a GPU that torch says supports it, or a CPU with
+    AVX512-BF16 or AMX-BF16 (elsewhere bf16 autocast is emulated and slower than float32)."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
+    """bfloat16 for --autocast bf16, or auto where the device computes it natively; None: float32."""
+    if cfg.autocast == "bf16" or (cfg.autocast == "auto" and native_bf16(device.type)):
+        return torch.bfloat16
+    return None
 
 
 # --------------------------------------------------------------------------- the run's files
@@ -397,16 +502,18 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
-        self.rank, self.world = distributed()
-        self.corpus = load_corpus(cfg.data)
+        self.rank, self.world, self.device = distributed(cfg)
+        self.autocast = autocast_dtype(cfg, self.device)
+        self.corpus = load_corpus(cfg.data, vocabulary=cfg.vocabulary)
         self.run = Run(cfg, self.rank)
-        self.task = TASKS[cfg.protocol](cfg, self.corpus, self.rank, self.world)
+        self.task = TASKS[cfg.protocol](cfg, self.corpus, self.rank, self.world, self.device)
         self.head = self.task.head
         self.schedule = Schedule(cfg.lr)
-        self.epoch, self.window, self.step = 0, 0, 0
+        self.epoch, self.window, self.step, self.steps_per_epoch = 0, 0, 0, 0
         self.invocations: List[dict] = []
         self.optimizer = make_optimizer(cfg, self.task.trainable(), cfg.lr)
-        self.reassigner = CodeReassigner(self.head, cfg.reassign_every) if cfg.reassign_every else None
+        self.reassigner = (CodeReassigner(self.head, cfg.reassign_every, cfg.reassign_margin)
+                           if cfg.reassign_every else None)
         if cfg.resume and os.path.exists(self.run.checkpoint):
             self.restore(load_checkpoint(self.run.checkpoint, "resume"))
             self.run.set_aside_log_after(self.step)
@@ -417,13 +524,16 @@ class Trainer:
         self.invocation = {"argv": relative_argv(sys.argv[1:]), "git_commit": git_commit(), "cpu_model": cpu_model(),
                            "torch_version": str(torch.__version__), "threads": torch.get_num_threads(),
                            "world_size": self.world, "epochs": cfg.epochs, "steps": cfg.steps,
+                           "device": str(self.device), "device_name": device_name(str(self.device)),
+                           "autocast": str(self.autocast).replace("torch.", "") if self.autocast else "none",
                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_step": self.step,
                            "to_step": self.step}
         self.run.log(step=self.step, invocation=self.invocation)
         self.tokens, self.elapsed, self.head_seconds, self.timed_steps = 0, 0.0, 0.0, 0
 
     def restore(self, saved: dict) -> None:
-        mine, theirs = identity(self.cfg), saved["config"]
+        # a setting added after the checkpoint was written had its default then
+        mine, theirs = identity(self.cfg), {**identity(TrainConfig()), **saved["config"]}
         differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if differ:
             shown = ", ".join(f"{k}={theirs.get(k)!r} (now {mine.get(k)!r})" for k in differ)
@@ -440,6 +550,8 @@ class Trainer:
         self.epoch, self.window, self.step = saved["epoch"], saved["window"], saved["step"]
         self.invocations = list(saved["invocations"])
         torch.set_rng_state(saved["rng"])
+        if saved.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
         if self.reassigner is not None:
             self.reassigner.load_state_dict(saved["reassigner"])
 
@@ -450,6 +562,7 @@ class Trainer:
                 "schedule": asdict(self.schedule), "epoch": self.epoch, "window": self.window,
                 "step": self.step, "invocations": self.invocations + [self.invocation],
                 "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
                 **({"reassigner": self.reassigner.state_dict()} if self.reassigner else {})}
 
     def checkpoint(self) -> None:
@@ -471,6 +584,7 @@ class Trainer:
     def fit(self) -> None:
         while not self.finished() and not self.capped():
             batches = self.task.epoch_batches(self.epoch)
+            self.steps_per_epoch = len(batches)
             if self.window == 0:
                 self.task.begin_epoch()
             while self.window < len(batches) and not self.capped():
@@ -479,27 +593,53 @@ class Trainer:
                 self.end_epoch()
         self.checkpoint()
 
+    def lr_factor(self) -> float:
+        """The step's share of the schedule's rate: linear warm-up over --warmup steps, then cosine decay
+        to MIN_LR_RATIO at the end of --cosine-epochs epochs (1 without them): a function of the step."""
+        step, warmup = self.step + 1, self.cfg.warmup
+        factor = min(1.0, step / warmup) if warmup else 1.0
+        if self.cfg.cosine_epochs:
+            total = max(1, self.cfg.cosine_epochs * self.steps_per_epoch - warmup)
+            progress = min(1.0, max(0.0, (step - warmup) / total))
+            factor *= MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress))
+        return factor
+
+    def autocast_context(self):
+        return torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":  # kernels run asynchronously: time them once they have finished
+            torch.cuda.synchronize(self.device)
+
     def train_step(self, batch) -> None:
         start = time.perf_counter()
-        loss, hidden, targets = self.task.loss(batch)
+        with self.autocast_context():
+            loss, hidden, targets = self.task.loss(batch)
         if self.reassigner:  # timed: observing is part of training a learned mapping
-            self.reassigner.observe(hidden, targets)
+            self.reassigner.observe(hidden.float(), targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.task.trainable().parameters(), self.cfg.clip)
+        rate = self.schedule.lr * self.lr_factor()
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
         self.optimizer.step()
+        self.synchronize()
         self.elapsed += time.perf_counter() - start
         self.tokens += targets.numel() * self.world
         self.step += 1
         self.window += 1
         moved = self.reassigner.maybe_reassign(self.step) if self.reassigner else None
-        if moved is not None:
-            self.run.log(step=self.step, reassigned_tokens=moved)
+        if moved is not None:  # the share of the vocabulary, and of the tokens seen, that changed code
+            seen = self.reassigner.last_seen
+            self.run.log(step=self.step, reassigned_tokens=moved, reassigned_share=moved / self.head.vocab_size,
+                         seen_tokens=seen, reassigned_share_of_seen=moved / seen if seen else 0.0)
         if self.step % self.cfg.log_every == 0:
-            self.head_seconds += time_head(self.head, hidden.detach(), targets)
+            with self.autocast_context():
+                self.head_seconds += time_head(self.head, hidden.detach(), targets, self.synchronize)
             self.timed_steps += 1
             self.run.log(step=self.step, epoch=self.epoch + 1, loss=self.task.logged_loss(loss),
-                         lr=self.schedule.lr, tokens_per_s=self.tokens / self.elapsed, **self.speed())
+                         lr=rate, tokens_per_s=self.tokens / self.elapsed, **self.speed())
         if self.rank == 0 and self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
             self.run.log(step=self.step, valid_ppl=self.task.evaluate("validation"))
         if self.step % self.cfg.checkpoint_every == 0:
@@ -549,10 +689,21 @@ class Trainer:
             "history": history, **self.head.quality_metrics(self.task.test_targets()),
             "tokens_per_s": self.tokens / max(self.elapsed, 1e-9), **self.speed(),
             "precision": str(next(self.head.parameters()).dtype).replace("torch.", ""),
+            "autocast": self.invocation["autocast"], **self.parameter_counts(),
+            "body": body_label(self.cfg), "vocabulary": self.corpus.label,
             "git_commit": git_commit(), "cpu_model": cpu_model(), "torch_version": str(torch.__version__),
             "threads": torch.get_num_threads(), "corpus": corpus_fingerprint(self.corpus),
             "config": {k: relative_path(v) for k, v in asdict(self.cfg).items()},
             "invocations": self.invocations + [self.invocation]}
+
+    def parameter_counts(self) -> dict:
+        """total_params: the model's distinct parameters (a tied matrix once); shared_params: those the
+        output layer shares with the body, counted in output_params too; tied: what is shared."""
+        model = self.task.trainable()
+        total = sum(p.numel() for p in model.parameters())  # parameters() yields a shared tensor once
+        shared = self.head.weight.numel() if self.cfg.tie_embeddings else 0
+        return {"total_params": total, "shared_params": shared,
+                "tied": "output weight = input embedding" if shared else ""}
 
     def stop_reason(self) -> str:
         if self.schedule.stopped(self.cfg):
@@ -562,12 +713,14 @@ class Trainer:
         return f"steps: the cap of {self.cfg.steps} steps"
 
 
-def time_head(head, hidden, targets) -> float:
+def time_head(head, hidden, targets, synchronize=lambda: None) -> float:
     """Seconds of the head's loss forward + backward on detached hidden states (gradients discarded)."""
     saved = [p.grad for p in head.parameters()]
     hidden = hidden.requires_grad_(True)
+    synchronize()
     start = time.perf_counter()
     head.loss(hidden, targets).backward()
+    synchronize()
     seconds = time.perf_counter() - start
     for p, g in zip(head.parameters(), saved):
         p.grad = g

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The transformer track's quality runs (configs/quality-transformer.json) on one GPU, in under 10 minutes:
+# LANES runs at a time share the GPU (`python -m vqbench.quality run --device cuda`), the whole step is cut
+# at LIMIT seconds, and the tables of whatever finished are written. Run folders (log.jsonl, summary.json)
+# and the tables go to OUTDIR/quality/; checkpoints (hundreds of MB each) to CHECKPOINTS (default
+# /tmp/vqbench-quality-checkpoints), outside OUTDIR, so a run cut at the limit resumes on this machine only.
+#
+#   bash scripts/run-cuda-quality.sh OUTDIR             # on a CUDA machine
+#   bash scripts/run-cuda-quality.sh OUTDIR --dry-run   # anywhere: seed 0 of every run on the CPU, tiny sizes
+#   ONLY="softmax vq-K5013" bash scripts/run-cuda-quality.sh OUTDIR   # only these runs or variants
+set -euo pipefail
+if [ $# -lt 1 ] || [ $# -gt 2 ] || { [ $# -eq 2 ] && [ "$2" != "--dry-run" ]; }; then
+    echo "usage: bash scripts/run-cuda-quality.sh OUTDIR [--dry-run]" >&2
+    exit 2
+fi
+OUT=$(mkdir -p "$1/quality" && cd "$1" && pwd)
+DRY=${2:-}
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+PLAN=configs/quality-transformer.json
+
+if ! "$PY" -c "import vqbench" 2>/dev/null; then
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+"$PY" -c "import torch, tiktoken, vqbench; print('torch', torch.__version__, 'vqbench', vqbench.__version__)"
+
+if [ "$DRY" = "--dry-run" ]; then
+    DEVICE=cpu
+    LANES=2
+    LIMIT=500
+    CHECKPOINTS=${CHECKPOINTS:-$OUT/checkpoints}
+    # the plan with tiny sizes, one epoch, seed 0 of every run: every head, flag and step runs once
+    "$PY" - "$PLAN" "$OUT/plan.json" <<'EOF'
+import json, sys
+plan = json.load(open(sys.argv[1]))
+flags = dict(zip(plan["common_flags"][::2], plan["common_flags"][1::2]))
+flags.update({"--layers": "1", "--d-model": "64", "--heads": "2", "--bptt": "16", "--batch-size": "4",
+              "--warmup": "2", "--cosine-epochs": "1", "--train-tokens": "1200", "--eval-tokens": "300",
+              "--checkpoint-every": "1000", "--log-every": "5"})
+plan.update(epochs=1, first=[], best_seeds={}, common_flags=[x for pair in flags.items() for x in pair])
+for run in plan["runs"]:
+    run["seeds"] = [0]
+    run["flags"] = [f if f != "500" else "3" for f in run.get("flags", [])]  # a re-assignment within the epoch
+json.dump(plan, open(sys.argv[2], "w"), indent=1)
+EOF
+    PLAN=$OUT/plan.json
+else
+    DEVICE=cuda
+    LANES=${LANES:-4}
+    LIMIT=${LIMIT:-540}
+    CHECKPOINTS=${CHECKPOINTS:-/tmp/vqbench-quality-checkpoints}
+    nvidia-smi -L
+    "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
+fi
+mkdir -p "$CHECKPOINTS"
+
+status=0
+timeout --signal=INT "$LIMIT" "$PY" -m vqbench.quality run --plan "$PLAN" --results "$OUT/quality" \
+    --checkpoints "$CHECKPOINTS" --device "$DEVICE" --lanes "$LANES" ${ONLY:+--only $ONLY} \
+    > "$OUT/quality-run.log" 2>&1 || status=$?
+if [ "$status" -eq 124 ]; then
+    echo "quality run: stopped at the ${LIMIT} s limit; run the script again on this machine to resume"
+elif [ "$status" -ne 0 ]; then
+    tail -n 20 "$OUT/quality-run.log"
+    for log in "$CHECKPOINTS"/*.stdout.log; do [ -f "$log" ] && tail -n 3 "$log"; done
+    exit 1
+fi
+"$PY" -m vqbench.quality table --plan "$PLAN" --results "$OUT/quality" > "$OUT/quality-table.log" 2>&1 \
+    || { tail -n 5 "$OUT/quality-table.log"; exit 1; }
+echo "quality: $(ls "$OUT"/quality/runs | wc -l) runs, tables in $OUT/quality"
