@@ -1,6 +1,7 @@
 """Figures and the report, from stored result rows (no measuring)."""
 
 import csv
+import os
 
 from vqbench import plot, report
 from vqbench.results import COLUMNS, ResultsFile
@@ -57,3 +58,17 @@ def test_the_pareto_frontier_keeps_only_points_nothing_beats():
               (6_600_000, 1.2), (200_000, 1.7)]
     assert plot.pareto_frontier(points) == [(200_000, 1.5), (240_000, 1.45), (1_000_000, 0.98)]
     assert plot.pareto_frontier([]) == []
+
+
+def test_gpu_ratios_carry_the_unpadded_softmax_caveat_until_measured_again():
+    from vqbench.results import read_rows
+    rows = read_rows(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
+                                  "cuda-headline.csv"))
+    gpu = [line for line in report.claims_table([], [], [], cuda=rows).splitlines() if ", GPU |" in line]
+    assert len(gpu) == 8 and all("caveat: softmax ran unpadded at V=50257, without TF32, at 12% of its measured "
+                                 "bfloat16 ceiling" in line for line in gpu)
+    padded = [{**r, "spec": "softmax:pad=64"} for r in rows if r["spec"] == "softmax"]
+    tf32 = [{**r, "dtype": "tf32"} for r in rows if r["spec"] == "softmax"]
+    for remeasured in (rows + padded, rows + tf32):
+        assert report.gpu_softmax_caveat(remeasured) == ""
+        assert "caveat" not in report.claims_table([], [], [], cuda=remeasured)
