@@ -216,3 +216,34 @@ def test_from_file_selects_rows(tmp_path, capsys):
     assert "V=2000" in printed and "V=1000" not in printed and "| softmax" not in printed
     assert "vq:K=16" in (tmp_path / "picked.md").read_text()
     assert compare.main(["--from", str(tmp_path / "missing.csv")]) == 2
+
+
+def test_tf32_is_a_measured_precision_set_while_measuring_and_restored(tmp_path, monkeypatch):
+    from vqbench import floors
+    seen = []
+    measure_unit, gemm_rate = sweep.measure_unit, floors.gemm_rate
+
+    def spy_unit(head, base, *args, **kwargs):
+        seen.append((base["dtype"], "op", torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32))
+        return measure_unit(head, base, *args, **kwargs)
+
+    def spy_gemm(device, dtype, *args):
+        seen.append((str(dtype), "gemm", torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32))
+        return gemm_rate(device, dtype, *args)
+
+    monkeypatch.setattr(sweep, "measure_unit", spy_unit)
+    monkeypatch.setattr(floors, "gemm_rate", spy_gemm)
+    monkeypatch.setattr(floors.CeilingMeter, "AGREE", float("inf"))  # rates that agreed would be reused
+    torch.set_float32_matmul_precision("medium")  # the caller's setting, to be restored
+    try:
+        rows, _ = tiny_sweep(tmp_path, ["softmax"], ops=("loss",), dtypes=("float32", "tf32"))
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert {r["dtype"] for r in rows} == {"float32", "tf32"}
+    ops_seen = {(dtype, precision, tf32) for dtype, kind, precision, tf32 in seen if kind == "op"}
+    assert ops_seen == {("float32", "highest", False), ("tf32", "high", True)}
+    # each precision has its own GEMM ceilings, before and after its head: none reused across precisions
+    gemms = [(precision, tf32) for _, kind, precision, tf32 in seen if kind == "gemm"]
+    assert sorted(gemms) == [("high", True)] * 2 + [("highest", False)] * 2
+    assert "tf32" in compare.build_parser().parse_args(["--dtype", "float32", "tf32", "bfloat16"]).dtype

@@ -8,6 +8,7 @@ guards skip, before trying, configurations whose analytic footprint or time exce
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import traceback
@@ -25,7 +26,9 @@ from vqbench.provenance import provenance
 from vqbench.registry import expand_codebook, make_head, parse_spec
 from vqbench.results import DEFAULT_OPS, PARAMS_OP, ResultsFile, unit_key
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+#: the precisions a sweep measures, by the name rows record: "tf32" is float32 parameters whose matrix
+#: products run in TF32 (Ampere and later GPUs; see matmul_precision)
+DTYPES = {"float32": torch.float32, "tf32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
 CEILING_SIZES = {"full": {}, "small": {"gemm_size": 256, "buffer_bytes": 1 << 20}}
 
@@ -63,6 +66,24 @@ class SweepStats:
     resumed: int = 0
 
 
+@contextlib.contextmanager
+def matmul_precision(dtype_name: str):
+    """Within: float32 matrix products in TF32 for dtype "tf32", strict for every other name, as most users
+    leave them; the caller's setting is restored afterwards. set_float32_matmul_precision sets
+    torch.backends.cuda.matmul.allow_tf32 (and oneDNN's on CPU) with it; setting allow_tf32 as well would mix
+    torch's legacy and new precision APIs, which torch >= 2.9 refuses to read back."""
+    try:
+        saved = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the caller mixed the two APIs: nothing readable to restore
+        saved = None
+    torch.set_float32_matmul_precision("high" if dtype_name == "tf32" else "highest")
+    try:
+        yield
+    finally:
+        if saved is not None:
+            torch.set_float32_matmul_precision(saved)
+
+
 def make_inputs(vocab: int, d: int, n: int, device: str, dtype: torch.dtype, seed: int = 0):
     """The same inputs for every head: hidden [N, d] ~ N(0, 1); targets [N] from a Zipf law."""
     g = torch.Generator().manual_seed(seed)
@@ -84,8 +105,9 @@ def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threa
     configs = list(itertools.product(grid.devices, grid.dtypes, grid.vocab, grid.d_model, grid.specs()))
     bar = tqdm(total=len(configs) * len(grid.tokens) * (len(grid.ops) + 1), disable=not progress, desc="vqbench",
                unit="op", dynamic_ncols=True)
-    meter = CeilingMeter(threads, **CEILING_SIZES[ceilings])
+    meters = {}  # per precision: float32 and tf32 share a torch dtype, not a GEMM ceiling
     for device, dtype_name, vocab, d, spec in configs:
+        meter = meters.setdefault(dtype_name, CeilingMeter(threads, **CEILING_SIZES[ceilings]))
         context = dict(spec=spec, V=vocab, d=d, device=device, dtype=dtype_name)
         units = [(n, op) for n in grid.tokens for op in (PARAMS_OP, *grid.ops)]
         todo = [(n, op) for n, op in units if not (resume and unit_key({**context, "N": n, "op": op}) in results.done)]
@@ -93,7 +115,8 @@ def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threa
         bar.update(len(units) - len(todo))
         if todo:
             bar.set_postfix_str(f"{spec} V={vocab} d={d}")
-            measure_head(context, todo, results, budget, meter, threads, seed, stats, bar)
+            with matmul_precision(dtype_name):
+                measure_head(context, todo, results, budget, meter, threads, seed, stats, bar)
     bar.close()
     return stats
 
