@@ -247,3 +247,16 @@ def test_tf32_is_a_measured_precision_set_while_measuring_and_restored(tmp_path,
     gemms = [(precision, tf32) for _, kind, precision, tf32 in seen if kind == "gemm"]
     assert sorted(gemms) == [("high", True)] * 2 + [("highest", False)] * 2
     assert "tf32" in compare.build_parser().parse_args(["--dtype", "float32", "tf32", "bfloat16"]).dtype
+
+
+def test_speed_ups_divide_by_the_fastest_exact_softmax_of_the_same_precision_and_name_it():
+    rows = fake_rows()
+    time_row = next(r for r in rows if r["spec"] == "softmax" and r["metric"] == "time" and r["V"] == "2000")
+    rows.append({**time_row, "spec": "softmax:pad=64", "value": str(1e-3)})        # 2x faster at V=2000
+    rows.append({**time_row, "spec": "softmax:bias=1", "value": str(0.1e-3)})      # another model: not a baseline
+    rows.append({**time_row, "spec": "softmax:pad=64", "dtype": "tf32", "value": str(0.2e-3)})  # another table
+    ratio = next(t for t in build_tables(rows) if t.caption.startswith("Speed-up") and t.key.dtype == "float32")
+    body = {line[0]: line[1:] for line in ratio.body}
+    assert body["vq:K=16"] == ["4.00x", "2.00x"] and body["softmax"] == ["1.00x", "0.50x"]
+    assert body["softmax:pad=64"] == ["", "1.00x"]
+    assert "V=1000: softmax; V=2000: softmax:pad=64" in ratio.caption
