@@ -197,7 +197,10 @@ def test_cli_writes_files_and_rejects_bad_arguments(tmp_path, capsys):
                          "--no-progress", "--format", "csv"]) == 0
     assert (tmp_path / "compare.csv").exists() and (tmp_path / "compare.md").exists()
     assert (tmp_path / "compare.tables.csv").exists()
-    assert "Regenerate: `python -m vqbench.compare" in (tmp_path / "compare.md").read_text()
+    text = (tmp_path / "compare.md").read_text()
+    assert "Regenerate: `python -m vqbench.compare" in text
+    shown = os.path.relpath(tmp_path, compare.REPOSITORY)  # no machine path in a file that may be committed
+    assert f"--out {tmp_path}" not in text and f"`{tmp_path}" not in text and f"--out {shown} " in text and f"Rows: `{shown}/compare.csv`" in text
     for bad in (["--heads", "nope"], ["--vocab", "0"], ["--ops", "fly"]):
         with pytest.raises(SystemExit):
             compare.main(bad)

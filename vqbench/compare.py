@@ -146,10 +146,30 @@ def settings_clash(rows, args) -> str:
     return ""
 
 
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def repo_relative(path: str) -> str:
+    """path relative to the repository, so that no file records the machine it was written on."""
+    return os.path.relpath(os.path.abspath(path), REPOSITORY)
+
+
+def shown_command(argv) -> str:
+    """The command line as a file records it: the values of --out and --from relative to the repository."""
+    words = list(argv)
+    for i, word in enumerate(words):
+        flag, eq, value = word.partition("=")
+        if flag in ("--out", "--from") and eq:
+            words[i] = f"{flag}={repo_relative(value)}"
+        elif i and words[i - 1] in ("--out", "--from"):
+            words[i] = repo_relative(word)
+    return "python -m vqbench.compare " + " ".join(words)
+
+
 def write_markdown(path, name, command, source, tables):
     with open(path, "w") as f:
         f.write(f"# vqbench compare: {name}\n\nRegenerate: `{command.strip()}`\n\n"
-                f"Rows: `{source}`.\n\n{render(tables, 'github')}")
+                f"Rows: `{repo_relative(source)}`.\n\n{render(tables, 'github')}")
 
 
 class Refused(Exception):
@@ -158,7 +178,7 @@ class Refused(Exception):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = "python -m vqbench.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = shown_command(sys.argv[1:] if argv is None else argv)
     try:
         return render_stored(args, command) if args.from_file else measure(args, command)
     except Refused as reason:
