@@ -5,6 +5,7 @@
     peer:impl=compile               torch.compile of F.linear + F.cross_entropy
     peer:impl=cce                   Cut Cross-Entropy (package cut-cross-entropy; torch_compile on CPU)
     peer:impl=liger                 Liger's fused linear cross-entropy (package liger-kernel; CUDA only)
+    peer:impl=compile,pad=64        the compiled loss over a weight padded to a multiple of 64 rows (exact)
 
 Each is a full softmax (one weight [V, d], initialised as vqbench's softmax) whose loss, and so whose
 training step, runs through the peer's function; log_probs, logits, predict and sample raise
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqbench.head import OutputHead, check_choice
+from vqbench.padding import logit_mask, padded_rows, padded_width
 from vqbench.registry import register_head
 
 IMPLS = ("torch-lce", "compile", "cce", "liger")
@@ -35,21 +37,26 @@ class PeerLoss(OutputHead):
 
     Shapes: hidden [N, d], target [N] -> loss (scalar); weight W [V, d].
 
-    Parameters (closed form): V * d, as `softmax`.
+    Parameters (closed form): V * d, as `softmax` (P * d with ``pad``).
 
     Options:
         impl: "torch-lce" (default), "compile", "cce" or "liger".
         chunked: torch-lce through its chunked path (LinearCrossEntropyOptions()).
+        pad: compile only, as softmax's ``pad``: W [P, d], P = V rounded up to a multiple of pad, the extra
+            logits -inf through the product's bias (the other peers take no bias to mask them with).
     """
 
-    OPTION_TYPES = {"impl": str, "chunked": bool}
+    OPTION_TYPES = {"impl": str, "chunked": bool, "pad": int}
 
-    def __init__(self, vocab_size, d_model, *, impl="torch-lce", chunked=False, token_counts=None):
+    def __init__(self, vocab_size, d_model, *, impl="torch-lce", chunked=False, pad=None, token_counts=None):
         super().__init__(vocab_size, d_model, token_counts)
         self.impl = check_choice("impl", impl, IMPLS)
         if chunked and impl != "torch-lce":
             raise ValueError("chunked: only torch-lce has a chunked option")
         self.chunked = bool(chunked)
+        if pad is not None and impl != "compile":
+            raise ValueError("pad: only impl=compile masks padded logits (through a bias the other peers lack)")
+        self.pad, width = pad, padded_width(self.vocab_size, pad)
         if impl == "torch-lce" and not hasattr(F, "linear_cross_entropy"):
             raise NotImplementedError(f"impl: torch-lce needs F.linear_cross_entropy (torch >= 2.13), "
                                       f"this is torch {torch.__version__}")
@@ -57,14 +64,17 @@ class PeerLoss(OutputHead):
             raise NotImplementedError(f"impl: {impl} needs the package {PACKAGES[impl].replace('_', '-')} "
                                       f"(pip install -e \".[peers]\")")
         bound = 1.0 / math.sqrt(self.d_model)  # as vqbench's softmax
-        self.weight = nn.Parameter(torch.empty(self.vocab_size, self.d_model).uniform_(-bound, bound))
+        self.weight = nn.Parameter(padded_rows(torch.empty(self.vocab_size, self.d_model).uniform_(-bound, bound),
+                                               width))
+        self.register_buffer("mask", logit_mask(self.vocab_size, width) if width > self.vocab_size else None,
+                             persistent=False)
         self._compiled = None
 
     def _spec_values(self):
-        return {"impl": self.impl, "chunked": self.chunked}
+        return {"impl": self.impl, "chunked": self.chunked, "pad": self.pad}
 
     def closed_form_num_parameters(self) -> int:
-        return self.vocab_size * self.d_model
+        return self.weight.shape[0] * self.d_model
 
     def _loss(self, hidden, target):
         if self.impl == "torch-lce":
@@ -73,7 +83,7 @@ class PeerLoss(OutputHead):
         if self.impl == "compile":
             if self._compiled is None:
                 self._compiled = torch.compile(_plain_loss, dynamic=False)
-            return self._compiled(hidden, self.weight, target)
+            return self._compiled(hidden, self.weight, self.mask, target)
         if self.impl == "cce":
             from cut_cross_entropy import linear_cross_entropy
             kind = {} if hidden.device.type == "cuda" else {"impl": "torch_compile"}
@@ -98,8 +108,8 @@ class PeerLoss(OutputHead):
         raise NotImplementedError(f"{self.spec} implements the loss and the training step only")
 
     def _matmul_flops(self, num_tokens, op, target):
-        return 2 * num_tokens * self.d_model * self.vocab_size
+        return 2 * num_tokens * self.d_model * self.weight.shape[0]
 
 
-def _plain_loss(hidden, weight, target):
-    return F.cross_entropy(F.linear(hidden, weight), target)
+def _plain_loss(hidden, weight, mask, target):
+    return F.cross_entropy(F.linear(hidden, weight, mask), target)
