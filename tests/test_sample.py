@@ -70,3 +70,36 @@ def test_sample_shapes_seeds_and_errors():
             head.sample(hidden, temperature=bad)
     with pytest.raises(TypeError, match="generator"):
         head.sample(hidden, generator=0)
+
+
+@pytest.mark.parametrize("options", ["K=10", "K=10,bias=1"])
+def test_vq_sample_sorts_and_scans_v_once_until_the_mapping_or_bias_changes(options, monkeypatch):
+    head = build(f"vq:{options}")
+    with torch.no_grad():
+        if head.bias is not None:
+            head.bias.copy_(torch.linspace(-3, 3, V, dtype=torch.float64))
+    hidden = torch.randn(5, D, dtype=torch.float64)
+
+    def fresh(temperature=1.0):  # what sample drew before its tables were cached: everything rebuilt
+        head._groups = head._bias_draw = None
+        return head.sample(hidden, generator=torch.Generator().manual_seed(7), temperature=temperature)
+
+    v_wide = []
+    argsort, cumsum = torch.argsort, torch.cumsum
+    monkeypatch.setattr(torch, "argsort", lambda x, *a, **k: (v_wide.append("sort"), argsort(x, *a, **k))[1])
+    monkeypatch.setattr(torch, "cumsum", lambda x, *a, **k: (v_wide.append("scan") if x.numel() == V else None,
+                                                            cumsum(x, *a, **k))[1])
+    expected = fresh()
+    v_wide.clear()
+    for _ in range(3):
+        assert torch.equal(head.sample(hidden, generator=torch.Generator().manual_seed(7)), expected)
+    assert v_wide == []  # per call: K- and N-wide work only
+    for change in ("mapping", "bias", "temperature"):
+        if change == "mapping":
+            head.set_mapping(torch.arange(V) % head.K)
+        elif change == "bias" and head.bias is not None:
+            with torch.no_grad():
+                head.bias.mul_(-1)
+        temperature = 0.5 if change == "temperature" else 1.0
+        drawn = head.sample(hidden, generator=torch.Generator().manual_seed(7), temperature=temperature)
+        assert torch.equal(drawn, fresh(temperature)), change

@@ -81,6 +81,7 @@ class VQLogits(LogitsHead):
                 log_counts = counts.log()
                 self.bias.copy_((log_counts - log_counts.mean()).to(self.bias.dtype))
 
+        self._groups = self._bias_draw = None  # caches of sample's V-wide tables (see _grouped_tokens)
         self.register_buffer("mapping", codes)
         self.register_buffer("code_sizes", torch.empty(self.K, dtype=torch.int64))
         self.register_buffer("first_token", torch.empty(self.K, dtype=torch.int64))
@@ -210,25 +211,42 @@ class VQLogits(LogitsHead):
     def _sample(self, hidden, generator, temperature):
         # p(token i) ~ exp((L[M(i)] + b_i) / T) = exp(L_k / T) * exp(b_i / T): a code k from the K-way
         # softmax of L / T + log sum_{i in k} exp(b_i / T), then a token inside k by exp(b_i / T)
-        # (uniformly without a bias): exact at every temperature, and no V-wide tensor per token
-        members = torch.argsort(self.mapping, stable=True)            # tokens grouped by code
+        # (uniformly without a bias): exact at every temperature; per call only K- and N-wide work, the
+        # V-wide tables are cached until the mapping (or the bias, or T) changes
+        members, start = self._grouped_tokens()
         sizes = self.code_sizes
-        start = torch.cumsum(sizes, 0) - sizes
         if self.bias is None:
             mass = sizes.to(hidden.dtype).log()
         else:
-            weights, mass = self._code_mass(self.bias.detach() / temperature)
+            cumulative, mass = self._bias_tables(members, temperature)
         code = sample_rows(self.codebook_logits(hidden) / temperature + mass, generator)
         u = uniform(code.shape[0], hidden, generator)
         if self.bias is None:
             offset = torch.clamp((u * sizes[code]).long(), max=sizes[code] - 1)
             return members[start[code] + offset]
-        cumulative = torch.cumsum(weights[members].double(), 0)       # [V], grouped by code
         below = torch.where(start > 0, cumulative[(start - 1).clamp(min=0)], 0.0)
         total = cumulative[(start + sizes - 1).clamp(min=0)] - below
         index = torch.searchsorted(cumulative, below[code] + u * total[code], right=True)
         index = torch.minimum(torch.maximum(index, start[code]), start[code] + sizes[code] - 1)
         return members[index]
+
+    def _grouped_tokens(self):
+        """([V] the tokens grouped by code, [K] where each code's group starts), sorted once per mapping: keyed
+        by the buffers' storage and version, which set_mapping, load_state_dict and .to() all change."""
+        key = (self.mapping.data_ptr(), self.mapping._version, self.code_sizes.data_ptr(), self.code_sizes._version)
+        if self._groups is None or self._groups[0] != key:
+            members = torch.argsort(self.mapping, stable=True)
+            self._groups = (key, members, torch.cumsum(self.code_sizes, 0) - self.code_sizes)
+        return self._groups[1:]
+
+    def _bias_tables(self, members, temperature):
+        """([V] cumulative exp(b_i / T - code peak) over the grouped tokens, float64; [K] log code mass), once
+        per (mapping, bias, T): decoding with a fixed bias pays the V-wide scan once, not per token."""
+        key = (self._groups[0], self.bias.data_ptr(), self.bias._version, temperature)
+        if self._bias_draw is None or self._bias_draw[0] != key:
+            weights, mass = self._code_mass(self.bias.detach() / temperature)
+            self._bias_draw = (key, torch.cumsum(weights[members].double(), 0), mass)
+        return self._bias_draw[1:]
 
     def _code_winners(self):
         """([K] token id, [K] bias or None): the token an argmax over V picks inside each code."""
