@@ -100,6 +100,15 @@ def gpu_softmax_caveat(cuda) -> str:
     return "softmax ran unpadded, without TF32"
 
 
+def fastest_exact_softmax(rows, op, dtype):
+    """(spec, seconds) of the fastest exact softmax variant (plain, chunked, padded, a peer) timed on op in
+    dtype, or None: GPU speed-ups are taken against the strongest softmax, not the plain one."""
+    from vqbench.tables import is_exact_softmax
+    times = [(float(r["value"]), r["spec"]) for r in select_rows(rows, op=op, metric="time", dtype=dtype, status="ok")
+             if is_exact_softmax(r["spec"])]
+    return (min(times)[1], min(times)[0]) if times else None
+
+
 def claims_table(headline, sweep, quality, reference="softmax", paper="vq-K1024", vq_spec="vq:K=1024",
                  headline_thp=(), decode=(), cuda=()):
     """Markdown rows: claim, paper, measured, source. headline: the plain-process headline rows; headline_thp:
@@ -128,12 +137,13 @@ def claims_table(headline, sweep, quality, reference="softmax", paper="vq-K1024"
         caveat = f" (caveat: {caveat}, so the ratio overstates VQ's gain)" if caveat else ""
         for dtype in sorted({r["dtype"] for r in cuda}, key=lambda t: t != "float32"):
             for op, claim, claimed in SPEED_CLAIMS:
-                t_soft = _value(cuda, "softmax", op, "time", dtype=dtype)
+                soft = fastest_exact_softmax(cuda, op, dtype)
                 t_vq = _value(cuda, vq_spec, op, "time", dtype=dtype)
-                if t_soft and t_vq:
+                if soft and t_vq:
+                    spec, t_soft = soft
                     lines.append(f"| {claim}, GPU | {claimed} | {t_soft / t_vq:.1f}x ({t_vq * 1e3:.3f} ms vs "
-                                 f"{t_soft * 1e3:.3f} ms); {vq_spec} vs softmax, {where}, {dtype}{caveat} | "
-                                 f"results/cuda-headline.csv |")
+                                 f"{t_soft * 1e3:.3f} ms); {vq_spec} vs {spec}, the fastest exact softmax, {where}, "
+                                 f"{dtype}{caveat} | results/cuda-headline.csv |")
     for n in sorted({int(r["N"]) for r in decode}):
         for op, how in (("decode", "head.sample"), ("decode_dense", "log_probs + multinomial")):
             t_soft = _value(decode, "softmax", op, "time", N=n)
