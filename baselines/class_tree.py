@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -136,12 +137,18 @@ class ClassTree(nn.Module):
         return token
 
     def sample(self, hidden, generator):
-        """[N] tokens: a class from p(c|h), then a word from the softmax over that class's rows."""
+        """[N] tokens: a class from p(c|h), then a word from the softmax over that class's rows. The tokens are
+        grouped by class with one sort and one count, the call's only wait for the device (not one per class)."""
         from vqbench.head import sample_rows
         cls = sample_rows(hidden @ self.class_weight.T, generator)
         token = torch.empty_like(cls)
-        for c in torch.unique(cls).tolist():
-            picked = (cls == c).nonzero().squeeze(1)
+        order = torch.argsort(cls, stable=True)                            # by class, ascending within one
+        counts = torch.bincount(cls, minlength=self.num_classes).tolist()
+        ends = itertools.accumulate(counts)
+        for c, (n, end) in enumerate(zip(counts, ends)):
+            if not n:
+                continue
+            picked = order[end - n:end]
             lo, hi = self.class_bounds[c]
             rows = torch.arange(lo, hi, device=hidden.device) if self.ids_in_frequency_order else self.order[lo:hi]
             position = sample_rows(hidden[picked] @ self.word_weight[rows].T, generator)

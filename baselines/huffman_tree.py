@@ -145,21 +145,20 @@ class HuffmanTree(nn.Module):
         return out[:self.vocab_size].T
 
     def sample(self, hidden, generator):
-        """[N] tokens, each by walking down from the root: left with probability sigmoid(h . u_node)."""
+        """[N] tokens, each by walking down from the root: left with probability sigmoid(h . u_node). Every walk
+        takes a step at each of the tree's levels (one that has reached its leaf keeps it), so no step waits for
+        the device to say which walks are still going."""
         from vqbench.head import uniform
         n, v = hidden.shape[0], self.vocab_size
         node = torch.full((n,), v - 2, dtype=torch.int64, device=hidden.device)  # the root's index
-        token = torch.empty(n, dtype=torch.int64, device=hidden.device)
-        active = torch.arange(n, device=hidden.device)
-        while active.numel():
-            here = node[active]
-            scores = torch.einsum("nd,nd->n", hidden[active], self.node_weight[here])
-            left = uniform(active.numel(), hidden, generator) < torch.sigmoid(scores.double())
-            child = torch.where(left, self.left_child[here], self.right_child[here])
-            leaf = child < v
-            token[active[leaf]] = child[leaf]
-            node[active[~leaf]] = child[~leaf] - v
-            active = active[~leaf]
+        token = torch.full((n,), -1, dtype=torch.int64, device=hidden.device)
+        for _ in range(self.num_levels):
+            scores = torch.einsum("nd,nd->n", hidden, self.node_weight[node])
+            left = uniform(n, hidden, generator) < torch.sigmoid(scores.double())
+            child = torch.where(left, self.left_child[node], self.right_child[node])
+            walking = token < 0
+            token = torch.where(walking & (child < v), child, token)
+            node = torch.where(walking & (child >= v), child - v, node)
         return token
 
     def largest_intermediate(self, num_tokens, op):

@@ -5,6 +5,7 @@
     peer:impl=compile               torch.compile of F.linear + F.cross_entropy
     peer:impl=cce                   Cut Cross-Entropy (package cut-cross-entropy; torch_compile on CPU)
     peer:impl=liger                 Liger's fused linear cross-entropy (package liger-kernel; CUDA only)
+    peer:impl=compile,pad=64        the compiled loss over a weight padded to a multiple of 64 rows (exact)
 
 Each is a full softmax (one weight [V, d], initialised as vqbench's softmax) whose loss, and so whose
 training step, runs through the peer's function; log_probs, logits, predict and sample raise
@@ -22,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqbench.head import OutputHead, Option, check_choice
+from vqbench.head import OutputHead, Option, check_choice, check_int_option
+from vqbench.padding import logit_mask, padded_width
 from vqbench.registry import register_head
 
 IMPLS = ("torch-lce", "compile", "cce", "liger")
@@ -35,60 +37,74 @@ class PeerLoss(OutputHead):
 
     Shapes: hidden [N, d], target [N] -> loss (scalar); weight W [V, d].
 
-    Parameters (closed form): V * d, as `softmax`.
+    Parameters (closed form): V * d, as `softmax` (P * d with ``pad``).
+
+    ``pad`` (compile only), as softmax's ``pad``: W [P, d], P = V rounded up to a multiple of pad, the extra
+    logits -inf through the product's bias (the other peers take no bias to mask them with).
     """
 
     OPTIONS = (
         Option("impl", str, "torch-lce", "whose fused linear cross-entropy runs the loss", choices=IMPLS),
         Option("chunked", bool, False, "torch-lce through its chunked path (LinearCrossEntropyOptions())"),
+        Option("pad", int, None, "impl=compile only: W's rows rounded up to a multiple of pad, the extra logits "
+                                 "-inf", default_text="none"),
     )
     TITLE = "peers"
     CITATIONS = ("wijmans2025cut", "hsu2024liger")
     SUMMARY = ("fused exact losses of others over a full softmax weight: torch's `F.linear_cross_entropy` "
                "(reference and chunked), `torch.compile` of linear + cross-entropy, Cut Cross-Entropy, Liger "
                "(CUDA); loss and training step only")
-    EXAMPLES = ("peer:impl=torch-lce", "peer:impl=torch-lce,chunked=1", "peer:impl=compile", "peer:impl=cce",
-                "peer:impl=liger")
+    EXAMPLES = ("peer:impl=torch-lce", "peer:impl=torch-lce,chunked=1", "peer:impl=compile",
+                "peer:impl=compile,pad=64", "peer:impl=cce", "peer:impl=liger")
     COMPARED = ()
     CAPABILITIES = frozenset({"loss_only"})
     ORDER = 5
 
     @classmethod
-    def check_options(cls, vocab_size, d_model, *, impl="torch-lce", chunked=False, token_counts=None, **_):
+    def check_options(cls, vocab_size, d_model, *, impl="torch-lce", chunked=False, pad=None, token_counts=None,
+                      **_):
         super().check_options(vocab_size, d_model)
         check_choice("impl", impl, IMPLS)
+        if pad is not None:
+            check_int_option("pad", pad, minimum=1)
+            if impl != "compile":
+                raise ValueError("pad: only impl=compile masks padded logits (through a bias the other peers lack)")
         if chunked and impl != "torch-lce":
             raise ValueError("chunked: only torch-lce has a chunked option")
 
     @classmethod
-    def estimate_parameters(cls, vocab_size, d_model, **_):
-        return vocab_size * d_model
+    def estimate_parameters(cls, vocab_size, d_model, pad=None, **_):
+        return padded_width(vocab_size, pad) * d_model
 
-    def __init__(self, vocab_size, d_model, *, impl="torch-lce", chunked=False, token_counts=None):
-        self.check_options(vocab_size, d_model, impl=impl, chunked=chunked)
+    def __init__(self, vocab_size, d_model, *, impl="torch-lce", chunked=False, pad=None, token_counts=None):
+        self.check_options(vocab_size, d_model, impl=impl, chunked=chunked, pad=pad)
         super().__init__(vocab_size, d_model, token_counts)
         self.impl = impl
         self.chunked = bool(chunked)
+        self.pad, width = pad, padded_width(self.vocab_size, pad)
         if impl == "torch-lce" and not hasattr(F, "linear_cross_entropy"):
             raise NotImplementedError(f"impl: torch-lce needs F.linear_cross_entropy (torch >= 2.13), "
                                       f"this is torch {torch.__version__}")
         if impl in PACKAGES and importlib.util.find_spec(PACKAGES[impl]) is None:
             raise NotImplementedError(f"impl: {impl} needs the package {PACKAGES[impl].replace('_', '-')} "
                                       f"(pip install -e \".[peers]\")")
-        self.weight = nn.Parameter(torch.empty(self.vocab_size, self.d_model))
+        self.weight = nn.Parameter(torch.empty(width, self.d_model))
+        self.register_buffer("mask", logit_mask(self.vocab_size, width) if width > self.vocab_size else None,
+                             persistent=False)
         self._compiled = None
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self):
         bound = 1.0 / math.sqrt(self.d_model)  # as vqbench's softmax
-        self.weight.uniform_(-bound, bound)
+        self.weight[:self.vocab_size].uniform_(-bound, bound)
+        self.weight[self.vocab_size:].zero_()  # the padding rows
 
     def _spec_values(self):
-        return {"impl": self.impl, "chunked": self.chunked}
+        return {"impl": self.impl, "chunked": self.chunked, "pad": self.pad}
 
     def closed_form_num_parameters(self) -> int:
-        return self.vocab_size * self.d_model
+        return self.weight.shape[0] * self.d_model
 
     def _loss(self, hidden, target):
         if self.impl == "torch-lce":
@@ -97,7 +113,7 @@ class PeerLoss(OutputHead):
         if self.impl == "compile":
             if self._compiled is None:
                 self._compiled = torch.compile(_plain_loss, dynamic=False)
-            return self._compiled(hidden, self.weight, target)
+            return self._compiled(hidden, self.weight, self.mask, target)
         if self.impl == "cce":
             from cut_cross_entropy import linear_cross_entropy
             kind = {} if hidden.device.type == "cuda" else {"impl": "torch_compile"}
@@ -123,8 +139,8 @@ class PeerLoss(OutputHead):
         raise NotImplementedError(f"{self.spec} implements the loss and the training step only")
 
     def _matmul_flops(self, num_tokens, op, target):
-        return 2 * num_tokens * self.d_model * self.vocab_size
+        return 2 * num_tokens * self.d_model * self.weight.shape[0]
 
 
-def _plain_loss(hidden, weight, target):
-    return F.cross_entropy(F.linear(hidden, weight), target)
+def _plain_loss(hidden, weight, mask, target):
+    return F.cross_entropy(F.linear(hidden, weight, mask), target)

@@ -202,7 +202,10 @@ def test_cli_writes_files_and_rejects_bad_arguments(tmp_path, capsys):
                          "--no-progress", "--format", "csv"]) == 0
     assert (tmp_path / "compare.csv").exists() and (tmp_path / "compare.md").exists()
     assert (tmp_path / "compare.tables.csv").exists()
-    assert "Regenerate: `python -m vqbench.compare" in (tmp_path / "compare.md").read_text()
+    text = (tmp_path / "compare.md").read_text()
+    assert "Regenerate: `python -m vqbench.compare" in text
+    shown = os.path.relpath(tmp_path, compare.REPOSITORY)  # no machine path in a file that may be committed
+    assert f"--out {tmp_path}" not in text and f"`{tmp_path}" not in text and f"--out {shown} " in text and f"Rows: `{shown}/compare.csv`" in text
     for bad in (["--heads", "nope"], ["--vocab", "0"], ["--ops", "fly"]):
         with pytest.raises(SystemExit):
             compare.main(bad)
@@ -244,3 +247,47 @@ def test_a_file_with_the_old_k_column_still_reads_and_resumes(tmp_path):
     rows = read_rows(str(path))
     assert {(r["op"], r["metric"]) for r in rows if r["spec"] == "vq:K=8"} >= {("params", "params"), ("loss", "time")}
     assert len([r for r in rows if r["op"] == "params"]) == 2  # the stored unit was resumed, not measured again
+
+
+def test_tf32_is_a_measured_precision_set_while_measuring_and_restored(tmp_path, monkeypatch):
+    from vqbench import ceilings
+    seen = []
+    measure_unit, gemm_rate = sweep.measure_unit, ceilings.gemm_rate
+
+    def spy_unit(head, base, *args, **kwargs):
+        seen.append((base["dtype"], "op", torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32))
+        return measure_unit(head, base, *args, **kwargs)
+
+    def spy_gemm(device, dtype, *args):
+        seen.append((str(dtype), "gemm", torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32))
+        return gemm_rate(device, dtype, *args)
+
+    monkeypatch.setattr(sweep, "measure_unit", spy_unit)
+    monkeypatch.setattr(ceilings, "gemm_rate", spy_gemm)
+    monkeypatch.setattr(ceilings.CeilingMeter, "AGREE", float("inf"))  # rates that agreed would be reused
+    torch.set_float32_matmul_precision("medium")  # the caller's setting, to be restored
+    try:
+        rows, _ = tiny_sweep(tmp_path, ["softmax"], ops=("loss",), dtypes=("float32", "tf32"))
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert {r["dtype"] for r in rows} == {"float32", "tf32"}
+    ops_seen = {(dtype, precision, tf32) for dtype, kind, precision, tf32 in seen if kind == "op"}
+    assert ops_seen == {("float32", "highest", False), ("tf32", "high", True)}
+    # each precision has its own GEMM ceilings, before and after its head: none reused across precisions
+    gemms = [(precision, tf32) for _, kind, precision, tf32 in seen if kind == "gemm"]
+    assert sorted(gemms) == [("high", True)] * 2 + [("highest", False)] * 2
+    assert "tf32" in compare.build_parser().parse_args(["--dtype", "float32", "tf32", "bfloat16"]).dtype
+
+
+def test_speed_ups_divide_by_the_fastest_exact_softmax_of_the_same_precision_and_name_it():
+    rows = fake_rows()
+    time_row = next(r for r in rows if r["spec"] == "softmax" and r["metric"] == "time" and r["V"] == "2000")
+    rows.append({**time_row, "spec": "softmax:pad=64", "value": str(1e-3)})        # 2x faster at V=2000
+    rows.append({**time_row, "spec": "softmax:bias=1", "value": str(0.1e-3)})      # another model: not a baseline
+    rows.append({**time_row, "spec": "softmax:pad=64", "dtype": "tf32", "value": str(0.2e-3)})  # another table
+    ratio = next(t for t in build_tables(rows) if t.caption.startswith("Speed-up") and t.key.dtype == "float32")
+    body = {line[0]: line[1:] for line in ratio.body}
+    assert body["vq:K=16"] == ["4.00x", "2.00x"] and body["softmax"] == ["1.00x", "0.50x"]
+    assert body["softmax:pad=64"] == ["", "1.00x"]
+    assert "V=1000: softmax; V=2000: softmax:pad=64" in ratio.caption

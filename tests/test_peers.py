@@ -109,3 +109,21 @@ def test_the_peer_losses_script_lists_every_peer():
     reference = float(body["softmax"].split("|")[2])
     assert float(body["peer:impl=torch-lce"].split("|")[2]) == pytest.approx(reference, abs=1e-5)
     assert "not run" in body["peer:impl=liger"] or float(body["peer:impl=liger"].split("|")[2]) > 0
+
+
+def test_padded_compiled_peer_equals_softmax_and_its_padding_never_trains():
+    torch.manual_seed(0)
+    peer = make_head("peer:impl=compile,pad=64", V, D)
+    softmax = make_head("softmax", V, D)
+    assert peer.weight.shape[0] == 320 and peer.num_parameters() == 320 * D
+    with torch.no_grad():
+        softmax.weight.copy_(peer.weight[:V])
+    g = torch.Generator().manual_seed(1)
+    hidden, target = torch.randn(N, D, generator=g), torch.randint(0, V, (N,), generator=g)
+    ours, theirs = loss_and_grads(softmax, hidden, target), loss_and_grads(peer, hidden, target)
+    torch.testing.assert_close(theirs[0], ours[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(theirs[1], ours[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(theirs[2][:V], ours[2], rtol=1e-5, atol=1e-5)
+    assert torch.equal(theirs[2][V:], torch.zeros(320 - V, D))
+    with pytest.raises(ValueError, match="^pad: only impl=compile"):
+        make_head("peer:impl=cce,pad=64", V, D)

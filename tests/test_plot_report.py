@@ -1,6 +1,7 @@
 """Figures and the report, from stored result rows (no measuring)."""
 
 import csv
+import os
 
 from vqbench import plot, report
 from vqbench.results import COLUMNS, ResultsFile
@@ -57,3 +58,32 @@ def test_the_pareto_frontier_keeps_only_points_nothing_beats():
               (6_600_000, 1.2), (200_000, 1.7)]
     assert plot.pareto_frontier(points) == [(200_000, 1.5), (240_000, 1.45), (1_000_000, 0.98)]
     assert plot.pareto_frontier([]) == []
+
+
+def test_gpu_ratios_carry_the_unpadded_softmax_caveat_until_measured_again():
+    from vqbench.results import read_rows
+    rows = read_rows(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
+                                  "cuda-headline.csv"))
+    gpu = [line for line in report.claims_table([], [], [], cuda=rows).splitlines() if ", GPU |" in line]
+    assert len(gpu) == 8 and all("caveat: softmax ran unpadded at V=50257, without TF32, at 12% of its measured "
+                                 "bfloat16 ceiling" in line for line in gpu)
+    padded = [{**r, "spec": "softmax:pad=64"} for r in rows if r["spec"] == "softmax"]
+    tf32 = [{**r, "dtype": "tf32"} for r in rows if r["spec"] == "softmax"]
+    for remeasured in (rows + padded, rows + tf32):
+        assert report.gpu_softmax_caveat(remeasured) == ""
+        assert "caveat" not in report.claims_table([], [], [], cuda=remeasured)
+
+
+def test_gpu_speed_ups_are_against_the_fastest_exact_softmax_and_name_it():
+    from vqbench.results import read_rows
+    rows = read_rows(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
+                                  "cuda-headline.csv"))
+    vq = next(r for r in rows if r["spec"] == "vq:K=1024" and r["op"] == "logits" and r["metric"] == "time"
+              and r["dtype"] == "bfloat16")
+    faster = [{**vq, "spec": "softmax:pad=64", "head": "softmax", "value": str(2 * float(vq["value"]))},
+              {**vq, "spec": "softmax:bias=1", "head": "softmax", "value": str(float(vq["value"]))}]  # another model
+    lines = report.claims_table([], [], [], cuda=rows + faster).splitlines()
+    logits = next(line for line in lines if line.startswith("| logit computation, GPU") and "bfloat16" in line)
+    assert "| 2.0x (" in logits and "vq:K=1024 vs softmax:pad=64, the fastest exact softmax" in logits
+    train = next(line for line in lines if line.startswith("| training step") and "float32" in line)
+    assert "vs peer:impl=compile, the fastest exact softmax" in train  # 14.24 ms, softmax's 14.43 ms

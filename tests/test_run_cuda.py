@@ -15,27 +15,37 @@ def run(out):
                           timeout=600)
 
 
-def test_dry_run_covers_every_head_dtype_and_op_and_resumes(tmp_path):
+def test_dry_run_covers_every_stage_head_dtype_and_op_and_resumes(tmp_path):
     done = run(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(f for f in os.listdir(tmp_path) if f.endswith((".csv", ".md"))) == \
-        ["cuda-headline.csv", "cuda-headline.md", "cuda-sweep.csv", "cuda-sweep.md"]
-    assert len(os.listdir(tmp_path)) <= 8  # what a lent machine sends back
+    assert sorted(os.listdir(tmp_path)) == ["cuda-headline.csv", "cuda-headline.log", "cuda-headline.md",
+                                            "cuda-selfcheck.json", "cuda-selfcheck.md", "cuda-sweep.csv",
+                                            "cuda-sweep.log", "cuda-sweep.md"]  # at most 8: what a lent machine sends back
+    assert "self-check:" in done.stdout and "peers ran: " in done.stdout
+    # bf16 first, then tf32, then fp32, in both stages
+    order = [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("cuda-")]
+    assert order == [f"{name} {dtype}" for name in ("cuda-headline", "cuda-sweep")
+                     for dtype in ("bfloat16", "tf32", "float32")], done.stdout
     with open(tmp_path / "cuda-headline.csv") as f:
         rows = list(csv.DictReader(f))
     heads = {r["spec"] for r in rows}
-    assert {"softmax", "softmax:chunk=256", "adaptive", "hierarchical", "hierarchical:tree=huffman", "lowrank",
-            "vq:K=16", "vq:K=16,bias=1"} <= heads
-    assert {r["dtype"] for r in rows} == {"float32", "bfloat16"}
+    assert {"softmax", "softmax:pad=64", "softmax:chunk=256", "softmax:chunk=256,pad=64", "adaptive", "hierarchical",
+            "hierarchical:tree=huffman", "lowrank", "lowrank:pad=64", "vq:K=16", "vq:K=16,bias=1",
+            "peer:impl=compile,pad=64", "peer:impl=cce", "peer:impl=liger"} <= heads
+    assert {r["dtype"] for r in rows} == {"float32", "tf32", "bfloat16"}
     timed = {(r["spec"], r["op"], r["dtype"]) for r in rows if r["metric"] == "time"}
-    for spec in ("softmax", "vq:K=16"):
+    for spec in ("softmax", "softmax:pad=64", "vq:K=16"):
         for op in ("logits", "log_probs", "loss", "train", "decode"):
-            for dtype in ("float32", "bfloat16"):
+            for dtype in ("float32", "tf32", "bfloat16"):
                 assert (spec, op, dtype) in timed
+    assert ("peer:impl=compile,pad=64", "train", "tf32") in timed
     failed = [r for r in rows if r["status"] == "skipped" and not r["reason"].startswith("not applicable")]
     assert failed == []
+    for name in ("cuda-headline.md", "cuda-sweep.md", "cuda-selfcheck.md"):  # paths relative to the repository
+        text = (tmp_path / name).read_text()
+        assert f"--out {tmp_path}" not in text and f"`{tmp_path}" not in text, name
     again = run(tmp_path)
-    assert again.returncode == 0 and "measured 0" in again.stdout, again.stdout
+    assert again.returncode == 0 and again.stdout.count("measured 0,") == 6, again.stdout
 
 
 def test_usage_errors_exit_2(tmp_path):

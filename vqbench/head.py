@@ -636,31 +636,39 @@ def check_choice(name: str, value, choices) -> str:
 
 
 class LogitsHead(OutputHead):
-    """A head that produces all V logits in one step (``_logits``) and normalises them."""
+    """A head that produces all V logits in one step (``_logits``) and normalises them.
+
+    Heads that compute their logits wider than V (a padded matrix, see vqbench.padding) implement
+    ``_wide_logits`` [N, W >= V], -inf beyond V, and the normalising paths below use it whole.
+    """
+
+    def _wide_logits(self, hidden):
+        """[N, W] logits, W >= V, the columns beyond V -inf (default: the V logits)."""
+        return self._logits(hidden)
 
     def _log_probs(self, hidden):
-        logits = self._logits(hidden)
+        logits = self._wide_logits(hidden)
         if logits.requires_grad:
-            return torch.log_softmax(logits, dim=-1)
-        return log_softmax_rows_(logits)  # no second N x V tensor to allocate and first-touch
+            return torch.log_softmax(logits, dim=-1)[:, :self.vocab_size]
+        return log_softmax_rows_(logits)[:, :self.vocab_size]  # no second N x V tensor to allocate and first-touch
 
     def _log_probs_into(self, hidden, out):
         self._logits_into(hidden, out)
         log_softmax_rows_(out)
 
     def _target_log_prob(self, hidden, target):
-        logits = self._logits(hidden)
+        logits = self._wide_logits(hidden)
         return logits.gather(1, target[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
 
     def _loss(self, hidden, target):
-        return torch.nn.functional.cross_entropy(self._logits(hidden), target)
+        return torch.nn.functional.cross_entropy(self._wide_logits(hidden), target)
 
     def _mean_log_prob(self, hidden):
-        logits = self._logits(hidden)  # the V logits the NLL of a logits head computes anyway
-        return logits.mean(dim=-1) - torch.logsumexp(logits, dim=-1)
+        logits = self._wide_logits(hidden)  # the V logits the NLL of a logits head computes anyway
+        return logits[:, :self.vocab_size].mean(dim=-1) - torch.logsumexp(logits, dim=-1)
 
     def _predict(self, hidden):
-        return argmax_over_tokens(self._logits(hidden))
+        return argmax_over_tokens(self._wide_logits(hidden))
 
 
 def linear_into(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor) -> None:

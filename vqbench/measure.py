@@ -27,6 +27,24 @@ class Timing:
     iqr: float      # seconds, interquartile range
 
 
+@contextlib.contextmanager
+def matmul_precision(dtype_name: str):
+    """Within: float32 matrix products in TF32 for dtype "tf32", strict for every other name, as most users
+    leave them; the caller's setting is restored afterwards. set_float32_matmul_precision sets
+    torch.backends.cuda.matmul.allow_tf32 (and oneDNN's on CPU) with it; setting allow_tf32 as well would mix
+    torch's legacy and new precision APIs, which torch >= 2.9 refuses to read back."""
+    try:
+        saved = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the caller mixed the two APIs: nothing readable to restore
+        saved = None
+    torch.set_float32_matmul_precision("high" if dtype_name == "tf32" else "highest")
+    try:
+        yield
+    finally:
+        if saved is not None:
+            torch.set_float32_matmul_precision(saved)
+
+
 def make_inputs(vocab: int, d: int, n: int, device: str, dtype: torch.dtype, seed: int = 0):
     """The same inputs for every head: hidden [N, d] ~ N(0, 1); targets [N] from a Zipf law."""
     g = torch.Generator().manual_seed(seed)

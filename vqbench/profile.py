@@ -20,6 +20,7 @@ from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trac
 
 from vqbench.ops import ALL_OPS, make_op
 from vqbench.provenance import use_cpu_allocator
+from vqbench.measure import matmul_precision
 from vqbench.registry import import_modules, make_head
 from vqbench.sweep import DTYPES, make_inputs
 
@@ -112,7 +113,8 @@ def top_operators(prof, top: int, device: str):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        prof = profile_op(args)
+        with matmul_precision(args.dtype):
+            prof = profile_op(args)
     except NotImplementedError as error:
         print(f"python -m vqbench.profile: error: --op: {args.op} does not apply to {args.head}: {error}",
               file=sys.stderr)

@@ -10,6 +10,7 @@ guards skip, before trying, configurations whose analytic footprint or time exce
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import traceback
@@ -20,13 +21,15 @@ import torch
 
 from vqbench.ceilings import CeilingMeter
 from vqbench.fingerprint import code_fingerprint
-from vqbench.measure import make_inputs, peak_memory_and_flops, time_op
+from vqbench.measure import make_inputs, matmul_precision, peak_memory_and_flops, time_op
 from vqbench.ops import get_op
 from vqbench.provenance import provenance
 from vqbench.registry import canonical_spec, check_spec, estimate_parameters, expand_spec, expand_specs, make_head, parse_spec
 from vqbench.results import DEFAULT_OPS, PARAMS_OP, ResultsFile, unit_key
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+#: the precisions a sweep measures, by the name rows record: "tf32" is float32 parameters whose matrix
+#: products run in TF32 (Ampere and later GPUs; see matmul_precision)
+DTYPES = {"float32": torch.float32, "tf32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
 CEILING_SIZES = {"full": {}, "small": {"gemm_size": 256, "buffer_bytes": 1 << 20}}
 
@@ -113,8 +116,9 @@ def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threa
     configs = [c for c in grid.configs() if wanted is None or c in wanted]
     bar = tqdm(total=len(configs) * len(grid.tokens) * (len(grid.ops) + 1), disable=not progress, desc="vqbench",
                unit="op", dynamic_ncols=True)
-    meter = CeilingMeter(threads, **CEILING_SIZES[ceilings])
+    meters = {}  # per precision: float32 and tf32 share a torch dtype, not a GEMM ceiling
     for device, dtype_name, vocab, d, spec in configs:
+        meter = meters.setdefault(dtype_name, CeilingMeter(threads, **CEILING_SIZES[ceilings]))
         context = dict(spec=spec, V=vocab, d=d, device=device, dtype=dtype_name)
         units = [(n, op) for n in grid.tokens for op in (PARAMS_OP, *grid.ops)]
         todo = [(n, op) for n, op in units if not (resume and unit_key({**context, "N": n, "op": op}) in results.done)]
@@ -122,7 +126,8 @@ def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threa
         bar.update(len(units) - len(todo))
         if todo:
             bar.set_postfix_str(f"{spec} V={vocab} d={d}")
-            measure_head(context, todo, results, budget, meter, threads, seed, stats, bar)
+            with matmul_precision(dtype_name):
+                measure_head(context, todo, results, budget, meter, threads, seed, stats, bar)
     bar.close()
     return stats
 

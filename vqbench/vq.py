@@ -113,6 +113,7 @@ class VQLogits(LogitsHead):
         self.bias_init, self.seed, self.codebook_init = bias_init, seed, codebook_init
         self.reset_parameters()
 
+        self._groups = self._bias_draw = None  # caches of sample's V-wide tables (see _grouped_tokens)
         self.register_buffer("mapping", codes)
         self.register_buffer("code_sizes", torch.empty(self.K, dtype=torch.int64))
         self.register_buffer("first_token", torch.empty(self.K, dtype=torch.int64))
@@ -274,19 +275,16 @@ class VQLogits(LogitsHead):
     def _sample(self, hidden, generator, temperature):
         # p(token i) ~ exp((L[M(i)] + b_i) / T): a code k from the K-way softmax of (L_k + B_k) / T + log
         # sum_{i in k} exp((b_i - B_k) / T), B_k the largest bias in k, then a token inside k by exp((b_i -
-        # B_k) / T) (uniformly without a bias): exact at every temperature, no V-wide tensor per token.
-        # Scores are shifted to a row maximum of 0 and divided in float64, so that no T in (0, inf) overflows.
-        members = torch.argsort(self.mapping, stable=True)            # tokens grouped by code
+        # B_k) / T) (uniformly without a bias): exact at every temperature. Per call only K- and N-wide work:
+        # the V-wide tables are cached until the mapping (or the bias, or T) changes. Scores are shifted to a
+        # row maximum of 0 and divided in float64, so that no T in (0, inf) overflows.
+        members, start = self._grouped_tokens()
         sizes = self.code_sizes
-        start = torch.cumsum(sizes, 0) - sizes
         scores = self.codebook_logits(hidden).double()
         if self.bias is None:
             log_within = sizes.double().log()
         else:
-            b = self.bias.detach().double()
-            peak = self._code_peak(b)
-            weights = torch.exp((b - peak[self.mapping]) / temperature)  # in [0, 1], 1 for each code's best
-            log_within = torch.zeros_like(peak).scatter_add(0, self.mapping, weights).log()
+            cumulative, log_within, peak = self._bias_tables(members, temperature)
             scores = scores + peak
         scaled = (scores - scores.amax(dim=1, keepdim=True)) / temperature + log_within
         code = sample_rows(scaled, generator)
@@ -294,12 +292,33 @@ class VQLogits(LogitsHead):
         if self.bias is None:
             offset = torch.clamp((u * sizes[code]).long(), max=sizes[code] - 1)
             return members[start[code] + offset]
-        cumulative = torch.cumsum(weights[members], 0)                # [V], grouped by code
         below = torch.where(start > 0, cumulative[(start - 1).clamp(min=0)], 0.0)
         total = cumulative[(start + sizes - 1).clamp(min=0)] - below
         index = torch.searchsorted(cumulative, below[code] + u * total[code], right=True)
         index = torch.minimum(torch.maximum(index, start[code]), start[code] + sizes[code] - 1)
         return members[index]
+
+    def _grouped_tokens(self):
+        """([V] the tokens grouped by code, [K] where each code's group starts), sorted once per mapping: keyed
+        by the buffers' storage and version, which set_mapping, load_state_dict and .to() all change."""
+        key = (self.mapping.data_ptr(), self.mapping._version, self.code_sizes.data_ptr(), self.code_sizes._version)
+        if self._groups is None or self._groups[0] != key:
+            members = torch.argsort(self.mapping, stable=True)
+            self._groups = (key, members, torch.cumsum(self.code_sizes, 0) - self.code_sizes)
+        return self._groups[1:]
+
+    def _bias_tables(self, members, temperature):
+        """([V] cumulative exp((b_i - B_k) / T) over the grouped tokens, [K] the log of each code's sum of those,
+        [K] B_k the largest bias in code k), float64, once per (mapping, bias, T): decoding with a fixed bias
+        pays the V-wide scan once, not per token."""
+        key = (self._groups[0], self.bias.data_ptr(), self.bias._version, temperature)
+        if self._bias_draw is None or self._bias_draw[0] != key:
+            b = self.bias.detach().double()
+            peak = self._code_peak(b)
+            weights = torch.exp((b - peak[self.mapping]) / temperature)  # in [0, 1], 1 for each code's best
+            log_within = torch.zeros_like(peak).scatter_add(0, self.mapping, weights).log()
+            self._bias_draw = (key, torch.cumsum(weights[members], 0), log_within, peak)
+        return self._bias_draw[1:]
 
     def _code_winners(self):
         """([K] token id, [K] bias or None): the token an argmax over V picks inside each code."""
