@@ -150,3 +150,17 @@ def test_a_learned_run_logs_the_share_of_tokens_moved_at_each_reassignment(tmp_p
         assert r["reassigned_share"] == pytest.approx(r["reassigned_tokens"] / 33_278)
         assert 0 < r["seen_tokens"] <= 64 and r["reassigned_share_of_seen"] == pytest.approx(
             r["reassigned_tokens"] / r["seen_tokens"])
+
+
+@needs_corpus
+def test_a_tied_gpt_run_with_warmup_and_cosine_resumes_exactly(tmp_path):
+    common = TINY + ["--tie-embeddings", "--warmup", "3", "--cosine-epochs", "2", "--epochs", "2",
+                     "--checkpoint-every", "4"]
+    straight = str(tmp_path / "straight")
+    train.train(train.parse_args(common + ["--steps", "14", "--out", straight]))
+    halves = str(tmp_path / "halves")
+    train.train(train.parse_args(common + ["--steps", "6", "--out", halves]))
+    train.train(train.parse_args(common + ["--steps", "14", "--out", halves, "--resume"]))
+    curve = lambda folder, key: [r[key] for r in records(folder) if "loss" in r]  # noqa: E731
+    assert curve(halves, "lr") == pytest.approx(curve(straight, "lr"), rel=1e-12)
+    assert curve(halves, "loss") == pytest.approx(curve(straight, "loss"), rel=1e-6)

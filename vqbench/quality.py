@@ -469,7 +469,7 @@ UNFINISHED = "Runs not finished yet"  # quality.md's sentence on the plan's unfi
 QUALITY_MD = """# Quality: WikiText-2 perplexity with each output layer
 
 Regenerate: `python -m vqbench.quality run --checkpoints DIR && python -m vqbench.quality table` (plan:
-`{plan}`). Every run trains a 2-layer LSTM body (d=200, dropout 0.2, BPTT 35, 20 streams) jointly with its
+`{plan}`). Every run of that plan trains a 2-layer LSTM body (d=200, dropout 0.2, BPTT 35, 20 streams) jointly with its
 head under one schedule (`python -m vqbench.train --help`): SGD at learning rate 20 with gradient clipping
 at 0.25 (the optimiser settings of PyTorch's word_language_model example, not its schedule: that divides
 the rate only when validation does not improve at all and runs 40 epochs), the learning rate divided by 4
