@@ -103,7 +103,8 @@ class HierarchicalSoftmax(OutputHead):
         return self.tree.log_probs(hidden)
 
     def _predict(self, hidden):
-        if self.tree_kind == "class" and self.tree.ids_in_frequency_order:
+        # CPU only: its per-class winners are read on the host, a sync a GPU path avoids
+        if self.tree_kind == "class" and self.tree.ids_in_frequency_order and hidden.device.type == "cpu":
             return self.tree.predict(hidden)
         return super()._predict(hidden)
 
