@@ -1,5 +1,5 @@
 """The four baseline output layers. Each module registers its head with vqbench's registry on import;
-vqbench.registry imports them when a head of theirs is first asked for."""
+vqbench.heads.registry imports them when a head of theirs is first asked for."""
 
 from baselines.adaptive import AdaptiveSoftmax
 from baselines.hierarchical import HierarchicalSoftmax

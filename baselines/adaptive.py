@@ -7,9 +7,9 @@ import math
 import torch
 from torch import nn
 
-from vqbench.frequency import frequency_order
-from vqbench.head import Option, OutputHead, sample_rows
-from vqbench.registry import register_head
+from vqbench.heads.frequency import frequency_order
+from vqbench.heads.contract import Option, OutputHead, sample_rows
+from vqbench.heads.registry import register_head
 
 
 def default_cutoffs(vocab_size: int, d_model: int, div_value: float) -> tuple:

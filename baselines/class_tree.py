@@ -8,8 +8,8 @@ import math
 import torch
 from torch import nn
 
-from vqbench.fresh import fresh_empty
-from vqbench.frequency import balanced_bins, frequency_order
+from vqbench.heads.fresh import fresh_empty
+from vqbench.heads.frequency import balanced_bins, frequency_order
 
 
 class ClassTree(nn.Module):
@@ -59,7 +59,7 @@ class ClassTree(nn.Module):
         self.word_weight.uniform_(-bound, bound)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        from vqbench.head import refuse_other_structure
+        from vqbench.heads.contract import refuse_other_structure
         refuse_other_structure(self, state_dict, prefix, ("class_of", "position", "class_sizes"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -76,7 +76,7 @@ class ClassTree(nn.Module):
         return (self.num_classes + self.vocab_size) * self.d_model
 
     def target_log_prob(self, hidden, target):
-        from vqbench.head import upcast_scores
+        from vqbench.heads.contract import upcast_scores
         cls = self.class_of[target]
         class_logits = upcast_scores(hidden @ self.class_weight.T)  # float32 under autocast, as the words' CE
         class_lp = torch.log_softmax(class_logits, dim=-1).gather(1, cls[:, None]).squeeze(1)
@@ -139,7 +139,7 @@ class ClassTree(nn.Module):
     def sample(self, hidden, generator):
         """[N] tokens: a class from p(c|h), then a word from the softmax over that class's rows. The tokens are
         grouped by class with one sort and one count, the call's only wait for the device (not one per class)."""
-        from vqbench.head import sample_rows
+        from vqbench.heads.contract import sample_rows
         cls = sample_rows(hidden @ self.class_weight.T, generator)
         token = torch.empty_like(cls)
         order = torch.argsort(cls, stable=True)                            # by class, ascending within one
@@ -184,7 +184,7 @@ class WithinClassLogProb(torch.autograd.Function):
     Forward, class by class: logits h_c W_c^T [n_c, |c|] and their log-softmax (kept for backward, as
     cross_entropy's autograd keeps it). Backward writes each class's gradient blocks straight into the
     [N, d] and [V, d] gradients (torch.mm(out=)); classes no target reached get zero rows. The weight
-    gradient is one fresh [V, d] tensor first touched on huge pages (vqbench.fresh), rather than a
+    gradient is one fresh [V, d] tensor first touched on huge pages (vqbench.heads.fresh), rather than a
     fresh product per class concatenated afterwards.
 
     Analytic cost: forward 2 d sum_c n_c |c| FLOPs, reads h (N d) and the reached classes' rows, writes

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from vqbench.head import OutputHead, Option, check_choice, check_int_option
-from vqbench.registry import register_head
+from vqbench.heads.contract import OutputHead, Option, check_choice, check_int_option
+from vqbench.heads.registry import register_head
 
 TREES = ("class", "huffman")
 
@@ -60,7 +60,7 @@ class HierarchicalSoftmax(OutputHead):
         super().__init__(vocab_size, d_model, token_counts)
         self.tree_kind = tree
         # each tree's module is imported where it is built, so that a row's code fingerprint
-        # (vqbench.fingerprint) covers the tree it measured and not the other one
+        # (vqbench.measuring.fingerprint) covers the tree it measured and not the other one
         if tree == "huffman":
             from baselines.huffman_tree import HuffmanTree
             self.tree = HuffmanTree(self.vocab_size, self.d_model, self.token_counts)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
-from vqbench.fresh import fresh_zeros
+from vqbench.heads.fresh import fresh_zeros
 
 
 def huffman_parents(counts: torch.Tensor):
@@ -98,7 +98,7 @@ class HuffmanTree(nn.Module):
         self.node_weight.uniform_(-bound, bound)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        from vqbench.head import refuse_other_structure
+        from vqbench.heads.contract import refuse_other_structure
         refuse_other_structure(self, state_dict, prefix, ("path_nodes", "path_signs", "depth"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -148,7 +148,7 @@ class HuffmanTree(nn.Module):
         """[N] tokens, each by walking down from the root: left with probability sigmoid(h . u_node). Every walk
         takes a step at each of the tree's levels (one that has reached its leaf keeps it), so no step waits for
         the device to say which walks are still going."""
-        from vqbench.head import uniform
+        from vqbench.heads.contract import uniform
         n, v = hidden.shape[0], self.vocab_size
         node = torch.full((n,), v - 2, dtype=torch.int64, device=hidden.device)  # the root's index
         token = torch.full((n,), -1, dtype=torch.int64, device=hidden.device)

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.chunked_cross_entropy import chunked_linear_cross_entropy, chunked_token_terms
-from vqbench.head import LogitsHead, Option, check_int_option, linear_into
-from vqbench.padding import logit_mask, masked_bias, padded_width
-from vqbench.registry import register_head
+from vqbench.heads.contract import LogitsHead, Option, check_int_option, linear_into
+from vqbench.heads.padding import logit_mask, masked_bias, padded_width
+from vqbench.heads.registry import register_head
 
 
 @register_head("lowrank")
@@ -32,7 +32,7 @@ class LowRankSoftmax(LogitsHead):
     gradients.
 
     ``pad``: W's rows rounded up to a multiple of ``pad`` (Q), the extra logits -inf: exact, as softmax's
-    ``pad`` (see vqbench.padding).
+    ``pad`` (see vqbench.heads.padding).
     """
 
     OPTIONS = (

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqbench.head import OutputHead, Option, check_choice, check_int_option
-from vqbench.padding import logit_mask, padded_width
-from vqbench.registry import register_head
+from vqbench.heads.contract import OutputHead, Option, check_choice, check_int_option
+from vqbench.heads.padding import logit_mask, padded_width
+from vqbench.heads.registry import register_head
 
 IMPLS = ("torch-lce", "compile", "cce", "liger")
 PACKAGES = {"cce": "cut_cross_entropy", "liger": "liger_kernel"}

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.chunked_cross_entropy import chunked_linear_cross_entropy, chunked_token_terms
-from vqbench.head import LogitsHead, Option, check_int_option, linear_into
-from vqbench.padding import logit_mask, masked_bias, padded_width
-from vqbench.registry import register_head
+from vqbench.heads.contract import LogitsHead, Option, check_int_option, linear_into
+from vqbench.heads.padding import logit_mask, masked_bias, padded_width
+from vqbench.heads.registry import register_head
 
 
 @register_head("softmax")
@@ -23,7 +23,7 @@ class FullSoftmax(LogitsHead):
     Parameters (closed form): P * d, plus V with ``bias=1``; P = V without ``pad``.
 
     ``pad``: compute P = V rounded up to a multiple of ``pad`` logits (64 or 128: GEMM kernels run far below
-    their peak at odd widths such as V=50257), the P - V extra ones -inf, exact (see vqbench.padding);
+    their peak at odd widths such as V=50257), the P - V extra ones -inf, exact (see vqbench.heads.padding);
     logits and log_probs return the [N, V] view of the [N, P] result.
     """
 

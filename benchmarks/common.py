@@ -1,8 +1,8 @@
 """The asv grid and set-up, built through vqbench's own factories.
 
 asv runs today's benchmark files against every commit it measures, so this module leans only on the
-API every commit since the suite began has (``make_head``, ``vqbench.ops.make_op``,
-``vqbench.sweep.make_inputs``) and keeps its grid as its own data: a later change to the project's
+API every commit since the suite began has (``make_head``, ``vqbench.measuring.ops.make_op``,
+``vqbench.measuring.sweep.make_inputs``) and keeps its grid as its own data: a later change to the project's
 default heads or memory guard must not change what an old commit's history point measures.
 """
 
@@ -11,8 +11,13 @@ import os
 import torch
 
 from vqbench import make_head
-from vqbench.ops import make_op
-from vqbench.sweep import make_inputs
+
+try:  # the layout with the measuring subpackage
+    from vqbench.measuring.measure import make_inputs
+    from vqbench.measuring.ops import make_op
+except ImportError:  # the commits before it, which asv also measures
+    from vqbench.ops import make_op
+    from vqbench.sweep import make_inputs
 
 FULL = os.environ.get("VQBENCH_FULL") == "1"
 

@@ -3,7 +3,7 @@
     python scripts/peer_losses.py > results/peer-losses.md          # V=50257, d=1024, N=2048, float32
     python scripts/peer_losses.py --vocab 500 --d-model 16 --tokens 8   # small, for a check
 
-Each peer gets the softmax head's weight and the sweep's inputs (vqbench.sweep.make_inputs); a peer
+Each peer gets the softmax head's weight and the sweep's inputs (vqbench.measuring.sweep.make_inputs); a peer
 whose package or device is missing is listed with the reason.
 """
 
@@ -13,9 +13,9 @@ import sys
 import torch
 from tabulate import tabulate
 
-from vqbench.provenance import cpu_model, git_commit
-from vqbench.registry import make_head
-from vqbench.sweep import make_inputs
+from vqbench.measuring.provenance import cpu_model, git_commit
+from vqbench.heads.registry import make_head
+from vqbench.measuring.sweep import make_inputs
 
 PEERS = ["peer:impl=torch-lce", "peer:impl=torch-lce,chunked=1", "peer:impl=compile", "peer:impl=cce",
          "peer:impl=liger"]

@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 COMMON=(--threads 2 --min-run-time 0.2 --out results --no-progress "${MODE:---resume}")
 # the default heads (each head's COMPARED specs) but vq, which each step names with its own K
-mapfile -t HEADS < <(python -c "from vqbench.registry import default_specs; print(*[s for s in default_specs() if s != 'vq'], sep='\n')")
+mapfile -t HEADS < <(python -c "from vqbench.heads.registry import default_specs; print(*[s for s in default_specs() if s != 'vq'], sep='\n')")
 OPS=(logits log_probs logits_into log_probs_into predict loss train)
 HEADLINE=(--vocab 50257 --d-model 1024 --tokens 2048 --dtype float32 bfloat16)
 HEADLINE_HEADS=("${HEADS[@]}" vq:K=1024 vq:K=1024,path=scatter vq:K=1024,bias=1 peer:impl=torch-lce

@@ -49,7 +49,7 @@ export PYTHONPATH="$PEERS:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # the default heads (each head's COMPARED specs; vq's K set per stage), each with a V-wide matrix also padded to a
 # multiple of 64, and every peer: from the heads' own metadata, so a new head is run with no edit here
 mapfile -t HEADS < <("$PY" - <<'PYTHON'
-from vqbench.registry import default_specs, head_class, parse_spec
+from vqbench.heads.registry import default_specs, head_class, parse_spec
 specs = [s for s in default_specs() if parse_spec(s)[0] != "vq"]
 padded = [s + ("," if ":" in s else ":") + "pad=64" for s in specs
           if any(o.name == "pad" for o in head_class(parse_spec(s)[0]).OPTIONS)]

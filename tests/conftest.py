@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import vqbench
-from vqbench.registry import registered_heads
+from vqbench.heads.registry import registered_heads
 
 V, D, N = 97, 16, 40
 
@@ -13,7 +13,7 @@ SPECS = [spec for cls in HEAD_CLASSES.values() for spec in cls.SMALL_EXAMPLES]
 
 
 def heads_with(capability):
-    """Names of the heads that declare ``capability`` (vqbench.head.CAPABILITIES)."""
+    """Names of the heads that declare ``capability`` (vqbench.heads.contract.CAPABILITIES)."""
     return tuple(name for name, cls in HEAD_CLASSES.items() if capability in cls.CAPABILITIES)
 
 
@@ -40,6 +40,6 @@ def spec(request):
 def small_ceilings(monkeypatch):
     """Sweeps in tests measure the machine's ceilings on small operands: the full-size measurement
     (tested in test_floors) takes seconds and a sweep repeats it for every head."""
-    from vqbench import sweep
+    from vqbench.measuring import sweep
 
     monkeypatch.setitem(sweep.CEILING_SIZES, "full", {"gemm_size": 256, "buffer_bytes": 1 << 20})

@@ -12,7 +12,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Rows whose floor is known not to bound them, each with the reason; the test fails if one of them stops being
 # below (the entry must then go) as well as for any other row below. Adaptive softmax's predict (torch's
 # AdaptiveLogSoftmaxWithLoss.predict) returns the head's argmax without reading the tails when every argmax is a
-# shortlist token, which a single token (N=1) usually is. vqbench.ops now charges predict only the head
+# shortlist token, which a single token (N=1) usually is. vqbench.measuring.ops now charges predict only the head
 # (head.least_predicted_parameters), but these rows were measured before rows stored their byte counts, so their
 # floor is the one stored with them, charging every parameter, until cpu-sweep.csv is measured again.
 KNOWN_BELOW = {("cpu-sweep.csv", "adaptive", "predict", "1", "stored"):
@@ -20,7 +20,7 @@ KNOWN_BELOW = {("cpu-sweep.csv", "adaptive", "predict", "1", "stored"):
 
 
 def test_no_committed_latency_is_below_its_floor():
-    """The floors `report --floors` derives now (vqbench.floors), for every committed latency row."""
+    """The floors `report --floors` derives now (vqbench.reporting.floors), for every committed latency row."""
     from vqbench.report import floor_rows
     below, known = [], set()
     rows = floor_rows(RESULTS)
@@ -76,7 +76,7 @@ def _asv_measured_files():
     """The files whose change moves an asv number: today's suite, the asv configuration, and each suite
     head's code with the measuring code it uses (the fingerprint closure of every head the suite runs)."""
     import importlib.util
-    from vqbench.fingerprint import closure, files_for
+    from vqbench.measuring.fingerprint import closure, files_for
     root = os.path.dirname(RESULTS)
     suite = sorted(os.path.relpath(p, root) for p in glob.glob(os.path.join(root, "benchmarks", "*.py")))
     spec = importlib.util.spec_from_file_location("asv_suite_common", os.path.join(root, "benchmarks", "common.py"))

@@ -10,10 +10,12 @@ import time
 import pytest
 import torch
 
-from vqbench import compare, ops, sweep
+from vqbench import compare
+
+from vqbench.measuring import ops, sweep
 from vqbench.results import COLUMNS, ResultsFile, read_rows
-from vqbench.sweep import Budget, Grid, run_sweep
-from vqbench.tables import build_tables, render
+from vqbench.measuring.sweep import Budget, Grid, run_sweep
+from vqbench.reporting.tables import build_tables, render
 
 FAST = Budget(min_run_time=0.002)
 TINY = dict(vocab=[60], d_model=[16], tokens=[8])
@@ -74,7 +76,7 @@ def test_measured_memory_tracks_the_logits(tmp_path):
 
 
 def test_invalid_combination_and_failing_op_are_skipped(tmp_path, monkeypatch):
-    from vqbench import op_calls
+    from vqbench.measuring import op_calls
     real = op_calls.build_loss
 
     def flaky(head, hidden, target):
@@ -250,7 +252,7 @@ def test_a_file_with_the_old_k_column_still_reads_and_resumes(tmp_path):
 
 
 def test_tf32_is_a_measured_precision_set_while_measuring_and_restored(tmp_path, monkeypatch):
-    from vqbench import ceilings
+    from vqbench.measuring import ceilings
     seen = []
     measure_unit, gemm_rate = sweep.measure_unit, ceilings.gemm_rate
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import SPECS, V, build, inputs
-from vqbench.measure import peak_memory_and_flops
-from vqbench.ops import make_op
+from vqbench.measuring.measure import peak_memory_and_flops
+from vqbench.measuring.ops import make_op
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from vqbench import data
+from vqbench.training import data
 
 WIKITEXT = data.default_corpus_dir()
 needs_wikitext = pytest.mark.skipif(not os.path.isdir(WIKITEXT), reason=f"no corpus at {WIKITEXT}")

@@ -8,9 +8,11 @@ import shutil
 import pytest
 import torch
 
-from vqbench import fingerprint, report
+from vqbench.measuring import fingerprint
+
+from vqbench import report
 from vqbench.results import ResultsFile, read_rows
-from vqbench.sweep import Budget, Grid, run_sweep
+from vqbench.measuring.sweep import Budget, Grid, run_sweep
 
 
 def test_each_head_covers_its_own_modules_and_the_measuring_code():
@@ -18,13 +20,13 @@ def test_each_head_covers_its_own_modules_and_the_measuring_code():
     classes = fingerprint.files_for("hierarchical")
     assert "baselines/huffman_tree.py" in huffman and "baselines/class_tree.py" not in huffman
     assert "baselines/class_tree.py" in classes and "baselines/huffman_tree.py" not in classes
-    assert "vqbench/vq.py" in fingerprint.files_for("vq:K=8") and "vqbench/vq.py" not in huffman
+    assert "vqbench/heads/vq.py" in fingerprint.files_for("vq:K=8") and "vqbench/heads/vq.py" not in huffman
     assert "baselines/chunked_cross_entropy.py" in fingerprint.files_for("softmax")
     for files in (huffman, classes):
-        assert {"vqbench/measure.py", "vqbench/op_calls.py", "vqbench/ceilings.py", "vqbench/head.py"} <= files
+        assert {"vqbench/measuring/measure.py", "vqbench/measuring/op_calls.py", "vqbench/measuring/ceilings.py", "vqbench/heads/contract.py"} <= files
         # code no timed call runs: naming, the op records and counts, floors, the schema, tables, the sweep loop
-        assert not files & {"vqbench/registry.py", "vqbench/ops.py", "vqbench/floors.py", "vqbench/results.py",
-                            "vqbench/tables.py", "vqbench/report.py", "vqbench/sweep.py"}
+        assert not files & {"vqbench/heads/registry.py", "vqbench/measuring/ops.py", "vqbench/reporting/floors.py", "vqbench/results.py",
+                            "vqbench/reporting/tables.py", "vqbench/report.py", "vqbench/measuring/sweep.py"}
 
 
 @pytest.fixture
@@ -124,13 +126,13 @@ def _edit(path, old, new):
 
 
 @pytest.mark.parametrize("module, addition", [
-    ("vqbench/registry.py", "\ndef a_new_function():\n    return DEFAULT_HEADS\n"),
-    ("vqbench/floors.py", "\ndef a_new_function():\n    return 1\n"),
-    ("vqbench/tables.py", "\ndef a_new_function():\n    return 1\n"),
+    ("vqbench/heads/registry.py", "\ndef a_new_function():\n    return DEFAULT_HEADS\n"),
+    ("vqbench/reporting/floors.py", "\ndef a_new_function():\n    return 1\n"),
+    ("vqbench/reporting/tables.py", "\ndef a_new_function():\n    return 1\n"),
     ("vqbench/report.py", "\ndef a_new_function():\n    return 1\n"),
     ("vqbench/results.py", "\ndef a_new_function():\n    return 1\n"),
-    ("vqbench/ops.py", "\ndef a_new_function():\n    return 1\n"),
-    ("vqbench/sweep.py", "\ndef a_new_function():\n    return 1\n"),
+    ("vqbench/measuring/ops.py", "\ndef a_new_function():\n    return 1\n"),
+    ("vqbench/measuring/sweep.py", "\ndef a_new_function():\n    return 1\n"),
 ])
 def test_a_refactor_of_code_no_timed_call_runs_stales_no_row(results_dir, monkeypatch, tmp_path, module, addition):
     copy = _copy_of_project(tmp_path, monkeypatch)
@@ -213,9 +215,9 @@ def test_every_project_file_a_timed_call_runs_is_in_its_fingerprint():
     """Trace each op of each head at a small size: the project files whose code ran inside the timed callable
     are all covered by the spec's fingerprint, and no counting method ran (they are left out of it)."""
     import sys
-    from vqbench.measure import make_inputs
-    from vqbench.ops import ALL_OPS, make_op
-    from vqbench.registry import make_head
+    from vqbench.measuring.measure import make_inputs
+    from vqbench.measuring.ops import ALL_OPS, make_op
+    from vqbench.heads.registry import make_head
     for spec in ("softmax", "softmax:chunk=16", "adaptive", "hierarchical", "hierarchical:tree=huffman",
                  "lowrank", "vq:K=8", "vq:K=8,path=scatter"):
         head = make_head(spec, 60, 8)

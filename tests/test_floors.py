@@ -1,5 +1,5 @@
-"""Floors: the least traffic and FLOPs of an op (vqbench.ops) against the machine's measured ceilings
-(vqbench.ceilings), derived when tables are built (vqbench.floors)."""
+"""Floors: the least traffic and FLOPs of an op (vqbench.measuring.ops) against the machine's measured ceilings
+(vqbench.measuring.ceilings), derived when tables are built (vqbench.reporting.floors)."""
 
 import math
 
@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from vqbench import make_head
-from vqbench import ceilings as ceilings_module
-from vqbench.ceilings import Ceilings, measure_ceilings
-from vqbench.floors import derive_floor_rows, floor_seconds, with_floors
-from vqbench.ops import least_traffic
+from vqbench.measuring import ceilings as ceilings_module
+from vqbench.measuring.ceilings import Ceilings, measure_ceilings
+from vqbench.reporting.floors import derive_floor_rows, floor_seconds, with_floors
+from vqbench.measuring.ops import least_traffic
 from vqbench.results import COLUMNS, ResultsFile, read_rows
-from vqbench.tables import build_tables, render
+from vqbench.reporting.tables import build_tables, render
 
 
 def test_least_traffic_counts_inputs_once_and_the_output_once():
@@ -61,7 +61,7 @@ def test_floor_tables_divide_time_by_floor():
 
 
 def test_ceilings_are_measured_before_and_after_each_head_and_the_floor_takes_the_better(tmp_path, monkeypatch):
-    from vqbench import sweep
+    from vqbench.measuring import sweep
     calls = []
     rates = iter([1, 2, 10, 10, 30, 40])  # softmax: 1 then 2 (drift 50%); vq: 10 then 10 (agree)
 
@@ -96,7 +96,7 @@ def test_no_op_beats_its_floor(tmp_path, monkeypatch):
     """With the real ceilings, every head x op at a small size: no median time falls below half its floor.
     A floor model that overcharges, as one charging every parameter to a tree's loss did, gives 0.06x;
     ceilings measured while another process shares the cores can err by up to 2x, so the margin is wide."""
-    from vqbench import sweep
+    from vqbench.measuring import sweep
     monkeypatch.setitem(sweep.CEILING_SIZES, "full", {})
     path = str(tmp_path / "rows.csv")
     grid = sweep.Grid(heads=SPECS_FOR_FLOORS, vocab=[3000], d_model=[64], tokens=[64],

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from vqbench import data
+from vqbench.training import data
 
 
 def write_corpus(folder, train="a b a\nc a b\n", valid="b a\n", test="c\n"):

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from vqbench import compare, oracle, plot, profile, quality, report, train
-from vqbench.data import default_corpus_dir
+from vqbench.training.data import default_corpus_dir
 
 TINY = ["--heads", "vq:K=8", "--vocab", "50", "--d-model", "8", "--tokens", "4", "--ops", "loss",
         "--threads", "1", "--no-progress", "--ceilings", "small", "--min-run-time", "0.002"]

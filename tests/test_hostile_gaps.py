@@ -11,7 +11,7 @@ import torch
 
 from conftest import D, SPECS, V, build, inputs
 from vqbench import quality, train
-from vqbench.lm import LSTMBody
+from vqbench.training.lm import LSTMBody
 
 
 # ---------------------------------------------------------------------------- ratios paired by seed

@@ -7,10 +7,11 @@ import torch
 
 import vqbench
 from conftest import D, SPECS, V, build
-from vqbench import compare, sweep
-from vqbench.registry import check_spec, estimate_parameters, parse_spec
+from vqbench import compare
+from vqbench.measuring import sweep
+from vqbench.heads.registry import check_spec, estimate_parameters, parse_spec
 from vqbench.results import ResultsFile, read_rows
-from vqbench.sweep import Budget, Grid, run_sweep
+from vqbench.measuring.sweep import Budget, Grid, run_sweep
 
 # (spec, the option the error names) at V=50, d=8
 BAD = [

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from vqbench import compare, train
-from vqbench.data import default_corpus_dir
+from vqbench.training.data import default_corpus_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--heads", "vq:K=8", "--vocab", "50", "--d-model", "8", "--tokens", "4", "--ops", "loss",
@@ -58,7 +58,7 @@ def test_no_committed_text_file_under_results_holds_an_absolute_path():
 
 
 def test_relative_path_and_argv():
-    from vqbench.provenance import relative_argv, relative_path
+    from vqbench.measuring.provenance import relative_argv, relative_path
     here = os.getcwd()
     assert relative_path(os.path.join(here, "runs", "r")) == os.path.join("runs", "r")
     assert not os.path.isabs(relative_path("/elsewhere/ckpt"))

@@ -86,7 +86,7 @@ def test_huffman_kernel_keeps_no_gathered_path_rows():
 
 
 def test_fresh_empty_advises_only_whole_huge_pages_inside_the_tensor(monkeypatch):
-    from vqbench import fresh
+    from vqbench.heads import fresh
     calls = []
     monkeypatch.setattr(fresh, "_madvise", lambda start, length, advice: calls.append((start, length, advice)) or 0)
     t = fresh.fresh_empty((3, fresh.HUGE_PAGE), dtype=torch.uint8, device="cpu")
@@ -103,7 +103,7 @@ def test_fresh_empty_advises_only_whole_huge_pages_inside_the_tensor(monkeypatch
 def test_vq_fresh_outputs_are_advised_onto_huge_pages(monkeypatch, op):
     """A fresh V-wide result (no out=, no autograd) is advised before its first touch, with the values of
     the autograd path."""
-    from vqbench import fresh
+    from vqbench.heads import fresh
     head, hidden, _, _ = case("vq:K=10", torch.float64, 1000, 8, 600)
     calls = []
     monkeypatch.setattr(fresh, "_madvise", lambda start, length, advice: calls.append((start, length)) or 0)
@@ -148,7 +148,7 @@ def test_class_tree_kernel_equals_split_reference(vocab, d, n, dtype, atol, shuf
 def test_class_tree_weight_gradient_is_one_fresh_tensor_on_huge_pages(monkeypatch):
     """The kernel writes every class's gradient block into one [V, d] tensor advised before its first
     touch (the split path concatenates fresh per-class products instead)."""
-    from vqbench import fresh
+    from vqbench.heads import fresh
     head, hidden, target, _ = case("hierarchical", torch.float64, 5000, 128, 64)
     calls = []
     monkeypatch.setattr(fresh, "_madvise", lambda start, length, advice: calls.append((start, length)) or 0)

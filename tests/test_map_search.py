@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vqbench.map_search import move_deltas, pick_moves, search_mapping
+from vqbench.training.map_search import move_deltas, pick_moves, search_mapping
 from vqbench.oracle import code_nats
 
 
@@ -68,7 +68,7 @@ def test_the_search_lowers_the_objective_to_a_local_optimum(per_code):
 def test_held_out_positions_stop_the_search_and_pick_the_map():
     """Search on a few positions, check on others: the returned map is the sweep with the lowest held-out
     objective, and the search stops at the first sweep that does not lower it."""
-    from vqbench.map_search import objective
+    from vqbench.training.map_search import objective
     log_probs, targets, codes, K = problem(11, V=30, K=6, N=400)
     search, check = (log_probs[:40], targets[:40]), (log_probs[40:], targets[40:])
     found, history = search_mapping(lambda: [search], codes, K, sweeps=50, per_code=1, tol=0, check=lambda: [check])
@@ -82,7 +82,7 @@ def test_held_out_positions_stop_the_search_and_pick_the_map():
 
 
 def test_objective_matches_the_oracle_sum():
-    from vqbench.map_search import objective
+    from vqbench.training.map_search import objective
     log_probs, targets, codes, K = problem(3)
     assert objective([(log_probs[:7], targets[:7]), (log_probs[7:], targets[7:])], codes, K) == \
         (pytest.approx(code_nats(log_probs, targets, codes, torch.ones(codes.numel()), K)[1], rel=1e-12), 40)

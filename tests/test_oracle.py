@@ -147,9 +147,9 @@ def test_the_oracle_command_on_a_tiny_corpus_matches_a_brute_force_sum(tmp_path,
     import csv
 
     from vqbench import oracle, train
-    from vqbench.data import load_corpus
-    from vqbench.evaluate import hidden_states
-    from vqbench.mapping import build_mapping
+    from vqbench.training.data import load_corpus
+    from vqbench.training.evaluate import hidden_states
+    from vqbench.heads.mapping import build_mapping
 
     data = tiny_corpus(tmp_path / "corpus")
     out = tmp_path / "run"
@@ -264,8 +264,8 @@ def test_the_oracle_reads_a_gpt_softmax_model(tmp_path):
     import csv
 
     from vqbench import oracle, train
-    from vqbench.data import load_corpus
-    from vqbench.evaluate import perplexity
+    from vqbench.training.data import load_corpus
+    from vqbench.training.evaluate import perplexity
 
     data = tiny_corpus(tmp_path / "corpus")
     out = tmp_path / "run"

@@ -4,7 +4,7 @@ head computes on the V real tokens (loss, log-probs, logits, argmax, gradients),
 import pytest
 import torch
 
-from vqbench.registry import make_head
+from vqbench.heads.registry import make_head
 
 V, D, N = 50, 12, 9
 

@@ -5,7 +5,7 @@ import os
 
 from vqbench import plot, report
 from vqbench.results import COLUMNS, ResultsFile
-from vqbench.sweep import Budget, Grid, run_sweep
+from vqbench.measuring.sweep import Budget, Grid, run_sweep
 
 
 def sweep_file(path):

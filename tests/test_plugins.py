@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from vqbench import registry
+from vqbench.heads import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,8 +19,8 @@ HEAD_SOURCE = textwrap.dedent('''
     import torch
     from torch import nn
 
-    from vqbench.head import LogitsHead, Option
-    from vqbench.registry import register_head
+    from vqbench.heads.contract import LogitsHead, Option
+    from vqbench.heads.registry import register_head
 
 
     class ScaledSoftmax(LogitsHead):

@@ -52,7 +52,7 @@ def test_the_committed_plan_covers_every_head_three_seeds_and_the_paper_form():
 def test_the_committed_vq_group_holds_only_variants_with_95_percent_fewer_output_parameters():
     # The vq group's best entry gets extra seeds as "the best VQ variant" of the paper's target, so every
     # member must meet that target: K*d (+ V for a per-token bias) <= 5% of softmax's V*d at WikiText-2's V.
-    from vqbench.registry import parse_spec
+    from vqbench.heads.registry import parse_spec
     vocab, d_model = 33278, 200
     plan = quality.Plan(quality.DEFAULT_PLAN)
     vq_entries = [e for e in plan.entries if e["head"].startswith("vq")]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vqbench import make_head
-from vqbench.reassign import CodeReassigner
+from vqbench.training.reassign import CodeReassigner
 
 V, D, K = 40, 8, 5
 

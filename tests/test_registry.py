@@ -7,8 +7,8 @@ import os
 import re
 
 from vqbench import HEADS, OutputHead, make_head, parse_spec, register_head
-from vqbench.head import CAPABILITIES
-from vqbench.registry import canonical_spec, default_specs, expand_spec, readme_table, registered_heads
+from vqbench.heads.contract import CAPABILITIES
+from vqbench.heads.registry import canonical_spec, default_specs, expand_spec, readme_table, registered_heads
 from conftest import D, SPECS, V
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,7 +109,7 @@ def test_spec_round_trips(spec):
 
 
 def test_spec_of_a_directly_built_head_names_its_options():
-    from vqbench.vq import VQLogits
+    from vqbench.heads.vq import VQLogits
     assert VQLogits(97, 16, K=10).spec == "vq:K=10"
     assert VQLogits(97, 16, K=10, mapping=torch.arange(97) % 10).spec == "vq:K=10,mapping=custom"
     assert make_head("vq:mapping=frequency,K=10,bias=0", 97, 16).spec == "vq:K=10"
@@ -135,7 +135,7 @@ def test_options_are_declared_once_and_agree_with_the_constructor(name):
 def test_readme_head_table_is_the_generated_one():
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
-    assert readme_table() in readme, "README's head table: paste vqbench.registry.readme_table() into it"
+    assert readme_table() in readme, "README's head table: paste vqbench.heads.registry.readme_table() into it"
 
 
 def test_reset_parameters_is_where_weights_start(spec):

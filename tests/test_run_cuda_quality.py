@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from vqbench.data import default_corpus_dir
+from vqbench.training.data import default_corpus_dir
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
                       "run-cuda-quality.sh")

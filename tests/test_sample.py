@@ -127,7 +127,7 @@ class HostWaits(torch.utils._python_dispatch.TorchDispatchMode):
 @pytest.mark.parametrize("spec", ["hierarchical", "hierarchical:tree=huffman"])
 def test_tree_sample_waits_for_the_device_a_fixed_number_of_times(spec):
     """Once per call at most besides the finiteness check, whatever the classes drawn or the paths' depths."""
-    from vqbench.registry import make_head
+    from vqbench.heads.registry import make_head
     head = make_head(spec, 500, D, dtype=torch.float64)
     with torch.no_grad():
         for p in head.parameters():
@@ -143,8 +143,8 @@ def test_tree_sample_waits_for_the_device_a_fixed_number_of_times(spec):
 
 def test_class_tree_draws_what_the_per_class_loop_drew():
     """Grouping by one sort consumes the generator as the former per-class loop did: the same tokens."""
-    from vqbench.head import sample_rows
-    from vqbench.registry import make_head
+    from vqbench.heads.contract import sample_rows
+    from vqbench.heads.registry import make_head
     head = make_head("hierarchical", 500, D, dtype=torch.float64)
     tree, hidden = head.tree, torch.randn(64, D, dtype=torch.float64) * 0.1
     g = torch.Generator().manual_seed(4)

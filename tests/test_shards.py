@@ -14,7 +14,9 @@ import pytest
 
 pytest.importorskip("submitit")
 
-from vqbench import busy, compare, quality, shards  # noqa: E402
+from vqbench.measuring import busy, shards  # noqa: E402
+
+from vqbench import compare, quality
 from vqbench.results import COLUMNS, read_rows, unit_key  # noqa: E402
 
 GRID = ["--heads", "softmax", "lowrank", "vq:K=8", "--vocab", "50", "90", "--d-model", "8", "--tokens", "4",

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import HEAD_CLASSES
 from vqbench import train
-from vqbench.data import default_corpus_dir
+from vqbench.training.data import default_corpus_dir
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(default_corpus_dir()),
                                 reason=f"no WikiText-2 at {default_corpus_dir()}")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from vqbench import train
-from vqbench.data import default_corpus_dir
-from vqbench.lm import GPTBody
+from vqbench.training.data import default_corpus_dir
+from vqbench.training.lm import GPTBody
 
 needs_corpus = pytest.mark.skipif(not os.path.isdir(default_corpus_dir()),
                                   reason=f"no WikiText-2 at {default_corpus_dir()}")
@@ -46,7 +46,7 @@ def test_the_gpt_body_is_causal_and_refuses_windows_beyond_its_context():
 @needs_corpus
 def test_cl100k_base_keeps_the_whole_llm_vocabulary_ranked_by_training_count():
     pytest.importorskip("tiktoken")
-    from vqbench.data import cl100k_encoding, load_corpus
+    from vqbench.training.data import cl100k_encoding, load_corpus
     corpus = load_corpus(vocabulary="cl100k_base")
     assert corpus.vocab_size == 100_277 and corpus.label == "cl100k_base-100277"
     assert bool((corpus.counts[:-1] >= corpus.counts[1:]).all())  # ids by decreasing training count

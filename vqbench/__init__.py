@@ -3,22 +3,21 @@
     from vqbench import make_head
     head = make_head("vq:K=1024,mapping=frequency", vocab_size=V, d_model=d)
 
-Heads register by name (vqbench.registry): the built-in ones, those of the entry-point group
+Heads register by name (vqbench.heads.registry): the built-in ones, those of the entry-point group
 ``vqbench.heads`` and those of modules imported before use are found when first asked for.
 """
 
-from vqbench.head import OPS, HeadOutput, LogitsHead, OutputHead
-from vqbench.registry import make_head, parse_spec, register_head, registered_heads
-from vqbench.vq import VQLogits
-
-__version__ = "0.1.0"
+from vqbench._version import __version__  # noqa: F401
+from vqbench.heads.contract import OPS, HeadOutput, LogitsHead, OutputHead
+from vqbench.heads.registry import make_head, parse_spec, register_head, registered_heads
+from vqbench.heads.vq import VQLogits
 
 def __getattr__(name):
     # the baseline classes live in baselines/, which builds on this package: served on first access, by the
     # class name of any registered head (vqbench.AdaptiveSoftmax)
     if name.startswith("__"):  # probes by tools (copy, pickle, doctest) load no heads
         raise AttributeError(f"module 'vqbench' has no attribute {name!r}")
-    from vqbench import registry
+    from vqbench.heads import registry
     registry.find_heads()
     if name == "HEADS":  # the registry's own dict
         return registry.HEADS

@@ -17,12 +17,12 @@ import tempfile
 
 import torch
 
-from vqbench import busy, shards
-from vqbench.provenance import relative_argv, relative_path, use_cpu_allocator
-from vqbench.registry import check_spec, default_specs, describe_heads, expand_specs, import_modules, parse_spec
+from vqbench.measuring import busy, shards
+from vqbench.measuring.provenance import relative_argv, relative_path, use_cpu_allocator
+from vqbench.heads.registry import check_spec, default_specs, describe_heads, expand_specs, import_modules, parse_spec
 from vqbench.results import ALL_OPS, COLUMNS, DEFAULT_OPS, ResultsFile, path_component_problem, read_rows, select_rows
-from vqbench.sweep import DTYPES, Budget, Grid, check_grid, memory_budget, run_sweep
-from vqbench.tables import build_tables, render
+from vqbench.measuring.sweep import DTYPES, Budget, Grid, check_grid, memory_budget, run_sweep
+from vqbench.reporting.tables import build_tables, render
 
 
 
@@ -168,7 +168,7 @@ def rows_selected(rows, selection):
 
 def settings_clash(rows, args) -> str:
     """'' when the stored rows were measured with this run's threads, allocator, CPU and seed, else what differs."""
-    from vqbench.provenance import cpu_allocator, cpu_model
+    from vqbench.measuring.provenance import cpu_allocator, cpu_model
     threads = args.threads if args.threads is not None else torch.get_num_threads()
     now = {"threads": str(threads), "cpu_allocator": cpu_allocator(), "cpu_model": cpu_model(), "seed": str(args.seed)}
     for key, value in now.items():
@@ -270,7 +270,7 @@ def make_grid(args) -> Grid:
 
 
 def measure_sharded(args, command: str) -> int:
-    """--shards N: every shard as a job (vqbench.shards), then their files rendered as one into NAME.md."""
+    """--shards N: every shard as a job (vqbench.measuring.shards), then their files rendered as one into NAME.md."""
     try:
         code, paths = shards.run_sharded(args, make_grid(args))
     except ValueError as error:

@@ -15,11 +15,11 @@ import sys
 
 import torch
 
-from vqbench.compare import repo_relative
-from vqbench.floors import fastest_call
-from vqbench.padding import padded_width
-from vqbench.provenance import provenance
-from vqbench.sweep import DTYPES, matmul_precision
+from vqbench.measuring.provenance import relative_path
+from vqbench.measuring.ceilings import fastest_call
+from vqbench.heads.padding import padded_width
+from vqbench.measuring.provenance import provenance
+from vqbench.measuring.sweep import DTYPES, matmul_precision
 
 PRECISIONS = ("bfloat16", "float32", "tf32")
 FULL = dict(tokens=2048, d_model=1024, vocab=50257, square=8192)
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     device = "cpu" if args.dry_run else "cuda"
     records = measure(device, **(DRY if args.dry_run else FULL))
     where = {**provenance(device, torch.get_num_threads()), "device": device}
-    command = (f"python -m vqbench.gpu_check --out {repo_relative(args.out)}"
+    command = (f"python -m vqbench.gpu_check --out {relative_path(os.path.abspath(args.out))}"
                + (f" --name {args.name}" if args.name != "cuda-selfcheck" else "") + (" --dry-run" if args.dry_run else ""))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"{args.name}.json"), "w") as f:

@@ -17,7 +17,7 @@ within-code factor (n_code, or the unigram shares), so against the softmax model
 oracle's ratio estimates what the mapping costs and the rest of a measured VQ ratio is the codebook's
 (a K x d matrix standing in for a sum of V softmax rows). Mappings: random,
 contiguous, frequency, k-means over the softmax's output vectors, a learned map read from a trained
-VQ run, at each K, and with ``--search K`` a map searched for each model (vqbench/map_search.py: local
+VQ run, at each K, and with ``--search K`` a map searched for each model (vqbench/training/map_search.py: local
 search for this very objective on half the validation split, stopped by the other half, scored on
 test), the best fixed map found. A code that holds one token gives it an exact row of its own, so "exact rows" (and the
 share of test targets they cover) says how far a map already is the "exact rows for the frequent tokens,
@@ -39,12 +39,12 @@ from typing import Dict, List, Tuple
 import torch
 from tabulate import tabulate
 
-from vqbench.data import VOCABULARIES, corpus_fingerprint, load_corpus
-from vqbench.evaluate import hidden_states
-from vqbench.map_search import search_mapping
-from vqbench.mapping import build_mapping
-from vqbench.provenance import cpu_model, git_commit, relative_path
-from vqbench.registry import make_head
+from vqbench.training.data import VOCABULARIES, corpus_fingerprint, load_corpus
+from vqbench.training.evaluate import hidden_states
+from vqbench.training.map_search import search_mapping
+from vqbench.heads.mapping import build_mapping
+from vqbench.measuring.provenance import cpu_model, git_commit, relative_path
+from vqbench.heads.registry import make_head
 
 MAPPINGS = ("random", "contiguous", "frequency", "kmeans")
 COLUMNS = ["model", "model_seed", "mapping", "K", "softmax_ppl", "oracle_ppl", "oracle_ratio", "oracle_unigram_ppl",
@@ -146,10 +146,10 @@ def main(argv=None) -> int:
     p.add_argument("--K", type=int, nargs="+", default=[256, 1024, 1536, 4096],
                    help="codebook sizes (1536: the largest with >= 95%% fewer output parameters than softmax at d=200)")
     p.add_argument("--search", type=int, nargs="*", default=[], metavar="K",
-                   help="also search a fixed map per model at these K (vqbench/map_search.py: local search on "
+                   help="also search a fixed map per model at these K (vqbench/training/map_search.py: local search on "
                         "validation from the frequency map, scored on test like the others; ~1-2 min per sweep)")
     p.add_argument("--sweeps", type=int, default=30, help="most sweeps of each search (default 30)")
-    p.add_argument("--data", help="corpus folder (default: vqbench.data.default_corpus_dir())")
+    p.add_argument("--data", help="corpus folder (default: vqbench.training.data.default_corpus_dir())")
     p.add_argument("--vocabulary", default="word", choices=VOCABULARIES,
                    help="the tokenizer the softmax models were trained with (default word)")
     p.add_argument("--out", default=os.path.join("results", "quality", "oracle.csv"),
@@ -288,7 +288,7 @@ def read_rows(path: str) -> List[dict]:
 
 
 def _mean_std(values: List[float], digits: int) -> str:
-    from vqbench.quality import _pm, mean_std
+    from vqbench.reporting.quality_stats import _pm, mean_std
     return _pm(*mean_std(values), digits)
 
 
@@ -311,7 +311,7 @@ def paired_gaps(oracle_rows: List[dict], variants: List[dict]) -> List[dict]:
     name, mapping, K, biased (a per-token bias: the unigram-share estimate applies), seeds (those with both a VQ
     run and an oracle row), measured (VQ test ppl / softmax test ppl of seed s) and estimate (the oracle ratio
     from the softmax model of seed s, the model its own ratio divides by), both lists in seed order."""
-    from vqbench.registry import coerce_option, head_class, parse_spec
+    from vqbench.heads.registry import coerce_option, head_class, parse_spec
     paired = []
     for v in variants:
         if not v.get("mapping") or math.isnan(v["ratio_mean"]):
@@ -429,7 +429,7 @@ def write_markdown(oracle_csv: str, quality_csv: str = None) -> str:
     """oracle.md beside oracle_csv, rendered from it and from quality_csv (default: quality.csv beside it,
     when there): a view of the two files, rewritten whenever either changes (`python -m vqbench.quality
     table` does). Returns the path written."""
-    from vqbench.quality import aggregate, typed_quality_row
+    from vqbench.reporting.quality_stats import aggregate, typed_quality_row
     rows = read_rows(oracle_csv)
     quality_csv = quality_csv or os.path.join(os.path.dirname(oracle_csv), "quality.csv")
     variants = []

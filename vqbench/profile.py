@@ -18,11 +18,11 @@ import torch
 from tabulate import tabulate
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
-from vqbench.ops import ALL_OPS, make_op
-from vqbench.provenance import use_cpu_allocator
-from vqbench.measure import matmul_precision
-from vqbench.registry import import_modules, make_head
-from vqbench.sweep import DTYPES, make_inputs
+from vqbench.measuring.ops import ALL_OPS, make_op
+from vqbench.measuring.provenance import use_cpu_allocator
+from vqbench.measuring.measure import matmul_precision
+from vqbench.heads.registry import import_modules, make_head
+from vqbench.measuring.sweep import DTYPES, make_inputs
 
 
 def parse_args(argv=None):

@@ -3,7 +3,7 @@
     python -m vqbench.quality plan                  # every command of configs/quality.json, in order
     python -m vqbench.quality run --checkpoints DIR # run or resume what is unfinished, two lanes
     python -m vqbench.quality table                 # results/quality/quality.{csv,md}, pareto.png, oracle.md
-    python -m vqbench.quality run --executor slurm  # each run a submitit job (vqbench.shards, README)
+    python -m vqbench.quality run --executor slurm  # each run a submitit job (vqbench.measuring.shards, README)
 
 The plan (``--plan``, default configs/quality.json) lists head variants, each with its seeds and a
 group, and the epoch budget of every run; every run uses vqbench.train's schedule. A run is finished
@@ -31,9 +31,12 @@ from typing import Dict, List, Optional, Tuple
 
 from tabulate import tabulate
 
-from vqbench import shards
+from vqbench.measuring import shards
 from vqbench.results import path_component_problem
 from vqbench.train import TrainConfig
+from vqbench.reporting.quality_stats import (LSTM_TRACK, _pm, aggregate, describe_body, describe_vocabulary,
+                                             markdown_table, mean_std, ratio_cell, setting, t_interval,
+                                             t_quantile, typed_quality_row, variant_summary)
 
 DEFAULT_PLAN = os.path.join("configs", "quality.json")
 TRANSFORMER_PLAN = os.path.join("configs", "quality-transformer.json")
@@ -250,7 +253,7 @@ def threads_sentence(rows: List[dict]) -> str:
 def vq_mapping(head: str, config: dict) -> str:
     """The token-to-code map a VQ run ends with: "learned" when training reassigned it (--reassign-every),
     else its spec's mapping (the VQ head's default when not given); "" for any other head."""
-    from vqbench.registry import head_class, option, parse_spec
+    from vqbench.heads.registry import head_class, option, parse_spec
     name, options = parse_spec(head)
     if name != "vq":
         return ""
@@ -258,149 +261,6 @@ def vq_mapping(head: str, config: dict) -> str:
         return "learned"
     default = option(head_class("vq"), "mapping").default
     return options.get("mapping", default)
-
-
-LSTM_TRACK = ("lstm", "word-33278")  # the body and vocabulary of runs whose summary predates the columns
-
-
-def describe_body(body: str) -> str:
-    """'lstm' -> '2-layer LSTM'; 'gpt-4x256' -> '4-layer GPT, d=256' (the quality.csv body column in words)."""
-    if body == "lstm":
-        return "2-layer LSTM"
-    kind, _, size = body.partition("-")
-    layers, _, width = size.partition("x")
-    if kind == "gpt" and layers.isdigit() and width.isdigit():
-        return f"{layers}-layer GPT, d={width}"
-    return body
-
-
-def describe_vocabulary(vocabulary: str) -> str:
-    """'word-33278' -> 'word-level WikiText-2 V=33,278'; 'cl100k_base-100277' -> 'cl100k_base WikiText-2
-    V=100,277' (the quality.csv vocabulary column in words)."""
-    name, _, size = vocabulary.rpartition("-")
-    if not size.isdigit():
-        return vocabulary
-    return f"{'word-level' if name == 'word' else name} WikiText-2 V={int(size):,}"
-
-
-def setting(row: dict) -> str:
-    """The setting a quality row or variant was measured in: body, vocabulary and corpus."""
-    body, vocabulary = row.get("body") or LSTM_TRACK[0], row.get("vocabulary") or LSTM_TRACK[1]
-    return f"{describe_body(body)}, {describe_vocabulary(vocabulary)}"
-
-
-def typed_quality_row(row: dict) -> dict:
-    """A quality.csv row (strings) with its numbers as numbers."""
-    out = dict(row)
-    for key in ("seed", "epochs", "best_epoch", "output_params"):
-        out[key] = int(row[key])
-    for key in ("valid_ppl", "test_ppl", "last_epoch_gain", "tokens_per_s"):
-        out[key] = float(row[key])
-    out.setdefault("varies", "")
-    out.setdefault("mapping", "")
-    out["body"] = row.get("body") or LSTM_TRACK[0]  # a quality.csv written before the columns: the LSTM's
-    out["vocabulary"] = row.get("vocabulary") or LSTM_TRACK[1]
-    return out
-
-
-def mean_std(values: List[float]) -> Tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
-
-
-def t_quantile(p: float, df: int) -> float:
-    """The p-quantile (0.5 <= p < 1) of Student's t with df >= 1 degrees of freedom: bisection on its CDF,
-    integrated with Simpson's rule over the substitution t = tan(u), which keeps the heavy tail finite."""
-    if not (0.5 <= p < 1) or df < 1:
-        raise ValueError(f"p, df: need 0.5 <= p < 1 and df >= 1, got p={p}, df={df}")
-    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def mass(upper: float) -> float:  # P(0 < T < tan(upper))
-        steps, width = 400, upper / 400
-        total = 0.0
-        for i in range(steps + 1):
-            u = i * width
-            t = math.tan(u)
-            f = math.exp(log_norm - (df + 1) / 2 * math.log1p(t * t / df)) / math.cos(u) ** 2
-            total += f * (1 if i in (0, steps) else 4 if i % 2 else 2)
-        return total * width / 3
-
-    lo, hi = 0.0, math.pi / 2 * (1 - 1e-9)
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if mass(mid) < p - 0.5 else (lo, mid)
-    return math.tan((lo + hi) / 2)
-
-
-def t_interval(values: List[float], level: float = 0.95) -> Tuple[float, float]:
-    """The two-sided ``level`` Student-t confidence interval of the mean of ``values`` (nan, nan for fewer
-    than two): the spread of a few seeds says little on its own, the interval says what it allows."""
-    if len(values) < 2:
-        return math.nan, math.nan
-    mean, std = mean_std(values)
-    half = t_quantile(0.5 + level / 2, len(values) - 1) * std / math.sqrt(len(values))
-    return mean - half, mean + half
-
-
-def aggregate(rows: List[dict], reference: str) -> List[dict]:
-    """Per variant of each setting (body, vocabulary): test/valid perplexity mean and std over seeds, and the
-    ratio to the setting's own reference paired by seed (the same seed gives both the same initialisation
-    of the body, dropout stream and data order); settings in first-seen order."""
-    by_setting: Dict[str, Dict[str, List[dict]]] = {}
-    for r in rows:
-        by_setting.setdefault(setting(r), {}).setdefault(r["name"], []).append(r)
-    return [variant_summary(name, group, by_names.get(reference, []))
-            for by_names in by_setting.values() for name, group in by_names.items()]
-
-
-def variant_summary(name: str, group: List[dict], reference_rows: List[dict]) -> dict:
-    """One variant's rows [seeds] against its setting's reference rows: aggregate's row."""
-    ref = {r["seed"]: r for r in reference_rows}
-    ref_params = next(iter(ref.values()))["output_params"] if ref else None
-    seed_ratios = {r["seed"]: r["test_ppl"] / ref[r["seed"]]["test_ppl"] for r in group if r["seed"] in ref}
-    ratios = list(seed_ratios.values())
-    test_mean, test_std = mean_std([r["test_ppl"] for r in group])
-    valid_mean, valid_std = mean_std([r["valid_ppl"] for r in group])
-    ratio_mean, ratio_std = mean_std(ratios) if ratios else (math.nan, math.nan)
-    ratio_low, ratio_high = t_interval(ratios)
-    params = group[0]["output_params"]
-    return {"name": name, "head": group[0]["head"], "mapping": group[0].get("mapping", ""),
-            "setting": setting(group[0]), "body": group[0].get("body") or LSTM_TRACK[0],
-            "vocabulary": group[0].get("vocabulary") or LSTM_TRACK[1],
-            "group": group[0]["group"], "seeds": len(group),
-            "test_mean": test_mean, "test_std": test_std, "valid_mean": valid_mean, "valid_std": valid_std,
-            "ratio_mean": ratio_mean, "ratio_std": ratio_std, "ratio_seeds": len(ratios),
-            "ratio_low": ratio_low, "ratio_high": ratio_high, "seed_ratios": seed_ratios,
-            "output_params": params, "fewer_params": 1 - params / ref_params if ref_params else math.nan,
-            "epochs": "/".join(str(r["epochs"]) for r in group),
-            "last_epoch_gain": max(r["last_epoch_gain"] for r in group), "varies": group[0]["varies"]}
-
-
-def _pm(mean: float, std: float, digits: int) -> str:
-    if math.isnan(mean):
-        return ""
-    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
-
-
-def ratio_cell(variant: dict) -> str:
-    """'1.059 ± 0.021 (95% CI 1.005-1.112)' over seeds, '1.059 (single seed)' for one, '' for none."""
-    if math.isnan(variant["ratio_mean"]):
-        return ""
-    if variant["ratio_seeds"] < 2:
-        return f"{variant['ratio_mean']:.3f} (single seed)"
-    return (f"{_pm(variant['ratio_mean'], variant['ratio_std'], 3)} "
-            f"(95% CI {variant['ratio_low']:.3f}-{variant['ratio_high']:.3f})")
-
-
-def markdown_table(summary: List[dict]) -> str:
-    headers = ["body, vocabulary", "variant", "head", "mapping", "seeds", "test ppl", "valid ppl",
-               "test ppl / softmax", "output params", "fewer params", "epochs", "max last-epoch gain", "varies"]
-    body = [[f"{s['body']}, {s['vocabulary']}", s["name"], s["head"], s["mapping"],
-             s["seeds"] if s["seeds"] > 1 else "1 (single seed)",
-             _pm(s["test_mean"], s["test_std"], 1), _pm(s["valid_mean"], s["valid_std"], 1),
-             ratio_cell(s), f"{s['output_params']:,}",
-             "" if math.isnan(s["fewer_params"]) else f"{100 * s['fewer_params']:.1f}%", s["epochs"],
-             f"{100 * s['last_epoch_gain']:.2f}%", s["varies"]] for s in summary]
-    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
 def progress(runs_dir: str, run: str) -> str:
@@ -505,7 +365,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoints", help="checkpoint folder (default $VQBENCH_CHECKPOINTS, else the runs folder)")
     p.add_argument("--lanes", type=int, default=2, help="runs at once, one core each (default 2)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or variants (by name)")
-    shards.add_executor_flags(p, None, exclusive=False)  # --executor: each run a submitit job (vqbench.shards)
+    shards.add_executor_flags(p, None, exclusive=False)  # --executor: each run a submitit job (vqbench.measuring.shards)
     p.add_argument("--device", default="cpu",
                    help="where each run trains (vqbench.train --device; default cpu): a run may resume elsewhere")
     args = p.parse_args(argv)

@@ -19,16 +19,16 @@ import sys
 from collections import Counter
 from typing import List, Optional, Tuple
 
-from vqbench.quality import (UNFINISHED, _pm, aggregate, markdown_table, mean_std, setting, t_interval,
-                             typed_quality_row)
-from vqbench.registry import import_modules
+from vqbench.quality import UNFINISHED
+from vqbench.reporting.quality_stats import _pm, aggregate, markdown_table, mean_std, setting, t_interval, typed_quality_row
+from vqbench.heads.registry import import_modules
 from vqbench.results import read_rows, select_rows
-from vqbench.tables import build_tables, render
+from vqbench.reporting.tables import build_tables, render
 
 def methods(rows) -> List[str]:
     """The Methods section's paragraphs: each registered head's METHOD, in ORDER, then one line for each head the
     rows name that is not registered here (a head from a module this process did not import)."""
-    from vqbench.registry import registered_heads
+    from vqbench.heads.registry import registered_heads
     heads = registered_heads()
     parts = []
     for name, cls in heads.items():
@@ -83,7 +83,7 @@ def gpu_softmax_caveat(cuda) -> str:
     and in strict float32, far below the GEMM ceiling the same run measured; the fraction is the bfloat16
     softmax logits' FLOP rate over the ceiling of its floor row (the first dtype measured, without bfloat16).
     """
-    from vqbench.registry import parse_spec
+    from vqbench.heads.registry import parse_spec
     if not cuda or any(r["dtype"] == "tf32" or (r["head"] == "softmax" and "pad" in parse_spec(r["spec"])[1])
                        for r in cuda):
         return ""
@@ -103,7 +103,7 @@ def gpu_softmax_caveat(cuda) -> str:
 def fastest_exact_softmax(rows, op, dtype):
     """(spec, seconds) of the fastest exact softmax variant (plain, chunked, padded, a peer) timed on op in
     dtype, or None: GPU speed-ups are taken against the strongest softmax, not the plain one."""
-    from vqbench.tables import is_exact_softmax
+    from vqbench.reporting.tables import is_exact_softmax
     times = [(float(r["value"]), r["spec"]) for r in select_rows(rows, op=op, metric="time", dtype=dtype, status="ok")
              if is_exact_softmax(r["spec"])]
     return (min(times)[1], min(times)[0]) if times else None
@@ -379,7 +379,7 @@ def pending_remeasurement(results_dir: str) -> dict:
 
 def _current_fingerprints(specs) -> dict:
     """{spec: the working tree's fingerprint, or None when its head cannot be built here}."""
-    from vqbench.fingerprint import current_fingerprint
+    from vqbench.measuring.fingerprint import current_fingerprint
     current = {}
     for spec in specs:
         try:
@@ -391,7 +391,7 @@ def _current_fingerprints(specs) -> dict:
 
 def staleness(path: str) -> Tuple[Counter, Counter, int]:
     """(stale rows by spec, rows by spec that cannot be checked, rows in all) of one results file."""
-    from vqbench.fingerprint import UNCHECKABLE
+    from vqbench.measuring.fingerprint import UNCHECKABLE
     every = read_rows(path)
     rows = select_rows(every, status="ok")  # a skipped row holds no measurement
     current = _current_fingerprints({r["spec"] for r in rows})
@@ -436,8 +436,8 @@ def stale_results(results_dir: str, notes: Optional[list] = None) -> List[str]:
 
 
 def floor_rows(results_dir: str) -> List[dict]:
-    """Every latency row of the results files under results_dir with its floor derived now (vqbench.floors)."""
-    from vqbench.floors import derive_floor_rows
+    """Every latency row of the results files under results_dir with its floor derived now (vqbench.reporting.floors)."""
+    from vqbench.reporting.floors import derive_floor_rows
     out = []
     for path in sorted(glob.glob(os.path.join(results_dir, "*.csv"))):
         try:
@@ -585,7 +585,7 @@ def main(argv=None) -> int:
     p.add_argument("--sweep-n", type=int, default=2048, help="N of the sweep's speed-up tables (default 2048)")
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1, naming each file, when a results file holds rows measured by "
-                        "code other than the working tree's (vqbench.fingerprint), a figure was drawn from files "
+                        "code other than the working tree's (vqbench.measuring.fingerprint), a figure was drawn from files "
                         "that have changed since, or REPORT.md differs from one built from today's results")
     p.add_argument("--floors", action="store_true",
                    help="write nothing; print as CSV every latency row of the results files with its floor derived "

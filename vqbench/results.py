@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass, fields
 from typing import Iterable, List
 
-from vqbench.ops import ALL_OPS, DECODE_OPS, DEFAULT_OPS, INTO_OPS, V_WIDE_OPS  # noqa: F401 (re-exported)
+from vqbench.measuring.ops import ALL_OPS, DECODE_OPS, DEFAULT_OPS, INTO_OPS, V_WIDE_OPS  # noqa: F401 (re-exported)
 
 PARAMS_OP = "params"  # the unit that records parameter counts
 TABLE_OPS = (PARAMS_OP, *ALL_OPS)
 
 #: the metric rows of a measured unit: every one must be present for the unit to count as done. A timed
-#: unit stores what was measured and its op's counts; its floor is derived from them (vqbench.floors).
+#: unit stores what was measured and its op's counts; its floor is derived from them (vqbench.reporting.floors).
 PARAMS_METRICS = ("params", "param_bytes")
 TIMED_METRICS = ("time", "flops_analytic", "flops_counted", "peak_memory", "intermediate_bytes", "bytes_read",
                  "bytes_written", "ceilings")

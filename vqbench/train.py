@@ -18,9 +18,9 @@ head. The run folder gets log.jsonl and summary.json; checkpoint.pt and best.pt 
 ``--checkpoint-dir`` (default: the run folder). ``--resume`` continues exactly from checkpoint.pt
 and refuses a checkpoint written with another head, corpus, model, optimiser, schedule or seed.
 
-Bodies: ``--body lstm`` (the default) or ``--body gpt`` (a pre-LayerNorm decoder, vqbench/lm.py,
+Bodies: ``--body lstm`` (the default) or ``--body gpt`` (a pre-LayerNorm decoder, vqbench/training/lm.py,
 with ``--heads`` and a context of ``--bptt`` tokens); ``--vocabulary cl100k_base`` tokenises the
-corpus with that LLM vocabulary (vqbench/data.py); ``--tie-embeddings`` makes the softmax head's
+corpus with that LLM vocabulary (vqbench/training/data.py); ``--tie-embeddings`` makes the softmax head's
 weight the input embedding. ``--optimizer adamw`` with ``--weight-decay`` (matrices only),
 ``--warmup`` steps of linear warm-up and ``--cosine-epochs`` of cosine decay (to a tenth) is the
 transformer recipe; the plateau rule still divides the rate by ``--lr-decay`` and stops the run.
@@ -43,13 +43,12 @@ from typing import List, Optional
 
 import torch
 
-from vqbench.data import batchify, bptt_batches, corpus_fingerprint, load_corpus
-from vqbench.evaluate import EVAL_BATCH, hidden_states, perplexity, state_perplexity
-from vqbench.data import VOCABULARIES
-from vqbench.lm import BODIES, LanguageModel, detach_state, make_body
-from vqbench.provenance import cpu_model, device_name, git_commit, relative_argv, relative_path
-from vqbench.reassign import CodeReassigner
-from vqbench.registry import import_modules, make_head
+from vqbench.training.data import batchify, bptt_batches, corpus_fingerprint, load_corpus
+from vqbench.training.evaluate import EVAL_BATCH, hidden_states, perplexity, state_perplexity
+from vqbench.training.data import VOCABULARIES
+from vqbench.training.lm import BODIES, LanguageModel, detach_state, make_body
+from vqbench.measuring.provenance import cpu_model, device_name, git_commit, relative_argv, relative_path
+from vqbench.heads.registry import import_modules, make_head
 
 CHECKPOINT_FORMAT = 2
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -512,8 +511,10 @@ class Trainer:
         self.epoch, self.window, self.step, self.steps_per_epoch = 0, 0, 0, 0
         self.invocations: List[dict] = []
         self.optimizer = make_optimizer(cfg, self.task.trainable(), cfg.lr)
-        self.reassigner = (CodeReassigner(self.head, cfg.reassign_every, cfg.reassign_margin)
-                           if cfg.reassign_every else None)
+        self.reassigner = None
+        if cfg.reassign_every:  # the learned VQ mapping: only a run that asks for it loads the VQ-only rule
+            from vqbench.training.reassign import CodeReassigner
+            self.reassigner = CodeReassigner(self.head, cfg.reassign_every, cfg.reassign_margin)
         if cfg.resume and os.path.exists(self.run.checkpoint):
             self.restore(load_checkpoint(self.run.checkpoint, "resume"))
             self.run.set_aside_log_after(self.step)

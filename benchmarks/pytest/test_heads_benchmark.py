@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from vqbench import make_head
-from vqbench.ops import ALL_OPS, make_op
-from vqbench.registry import default_specs
-from vqbench.sweep import make_inputs
+from vqbench.measuring.ops import ALL_OPS, make_op
+from vqbench.heads.registry import default_specs
+from vqbench.measuring.sweep import make_inputs
 
 V, D, N = 8192, 256, 256
 # the specs compare measures by default (each head's COMPARED, found without a list; a head imported or

@@ -16,7 +16,7 @@ from typing import Dict, List, NamedTuple, Optional
 
 from tabulate import tabulate
 
-from vqbench.floors import with_floors
+from vqbench.reporting.floors import with_floors
 from vqbench.results import TABLE_OPS
 
 # metric -> (title, [(unit label, divisor), ...] from small to large)
@@ -31,7 +31,7 @@ METRICS = OrderedDict([
                         [("MFLOP", 1e6), ("GFLOP", 1e9), ("TFLOP", 1e12)])),
 ])
 # metrics grouped with another metric's table: counted FLOPs shown next to the analytic count;
-# the floor (vqbench.floors) gives each latency table its "x over floor" table
+# the floor (vqbench.reporting.floors) gives each latency table its "x over floor" table
 COMPANION = {"flops_counted": "flops_analytic", "floor": "time"}
 SHOWN_INSIDE = {"flops_counted"}
 OP_ORDER = list(TABLE_OPS)
@@ -83,7 +83,7 @@ def _format(value: float) -> str:
 
 def build_tables(rows: List[dict]) -> List[Table]:
     """Group rows into tables: for each TableKey its values, and where they apply the ratio and floor tables
-    (floors derived from each row's counts and ceilings now, vqbench.floors)."""
+    (floors derived from each row's counts and ceilings now, vqbench.reporting.floors)."""
     groups: Dict[TableKey, List[dict]] = defaultdict(list)
     for row in with_floors(rows):
         metric = COMPANION.get(row["metric"], row["metric"]) if row["status"] == "ok" else None
@@ -183,7 +183,7 @@ EXACT_SOFTMAX_OPTIONS = {"chunk", "pad"}
 def is_exact_softmax(spec: str) -> bool:
     """True for full softmax computed any exact way: vqbench's (plain, chunked, padded) and the peers' fused
     losses over the same weight; a bias makes another model."""
-    from vqbench.registry import parse_spec
+    from vqbench.heads.registry import parse_spec
     name, options = parse_spec(spec)
     return name == "peer" or (name == BASELINE and set(options) <= EXACT_SOFTMAX_OPTIONS)
 
@@ -223,7 +223,7 @@ def _ratio_table(key, group_rows):
 
 
 def _floor_table(key, group_rows):
-    """Median time over the op's floor (vqbench.floors): 1x is as fast as the machine allows."""
+    """Median time over the op's floor (vqbench.reporting.floors): 1x is as fast as the machine allows."""
     metric, op = key.metric, key.op
     if metric != "time":
         return None

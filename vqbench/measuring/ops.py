@@ -16,7 +16,7 @@ decode:    generation step for N sequences, one token each, drawn by ``head.samp
 decode_dense: the same draw the dense way, log_probs then torch.multinomial, for comparison.
 
 This module imports no torch: the results format and the tables read the op names from it. The code
-that runs inside the timing is vqbench.op_calls (part of a row's code fingerprint); the counts here
+that runs inside the timing is vqbench.measuring.op_calls (part of a row's code fingerprint); the counts here
 feed the floors, which are derived when tables are built, so correcting a count never stales a time.
 A new op is one record here and one builder there.
 """
@@ -27,7 +27,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
-DECODE_MAX_BATCH = 64  # the largest N the decode ops are timed at (vqbench.op_calls checks it)
+DECODE_MAX_BATCH = 64  # the largest N the decode ops are timed at (vqbench.measuring.op_calls checks it)
 INT64_BYTES = 8
 
 
@@ -36,7 +36,7 @@ class Op:
     """One timed operation.
 
     name: the op's name in results files and tables.
-    builder: name of the function in vqbench.op_calls that returns its callable.
+    builder: name of the function in vqbench.measuring.op_calls that returns its callable.
     flops_as: which ``head.flops`` op its matrix-product count is read from; train is 3x that
         (each product has two backward products of the same size).
     writes: what it writes once, for its least traffic: "V" (N x V values), "ids" (N int64),
@@ -60,7 +60,7 @@ class Op:
 
     def build(self, head, hidden, target) -> Callable[[], object]:
         """fn() running the op once on hidden [N, d] and target [N] (int64)."""
-        return getattr(importlib.import_module("vqbench.op_calls"), self.builder)(head, hidden, target)
+        return getattr(importlib.import_module("vqbench.measuring.op_calls"), self.builder)(head, hidden, target)
 
     def flops(self, head, num_tokens: int, target=None) -> int:
         """Matrix-product FLOPs, analytic."""

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from vqbench.head import check_int_option
+from vqbench.heads.contract import check_int_option
 
 
 def padded_width(vocab_size: int, pad: Optional[int]) -> int:

@@ -5,9 +5,9 @@ torch.utils.flop_counter counted in the call when fewer) over the GEMM rate and 
 (bytes read over the copy rate plus bytes written over the fill rate). A row's "x over floor" is its
 median time over this floor: 1x would be perfect, and below 1x the floor would not be one.
 
-A results row stores what was measured: the time, the counts of its op (vqbench.ops: ``flops_analytic``,
+A results row stores what was measured: the time, the counts of its op (vqbench.measuring.ops: ``flops_analytic``,
 ``flops_counted``, ``bytes_read``, ``bytes_written``) and the machine's ceilings measured in that run (a
-``ceilings`` row, vqbench.ceilings). The floor is computed here from them, so a better floor model never
+``ceilings`` row, vqbench.measuring.ceilings). The floor is computed here from them, so a better floor model never
 stales a time. Files written before the counts were stored hold a ``floor`` row instead: its ceilings are
 used, and its stored value where the file has no byte counts (``floor_source`` says which).
 """

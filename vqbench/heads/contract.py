@@ -26,7 +26,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
-from vqbench.frequency import default_token_counts, validate_token_counts
+from vqbench.heads.frequency import default_token_counts, validate_token_counts
 
 OPS = ("log_probs", "loss", "predict")
 REDUCTIONS = ("mean", "sum", "none")
@@ -142,7 +142,7 @@ class OutputHead(nn.Module):
     EXAMPLES: Tuple[str, ...] = ()
     SMALL_EXAMPLES: Tuple[str, ...] = ()
     COMPARED: Optional[Tuple[str, ...]] = None
-    #: keys of vqbench.head.CAPABILITIES this head has
+    #: keys of vqbench.heads.contract.CAPABILITIES this head has
     CAPABILITIES: frozenset = frozenset()
     #: where the head sits in tables, listings and the report (softmax, the baseline, first)
     ORDER: int = 100
@@ -638,7 +638,7 @@ def check_choice(name: str, value, choices) -> str:
 class LogitsHead(OutputHead):
     """A head that produces all V logits in one step (``_logits``) and normalises them.
 
-    Heads that compute their logits wider than V (a padded matrix, see vqbench.padding) implement
+    Heads that compute their logits wider than V (a padded matrix, see vqbench.heads.padding) implement
     ``_wide_logits`` [N, W >= V], -inf beyond V, and the normalising paths below use it whole.
     """
 

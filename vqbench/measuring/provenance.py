@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import torch
 
-import vqbench
+from vqbench._version import __version__
 
 
 def relative_path(path):
@@ -33,13 +33,13 @@ def relative_argv(argv):
 @lru_cache(maxsize=1)
 def git_commit() -> str:
     """The commit of the checkout vqbench runs from, with '+dirty' for uncommitted changes."""
-    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, text=True,
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, text=True,
                                 capture_output=True, timeout=10).stdout.strip()
         # results/ is what a sweep writes, not the code that measures: its changes do not count
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
-                               cwd=os.path.dirname(here), text=True, capture_output=True, timeout=10).stdout.strip()
+                               cwd=root, text=True, capture_output=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     if not commit:
@@ -68,7 +68,7 @@ def device_name(device: str) -> str:
 def provenance(device: str, threads: int) -> dict:
     """Fields stored with every result row."""
     return {
-        "vqbench_version": vqbench.__version__,
+        "vqbench_version": __version__,
         "git_commit": git_commit(),
         "torch_version": torch.__version__,
         "device_name": device_name(device),

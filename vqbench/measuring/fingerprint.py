@@ -1,12 +1,12 @@
 """Which code measured a row: a digest of the code a timed call executes, and nothing else.
 
 A row's fingerprint covers
-  - the measuring code: inputs, timing, memory and counted FLOPs (vqbench/measure.py), the op callables
-    (vqbench/op_calls.py) and the ceilings measured in the run (vqbench/ceilings.py);
+  - the measuring code: inputs, timing, memory and counted FLOPs (vqbench/measuring/measure.py), the op callables
+    (vqbench/measuring/op_calls.py) and the ceilings measured in the run (vqbench/measuring/ceilings.py);
   - the head's own code: the module of each class in its submodules' MRO, and every project module they
     import, transitively;
 and not the registry (a head imports it only to name itself), the op records and their counts
-(vqbench/ops.py), the floor model, the results schema, tables, figures or the report: a refactor of those
+(vqbench/measuring/ops.py), the floor model, the results schema, tables, figures or the report: a refactor of those
 never stales a row, and a change in vq.py stales the VQ rows only.
 
 The digest is over each file's code, not its text or place: docstrings, comments, import statements, the
@@ -28,17 +28,17 @@ import os
 from functools import lru_cache
 from typing import FrozenSet, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 PACKAGES = ("vqbench", "baselines")
 #: the code every timed call runs, whatever the head
-MEASURING = ("vqbench/measure.py", "vqbench/op_calls.py", "vqbench/ceilings.py")
+MEASURING = ("vqbench/measuring/measure.py", "vqbench/measuring/op_calls.py", "vqbench/measuring/ceilings.py")
 #: project modules that a head imports but whose code no timed call runs
-NOT_EXECUTED = frozenset({"vqbench/registry.py"})
-#: a head's analytic counts: read by vqbench.ops and the floors, never by a timed call (tests check it)
+NOT_EXECUTED = frozenset({"vqbench/heads/registry.py"})
+#: a head's analytic counts: read by vqbench.measuring.ops and the floors, never by a timed call (tests check it)
 COUNTING_METHODS = frozenset({"num_parameters", "closed_form_num_parameters", "flops", "_matmul_flops",
                               "touched_parameters", "least_sampled_parameters", "least_predicted_parameters",
                               "largest_intermediate", "quality_metrics"})
-#: a head class's description (vqbench.head.OutputHead): read by the registry, README, report and tests only
+#: a head class's description (vqbench.heads.contract.OutputHead): read by the registry, README, report and tests only
 METADATA_ATTRIBUTES = frozenset({"TITLE", "CITATIONS", "SUMMARY", "METHOD", "EXAMPLES", "SMALL_EXAMPLES",
                                  "COMPARED", "CAPABILITIES", "ORDER"})
 #: a row's fingerprint when the code that measured it cannot be read back (a head from outside without source)
@@ -104,7 +104,7 @@ def closure(paths) -> FrozenSet[str]:
 
 
 def _head_classes(head):
-    from vqbench.head import OutputHead
+    from vqbench.heads.contract import OutputHead
     for module in head.modules():
         for cls in type(module).__mro__:
             yield cls, isinstance(module, OutputHead) and issubclass(cls, OutputHead)
@@ -143,7 +143,7 @@ def _small_sizes(options: dict):
 @lru_cache(maxsize=None)
 def _small_head(spec: str):
     import torch
-    from vqbench.registry import make_head, parse_spec
+    from vqbench.heads.registry import make_head, parse_spec
     options = parse_spec(spec)[1]
     error = None
     for vocab, d in _small_sizes(options):

@@ -7,10 +7,10 @@ import math
 import torch
 from torch import nn
 
-from vqbench.fresh import fresh_empty
-from vqbench.head import LogitsHead, Option, check_choice, check_int_option, sample_rows, uniform, upcast_scores
-from vqbench.mapping import MAPPINGS, build_mapping, validate_mapping
-from vqbench.registry import register_head
+from vqbench.heads.fresh import fresh_empty
+from vqbench.heads.contract import LogitsHead, Option, check_choice, check_int_option, sample_rows, uniform, upcast_scores
+from vqbench.heads.mapping import MAPPINGS, build_mapping, validate_mapping
+from vqbench.heads.registry import register_head
 
 PATHS = ("collapsed", "scatter")
 
@@ -177,12 +177,12 @@ class VQLogits(LogitsHead):
         ``(h C^T)[:, M]``, is several times slower. With ``out`` [N, V] the gather writes into it
         (row by row when out is the transposed view of a [V, N] tensor, as ``new_output`` makes).
         Without out and without autograd the result is a fresh tensor advised onto huge pages before
-        the gather first touches it (vqbench.fresh): traffic N V written (plus K N read), with one page
+        the gather first touches it (vqbench.heads.fresh): traffic N V written (plus K N read), with one page
         fault per 2 MiB instead of per 4 KiB.
         """
         if out is None and code_values_t.requires_grad:
             spread = code_values_t.index_select(0, self.mapping)
-        elif out is None:  # a fresh [V, N] result, first touched on huge pages (vqbench.fresh)
+        elif out is None:  # a fresh [V, N] result, first touched on huge pages (vqbench.heads.fresh)
             fresh = fresh_empty((self.vocab_size, code_values_t.shape[1]), dtype=code_values_t.dtype,
                                 device=code_values_t.device)
             spread = torch.index_select(code_values_t, 0, self.mapping, out=fresh)

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from vqbench.data import batchify, bptt_batches
+from vqbench.training.data import batchify, bptt_batches
 
 EVAL_BATCH = 10  # streams of an evaluation split, as in the standard WikiText-2 setup
 

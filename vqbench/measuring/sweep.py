@@ -3,7 +3,7 @@
 Rows are appended to a CSV file as each (config, op) finishes, so an interrupted sweep
 loses nothing; ``resume=True`` skips every (config, op) already in the file. Rows carry each head's
 canonical spec (``head.spec``), so ``softmax:bias=0`` and ``softmax`` are one head; any option is swept by
-a brace set in its spec (``vq:K={256,1024}``, see vqbench.registry.expand_spec). A configuration
+a brace set in its spec (``vq:K={256,1024}``, see vqbench.heads.registry.expand_spec). A configuration
 that raises (out of memory, an invalid combination) is recorded as skipped with its reason;
 guards skip, before trying, configurations whose analytic footprint or time exceeds a budget.
 """
@@ -19,12 +19,12 @@ from typing import Iterable, List, Optional, Sequence
 
 import torch
 
-from vqbench.ceilings import CeilingMeter
-from vqbench.fingerprint import code_fingerprint
-from vqbench.measure import make_inputs, matmul_precision, peak_memory_and_flops, time_op
-from vqbench.ops import get_op
-from vqbench.provenance import provenance
-from vqbench.registry import canonical_spec, check_spec, estimate_parameters, expand_spec, expand_specs, make_head, parse_spec
+from vqbench.measuring.ceilings import CeilingMeter
+from vqbench.measuring.fingerprint import code_fingerprint
+from vqbench.measuring.measure import make_inputs, matmul_precision, peak_memory_and_flops, time_op
+from vqbench.measuring.ops import get_op
+from vqbench.measuring.provenance import provenance
+from vqbench.heads.registry import canonical_spec, check_spec, estimate_parameters, expand_spec, expand_specs, make_head, parse_spec
 from vqbench.results import DEFAULT_OPS, PARAMS_OP, ResultsFile, unit_key
 
 #: the precisions a sweep measures, by the name rows record: "tf32" is float32 parameters whose matrix
@@ -136,7 +136,7 @@ def measure_head(context: dict, todo, results: ResultsFile, budget: Budget, mete
                  seed: int, stats: SweepStats, bar) -> None:
     """Measure one head configuration's units. Each unit's rows are appended as it finishes; its ceilings row
     follows once the ceilings have been measured again after the head (the better of the rates before and
-    after, with how far they drifted); vqbench.floors derives the floor from it when tables are built."""
+    after, with how far they drifted); vqbench.reporting.floors derives the floor from it when tables are built."""
     device, dtype = context["device"], DTYPES[context["dtype"]]
     head, build_error = None, None
     planned = _planned_parameters(context)

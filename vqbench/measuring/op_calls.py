@@ -1,7 +1,7 @@
 """The code a timed op runs: one builder per op, each returning a zero-argument callable over fixed inputs.
 
 Only what runs inside the timing lives here (it is part of every row's code fingerprint); the op's
-name, analytic counts and table placement are its record in vqbench.ops.
+name, analytic counts and table placement are its record in vqbench.measuring.ops.
 
 Every builder takes (head, hidden [N, d], target [N] int64) and returns fn() that runs the op once.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from vqbench.head import OutputHead
+from vqbench.heads.contract import OutputHead
 
 DECODE_MAX_BATCH = 64
 

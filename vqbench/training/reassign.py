@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from vqbench.vq import VQLogits
+from vqbench.heads.vq import VQLogits
 
 
 class CodeReassigner:

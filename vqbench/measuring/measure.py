@@ -18,7 +18,7 @@ import torch.utils.benchmark as benchmark
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from vqbench.frequency import default_token_counts
+from vqbench.heads.frequency import default_token_counts
 
 
 @dataclass

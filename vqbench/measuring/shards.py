@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import importlib
 import os
 import sys
 import time
@@ -103,7 +104,7 @@ def grid_configs(grid) -> List[tuple]:
 def call_seconds(head, op: str, n: int, device: str, element_size: int) -> float:
     """A nominal single call of ``op``: the larger of its analytic FLOPs and the bytes it must move
     (parameters, hidden states, the N x V output of the V-wide ops) at NOMINAL rates."""
-    from vqbench.ops import analytic_flops
+    from vqbench.measuring.ops import analytic_flops
     try:
         flops = analytic_flops(head, "log_probs", n, None) * (3 if op == "train" else 1)
     except Exception:  # a head whose count needs real tensors: every parameter once per token
@@ -119,9 +120,9 @@ def config_cost(config: tuple, tokens: Sequence[int], ops: Sequence[str], min_ru
     (warm-up, peak memory, five samples) or for min_run_time, whichever is longer. The head is built on
     the meta device, so no parameters are allocated."""
     import torch
-    from vqbench.ops import DECODE_MAX_BATCH
-    from vqbench.registry import make_head
-    from vqbench.sweep import DTYPES
+    from vqbench.measuring.ops import DECODE_MAX_BATCH
+    from vqbench.heads.registry import make_head
+    from vqbench.measuring.sweep import DTYPES
     device, dtype, vocab, d, spec = config
     try:
         head = make_head(spec, vocab, d, device="meta", dtype=DTYPES[dtype])
@@ -249,7 +250,10 @@ def mixed_note(rows: List[dict]) -> str:
 
 class ShardJob:
     """One shard's job: ``python -m vqbench.compare ARGV`` in the job's process, on ``cores`` when given.
-    A requeued job (SLURM pre-emption or time limit) runs again with the same ARGV, which resumes."""
+    A requeued job (SLURM pre-emption or time limit) runs again with the same ARGV, which resumes. The job
+    names the command it runs (COMMAND) rather than importing it: the commands build on this module."""
+
+    COMMAND = "vqbench.compare"
 
     def __init__(self, argv: List[str], cores: Optional[List[int]] = None):
         self.argv, self.cores = list(argv), cores
@@ -257,8 +261,7 @@ class ShardJob:
     def __call__(self) -> int:
         if self.cores:
             os.sched_setaffinity(0, self.cores)
-        from vqbench import compare
-        return compare.main(self.argv)
+        return importlib.import_module(self.COMMAND).main(self.argv)
 
     def checkpoint(self, *args, **kwargs):
         import submitit
@@ -269,11 +272,10 @@ class TrainJob(ShardJob):
     """One quality run's job: ``python -m vqbench.train ARGV`` (ARGV ends in --resume, so a requeued job
     continues from the run's last checkpoint); fails when training exits non-zero."""
 
+    COMMAND = "vqbench.train"
+
     def __call__(self) -> int:
-        if self.cores:
-            os.sched_setaffinity(0, self.cores)
-        from vqbench import train
-        code = train.main(self.argv)
+        code = super().__call__()
         if code:
             raise RuntimeError(f"python -m vqbench.train exited {code}")
         return code

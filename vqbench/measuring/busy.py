@@ -5,7 +5,7 @@ Two signs, both measured during the run:
             /proc/stat minus this process's own CPU time), as cores busy on average; on a machine the run
             does not fill (threads < cores) the spare cores may be used without contention;
     drift   how far the machine's ceilings moved between the before and after measurements of a head
-            (the floor rows' ceiling_drift, vqbench.floors): a neighbour starting or stopping moves them.
+            (the floor rows' ceiling_drift, vqbench.reporting.floors): a neighbour starting or stopping moves them.
 A run is busy when others exceed the spare cores by more than BUSY_SLACK_CORES or a drift exceeds
 DRIFT_FLAG. Each run appends one record to NAME.load.jsonl beside NAME.csv; tables rendered from the
 file name the records whose time span overlaps their rows.
@@ -20,7 +20,7 @@ import socket
 import time
 from typing import Iterable, List, Optional
 
-from vqbench.tables import DRIFT_FLAG  # ceilings moved by more than this during a head's run: flagged
+from vqbench.reporting.tables import DRIFT_FLAG  # ceilings moved by more than this during a head's run: flagged
 
 BUSY_SLACK_CORES = 0.1  # other processes' average use of the run's cores tolerated beyond its spare cores
 LOAD_SUFFIX = ".load.jsonl"

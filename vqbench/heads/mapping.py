@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from vqbench.frequency import balanced_bins, frequency_order
+from vqbench.heads.frequency import balanced_bins, frequency_order
 
 MAPPINGS = ("random", "contiguous", "frequency", "kmeans")
 

@@ -4,7 +4,7 @@ A spec string is ``name`` or ``name:key=value,key=value``; list values use ``/``
 (``adaptive:cutoffs=2000/10000``), booleans ``1``/``0``. Braces sweep an option: ``vq:K={256,1024}`` is
 ``vq:K=256`` and ``vq:K=1024`` (``expand_spec``). The same strings serve the Python API, the CLIs and asv.
 
-Heads are found without a list: every module of the ``baselines`` package and ``vqbench.vq`` (the built-in
+Heads are found without a list: every module of the ``baselines`` package and ``vqbench.heads.vq`` (the built-in
 heads), the entry-point group ``vqbench.heads`` (installed packages), and modules named with ``--import``
 (``import_modules``). Each registers its classes with ``@register_head(name)``; an entry point may also
 name an OutputHead subclass, registered under the entry point's name.
@@ -24,7 +24,7 @@ from typing import Dict, Iterable, List, Optional, Tuple, Type
 HEADS: Dict[str, type] = {}
 #: where the built-in heads live: every module of these packages, and these modules
 BUILTIN_PACKAGES = ("baselines",)
-BUILTIN_MODULES = ("vqbench.vq",)
+BUILTIN_MODULES = ("vqbench.heads.vq",)
 #: the entry-point group through which installed packages offer heads
 ENTRY_POINT_GROUP = "vqbench.heads"
 _found = False
@@ -76,7 +76,7 @@ def load_entry_points() -> List[str]:
     """Load the heads installed packages offer through the ``vqbench.heads`` group: an entry point names a
     module (which registers its heads) or an OutputHead subclass (registered under the entry point's name).
     A broken entry point is reported on stderr and skipped, so one bad package does not stop the others."""
-    from vqbench.head import OutputHead
+    from vqbench.heads.contract import OutputHead
     loaded = []
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:

@@ -7,7 +7,7 @@ Ceilings (each the fastest of several calls):
 The bandwidths are measured on buffers sized to the op's working set (the bytes it must move, rounded
 down to a power of two): an op whose data fits in cache is held to the cache's rate, not DRAM's. A
 sweep measures them before a head's ops and again after them and stores the better of the two with
-how far they drifted (rates on a shared machine move within minutes). vqbench.floors turns them into
+how far they drifted (rates on a shared machine move within minutes). vqbench.reporting.floors turns them into
 floors when tables are built.
 """
 

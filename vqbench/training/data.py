@@ -36,8 +36,8 @@ VOCABULARIES = ("word", "cl100k_base")
 
 def default_corpus_dir() -> str:
     """$VQBENCH_DATA, else ../shared/data/wikitext-2 beside the checkout."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.environ.get("VQBENCH_DATA", os.path.join(os.path.dirname(here), "shared", "data", "wikitext-2"))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+    return os.environ.get("VQBENCH_DATA", os.path.join(os.path.dirname(root), "shared", "data", "wikitext-2"))
 
 
 def load_lines(source: str, cache_dir=None) -> Dict[str, List[str]]:
