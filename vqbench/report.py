@@ -114,56 +114,10 @@ def claims_table(headline, sweep, quality, reference="softmax", paper="vq-K1024"
     """Markdown rows: claim, paper, measured, source. headline: the plain-process headline rows; headline_thp:
     the same with the THP allocator; decode: the generation step at small N; cuda: the headline on a GPU."""
     lines = ["| claim | paper | measured by vqbench | source |", "|---|---|---|---|"]
-    files = [rows for rows in (headline, headline_thp) if rows]
-    sources = ", ".join(name for name, rows in (("results/headline.csv", headline),
-                                               ("results/headline-thp.csv", headline_thp)) if rows)
-    if headline:
-        first = headline[0]
-        where = f"V={first['V']}, d={first['d']}, N={first['N']}, {first['device']}"
-        soft = _value(headline, "softmax", "params", "params")
-        vq = _value(headline, vq_spec, "params", "params")
-        if soft and vq:
-            lines.append(f"| output-layer parameters | up to 99% fewer | {100 * (1 - vq / soft):.1f}% fewer, {vq_spec} "
-                         f"({where}) | results/headline.csv |")
-        for dtype in sorted({r["dtype"] for r in headline}, key=lambda t: t != "float32"):
-            for op, claim, claimed in SPEED_CLAIMS:
-                cell = speed_cell(files, op, vq_spec, dtype)
-                if cell:
-                    lines.append(f"| {claim} | {claimed} | {cell}; {vq_spec} vs softmax, {where}, {dtype} | {sources} |")
-    if cuda:
-        first = cuda[0]
-        where = f"V={first['V']}, d={first['d']}, N={first['N']}, {first['device_name']}"
-        caveat = gpu_softmax_caveat(cuda)
-        caveat = f" (caveat: {caveat}, so the ratio overstates VQ's gain)" if caveat else ""
-        for dtype in sorted({r["dtype"] for r in cuda}, key=lambda t: t != "float32"):
-            for op, claim, claimed in SPEED_CLAIMS:
-                soft = fastest_exact_softmax(cuda, op, dtype)
-                t_vq = _value(cuda, vq_spec, op, "time", dtype=dtype)
-                if soft and t_vq:
-                    spec, t_soft = soft
-                    lines.append(f"| {claim}, GPU | {claimed} | {t_soft / t_vq:.1f}x ({t_vq * 1e3:.3f} ms vs "
-                                 f"{t_soft * 1e3:.3f} ms); {vq_spec} vs {spec}, the fastest exact softmax, {where}, "
-                                 f"{dtype}{caveat} | results/cuda-headline.csv |")
-    for n in sorted({int(r["N"]) for r in decode}):
-        for op, how in (("decode", "head.sample"), ("decode_dense", "log_probs + multinomial")):
-            t_soft = _value(decode, "softmax", op, "time", N=n)
-            t_vq = _value(decode, vq_spec, op, "time", N=n)
-            if t_soft and t_vq:
-                lines.append(f"| generation step, N={n} ({how}) | n/a | {t_soft / t_vq:.1f}x faster, {vq_spec} vs "
-                             f"softmax ({t_vq * 1e3:.3f} ms vs {t_soft * 1e3:.3f} ms) | results/decode.csv |")
-    if sweep:
-        best = None
-        for r in sweep:
-            if r["status"] == "ok" and r["metric"] == "params" and r["head"] == "vq":
-                soft = _value(sweep, "softmax", "params", "params", V=r["V"], d=r["d"], N=r["N"])
-                if soft:
-                    cut = 1 - float(r["value"]) / soft
-                    if best is None or cut > best[0]:
-                        best = (cut, r)
-        if best:
-            cut, r = best
-            lines.append(f"| output-layer parameters, largest cut in the sweep | up to 99% fewer | "
-                         f"{100 * cut:.2f}% fewer ({r['spec']}, V={r['V']}, d={r['d']}) | results/cpu-sweep.csv |")
+    lines += _cpu_headline_claims(headline, headline_thp, vq_spec)
+    lines += _gpu_headline_claims(cuda, vq_spec)
+    lines += _decode_claims(decode, vq_spec)
+    lines += _sweep_claims(sweep)
     claims = quality_claims(quality, reference, paper)
     for row in claims:
         lines.append(f"| perplexity | +4% over softmax | {row} | results/quality/quality.csv |")
@@ -173,6 +127,78 @@ def claims_table(headline, sweep, quality, reference="softmax", paper="vq-K1024"
         lines.append(f"| perplexity | +4% over softmax | not measured yet: {missing} in "
                      "results/quality/quality.csv | |")
     return "\n".join(lines)
+
+
+def _cpu_headline_claims(headline, headline_thp, vq_spec) -> List[str]:
+    """The parameter cut and the speed-ups at the CPU headline size (both allocators)."""
+    if not headline:
+        return []
+    lines, files = [], [rows for rows in (headline, headline_thp) if rows]
+    sources = ", ".join(name for name, rows in (("results/headline.csv", headline),
+                                               ("results/headline-thp.csv", headline_thp)) if rows)
+    first = headline[0]
+    where = f"V={first['V']}, d={first['d']}, N={first['N']}, {first['device']}"
+    soft = _value(headline, "softmax", "params", "params")
+    vq = _value(headline, vq_spec, "params", "params")
+    if soft and vq:
+        lines.append(f"| output-layer parameters | up to 99% fewer | {100 * (1 - vq / soft):.1f}% fewer, {vq_spec} "
+                     f"({where}) | results/headline.csv |")
+    for dtype in sorted({r["dtype"] for r in headline}, key=lambda t: t != "float32"):
+        for op, claim, claimed in SPEED_CLAIMS:
+            cell = speed_cell(files, op, vq_spec, dtype)
+            if cell:
+                lines.append(f"| {claim} | {claimed} | {cell}; {vq_spec} vs softmax, {where}, {dtype} | {sources} |")
+    return lines
+
+
+def _gpu_headline_claims(cuda, vq_spec) -> List[str]:
+    """The speed-ups at the GPU headline size, against the fastest exact softmax, with the caveat while the
+    committed rows ran an unpadded softmax without TF32."""
+    if not cuda:
+        return []
+    lines, first = [], cuda[0]
+    where = f"V={first['V']}, d={first['d']}, N={first['N']}, {first['device_name']}"
+    caveat = gpu_softmax_caveat(cuda)
+    caveat = f" (caveat: {caveat}, so the ratio overstates VQ's gain)" if caveat else ""
+    for dtype in sorted({r["dtype"] for r in cuda}, key=lambda t: t != "float32"):
+        for op, claim, claimed in SPEED_CLAIMS:
+            soft = fastest_exact_softmax(cuda, op, dtype)
+            t_vq = _value(cuda, vq_spec, op, "time", dtype=dtype)
+            if soft and t_vq:
+                spec, t_soft = soft
+                lines.append(f"| {claim}, GPU | {claimed} | {t_soft / t_vq:.1f}x ({t_vq * 1e3:.3f} ms vs "
+                             f"{t_soft * 1e3:.3f} ms); {vq_spec} vs {spec}, the fastest exact softmax, {where}, "
+                             f"{dtype}{caveat} | results/cuda-headline.csv |")
+    return lines
+
+
+def _decode_claims(decode, vq_spec) -> List[str]:
+    lines = []
+    for n in sorted({int(r["N"]) for r in decode}):
+        for op, how in (("decode", "head.sample"), ("decode_dense", "log_probs + multinomial")):
+            t_soft = _value(decode, "softmax", op, "time", N=n)
+            t_vq = _value(decode, vq_spec, op, "time", N=n)
+            if t_soft and t_vq:
+                lines.append(f"| generation step, N={n} ({how}) | n/a | {t_soft / t_vq:.1f}x faster, {vq_spec} vs "
+                             f"softmax ({t_vq * 1e3:.3f} ms vs {t_soft * 1e3:.3f} ms) | results/decode.csv |")
+    return lines
+
+
+def _sweep_claims(sweep) -> List[str]:
+    """The largest output-parameter cut of any VQ head in the sweep."""
+    best = None
+    for r in sweep:
+        if r["status"] == "ok" and r["metric"] == "params" and r["head"] == "vq":
+            soft = _value(sweep, "softmax", "params", "params", V=r["V"], d=r["d"], N=r["N"])
+            if soft:
+                cut = 1 - float(r["value"]) / soft
+                if best is None or cut > best[0]:
+                    best = (cut, r)
+    if not best:
+        return []
+    cut, r = best
+    return [f"| output-layer parameters, largest cut in the sweep | up to 99% fewer | "
+            f"{100 * cut:.2f}% fewer ({r['spec']}, V={r['V']}, d={r['d']}) | results/cpu-sweep.csv |"]
 
 
 PAPER_FEWER_PARAMS = 0.95  # the paper's cut: +4% perplexity at >= 95% fewer output-layer parameters
@@ -308,13 +334,7 @@ def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-
     parts = ["# vqbench report", "",
              "Built by `python -m vqbench.report` from the files under `results/` alone; every number below is in "
              "one of them, and `results/README.md` gives the command that regenerates each.", ""]
-    pending = pending_remeasurement(results_dir)
-    if pending:
-        parts += ["## Waiting for re-measurement", "",
-                  "The code these files' rows executed has changed since they were measured "
-                  f"(`python -m vqbench.report --check`; `results/{PENDING_FILE}`): their figures describe the "
-                  "code of the commit in each row's `git_commit`, not today's, until they are measured again.", ""]
-        parts += [f"- `results/{name}`: {reason}" for name, reason in sorted(pending.items())] + [""]
+    parts += pending_section(results_dir)
     if headline or sweep:
         parts += ["## Environment", "", environment(headline or sweep), ""]
     parts += ["## Methods", "", *methods(headline + sweep)]
@@ -338,23 +358,41 @@ def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-
         parts += [render([t for t in build_tables(chosen) if t.kind == "ratio"], "github")]
         parts += ["## Skipped configurations", "", skip_summary(sweep), ""]
     if quality:
-        parts += ["## Quality on WikiText-2", "",
-                  "From `results/quality/quality.csv` (`python -m vqbench.quality table`; protocol, commands and "
-                  "every run in `results/quality/quality.md`). Ratios pair runs of the same seed.", "",
-                  markdown_table(aggregate(quality, reference)), "",
-                  *unfinished_quality_runs(os.path.join(results_dir, "quality", "quality.md")),
-                  "![quality vs parameters](quality/pareto.png)", "",
-                  *[f"![quality vs parameters, {os.path.basename(path)[7:-4]}](quality/{os.path.basename(path)})\n"
-                    for path in sorted(glob.glob(os.path.join(results_dir, "quality", "pareto-*.png")))]]
-        oracle_csv = os.path.join(results_dir, "quality", "oracle.csv")
-        if os.path.exists(oracle_csv):
-            parts += oracle_section(oracle_csv, quality, reference)
+        parts += quality_section(results_dir, quality, reference)
     figures = sorted(glob.glob(os.path.join(results_dir, "figures", "*.png")))
     if figures:
         parts += ["## Figures", "", "From `python -m vqbench.plot`.", ""]
         parts += [f"![{os.path.basename(f)}]({os.path.relpath(f, results_dir)})" for f in figures]
         parts.append("")
     return "\n".join(parts)
+
+
+def pending_section(results_dir: str) -> List[str]:
+    """REPORT.md's list of the results files waiting for re-measurement, with the reason of each."""
+    pending = pending_remeasurement(results_dir)
+    if not pending:
+        return []
+    return ["## Waiting for re-measurement", "",
+            "The code these files' rows executed has changed since they were measured "
+            f"(`python -m vqbench.report --check`; `results/{PENDING_FILE}`): their figures describe the "
+            "code of the commit in each row's `git_commit`, not today's, until they are measured again.", "",
+            *[f"- `results/{name}`: {reason}" for name, reason in sorted(pending.items())], ""]
+
+
+def quality_section(results_dir: str, quality, reference: str) -> List[str]:
+    """REPORT.md's quality section: the variants' table, the Pareto figures and the oracle estimate."""
+    parts = ["## Quality on WikiText-2", "",
+             "From `results/quality/quality.csv` (`python -m vqbench.quality table`; protocol, commands and "
+             "every run in `results/quality/quality.md`). Ratios pair runs of the same seed.", "",
+             markdown_table(aggregate(quality, reference)), "",
+             *unfinished_quality_runs(os.path.join(results_dir, "quality", "quality.md")),
+             "![quality vs parameters](quality/pareto.png)", "",
+             *[f"![quality vs parameters, {os.path.basename(path)[7:-4]}](quality/{os.path.basename(path)})\n"
+               for path in sorted(glob.glob(os.path.join(results_dir, "quality", "pareto-*.png")))]]
+    oracle_csv = os.path.join(results_dir, "quality", "oracle.csv")
+    if os.path.exists(oracle_csv):
+        parts += oracle_section(oracle_csv, quality, reference)
+    return parts
 
 
 PENDING_FILE = "pending-remeasurement.json"
