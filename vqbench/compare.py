@@ -17,7 +17,8 @@ import torch
 
 from vqbench.provenance import relative_argv, relative_path, use_cpu_allocator
 from vqbench.registry import DEFAULT_HEADS, coerce_option, head_class, parse_spec
-from vqbench.results import ALL_OPS, COLUMNS, DEFAULT_OPS, ResultsFile, path_component_problem, read_rows, select_rows
+from vqbench.results import (ALL_OPS, COLUMNS, DEFAULT_OPS, ResultsFile, numeric_problem, path_component_problem,
+                             read_rows, select_rows)
 from vqbench.sweep import DTYPES, Budget, Grid, memory_budget, run_sweep
 from vqbench.tables import build_tables, render
 
@@ -227,6 +228,9 @@ def render_stored(args, command: str) -> int:
         raise Refused(f"--from: {args.from_file}: {error}") from None
     if not rows:
         raise Refused(f"--from: {args.from_file}: no rows (of this selection) to render")
+    problem = numeric_problem(r for r in rows if r.get("status") == "ok")
+    if problem:
+        raise Refused(f"--from: {args.from_file}: {problem} (a cell edited by hand?)")
     tables = build_tables(rows)
     if args.name:
         make_out(args.out)
