@@ -122,7 +122,7 @@ SUBSET = ["tests/test_asv_benchmarks.py::test_asv_runs_one_small_combination_in_
 @pytest.mark.skipif(os.environ.get("VQBENCH_INNER_SUITE") == "1", reason="the subset itself")
 def test_the_test_suite_leaves_the_repository_as_it_was():
     before = tracked_state()
-    env = {**os.environ, "VQBENCH_INNER_SUITE": "1",
+    env = {**os.environ, "VQBENCH_INNER_SUITE": "1", "PYTHONPATH": REPO,  # this checkout's vqbench
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}  # finds asv
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SUBSET],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

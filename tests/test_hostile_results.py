@@ -468,3 +468,23 @@ def test_a_second_overwrite_process_leaves_the_running_sweep_and_every_row_alone
     [backup] = glob.glob(str(measured) + ".bak-*")
     assert open(backup, "rb").read() == original
     assert {r["spec"] for r in read_rows(str(measured))} == {"softmax", "vq:K=8", "vq:K=9", "vq:K=10"}
+
+
+@pytest.mark.parametrize("cell", [dict(value="fast"), dict(N="four"), dict(spread="wide")])
+def test_from_a_file_with_a_non_numeric_cell_is_one_line(tmp_path, capsys, cell):
+    source = tmp_path / "in.csv"
+    source.write_text(HEADER + csv_text(unit("softmax", **cell) + unit("softmax", op="params")))
+    assert run_main(compare.main, ["--from", str(source), "--out", str(tmp_path), "--name", "t"]) == 2
+    one_line_error(capsys, "--from", "not a number")
+    assert not (tmp_path / "t.md").exists()
+
+
+def test_from_a_file_without_provenance_columns_renders(tmp_path):
+    kept = ["head", "spec", "op", "metric", "unit", "V", "d", "K", "N", "device", "dtype", "value", "status"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, kept, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(unit("softmax") + unit("softmax", op="params"))
+    (tmp_path / "in.csv").write_text(buffer.getvalue())
+    assert compare.main(["--from", str(tmp_path / "in.csv"), "--out", str(tmp_path), "--name", "t"]) == 0
+    assert "softmax" in (tmp_path / "t.md").read_text()

@@ -17,12 +17,13 @@ import tempfile
 
 import torch
 
+from vqbench.heads.registry import check_spec, default_specs, describe_heads, expand_specs, import_modules, parse_spec
 from vqbench.measuring import busy, shards
 from vqbench.measuring.provenance import relative_argv, relative_path, use_cpu_allocator
-from vqbench.heads.registry import check_spec, default_specs, describe_heads, expand_specs, import_modules, parse_spec
-from vqbench.results import ALL_OPS, COLUMNS, DEFAULT_OPS, ResultsFile, path_component_problem, read_rows, select_rows
 from vqbench.measuring.sweep import DTYPES, Budget, Grid, check_grid, memory_budget, run_sweep
 from vqbench.reporting.tables import build_tables, render
+from vqbench.results import (ALL_OPS, COLUMNS, DEFAULT_OPS, ResultsFile, numeric_problem, path_component_problem,
+                             read_rows, select_rows)
 
 
 
@@ -249,6 +250,9 @@ def render_stored(args, command: str) -> int:
     rows = rows_selected(rows, args.selection)
     if not rows:
         raise Refused(f"--from: {' '.join(args.from_file)}: no rows (of this selection) to render")
+    problem = numeric_problem(r for r in rows if r.get("status") == "ok")
+    if problem:
+        raise Refused(f"--from: {' '.join(args.from_file)}: {problem} (a cell edited by hand?)")
     tables = build_tables(rows)
     notes = busy.note({path: busy.records_for(path, r) for path, r in by_file.items()}, args.format)
     notes += shards.mixed_note(rows) if args.allow_mixed else ""

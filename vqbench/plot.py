@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections import defaultdict
 
-from vqbench.results import ALL_OPS, read_rows, select_rows
+from vqbench.results import ALL_OPS, numeric_problem, read_rows, select_rows
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
@@ -47,21 +47,6 @@ def plain(text: str) -> str:
     """text as matplotlib shows it literally: a '$' from a file would otherwise start mathtext (and an
     unbalanced one fails the whole figure)."""
     return text.replace("$", r"\$")
-
-
-def numeric_problem(rows) -> str:
-    """'' when every ok row's V, d, N and value (and spread, when given) are numbers, else the first that is not."""
-    for r in rows:
-        for key, kind in (("V", int), ("d", int), ("N", int), ("value", float), ("spread", float)):
-            cell = r.get(key) or ""
-            if key == "spread" and not cell:
-                continue
-            try:
-                kind(cell)
-            except ValueError:
-                where = f"{r.get('spec', '?')} {r.get('op', '?')} {r.get('metric', '?')}"
-                return f"{where}: {key}={cell[:40]!r} is not a number"
-    return ""
 
 
 def _style(ax, xlabel, ylabel, title):

@@ -120,6 +120,21 @@ def read_rows(path: str) -> List[dict]:
         raise ValueError(f"{path} is not a readable CSV file ({type(error).__name__})") from None
 
 
+def numeric_problem(rows) -> str:
+    """'' when every ok row's V, d, N and value (and spread, when given) are numbers, else the first that is not."""
+    for r in rows:
+        for key, kind in (("V", int), ("d", int), ("N", int), ("value", float), ("spread", float)):
+            cell = r.get(key) or ""
+            if key == "spread" and not cell:
+                continue
+            try:
+                kind(cell)
+            except ValueError:
+                where = f"{r.get('spec', '?')} {r.get('op', '?')} {r.get('metric', '?')}"
+                return f"{where}: {key}={cell[:40]!r} is not a number"
+    return ""
+
+
 def complete_units(rows: Iterable[dict]) -> set:
     """Unit keys whose rows are complete: a skipped row, or every metric of the unit's op."""
     seen, done = {}, set()

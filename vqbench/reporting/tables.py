@@ -240,6 +240,8 @@ def _floor_table(key, group_rows):
 
     def span(column, digits):
         values = sorted({float(r[column]) / 1e9 for r in group_rows if r.get(column)})
+        if not values:  # a file without the ceiling columns (written by another tool)
+            return "?"
         low, high = f"{values[0]:.{digits}f}", f"{values[-1]:.{digits}f}"
         return low if low == high else f"{low}-{high}"
 
