@@ -164,3 +164,14 @@ def test_a_tied_gpt_run_with_warmup_and_cosine_resumes_exactly(tmp_path):
     curve = lambda folder, key: [r[key] for r in records(folder) if "loss" in r]  # noqa: E731
     assert curve(halves, "lr") == pytest.approx(curve(straight, "lr"), rel=1e-12)
     assert curve(halves, "loss") == pytest.approx(curve(straight, "loss"), rel=1e-6)
+
+
+@needs_corpus
+def test_a_vq_head_trains_on_a_frozen_gpt_body(tmp_path):
+    """The estimate's premise is tested on frozen bodies: the frozen protocol rebuilds a GPT body too."""
+    body_run = tmp_path / "softmax"
+    train.train(train.parse_args(TINY + ["--steps", "4", "--out", str(body_run)]))
+    frozen = train.train(train.parse_args(TINY + ["--head", "vq:K=64", "--protocol", "frozen", "--body-from",
+                                                  str(body_run / "checkpoint.pt"), "--steps", "6", "--frozen-batch",
+                                                  "64", "--out", str(tmp_path / "vq")]))
+    assert frozen["protocol"] == "frozen" and math.isfinite(frozen["test_ppl"]) and frozen["steps"] == 6

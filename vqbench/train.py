@@ -288,8 +288,9 @@ class FrozenTask:
         body_cfg = saved["config"]
         if saved["corpus"] != corpus_fingerprint(corpus):
             raise ValueError(f"body_from: {cfg.body_from!r} was trained on another corpus")
+        from vqbench.oracle import model_states  # best.pt holds body and head, checkpoint.pt the whole model
         self.body = body_of(body_cfg, corpus.vocab_size)
-        self.body.load_state_dict(saved["body"])
+        self.body.load_state_dict(model_states(saved, cfg.body_from, "body_from")[0])
         self.body.to(device)
         self.head = build_head(cfg, corpus, body_cfg["d_model"]).to(device)
         train_ids, valid_ids, test_ids = split_ids(cfg, corpus)
