@@ -11,7 +11,8 @@
 #                 vq also with bias, every peer; bfloat16, then tf32, then float32; ops logits, log_probs, loss,
 #                 train, decode (CUDA peak memory in the rows); then which peers ran
 #   3. sweep      V in {10000, 50257, 128000, 256000} x d in {1024, 4096} x K in {256, 1024, 4096} x
-#                 N in {64, 2048, 8192}, the same heads and ops, bfloat16 first, a 0.5 s per-call time guard;
+#                 N in {64, 2048, 8192}, the same heads but the torch.compile peers (they recompile for every
+#                 shape) and ops, bfloat16 first, a 0.5 s per-call time guard;
 #                 cut where the 8 minutes end (a rerun resumes it)
 # Rows go to OUTDIR/cuda-*.csv (the long format of `python -m vqbench.compare`, GPU name in every row), tables
 # to OUTDIR/cuda-*.md, each stage's output to OUTDIR/cuda-*.log.
@@ -70,7 +71,10 @@ else
     SWEEP=(--vocab 10000 50257 128000 256000 --d-model 1024 4096 --codebook 256 1024 4096 --tokens 64 2048 8192)
     TIMING=(--min-run-time 0.05)
     LIMIT=470
-    SWEEP_HEADS=("${HEADS[@]}")
+    # torch.compile recompiles for every shape: the compiled peers (a minute or more each) stay in the headline
+    SWEEP_HEADS=(softmax softmax:pad=64 softmax:chunk=256 softmax:chunk=256,pad=64 adaptive hierarchical
+                 hierarchical:tree=huffman lowrank lowrank:pad=64 vq peer:impl=torch-lce peer:impl=torch-lce,chunked=1
+                 peer:impl=cce peer:impl=liger)
 fi
 COMMON=(--device "$DEVICE" --ops "${OPS[@]}" --out "$OUT" --no-progress --resume "${TIMING[@]}")
 
