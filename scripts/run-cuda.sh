@@ -11,7 +11,8 @@
 #                 vq also with bias, every peer; bfloat16, then tf32, then float32; ops logits, log_probs, loss,
 #                 train, decode (CUDA peak memory in the rows); then which peers ran
 #   3. sweep      V in {10000, 50257, 128000, 256000} x d in {1024, 4096} x K in {256, 1024, 4096} x
-#                 N in {64, 2048, 8192}, the same heads and ops, bfloat16 first, a 0.5 s per-call time guard;
+#                 N in {64, 2048, 8192}, the same heads but the torch.compile peers (they recompile for every
+#                 shape) and ops, bfloat16 first, a 0.5 s per-call time guard;
 #                 cut where the 8 minutes end (a rerun resumes it)
 # Rows go to OUTDIR/cuda-*.csv (the long format of `python -m vqbench.compare`, GPU name in every row), tables
 # to OUTDIR/cuda-*.md, each stage's output to OUTDIR/cuda-*.log.
@@ -67,6 +68,9 @@ if [ "$DRY" = "--dry-run" ]; then
     SWEEP_VQ="vq:K={8,16}"
     TIMING=(--min-run-time 0.002 --ceilings small --threads 1)
     LIMIT=3000  # a shared CPU: the dry run tests the stages, not the GPU's time budget
+    # the headline runs every head; the sweep leaves out the peers that compile per shape (minutes on a CPU,
+    # CCE's CPU path included)
+    NOT_SWEPT='impl=(compile|cce)'
 else
     DEVICE=cuda
     CHECK=()
@@ -78,7 +82,10 @@ else
     SWEEP_VQ="vq:K={256,1024,4096}"
     TIMING=(--min-run-time 0.05)
     LIMIT=470
+    # torch.compile recompiles for every shape: the compiled peers (a minute or more each) stay in the headline
+    NOT_SWEPT='impl=compile'
 fi
+mapfile -t SWEEP_HEADS < <(printf '%s\n' "${HEADS[@]}" | grep -Ev "$NOT_SWEPT")
 COMMON=(--device "$DEVICE" --ops "${OPS[@]}" --out "$OUT" --no-progress --resume "${TIMING[@]}")
 
 # 1. self-check, once
@@ -126,7 +133,7 @@ for spec, reason in sorted(missed.items()):
     print(f"peers not run: {spec}: {reason}")
 PYTHON
 for dtype in "${DTYPES[@]}"; do
-    run cuda-sweep "$dtype" --heads "${HEADS[@]}" "$SWEEP_VQ" "${SWEEP[@]}" --time-budget-s 0.5 || { CUT+=(cuda-sweep); break; }
+    run cuda-sweep "$dtype" --heads "${SWEEP_HEADS[@]}" "$SWEEP_VQ" "${SWEEP[@]}" --time-budget-s 0.5 || { CUT+=(cuda-sweep); break; }
 done
 # a cut stage's tables, from every row it measured
 for name in "${CUT[@]}"; do

@@ -76,6 +76,12 @@ def speed_cell(files, op, vq_spec, dtype) -> str:
     return "; ".join(dict.fromkeys(parts))
 
 
+def _dtype_order(dtype: str):
+    """Claims in a fixed order whatever the set's: float32, tf32, bfloat16, then any other by name."""
+    order = ("float32", "tf32", "bfloat16")
+    return (order.index(dtype) if dtype in order else len(order), dtype)
+
+
 def gpu_softmax_caveat(cuda) -> str:
     """Why GPU ratios over these rows overstate VQ's gain, or '' once the rows hold the strongest softmax.
 
@@ -87,7 +93,7 @@ def gpu_softmax_caveat(cuda) -> str:
     if not cuda or any(r["dtype"] == "tf32" or (r["head"] == "softmax" and "pad" in parse_spec(r["spec"])[1])
                        for r in cuda):
         return ""
-    dtypes = sorted({r["dtype"] for r in cuda}, key=lambda t: t != "bfloat16")
+    dtypes = sorted({r["dtype"] for r in cuda}, key=lambda t: (t != "bfloat16", _dtype_order(t)))
     for dtype in dtypes:
         flops = _value(cuda, "softmax", "logits", "flops_analytic", dtype=dtype)
         seconds = _value(cuda, "softmax", "logits", "time", dtype=dtype)
@@ -109,13 +115,34 @@ def fastest_exact_softmax(rows, op, dtype):
     return (min(times)[1], min(times)[0]) if times else None
 
 
+def gpu_claims(cuda, vq_spec) -> list:
+    """Claims-table rows for the GPU headline: VQ's speed-up over the fastest exact softmax per op and dtype."""
+    if not cuda:
+        return []
+    lines = []
+    first = cuda[0]
+    where = f"V={first['V']}, d={first['d']}, N={first['N']}, {first['device_name']}"
+    caveat = gpu_softmax_caveat(cuda)
+    caveat = f" (caveat: {caveat}, so the ratio overstates VQ's gain)" if caveat else ""
+    for dtype in sorted({r["dtype"] for r in cuda}, key=_dtype_order):
+        for op, claim, claimed in SPEED_CLAIMS:
+            soft = fastest_exact_softmax(cuda, op, dtype)
+            t_vq = _value(cuda, vq_spec, op, "time", dtype=dtype)
+            if soft and t_vq:
+                spec, t_soft = soft
+                lines.append(f"| {claim}, GPU | {claimed} | {t_soft / t_vq:.1f}x ({t_vq * 1e3:.3f} ms vs "
+                             f"{t_soft * 1e3:.3f} ms); {vq_spec} vs {spec}, the fastest exact softmax, {where}, "
+                             f"{dtype}{caveat} | results/cuda-headline.csv |")
+    return lines
+
+
 def claims_table(headline, sweep, quality, reference="softmax", paper="vq-K1024", vq_spec="vq:K=1024",
                  headline_thp=(), decode=(), cuda=()):
     """Markdown rows: claim, paper, measured, source. headline: the plain-process headline rows; headline_thp:
     the same with the THP allocator; decode: the generation step at small N; cuda: the headline on a GPU."""
     lines = ["| claim | paper | measured by vqbench | source |", "|---|---|---|---|"]
     lines += _cpu_headline_claims(headline, headline_thp, vq_spec)
-    lines += _gpu_headline_claims(cuda, vq_spec)
+    lines += gpu_claims(cuda, vq_spec)
     lines += _decode_claims(decode, vq_spec)
     lines += _sweep_claims(sweep)
     claims = quality_claims(quality, reference, paper)
@@ -143,32 +170,11 @@ def _cpu_headline_claims(headline, headline_thp, vq_spec) -> List[str]:
     if soft and vq:
         lines.append(f"| output-layer parameters | up to 99% fewer | {100 * (1 - vq / soft):.1f}% fewer, {vq_spec} "
                      f"({where}) | results/headline.csv |")
-    for dtype in sorted({r["dtype"] for r in headline}, key=lambda t: t != "float32"):
+    for dtype in sorted({r["dtype"] for r in headline}, key=_dtype_order):
         for op, claim, claimed in SPEED_CLAIMS:
             cell = speed_cell(files, op, vq_spec, dtype)
             if cell:
                 lines.append(f"| {claim} | {claimed} | {cell}; {vq_spec} vs softmax, {where}, {dtype} | {sources} |")
-    return lines
-
-
-def _gpu_headline_claims(cuda, vq_spec) -> List[str]:
-    """The speed-ups at the GPU headline size, against the fastest exact softmax, with the caveat while the
-    committed rows ran an unpadded softmax without TF32."""
-    if not cuda:
-        return []
-    lines, first = [], cuda[0]
-    where = f"V={first['V']}, d={first['d']}, N={first['N']}, {first['device_name']}"
-    caveat = gpu_softmax_caveat(cuda)
-    caveat = f" (caveat: {caveat}, so the ratio overstates VQ's gain)" if caveat else ""
-    for dtype in sorted({r["dtype"] for r in cuda}, key=lambda t: t != "float32"):
-        for op, claim, claimed in SPEED_CLAIMS:
-            soft = fastest_exact_softmax(cuda, op, dtype)
-            t_vq = _value(cuda, vq_spec, op, "time", dtype=dtype)
-            if soft and t_vq:
-                spec, t_soft = soft
-                lines.append(f"| {claim}, GPU | {claimed} | {t_soft / t_vq:.1f}x ({t_vq * 1e3:.3f} ms vs "
-                             f"{t_soft * 1e3:.3f} ms); {vq_spec} vs {spec}, the fastest exact softmax, {where}, "
-                             f"{dtype}{caveat} | results/cuda-headline.csv |")
     return lines
 
 

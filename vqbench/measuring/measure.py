@@ -81,10 +81,12 @@ def time_op(fn, device: torch.device, threads: int, min_run_time: float = 0.5,
     return Timing(statistics.median(times), quartiles[2] - quartiles[0])
 
 
-def peak_memory_and_flops(fn, device: torch.device):
+def peak_memory_and_flops(fn, device: torch.device, count_flops: bool = True):
     """One call of fn(): (peak bytes it allocated beyond what was live before, its output
-    included; FLOPs of its matrix products as torch.utils.flop_counter counts them)."""
-    counter = FlopCounterMode(display=False)
+    included; FLOPs of its matrix products as torch.utils.flop_counter counts them, None with
+    ``count_flops=False``: code compiled with fullgraph=True cannot run under the counter's
+    dispatch mode, and torch then refuses the function for the rest of the process)."""
+    counter = FlopCounterMode(display=False) if count_flops else contextlib.nullcontext()
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -94,7 +96,7 @@ def peak_memory_and_flops(fn, device: torch.device):
         synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - before
         del result
-        return int(peak), int(counter.get_total_flops())
+        return int(peak), int(counter.get_total_flops()) if count_flops else None
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         with counter:
             result = fn()
@@ -105,7 +107,7 @@ def peak_memory_and_flops(fn, device: torch.device):
     for event in events:
         live += event.nbytes()   # negative for a free
         peak = max(peak, live)
-    return int(peak), int(counter.get_total_flops())
+    return int(peak), int(counter.get_total_flops()) if count_flops else None
 
 
 @contextlib.contextmanager

@@ -263,7 +263,7 @@ def measure_unit(head, base: dict, op: str, n: int, budget: Budget, seed: int, m
             return [skipped(base, f"time guard: about {flops / rate:.1f} s per call at "
                                   f"{rate / 1e9:.0f} GFLOP/s, budget {budget.seconds_per_call:g} s")], None
         fn = record.build(head, hidden, target)
-        peak, counted = peak_memory_and_flops(fn, device)
+        peak, counted = peak_memory_and_flops(fn, device, count_flops=getattr(head, "FLOPS_COUNTABLE", True))
         # the call above was the warm-up
         timing = time_op(fn, device, int(base["threads"]), min_run_time=budget.min_run_time, warmup=False)
     except NotImplementedError as error:
@@ -280,7 +280,8 @@ def measure_unit(head, base: dict, op: str, n: int, budget: Budget, seed: int, m
     return [
         {**base, "metric": "time", "unit": "s", "value": timing.median, "spread": timing.iqr},
         {**base, "metric": "flops_analytic", "unit": "FLOP", "value": flops},
-        {**base, "metric": "flops_counted", "unit": "FLOP", "value": counted},
+        {**base, "metric": "flops_counted", "unit": "FLOP", "value": counted or 0,
+         "reason": "" if counted is not None else "not counted: fullgraph-compiled code cannot run under the counter"},
         {**base, "metric": "peak_memory", "unit": "bytes", "value": peak},
         {**base, "metric": "intermediate_bytes", "unit": "bytes", "value": intermediate * elem},
         {**base, "metric": "bytes_read", "unit": "bytes", "value": read},

@@ -147,7 +147,9 @@ def _one_table(key, group_rows):
     if not cells:
         return None
     companion = [name for name, main in COMPANION.items() if main == metric and name in SHOWN_INSIDE]
-    extra = _cells(group_rows, companion[0])[0] if companion else {}
+    # a count that was not taken (its row says why) is not shown as zero
+    extra = _cells([r for r in group_rows if not (r["metric"] in companion and r.get("reason"))],
+                   companion[0])[0] if companion else {}
     label, divisor = _pick_unit(metric, list(cells.values()))
     title = METRICS[metric][0]
     body, notes, flagged = [], [], False
