@@ -315,6 +315,12 @@ class OutputHead(nn.Module):
         a head whose argmax may stop after a first stage (adaptive: a shortlist token) reads only that stage."""
         return self.num_parameters()
 
+    def materialised_bytes(self, num_tokens: int, op: str, element_size: int) -> Tuple[int, int]:
+        """(bytes read, bytes written) of the intermediates ``op`` ("loss" or "train") must write to memory and
+        read back by its algorithm, beyond its inputs, parameters and output: none by default (a fused or
+        collapsed loss keeps them in cache); a head whose defining path materialises N x V logits pays them."""
+        return 0, 0
+
     def quality_metrics(self, targets: torch.Tensor) -> dict:
         """Head-specific figures for a training summary, over the test targets [T] (none by default)."""
         return {}

@@ -330,6 +330,16 @@ class VQLogits(LogitsHead):
         winner = torch.full((self.K,), self.vocab_size, dtype=torch.int64, device=b.device)
         return winner.scatter_reduce(0, self.mapping, ids, "amin"), peak
 
+    def materialised_bytes(self, num_tokens, op, element_size):
+        """path=scatter (the paper's) writes the N x V logits and reads them back for the normaliser; training
+        also writes their gradient and reads it back to scatter it onto the codebook. The collapsed path holds
+        no V-wide tensor."""
+        if self.path != "scatter" or op not in ("loss", "train"):
+            return 0, 0
+        passes = 1 if op == "loss" else 2
+        size = passes * num_tokens * self.vocab_size * element_size
+        return size, size
+
     def quality_metrics(self, targets: torch.Tensor) -> dict:
         """Without bias: the mean over targets [T] of log n (n: the tokens sharing the target's code), the
         nats each target pays for the uniform choice inside its code. Exactly, perplexity = (perplexity of

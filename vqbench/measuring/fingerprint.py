@@ -37,7 +37,7 @@ NOT_EXECUTED = frozenset({"vqbench/heads/registry.py"})
 #: a head's analytic counts: read by vqbench.measuring.ops and the floors, never by a timed call (tests check it)
 COUNTING_METHODS = frozenset({"num_parameters", "closed_form_num_parameters", "flops", "_matmul_flops",
                               "touched_parameters", "least_sampled_parameters", "least_predicted_parameters",
-                              "largest_intermediate", "quality_metrics"})
+                              "largest_intermediate", "quality_metrics", "materialised_bytes"})
 #: a head class's description (vqbench.heads.contract.OutputHead): read by the registry, README, report and tests only
 METADATA_ATTRIBUTES = frozenset({"TITLE", "CITATIONS", "SUMMARY", "METHOD", "EXAMPLES", "SMALL_EXAMPLES",
                                  "COMPARED", "CAPABILITIES", "ORDER"})

@@ -71,7 +71,8 @@ class Op:
     def traffic(self, head, num_tokens: int, element_size: int, target=None) -> Tuple[int, int]:
         """(bytes read, bytes written) the op cannot avoid: the hidden states and the parameters it needs read
         once (plus the index buffers of a V-wide op, which must know every token's place), the targets for a
-        loss, and what it writes written once."""
+        loss, what it writes written once, and the intermediates the head's loss path materialises by
+        definition (head.materialised_bytes: VQ's scatter path writes and reads back the N x V logits)."""
         n, d = num_tokens, head.d_model
         params = parameters_read(head, self.reads, target) * element_size
         read = n * d * element_size + params + (INT64_BYTES * n if self.writes in ("scalar", "grads") else 0)
@@ -84,6 +85,9 @@ class Op:
             written = element_size
         else:
             written = params + n * d * element_size
+        if self.writes in ("scalar", "grads"):  # a loss path that materialises V-wide intermediates pays them
+            extra_read, extra_written = head.materialised_bytes(n, self.name, element_size)
+            read, written = read + extra_read, written + extra_written
         return int(read), int(written)
 
     def intermediate(self, head, num_tokens: int) -> int:
