@@ -6,8 +6,10 @@
 #              float32 and bfloat16, no time guard: headline.csv with PyTorch's default CPU allocator (what
 #              a plain process gets) and headline-thp.csv with the transparent-huge-page allocator;
 #              decode.csv: the generation step at N=1 and N=64, by head.sample and the dense way;
-#   headline-rerun  the THP headline again with the heads in reversed order, and
-#              results/reproducibility.md comparing the two (python -m vqbench.repro);
+#   headline-runs  the plain-allocator headline twice more, its head configurations in orders shuffled
+#              with seeds 2 and 3 (headline-run2.csv, headline-run3.csv): the claims table gives each
+#              speed-up as the median of the three runs with their range; results/reproducibility.md
+#              compares the first two (python -m vqbench.repro);
 #   cpu-floors d=1024, V in {10000, 50257, 128000}, N in {64, 2048}, float32 and bfloat16, 3 s time guard;
 #   chunk-memory  softmax train at V=128000, N=2048, plain vs chunked, no time guard.
 # Pass a step name to run only that one. Each step resumes its results file; MODE=--overwrite starts it
@@ -35,11 +37,12 @@ python -m vqbench.compare --heads "${HEADLINE_HEADS[@]}" "${HEADLINE[@]}" --ops 
 python -m vqbench.compare --heads "${HEADS[@]}" vq:K=1024 vq:K=1024,bias=1 --vocab 50257 --d-model 1024 \
     --tokens 1 64 --dtype float32 --ops decode decode_dense --cpu-allocator default --name decode "${COMMON[@]}"
 fi
-if [ -z "$STEP" ] || [ "$STEP" = headline-rerun ]; then
-mapfile -t REVERSED < <(printf '%s\n' "${HEADLINE_HEADS[@]}" | tac)
-python -m vqbench.compare --heads "${REVERSED[@]}" "${HEADLINE[@]}" --ops "${OPS[@]}" decode decode_dense \
-    --cpu-allocator thp --name headline-thp-rerun "${COMMON[@]}"
-python -m vqbench.repro results/headline-thp.csv results/headline-thp-rerun.csv --out results/reproducibility.md \
+if [ -z "$STEP" ] || [ "$STEP" = headline-runs ]; then
+for run in 2 3; do
+python -m vqbench.compare --heads "${HEADLINE_HEADS[@]}" "${HEADLINE[@]}" --ops "${OPS[@]}" decode decode_dense \
+    --cpu-allocator default --order-seed "$run" --name "headline-run$run" "${COMMON[@]}"
+done
+python -m vqbench.repro results/headline.csv results/headline-run2.csv --out results/reproducibility.md \
     > /dev/null
 fi
 if [ -z "$STEP" ] || [ "$STEP" = cpu-floors ]; then

@@ -87,3 +87,31 @@ def test_gpu_speed_ups_are_against_the_fastest_exact_softmax_and_name_it():
     assert "| 2.0x (" in logits and "vq:K=1024 vs softmax:pad=64, the fastest exact softmax" in logits
     train = next(line for line in lines if line.startswith("| training step") and "float32" in line)
     assert "vs peer:impl=compile, the fastest exact softmax" in train  # 14.24 ms, softmax's 14.43 ms
+
+
+def test_a_speed_up_is_the_median_of_its_runs_in_shuffled_order_with_their_range():
+    from vqbench import report
+    base = {"status": "ok", "metric": "time", "dtype": "float32", "cpu_allocator": "default", "op": "loss"}
+
+    def run(soft, vq):
+        return [{**base, "spec": "softmax", "value": str(soft)}, {**base, "spec": "vq:K=8", "value": str(vq)}]
+    one = report.speed_cell([run(2.0, 1.0)], "loss", "vq:K=8", "float32")
+    assert one == "2.0x (one run: its spread over runs is not measured)"
+    three = report.speed_cell([run(2.0, 1.0)], "loss", "vq:K=8", "float32", runs=[run(3.0, 1.0), run(2.5, 1.0)])
+    assert three == "2.5x (median of 3 runs in shuffled head order, 2.0-3.0x)"
+
+
+def test_order_seed_shuffles_the_measuring_order_and_keeps_every_unit(tmp_path):
+    from vqbench.measuring.sweep import Budget, Grid, run_sweep
+    from vqbench.results import ResultsFile, read_rows
+    grid = Grid(heads=["softmax", "lowrank", "vq:K={4,8}", "adaptive"], vocab=[60], d_model=[8], tokens=[4],
+                ops=("loss",))
+    orders = []
+    for seed in (None, 3):
+        path = str(tmp_path / f"r{seed}.csv")
+        with ResultsFile(path) as results:
+            run_sweep(grid, results, Budget(min_run_time=0.002), threads=1, progress=False, ceilings="small",
+                      order_seed=seed)
+        rows = read_rows(path)
+        orders.append(list(dict.fromkeys(r["spec"] for r in rows)))
+    assert sorted(orders[0]) == sorted(orders[1]) and orders[0] != orders[1]

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget-s", type=float, default=None,
                    help="skip ops whose estimated single call exceeds this many seconds (default: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of inputs and head initialisation")
+    p.add_argument("--order-seed", type=int, default=None, metavar="S",
+                   help="measure the head configurations in an order shuffled with seed S (default: the grid's "
+                        "order); runs in several orders show how much the order moves a ratio")
     p.add_argument("--cpu-allocator", choices=["thp", "default"], default="thp",
                    help="thp (default): PyTorch's THP_MEM_ALLOC_ENABLE=1, large CPU tensors on transparent huge "
                         "pages, so a fresh N x V output is not dominated by 4 KiB page faults (the role CUDA's "
@@ -126,6 +129,8 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
             p.error(f"--heads: {error}")
     if args.seed < 0:
         p.error(f"--seed: must be >= 0, got {args.seed}")
+    if args.order_seed is not None and args.order_seed < 0:
+        p.error(f"--order-seed: must be >= 0, got {args.order_seed}")
     if args.name is not None:
         problem = path_component_problem(args.name, NAME_SUFFIX)
         if problem:
@@ -319,7 +324,8 @@ def measure(args, command: str) -> int:
                           f"measured alike (measure into another --name)")
         meter = busy.LoadMeter(args.threads or torch.get_num_threads()).start()
         stats = run_sweep(grid, results, budget, threads=args.threads, resume=args.resume,
-                          progress=not args.no_progress, seed=args.seed, ceilings=args.ceilings, configs=configs)
+                          progress=not args.no_progress, seed=args.seed, ceilings=args.ceilings, configs=configs,
+                          order_seed=args.order_seed)
         rows = read_rows(csv_path)
         load = meter.stop(rows, shard=args.name if configs is not None else "")
         busy.append_record(csv_path, load)

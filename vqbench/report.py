@@ -14,6 +14,7 @@ import json
 import math
 import os
 import stat
+import statistics
 import struct
 import sys
 from collections import Counter
@@ -58,22 +59,39 @@ SPEED_CLAIMS = (("logits", "logit computation", "6x faster"), ("log_probs", "log
                 ("loss", "training loss (forward)", "n/a"), ("train", "training step (forward + backward)", "n/a"))
 
 
-def speed_cell(files, op, vq_spec, dtype) -> str:
+def speed_cell(files, op, vq_spec, dtype, runs=()) -> str:
     """VQ's speed-up over softmax for one op and dtype in each headline file (plain process first), and into
-    a reused buffer where the file has the *_into op."""
+    a reused buffer where the file has the *_into op. runs: more runs of the first file's setting (headline-run*.csv,
+    in shuffled head order): its ratio is then their median with the range over all of them."""
     parts = []
     for rows in files:
-        t_soft = _value(rows, "softmax", op, "time", dtype=dtype)
-        t_vq = _value(rows, vq_spec, op, "time", dtype=dtype)
-        if t_soft and t_vq:
+        ratio = _speed_up(rows, op, vq_spec, dtype)
+        if ratio:
             allocator = next((r["cpu_allocator"] for r in rows if r.get("cpu_allocator")), "")
             label = ALLOCATOR_LABEL.get(allocator, allocator) if op in ("logits", "log_probs") else ""
-            parts.append(f"{t_soft / t_vq:.1f}x" + (f" ({label})" if label else ""))
-        into_soft = _value(rows, "softmax", op + "_into", "time", dtype=dtype)
-        into_vq = _value(rows, vq_spec, op + "_into", "time", dtype=dtype)
-        if into_soft and into_vq and rows is files[-1]:
-            parts.append(f"{into_soft / into_vq:.1f}x (into a reused buffer)")
+            spread = ""
+            if rows is files[0]:  # the setting whose runs in other orders are stored
+                ratios = [ratio] + [r for r in (_speed_up(run, op, vq_spec, dtype) for run in runs) if r]
+                ratio, spread = statistics.median(ratios), _run_spread(ratios)
+            notes = ", ".join(n for n in (label, spread) if n)
+            parts.append(f"{ratio:.1f}x" + (f" ({notes})" if notes else ""))
+        into = _speed_up(rows, op + "_into", vq_spec, dtype)
+        if into and rows is files[-1]:
+            parts.append(f"{into:.1f}x (into a reused buffer)")
     return "; ".join(dict.fromkeys(parts))
+
+
+def _speed_up(rows, op, vq_spec, dtype):
+    t_soft = _value(rows, "softmax", op, "time", dtype=dtype)
+    t_vq = _value(rows, vq_spec, op, "time", dtype=dtype)
+    return t_soft / t_vq if t_soft and t_vq else None
+
+
+def _run_spread(ratios) -> str:
+    """'median of 3 runs in shuffled head order, 1.9-2.3x', or that one run's spread is not measured."""
+    if len(ratios) < 2:
+        return "one run: its spread over runs is not measured"
+    return f"median of {len(ratios)} runs in shuffled head order, {min(ratios):.1f}-{max(ratios):.1f}x"
 
 
 def _dtype_order(dtype: str):
@@ -137,11 +155,12 @@ def gpu_claims(cuda, vq_spec) -> list:
 
 
 def claims_table(headline, sweep, quality, reference="softmax", paper="vq-K1024", vq_spec="vq:K=1024",
-                 headline_thp=(), decode=(), cuda=()):
+                 headline_thp=(), decode=(), cuda=(), runs=()):
     """Markdown rows: claim, paper, measured, source. headline: the plain-process headline rows; headline_thp:
-    the same with the THP allocator; decode: the generation step at small N; cuda: the headline on a GPU."""
+    the same with the THP allocator; decode: the generation step at small N; cuda: the headline on a GPU;
+    runs: more runs of the plain-process headline, in shuffled head order (headline-run*.csv)."""
     lines = ["| claim | paper | measured by vqbench | source |", "|---|---|---|---|"]
-    lines += _cpu_headline_claims(headline, headline_thp, vq_spec)
+    lines += _cpu_headline_claims(headline, headline_thp, vq_spec, runs)
     lines += gpu_claims(cuda, vq_spec)
     lines += _decode_claims(decode, vq_spec)
     lines += _sweep_claims(sweep)
@@ -156,12 +175,14 @@ def claims_table(headline, sweep, quality, reference="softmax", paper="vq-K1024"
     return "\n".join(lines)
 
 
-def _cpu_headline_claims(headline, headline_thp, vq_spec) -> List[str]:
-    """The parameter cut and the speed-ups at the CPU headline size (both allocators)."""
+def _cpu_headline_claims(headline, headline_thp, vq_spec, runs=()) -> List[str]:
+    """The parameter cut and the speed-ups at the CPU headline size (both allocators; runs: more runs of the
+    plain-allocator headline in shuffled head order)."""
     if not headline:
         return []
     lines, files = [], [rows for rows in (headline, headline_thp) if rows]
     sources = ", ".join(name for name, rows in (("results/headline.csv", headline),
+                                               ("results/headline-run*.csv", runs),
                                                ("results/headline-thp.csv", headline_thp)) if rows)
     first = headline[0]
     where = f"V={first['V']}, d={first['d']}, N={first['N']}, {first['device']}"
@@ -172,7 +193,7 @@ def _cpu_headline_claims(headline, headline_thp, vq_spec) -> List[str]:
                      f"({where}) | results/headline.csv |")
     for dtype in sorted({r["dtype"] for r in headline}, key=_dtype_order):
         for op, claim, claimed in SPEED_CLAIMS:
-            cell = speed_cell(files, op, vq_spec, dtype)
+            cell = speed_cell(files, op, vq_spec, dtype, runs)
             if cell:
                 lines.append(f"| {claim} | {claimed} | {cell}; {vq_spec} vs softmax, {where}, {dtype} | {sources} |")
     return lines
@@ -347,7 +368,10 @@ def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-
     parts += ["References: `results/REFERENCES.bib`.", "", "## Paper claims vs measured", "",
               "VQ-Logits [shao2025vqlogits] claims up to 99% fewer output-layer parameters, 6x faster logit "
               "computation and +4% perplexity against full softmax.", "",
-              claims_table(headline, sweep, quality, reference, paper, vq_spec, headline_thp, decode, cuda), ""]
+              claims_table(headline, sweep, quality, reference, paper, vq_spec, headline_thp, decode, cuda,
+                           [load(os.path.basename(p)) for p in sorted(glob.glob(os.path.join(results_dir,
+                                                                                         "headline-run*.csv")))]),
+              ""]
     caveat = gpu_softmax_caveat(cuda)
     if caveat:
         parts += [f"The GPU rows come from `results/cuda-headline.csv`, whose {caveat}, so every GPU ratio above overstates VQ's gain: a softmax padded to a "

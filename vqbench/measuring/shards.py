@@ -361,6 +361,8 @@ def worker_argv(args, index: int, threads: Optional[int]) -> List[str]:
             "--name", args.name or "compare", "--format", args.format, "--ceilings", args.ceilings,
             "--min-run-time", repr(args.min_run_time), "--seed", str(args.seed), "--cpu-allocator",
             args.cpu_allocator, "--shards", str(args.shards), "--shard", str(index), "--resume", "--no-progress"]
+    if getattr(args, "order_seed", None) is not None:
+        argv += ["--order-seed", str(args.order_seed)]
     for module in getattr(args, "imports", []):  # a shard builds the same third-party heads
         argv += ["--import", module]
     for flag, value in (("--threads", threads), ("--memory-budget-gib", args.memory_budget_gib),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import random
 import os
 import traceback
 from dataclasses import dataclass
@@ -101,10 +102,12 @@ def check_grid(grid: Grid) -> None:
 
 def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threads: Optional[int] = None,
               resume: bool = False, progress: bool = True, seed: int = 0, ceilings: str = "full",
-              configs: Optional[Iterable[tuple]] = None) -> SweepStats:
+              configs: Optional[Iterable[tuple]] = None, order_seed: Optional[int] = None) -> SweepStats:
     """Measure every unit of ``grid`` into ``results``; ``ceilings="small"`` measures the machine's ceilings on
     small operands (smoke tests: floors then mean nothing); ``configs``, (device, dtype, V, d, spec) tuples,
-    keeps only those head configurations (one shard of the grid)."""
+    keeps only those head configurations (one shard of the grid); ``order_seed`` measures the configurations in
+    an order shuffled with that seed (runs in several orders show how much the order moves a ratio: a head
+    measured after another inherits its caches, page state and clock)."""
     from tqdm.auto import tqdm
 
     check_grid(grid)
@@ -114,6 +117,8 @@ def run_sweep(grid: Grid, results: ResultsFile, budget: Budget = Budget(), threa
     stats = SweepStats()
     wanted = None if configs is None else set(configs)
     configs = [c for c in grid.configs() if wanted is None or c in wanted]
+    if order_seed is not None:
+        random.Random(order_seed).shuffle(configs)
     bar = tqdm(total=len(configs) * len(grid.tokens) * (len(grid.ops) + 1), disable=not progress, desc="vqbench",
                unit="op", dynamic_ncols=True)
     meters = {}  # per precision: float32 and tf32 share a torch dtype, not a GEMM ceiling
