@@ -70,7 +70,7 @@ else
     HEADLINE=(--vocab 50257 --d-model 1024 --codebook 1024 --tokens 2048)
     SWEEP=(--vocab 10000 50257 128000 256000 --d-model 1024 4096 --codebook 256 1024 4096 --tokens 64 2048 8192)
     TIMING=(--min-run-time 0.05)
-    LIMIT=470
+    LIMIT=440  # the stages; the wrap-up after them (peers line, tables) takes seconds
     # torch.compile recompiles for every shape: the compiled peers (a minute or more each) stay in the headline
     SWEEP_HEADS=(softmax softmax:pad=64 softmax:chunk=256 softmax:chunk=256,pad=64 adaptive hierarchical
                  hierarchical:tree=huffman lowrank lowrank:pad=64 vq peer:impl=torch-lce peer:impl=torch-lce,chunked=1
