@@ -211,6 +211,13 @@ class WithinClassLogProb(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        # in the saved tensors' own dtypes: under a caller's autocast the products would come back in bf16/fp16
+        # and could not be written into the gradients, which have the parameters' dtype
+        with torch.autocast(device_type=grad_out.device.type, enabled=False):
+            return WithinClassLogProb._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         grouped, words, perm, positions, *saved = ctx.saved_tensors
         per_class, class_sizes, order, weight_shape = ctx.layout
         g = grad_out.index_select(0, perm).to(grouped.dtype)                   # [N], grouped
@@ -222,7 +229,7 @@ class WithinClassLogProb(torch.autograd.Function):
         for n_c, size in zip(per_class, class_sizes):
             if n_c:
                 # d log p(target) / d logits = onehot - softmax, scaled by each token's incoming gradient
-                scores = next(lsm_of).exp().mul_(-g[start:start + n_c, None])
+                scores = next(lsm_of).exp().to(grouped.dtype).mul_(-g[start:start + n_c, None])
                 scores[torch.arange(n_c, device=g.device), positions[start:start + n_c]] += g[start:start + n_c]
                 if want_hidden:
                     torch.mm(scores, words[row:row + size], out=grad_grouped[start:start + n_c])

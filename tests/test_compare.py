@@ -206,7 +206,7 @@ def test_cli_writes_files_and_rejects_bad_arguments(tmp_path, capsys):
     assert (tmp_path / "compare.tables.csv").exists()
     text = (tmp_path / "compare.md").read_text()
     assert "Regenerate: `python -m vqbench.compare" in text
-    shown = os.path.relpath(tmp_path, compare.REPOSITORY)  # no machine path in a file that may be committed
+    shown = os.path.relpath(tmp_path)  # no machine path in a file that may be committed (relative to the run folder)
     assert f"--out {tmp_path}" not in text and f"`{tmp_path}" not in text and f"--out {shown} " in text and f"Rows: `{shown}/compare.csv`" in text
     for bad in (["--heads", "nope"], ["--vocab", "0"], ["--ops", "fly"]):
         with pytest.raises(SystemExit):

@@ -23,10 +23,12 @@ def test_each_head_covers_its_own_modules_and_the_measuring_code():
     assert "vqbench/heads/vq.py" in fingerprint.files_for("vq:K=8") and "vqbench/heads/vq.py" not in huffman
     assert "baselines/chunked_cross_entropy.py" in fingerprint.files_for("softmax")
     for files in (huffman, classes):
-        assert {"vqbench/measuring/measure.py", "vqbench/measuring/op_calls.py", "vqbench/measuring/ceilings.py", "vqbench/heads/contract.py"} <= files
+        assert {"vqbench/measuring/measure.py", "vqbench/measuring/op_calls.py", "vqbench/measuring/ceilings.py",
+                "vqbench/heads/contract.py"} <= files
         # code no timed call runs: naming, the op records and counts, floors, the schema, tables, the sweep loop
-        assert not files & {"vqbench/heads/registry.py", "vqbench/measuring/ops.py", "vqbench/reporting/floors.py", "vqbench/results.py",
-                            "vqbench/reporting/tables.py", "vqbench/report.py", "vqbench/measuring/sweep.py"}
+        assert not files & {"vqbench/heads/registry.py", "vqbench/measuring/ops.py", "vqbench/reporting/floors.py",
+                            "vqbench/results.py", "vqbench/reporting/tables.py", "vqbench/report.py",
+                            "vqbench/measuring/sweep.py"}
 
 
 @pytest.fixture
@@ -156,13 +158,13 @@ def test_a_new_default_head_stales_no_row(results_dir, monkeypatch, tmp_path):
 def test_docstrings_comments_imports_and_counts_are_not_code_that_ran(results_dir, monkeypatch, tmp_path):
     """Rewording a docstring, moving an import or correcting a count leaves every row fresh."""
     copy = _copy_of_project(tmp_path, monkeypatch)
-    vq = copy / "vqbench" / "vq.py"
+    vq = copy / "vqbench" / "heads" / "vq.py"
     text = vq.read_text()
     first_def = text.index("\nclass ")
     vq.write_text(text[:first_def] + "\n# a comment\nimport math as _unused_math\n" + text[first_def:])
-    _edit(copy / "vqbench" / "head.py", '"""The contract every output layer follows.', '"""The head contract.')
-    _edit(copy / "vqbench" / "head.py", "        return self.num_parameters()\n\n    def quality_metrics",
-          "        return 0 + self.num_parameters()\n\n    def quality_metrics")
+    _edit(copy / "vqbench" / "heads" / "contract.py", '"""The contract every output layer follows.', '"""The head contract.')
+    _edit(copy / "vqbench" / "heads" / "contract.py", "        return self.num_parameters()\n\n    def materialised_bytes",
+          "        return 0 + self.num_parameters()\n\n    def materialised_bytes")
     try:
         assert report.main(["--results", str(results_dir), "--check"]) == 0
     finally:
@@ -171,7 +173,7 @@ def test_docstrings_comments_imports_and_counts_are_not_code_that_ran(results_di
 
 def test_a_change_to_the_vq_computation_stales_exactly_the_vq_rows(results_dir, monkeypatch, tmp_path, capsys):
     copy = _copy_of_project(tmp_path, monkeypatch)
-    _edit(copy / "vqbench" / "vq.py", "def _loss(self, hidden, target):",
+    _edit(copy / "vqbench" / "heads" / "vq.py", "def _loss(self, hidden, target):",
           "def _loss(self, hidden, target):\n        hidden = hidden + 0")
     try:
         assert report.main(["--results", str(results_dir), "--check"]) == 1
@@ -184,7 +186,7 @@ def test_a_change_to_the_vq_computation_stales_exactly_the_vq_rows(results_dir, 
 
 def test_a_change_to_the_timing_code_stales_every_row(results_dir, monkeypatch, tmp_path, capsys):
     copy = _copy_of_project(tmp_path, monkeypatch)
-    _edit(copy / "vqbench" / "measure.py", "    if warmup:\n", "    if warmup and True:\n")
+    _edit(copy / "vqbench" / "measuring" / "measure.py", "    if warmup:\n", "    if warmup and True:\n")
     try:
         assert report.main(["--results", str(results_dir), "--check"]) == 1
     finally:
@@ -197,7 +199,7 @@ def test_a_stale_file_listed_as_waiting_passes_the_check_and_the_report_says_so(
                                                                                    tmp_path, capsys):
     import json
     copy = _copy_of_project(tmp_path, monkeypatch)
-    _edit(copy / "vqbench" / "measure.py", "    if warmup:\n", "    if warmup and True:\n")
+    _edit(copy / "vqbench" / "measuring" / "measure.py", "    if warmup:\n", "    if warmup and True:\n")
     (results_dir / report.PENDING_FILE).write_text(json.dumps({"headline.csv": "the timing loop changed"}))
     try:
         assert report.main(["--results", str(results_dir), "--check"]) == 0
@@ -247,7 +249,7 @@ def test_every_project_file_a_timed_call_runs_is_in_its_fingerprint():
 def test_a_heads_description_is_not_code_that_ran(results_dir, monkeypatch, tmp_path):
     """A head's title, citations and examples feed README, the report and the tests, never a timed call."""
     copy = _copy_of_project(tmp_path, monkeypatch)
-    _edit(copy / "vqbench" / "vq.py", '    TITLE = "VQ-Logits"', '    TITLE = "VQ-Logits (renamed)"')
+    _edit(copy / "vqbench" / "heads" / "vq.py", '    TITLE = "VQ-Logits"', '    TITLE = "VQ-Logits (renamed)"')
     try:
         assert report.main(["--results", str(results_dir), "--check"]) == 0
     finally:

@@ -98,11 +98,12 @@ def test_the_default_output_is_ignored_by_git():
     assert not git("ls-files", out).stdout.strip()
 
 
-def test_the_main_job_leaves_only_its_two_files(tmp_path, monkeypatch):
+def test_the_main_job_leaves_only_its_own_files(tmp_path, monkeypatch):
+    """Its rows, its tables and its machine-load record (vqbench.measuring.busy), under runs/: no lock."""
     monkeypatch.chdir(tmp_path)
     assert compare.main(TINY) == 0
     found = sorted(os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path) for f in files)
-    assert found == [os.path.join("runs", "compare.csv"), os.path.join("runs", "compare.md")]
+    assert found == [os.path.join("runs", name) for name in ("compare.csv", "compare.load.jsonl", "compare.md")]
 
 
 def tracked_state():

@@ -130,7 +130,7 @@ def test_the_backup_is_made_only_once_the_lock_is_held(tmp_path, monkeypatch):
 
 def test_no_lock_file_is_left_behind(measured):
     assert not os.path.exists(str(measured) + ".lock")
-    assert sorted(os.listdir(measured.parent)) == ["r.csv", "r.md"]
+    assert sorted(os.listdir(measured.parent)) == ["r.csv", "r.load.jsonl", "r.md"]
 
 
 # ----------------------------------------------------------------------------- --resume: set-aside
