@@ -94,6 +94,11 @@ def _run_spread(ratios) -> str:
     return f"median of {len(ratios)} runs in shuffled head order, {min(ratios):.1f}-{max(ratios):.1f}x"
 
 
+def _torch(row) -> str:
+    """', torch 2.13.0+cpu': the torch version a claim's rows ran under ('' when the rows do not say)."""
+    return f", torch {row['torch_version']}" if row.get("torch_version") else ""
+
+
 def _dtype_order(dtype: str):
     """Claims in a fixed order whatever the set's: float32, tf32, bfloat16, then any other by name."""
     order = ("float32", "tf32", "bfloat16")
@@ -139,7 +144,7 @@ def gpu_claims(cuda, vq_spec) -> list:
         return []
     lines = []
     first = cuda[0]
-    where = f"V={first['V']}, d={first['d']}, N={first['N']}, {first['device_name']}"
+    where = f"V={first['V']}, d={first['d']}, N={first['N']}, {first['device_name']}{_torch(first)}"
     caveat = gpu_softmax_caveat(cuda)
     caveat = f" (caveat: {caveat}, so the ratio overstates VQ's gain)" if caveat else ""
     for dtype in sorted({r["dtype"] for r in cuda}, key=_dtype_order):
@@ -185,7 +190,7 @@ def _cpu_headline_claims(headline, headline_thp, vq_spec, runs=()) -> List[str]:
                                                ("results/headline-run*.csv", runs),
                                                ("results/headline-thp.csv", headline_thp)) if rows)
     first = headline[0]
-    where = f"V={first['V']}, d={first['d']}, N={first['N']}, {first['device']}"
+    where = f"V={first['V']}, d={first['d']}, N={first['N']}, {first['device']}{_torch(first)}"
     soft = _value(headline, "softmax", "params", "params")
     vq = _value(headline, vq_spec, "params", "params")
     if soft and vq:
