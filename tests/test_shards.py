@@ -253,3 +253,26 @@ def test_local_shards_never_share_cores_and_take_one_gpu_each(monkeypatch):
     gpus = shards.local_slots(["cuda"], None, 2, 4)
     assert [(s["gpu"], s["cores"]) for s in gpus] == [(0, list(range(8))), (1, list(range(8, 16)))]
     assert len(shards.local_slots(["cuda"], 2, 8, 3)) == 3  # no more slots than shards
+
+
+def test_a_quality_job_on_several_gpus_is_one_ddp_process_per_gpu(tmp_path, fake_slurm, monkeypatch):
+    """--gpus-per-task G for a plan: G tasks of one GPU each on one node, and inside each task the job exports
+    torch.distributed's env:// variables from SLURM's, which vqbench.train's DDP reads (as under torchrun)."""
+    plan = {"runs": [{"name": "softmax", "head": "softmax", "group": "reference", "seeds": [0]}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    assert quality.main(["run", "--plan", str(tmp_path / "plan.json"), "--results", str(tmp_path / "q"),
+                         "--executor", "slurm", "--gpus-per-task", "2", "--no-wait"]) == 0
+    (script,) = [p.read_text() for p in fake_slurm.iterdir()]
+    assert "#SBATCH --ntasks-per-node=2" in script.splitlines() and "#SBATCH --gpus-per-task=1" in script.splitlines()
+    from vqbench.measuring.shards import distributed_environment
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    assert not distributed_environment()  # outside a job: nothing changes
+    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "7", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
+             "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "node1", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0",
+             "SLURM_JOB_NAME": "vqbench-quality"}
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    assert distributed_environment()
+    assert (os.environ["RANK"], os.environ["LOCAL_RANK"], os.environ["WORLD_SIZE"], os.environ["MASTER_ADDR"]) == \
+        ("1", "1", "2", "node1")

@@ -275,18 +275,36 @@ class TrainJob(ShardJob):
     COMMAND = "vqbench.train"
 
     def __call__(self) -> int:
+        distributed_environment()
         code = super().__call__()
         if code:
             raise RuntimeError(f"python -m vqbench.train exited {code}")
         return code
 
 
-def make_executor(args, folder: str, name: str, gpus: int, threads: Optional[int]):
-    """A submitit executor: SLURM with the requested partition, time, GPUs and node exclusivity, or local."""
+def distributed_environment() -> bool:
+    """Inside a submitit job of several tasks (one per GPU of a node): export torch.distributed's env://
+    variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) from SLURM's, which vqbench.train's DDP
+    reads as it reads torchrun's. True when it did; a single task, or no submitit job, changes nothing."""
+    try:
+        import submitit
+        environment = submitit.JobEnvironment()
+        tasks = environment.num_tasks
+    except (ImportError, RuntimeError, KeyError):  # not inside a submitit job
+        return False
+    if tasks <= 1:
+        return False
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return True
+
+
+def make_executor(args, folder: str, name: str, gpus: int, threads: Optional[int], tasks: int = 1):
+    """A submitit executor: SLURM with the requested partition, time, GPUs and node exclusivity, or local.
+    tasks > 1: that many processes of one job on one node, one GPU each (DDP training)."""
     import submitit
     if args.executor == "slurm":
         executor = submitit.SlurmExecutor(folder=folder)
-        params = {"job_name": name, "time": args.time_min, "ntasks_per_node": 1, "partition": args.partition,
+        params = {"job_name": name, "time": args.time_min, "ntasks_per_node": tasks, "partition": args.partition,
                   "gpus_per_task": gpus or None, "exclusive": True if args.exclusive else None,
                   "cpus_per_task": threads}
         executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
@@ -462,7 +480,9 @@ def run_plan(plan, runs_dir: str, checkpoints: str, args) -> None:
     runs_dir, checkpoints = os.path.abspath(runs_dir), os.path.abspath(checkpoints)
     folder = os.path.abspath(args.jobs_dir or os.path.join(checkpoints, "jobs"))
     os.makedirs(checkpoints, exist_ok=True)
-    executor = make_executor(args, folder, "vqbench-quality", args.gpus_per_task or 0, None)
+    gpus = args.gpus_per_task or 0
+    # several GPUs: one training process per GPU, joined by DDP (NCCL) through SLURM's task environment
+    executor = make_executor(args, folder, "vqbench-quality", min(gpus, 1), None, tasks=max(gpus, 1))
     cores = sorted(os.sched_getaffinity(0))
     pin = args.lanes > 1 and len(cores) >= args.lanes
     slots = [{"cores": [cores[i]] if pin else None, "gpu": None} for i in range(args.lanes)]
