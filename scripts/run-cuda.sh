@@ -15,7 +15,9 @@
 #                 shape) and ops, bfloat16 first, a 0.5 s per-call time guard;
 #                 cut where the 8 minutes end (a rerun resumes it)
 # Rows go to OUTDIR/cuda-*.csv (the long format of `python -m vqbench.compare`, GPU name in every row), tables
-# to OUTDIR/cuda-*.md, each stage's output to OUTDIR/cuda-*.log.
+# to OUTDIR/cuda-*.md, each stage's machine-load record to OUTDIR/cuda-*.load.jsonl: 8 files, what a lent machine
+# sends back. Each stage's own output goes to a temporary folder; its last line (its tail when it fails) is
+# printed.
 #
 #   bash scripts/run-cuda.sh OUTDIR             # on a CUDA machine
 #   bash scripts/run-cuda.sh OUTDIR --dry-run   # anywhere: the same stages on the CPU, on a tiny grid
@@ -34,7 +36,8 @@ left() { echo $(( LIMIT - (SECONDS - START) )); }
 # 0. peers from the carried wheels, only those the machine lacks; vqbench from this working tree; the machine's
 # own torch (never a pip download)
 PEERS=$(mktemp -d)
-trap 'rm -rf "$PEERS"' EXIT
+LOGS=$(mktemp -d)
+trap 'rm -rf "$PEERS" "$LOGS"' EXIT
 for module in liger_kernel cut_cross_entropy packaging; do
     "$PY" -c "import $module" 2>/dev/null && continue
     wheel=$(ls wheels/"$module"-*.whl 2>/dev/null | head -n 1 || true)
@@ -90,11 +93,10 @@ COMMON=(--device "$DEVICE" --ops "${OPS[@]}" --out "$OUT" --no-progress --resume
 
 # 1. self-check, once
 if [ ! -f "$OUT/cuda-selfcheck.json" ]; then
-    timeout 120 "$PY" -m vqbench.gpu_check --out "$OUT" "${CHECK[@]}" > "$OUT/cuda-selfcheck.log" 2>&1 \
-        || { tail -n 20 "$OUT/cuda-selfcheck.log"; echo "self-check: failed, the run goes on"; }
+    timeout 120 "$PY" -m vqbench.gpu_check --out "$OUT" "${CHECK[@]}" > "$LOGS/cuda-selfcheck.log" 2>&1 \
+        || { tail -n 20 "$LOGS/cuda-selfcheck.log"; echo "self-check: failed, the run goes on"; }
 fi
 [ -f "$OUT/cuda-selfcheck.json" ] && echo "self-check: $OUT/cuda-selfcheck.md"
-rm -f "$OUT/cuda-selfcheck.log"
 
 # run NAME DTYPE ARGS...: one precision of one stage, cut where the run's time ends; 0 done, 124 cut
 run() {
@@ -105,14 +107,15 @@ run() {
         return 124
     fi
     timeout "$(left)" "$PY" -m vqbench.compare "$@" --dtype "$dtype" --name "$name" "${COMMON[@]}" \
-        >> "$OUT/$name.log" 2>&1 || status=$?
+        >> "$LOGS/$name.log" 2>&1 || status=$?
     if [ "$status" -eq 124 ]; then
         echo "$name $dtype: stopped at the ${LIMIT} s limit; run the script again to finish it"
     elif [ "$status" -ne 0 ]; then
-        tail -n 20 "$OUT/$name.log"
+        tail -n 20 "$LOGS/$name.log"
         exit "$status"
     else
-        echo "$name $dtype: $(tail -n 1 "$OUT/$name.log")"
+        # what it measured, then whether the machine was busy meanwhile (compare's last two lines)
+        echo "$name $dtype: $(grep '^measured ' "$LOGS/$name.log" | tail -n 1); $(tail -n 1 "$LOGS/$name.log")"
     fi
     return "$status"
 }

@@ -18,9 +18,9 @@ def run(out):
 def test_dry_run_covers_every_stage_head_dtype_and_op_and_resumes(tmp_path):
     done = run(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(os.listdir(tmp_path)) == ["cuda-headline.csv", "cuda-headline.log", "cuda-headline.md",
+    assert sorted(os.listdir(tmp_path)) == ["cuda-headline.csv", "cuda-headline.load.jsonl", "cuda-headline.md",
                                             "cuda-selfcheck.json", "cuda-selfcheck.md", "cuda-sweep.csv",
-                                            "cuda-sweep.log", "cuda-sweep.md"]  # at most 8: what a lent machine sends back
+                                            "cuda-sweep.load.jsonl", "cuda-sweep.md"]  # at most 8: what a lent machine sends back
     assert "self-check:" in done.stdout and "peers ran: " in done.stdout
     # bf16 first, then tf32, then fp32, in both stages
     order = [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("cuda-")]
