@@ -266,7 +266,10 @@ def test_a_quality_job_on_several_gpus_is_one_ddp_process_per_gpu(tmp_path, fake
     assert "#SBATCH --ntasks-per-node=2" in script.splitlines() and "#SBATCH --gpus-per-task=1" in script.splitlines()
     from vqbench.measuring.shards import distributed_environment
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+        # set, then deleted: monkeypatch then removes what the job exports below (a leaked WORLD_SIZE=2 would
+        # make every later training test wait for a second process)
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     assert not distributed_environment()  # outside a job: nothing changes
     slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "7", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
              "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "node1", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0",

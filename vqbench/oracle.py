@@ -39,6 +39,7 @@ from typing import Dict, List, Tuple
 import torch
 from tabulate import tabulate
 
+from vqbench.train import body_of, load_checkpoint, model_states
 from vqbench.training.data import VOCABULARIES, corpus_fingerprint, load_corpus
 from vqbench.training.evaluate import hidden_states
 from vqbench.training.map_search import search_mapping
@@ -99,21 +100,8 @@ def oracle_table(log_prob_chunks, mappings: Dict[Tuple[str, int], torch.Tensor],
     return rows
 
 
-def model_states(saved: dict, path: str, argument: str) -> Tuple[dict, dict]:
-    """(body state, head state) of a joint run's best.pt (body, head) or checkpoint.pt (model: body.*, head.*)."""
-    if "body" in saved and "head" in saved:
-        return saved["body"], saved["head"]
-    model = saved.get("model", {})
-    body = {k[len("body."):]: v for k, v in model.items() if k.startswith("body.")}
-    head = {k[len("head."):]: v for k, v in model.items() if k.startswith("head.")}
-    if not body or not head:
-        raise ValueError(f"{argument}: {path!r} holds no body and head (a joint run's best.pt or checkpoint.pt)")
-    return body, head
-
-
 def load_softmax_model(path: str, corpus):
     """(body, head, config) of a joint softmax run's checkpoint (best.pt or checkpoint.pt of vqbench.train)."""
-    from vqbench.train import load_checkpoint
     saved = load_checkpoint(path, "model")
     cfg = saved["config"]
     if not cfg["head"].startswith("softmax"):
@@ -121,7 +109,6 @@ def load_softmax_model(path: str, corpus):
     if saved["corpus"] != corpus_fingerprint(corpus):
         raise ValueError(f"model: {path!r} was trained on another corpus")
     body_state, head_state = model_states(saved, path, "model")
-    from vqbench.train import body_of
     body = body_of(cfg, corpus.vocab_size)  # the LSTM or the GPT the run trained
     body.load_state_dict(body_state)
     head = make_head(cfg["head"], corpus.vocab_size, cfg["d_model"], token_counts=corpus.counts)
@@ -131,7 +118,6 @@ def load_softmax_model(path: str, corpus):
 
 def learned_mapping(path: str, corpus) -> Tuple[int, torch.Tensor]:
     """(K, codes [V]) of a trained VQ run's checkpoint."""
-    from vqbench.train import load_checkpoint
     saved = load_checkpoint(path, "learned")
     head = model_states(saved, path, "learned")[1]
     if saved["corpus"] != corpus_fingerprint(corpus) or "mapping" not in head:

@@ -39,7 +39,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -288,7 +288,6 @@ class FrozenTask:
         body_cfg = saved["config"]
         if saved["corpus"] != corpus_fingerprint(corpus):
             raise ValueError(f"body_from: {cfg.body_from!r} was trained on another corpus")
-        from vqbench.oracle import model_states  # best.pt holds body and head, checkpoint.pt the whole model
         self.body = body_of(body_cfg, corpus.vocab_size)
         self.body.load_state_dict(model_states(saved, cfg.body_from, "body_from")[0])
         self.body.to(device)
@@ -345,6 +344,19 @@ class FrozenTask:
 
 
 TASKS = {"joint": JointTask, "frozen": FrozenTask}
+
+
+def model_states(saved: dict, path: str, argument: str) -> Tuple[dict, dict]:
+    """(body state, head state) of a joint run's best.pt (body, head) or checkpoint.pt (model: body.*, head.*):
+    the frozen protocol and the oracle read a trained body from either."""
+    if "body" in saved and "head" in saved:
+        return saved["body"], saved["head"]
+    model = saved.get("model", {})
+    body = {k[len("body."):]: v for k, v in model.items() if k.startswith("body.")}
+    head = {k[len("head."):]: v for k, v in model.items() if k.startswith("head.")}
+    if not body or not head:
+        raise ValueError(f"{argument}: {path!r} holds no body and head (a joint run's best.pt or checkpoint.pt)")
+    return body, head
 
 
 def body_of(body_cfg: dict, vocab_size: int) -> torch.nn.Module:
