@@ -43,3 +43,44 @@ def small_ceilings(monkeypatch):
     from vqbench.measuring import sweep
 
     monkeypatch.setitem(sweep.CEILING_SIZES, "full", {"gemm_size": 256, "buffer_bytes": 1 << 20})
+
+
+# ---------------------------------------------------------------- shared by the hostile-input tests
+
+#: a tiny compare run: one head, one op, small ceilings
+TINY = ["--heads", "vq:K=8", "--vocab", "50", "--d-model", "8", "--tokens", "4", "--ops", "loss",
+        "--threads", "1", "--no-progress", "--ceilings", "small", "--min-run-time", "0.002"]
+
+
+def one_line_error(capsys, *names):
+    """The one line a CLI printed last on stderr, checked to hold every name and no traceback."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "no error printed"
+    assert "Traceback" not in "\n".join(err)
+    for name in names:
+        assert name in err[-1], err[-1]
+    return err[-1]
+
+
+def run_main(main, argv):
+    """A CLI's exit code, argparse's p.error included; a Ctrl-C that escapes as an exception fails the test."""
+    try:
+        return main(argv)
+    except SystemExit as stop:  # argparse's p.error
+        return stop.code
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped as a traceback")
+
+
+def largest_saved_for_backward(step) -> int:
+    """Elements of the largest tensor autograd saves for backward while step() runs (0 when none is saved)."""
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return max(saved, default=0)
+

@@ -56,10 +56,7 @@ def test_a_changed_head_module_stales_that_heads_rows_only(results_dir, capsys, 
         f.write("\nCHANGED = 1\n")
     monkeypatch.setattr(fingerprint, "ROOT", str(copy))
     fingerprint._imports.cache_clear()
-    try:
-        assert report.main(["--results", str(results_dir), "--check"]) == 1
-    finally:
-        fingerprint._imports.cache_clear()
+    assert _check(results_dir) == 1
     err = capsys.readouterr().err
     assert "headline.csv" in err and "hierarchical:tree=huffman" in err and "vq:K=8" not in err
 
@@ -121,6 +118,14 @@ def _copy_of_project(tmp_path, monkeypatch):
     return copy
 
 
+def _check(results_dir) -> int:
+    """report --check's exit code against the copy of the project, its import cache cleared afterwards."""
+    try:
+        return report.main(["--results", str(results_dir), "--check"])
+    finally:
+        fingerprint._imports.cache_clear()
+
+
 def _edit(path, old, new):
     text = path.read_text()
     assert old in text, old
@@ -140,19 +145,14 @@ def test_a_refactor_of_code_no_timed_call_runs_stales_no_row(results_dir, monkey
     copy = _copy_of_project(tmp_path, monkeypatch)
     with open(copy / module, "a") as f:
         f.write(addition)
-    try:
-        assert report.main(["--results", str(results_dir), "--check"]) == 0
-    finally:
-        fingerprint._imports.cache_clear()
+    assert _check(results_dir) == 0
 
 
 def test_a_new_default_head_stales_no_row(results_dir, monkeypatch, tmp_path):
     copy = _copy_of_project(tmp_path, monkeypatch)
-    _edit(copy / "baselines" / "lowrank.py", '    TITLE = ', '    COMPARED = ("lowrank", "lowrank:rank=8")\n    TITLE = ')
-    try:
-        assert report.main(["--results", str(results_dir), "--check"]) == 0
-    finally:
-        fingerprint._imports.cache_clear()
+    _edit(copy / "baselines" / "lowrank.py", '    TITLE = ',
+          '    COMPARED = ("lowrank", "lowrank:rank=8")\n    TITLE = ')
+    assert _check(results_dir) == 0
 
 
 def test_docstrings_comments_imports_and_counts_are_not_code_that_ran(results_dir, monkeypatch, tmp_path):
@@ -162,23 +162,18 @@ def test_docstrings_comments_imports_and_counts_are_not_code_that_ran(results_di
     text = vq.read_text()
     first_def = text.index("\nclass ")
     vq.write_text(text[:first_def] + "\n# a comment\nimport math as _unused_math\n" + text[first_def:])
-    _edit(copy / "vqbench" / "heads" / "contract.py", '"""The contract every output layer follows.', '"""The head contract.')
-    _edit(copy / "vqbench" / "heads" / "contract.py", "        return self.num_parameters()\n\n    def materialised_bytes",
+    contract = copy / "vqbench" / "heads" / "contract.py"
+    _edit(contract, '"""The contract every output layer follows.', '"""The head contract.')
+    _edit(contract, "        return self.num_parameters()\n\n    def materialised_bytes",
           "        return 0 + self.num_parameters()\n\n    def materialised_bytes")
-    try:
-        assert report.main(["--results", str(results_dir), "--check"]) == 0
-    finally:
-        fingerprint._imports.cache_clear()
+    assert _check(results_dir) == 0
 
 
 def test_a_change_to_the_vq_computation_stales_exactly_the_vq_rows(results_dir, monkeypatch, tmp_path, capsys):
     copy = _copy_of_project(tmp_path, monkeypatch)
     _edit(copy / "vqbench" / "heads" / "vq.py", "def _loss(self, hidden, target):",
           "def _loss(self, hidden, target):\n        hidden = hidden + 0")
-    try:
-        assert report.main(["--results", str(results_dir), "--check"]) == 1
-    finally:
-        fingerprint._imports.cache_clear()
+    assert _check(results_dir) == 1
     err = capsys.readouterr().err
     stale = [line for line in err.splitlines() if "measured by code other than" in line]
     assert len(stale) == 1 and "vq:K=8 (" in stale[0] and "huffman" not in stale[0]
@@ -187,10 +182,7 @@ def test_a_change_to_the_vq_computation_stales_exactly_the_vq_rows(results_dir, 
 def test_a_change_to_the_timing_code_stales_every_row(results_dir, monkeypatch, tmp_path, capsys):
     copy = _copy_of_project(tmp_path, monkeypatch)
     _edit(copy / "vqbench" / "measuring" / "measure.py", "    if warmup:\n", "    if warmup and True:\n")
-    try:
-        assert report.main(["--results", str(results_dir), "--check"]) == 1
-    finally:
-        fingerprint._imports.cache_clear()
+    assert _check(results_dir) == 1
     err = capsys.readouterr().err
     assert "vq:K=8 (" in err and "hierarchical:tree=huffman (" in err
 
@@ -250,7 +242,4 @@ def test_a_heads_description_is_not_code_that_ran(results_dir, monkeypatch, tmp_
     """A head's title, citations and examples feed README, the report and the tests, never a timed call."""
     copy = _copy_of_project(tmp_path, monkeypatch)
     _edit(copy / "vqbench" / "heads" / "vq.py", '    TITLE = "VQ-Logits"', '    TITLE = "VQ-Logits (renamed)"')
-    try:
-        assert report.main(["--results", str(results_dir), "--check"]) == 0
-    finally:
-        fingerprint._imports.cache_clear()
+    assert _check(results_dir) == 0

@@ -18,21 +18,7 @@ from vqbench import plot, report
 from vqbench.plot import SOURCE_KEY
 from vqbench.results import COLUMNS
 
-
-def one_line_error(capsys, *names):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err, "no error printed"
-    assert "Traceback" not in "\n".join(err)
-    for name in names:
-        assert name in err[-1], err[-1]
-    return err[-1]
-
-
-def run_main(main, argv):
-    try:
-        return main(argv)
-    except SystemExit as stop:
-        return stop.code
+from conftest import one_line_error, run_main
 
 
 def chunk(kind: bytes, data: bytes) -> bytes:

@@ -18,27 +18,9 @@ import pytest
 from vqbench import compare, profile, quality, results, train
 from vqbench.results import COLUMNS, PARAMS_METRICS, TIMED_METRICS, ResultsFile, read_rows
 
-TINY = ["--heads", "vq:K=8", "--vocab", "50", "--d-model", "8", "--tokens", "4", "--ops", "loss",
-        "--threads", "1", "--no-progress", "--ceilings", "small", "--min-run-time", "0.002"]
+from conftest import TINY, one_line_error, run_main
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def one_line_error(capsys, *names):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err, "no error printed"
-    assert "Traceback" not in "\n".join(err)
-    for name in names:
-        assert name in err[-1], err[-1]
-    return err[-1]
-
-
-def run_main(main, argv):
-    try:
-        return main(argv)
-    except SystemExit as stop:  # argparse's p.error
-        return stop.code
-    except KeyboardInterrupt:
-        pytest.fail("Ctrl-C escaped as a traceback")
 
 
 @pytest.fixture

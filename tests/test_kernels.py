@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 import vqbench
 
+from conftest import largest_saved_for_backward
+
 SHAPES = [(97, 16, 40), (2, 3, 1), (1001, 33, 77), (5, 1, 9)]  # V, d, N
 DTYPES = [(torch.float64, 1e-12), (torch.float32, 2e-5), (torch.bfloat16, 3e-2)]
 
@@ -74,15 +76,7 @@ def test_huffman_kernel_keeps_no_gathered_path_rows():
     """The kernel's point: no [E, d] tensor of gathered rows (E = the summed depths) is kept for backward."""
     head, hidden, target, _ = case("hierarchical:tree=huffman", torch.float32, 97, 16, 40)
     rows = int(head.tree.depth[target].sum()) * 16
-    saved = []
-
-    def pack(t):
-        saved.append(t.numel())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        head.loss(hidden.requires_grad_(True), target).backward()
-    assert saved and max(saved) < rows
+    assert 0 < largest_saved_for_backward(lambda: head.loss(hidden.requires_grad_(True), target).backward()) < rows
 
 
 def test_fresh_empty_advises_only_whole_huge_pages_inside_the_tensor(monkeypatch):

@@ -21,7 +21,8 @@ from collections import Counter
 from typing import List, Optional, Tuple
 
 from vqbench.quality import UNFINISHED
-from vqbench.reporting.quality_stats import _pm, aggregate, markdown_table, mean_std, setting, t_interval, typed_quality_row
+from vqbench.reporting.quality_stats import (_pm, aggregate, markdown_table, mean_std, setting, t_interval,
+                                             typed_quality_row)
 from vqbench.heads.registry import import_modules
 from vqbench.results import read_rows, select_rows
 from vqbench.reporting.tables import build_tables, render
@@ -379,7 +380,8 @@ def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-
               ""]
     caveat = gpu_softmax_caveat(cuda)
     if caveat:
-        parts += [f"The GPU rows come from `results/cuda-headline.csv`, whose {caveat}, so every GPU ratio above overstates VQ's gain: a softmax padded to a "
+        parts += [f"The GPU rows come from `results/cuda-headline.csv`, whose {caveat}, so every GPU ratio above "
+                  "overstates VQ's gain: a softmax padded to a "
                   "multiple of 64 tokens (`softmax:pad=64`) or in TF32 (`--dtype tf32`) is the fair baseline, and "
                   "`scripts/run-cuda.sh` measures both when a GPU is lent.", ""]
     if headline:
@@ -509,7 +511,8 @@ def stale_results(results_dir: str, notes: Optional[list] = None) -> List[str]:
 
 
 def floor_rows(results_dir: str) -> List[dict]:
-    """Every latency row of the results files under results_dir with its floor derived now (vqbench.reporting.floors)."""
+    """Every latency row of the results files under results_dir with its floor derived now
+    (vqbench.reporting.floors)."""
     from vqbench.reporting.floors import derive_floor_rows
     out = []
     for path in sorted(glob.glob(os.path.join(results_dir, "*.csv"))):
@@ -658,7 +661,8 @@ def main(argv=None) -> int:
     p.add_argument("--sweep-n", type=int, default=2048, help="N of the sweep's speed-up tables (default 2048)")
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1, naming each file, when a results file holds rows measured by "
-                        "code other than the working tree's (vqbench.measuring.fingerprint), a figure was drawn from files "
+                        "code other than the working tree's (vqbench.measuring.fingerprint) and not listed in "
+                        "results/pending-remeasurement.json, a figure was drawn from files "
                         "that have changed since, or REPORT.md differs from one built from today's results")
     p.add_argument("--floors", action="store_true",
                    help="write nothing; print as CSV every latency row of the results files with its floor derived "
