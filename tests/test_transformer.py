@@ -115,7 +115,8 @@ def test_warmup_then_cosine_decay_set_each_steps_rate_and_bf16_is_recorded(tmp_p
 
 
 def test_auto_autocast_follows_the_cpus_native_bf16():
-    from vqbench.train import cpu_flags, native_bf16
+    from vqbench.measuring.provenance import cpu_flags
+    from vqbench.train import native_bf16
     cfg = train.TrainConfig(autocast="auto")
     expected = torch.bfloat16 if cpu_flags() & {"avx512_bf16", "amx_bf16"} else None
     assert train.autocast_dtype(cfg, torch.device("cpu")) == expected

@@ -38,7 +38,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
-from functools import lru_cache
 from typing import List, Optional, Tuple
 
 import torch
@@ -47,7 +46,8 @@ from vqbench.training.data import batchify, bptt_batches, corpus_fingerprint, lo
 from vqbench.training.evaluate import EVAL_BATCH, hidden_states, perplexity, state_perplexity
 from vqbench.training.data import VOCABULARIES
 from vqbench.training.lm import BODIES, LanguageModel, detach_state, make_body
-from vqbench.measuring.provenance import cpu_model, device_name, git_commit, relative_argv, relative_path
+from vqbench.measuring.provenance import (cpu_flags, cpu_model, device_name, git_commit, relative_argv,
+                                          relative_path)
 from vqbench.heads.registry import import_modules, make_head
 
 CHECKPOINT_FORMAT = 2
@@ -417,17 +417,6 @@ def distributed(cfg: TrainConfig):
         return torch.distributed.get_rank(), world, device
     return 0, 1, device
 
-
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def native_bf16(device: str) -> bool:

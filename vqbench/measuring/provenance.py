@@ -47,16 +47,27 @@ def git_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-@lru_cache(maxsize=1)
-def cpu_model() -> str:
+def _cpuinfo(field: str):
+    """The value of the first ``field`` line of /proc/cpuinfo, None where there is none (or no such file)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags (avx512_bf16, amx_bf16, ...), empty where /proc/cpuinfo does not say."""
+    return frozenset((_cpuinfo("flags") or "").split())
 
 
 def device_name(device: str) -> str:
