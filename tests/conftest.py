@@ -36,6 +36,14 @@ def spec(request):
     return request.param
 
 
+@pytest.fixture(autouse=True, scope="session")
+def corpus_cache(tmp_path_factory):
+    """Tokenised corpora are kept in one folder of this test session, never in the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VQBENCH_CACHE", str(tmp_path_factory.mktemp("corpus-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def small_ceilings(monkeypatch):
     """Sweeps in tests measure the machine's ceilings on small operands: the full-size measurement

@@ -63,3 +63,49 @@ def test_wikitext2_matches_the_published_counts():
     assert corpus.vocab_size == 33278
     assert [corpus.ids[s].numel() for s in data.SPLITS] == [2088628, 217646, 245569]
     assert corpus.itos[0] == "the" and corpus.counts[0] == corpus.counts.max()
+
+
+def test_subword_ids_are_kept_on_disk_and_read_back_without_tokenising(tmp_path, monkeypatch):
+    pytest.importorskip("tiktoken")
+    monkeypatch.setenv("VQBENCH_CACHE", str(tmp_path / "kept"))
+    source = write_corpus(tmp_path / "c", "The cat sat.\nOn the mat.\n", "The mat.\n", "A cat.\n")
+    data._load_corpus.cache_clear()
+    first = data.load_corpus(source, vocabulary="cl100k_base")
+    kept = list((tmp_path / "kept").iterdir())
+    assert len(kept) == 1 and kept[0].name.startswith("cl100k_base-") and kept[0].suffix == ".pt"
+    data._load_corpus.cache_clear()
+    monkeypatch.setattr(data, "build_subword_corpus", lambda lines: pytest.fail("tokenised again"))
+    again = data.load_corpus(source, vocabulary="cl100k_base")
+    assert again.itos == first.itos and torch.equal(again.counts, first.counts)
+    assert all(torch.equal(again.ids[s], first.ids[s]) for s in data.SPLITS)
+    assert data.corpus_fingerprint(again) == data.corpus_fingerprint(first)
+    data._load_corpus.cache_clear()
+
+
+def test_an_edited_corpus_or_a_damaged_cache_is_tokenised_again(tmp_path, monkeypatch):
+    pytest.importorskip("tiktoken")
+    monkeypatch.setenv("VQBENCH_CACHE", str(tmp_path / "kept"))
+    source = write_corpus(tmp_path / "c", "The cat sat.\n", "The cat.\n", "A cat.\n")
+    data._load_corpus.cache_clear()
+    data.load_corpus(source, vocabulary="cl100k_base")
+    (tmp_path / "c" / "train.txt").write_text("The dog sat.\n")  # new content: a second cache entry
+    data._load_corpus.cache_clear()
+    edited = data.load_corpus(source, vocabulary="cl100k_base")
+    assert "dog" in "".join(edited.itos[int(i)] for i in edited.ids["train"])
+    assert len(list((tmp_path / "kept").iterdir())) == 2
+    for damaged in (b"not a torch file", None):
+        for path in (tmp_path / "kept").iterdir():
+            if damaged is None:  # a readable file holding ids outside its vocabulary
+                torch.save({"itos": ["a"], "counts": torch.ones(1, dtype=torch.int64),
+                            "ids": {s: torch.tensor([5]) for s in data.SPLITS}}, path)
+            else:
+                path.write_bytes(damaged)
+        data._load_corpus.cache_clear()
+        with pytest.warns(UserWarning, match="corpus cache .* is unreadable"):
+            rebuilt = data.load_corpus(source, vocabulary="cl100k_base")
+        assert torch.equal(rebuilt.ids["train"], edited.ids["train"])
+    monkeypatch.setenv("VQBENCH_CACHE", "off")
+    data._load_corpus.cache_clear()
+    data.load_corpus(source, vocabulary="cl100k_base")
+    assert len(list((tmp_path / "kept").iterdir())) == 2
+    data._load_corpus.cache_clear()

