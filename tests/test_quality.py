@@ -375,3 +375,108 @@ def test_the_claims_table_states_each_track_against_its_own_softmax_and_the_tied
 def mean_std_of(values):
     import statistics
     return statistics.fmean(values), statistics.stdev(values)
+
+
+SWEPT = {**PLAN, "epochs": 4, "lr_sweep": {"rates": [0.0003, 0.001, 0.003], "epochs": 1,
+                                           "flags": ["--train-tokens", "5000"]}}
+
+
+@pytest.fixture
+def swept(tmp_path):
+    path = tmp_path / "swept.json"
+    path.write_text(json.dumps({**SWEPT, "runs": PLAN["runs"][:3] + [{**PLAN["runs"][3], "flags": ["--lr", "2"]}]}))
+    return quality.Plan(str(path))
+
+
+def finish_sweep(runs_dir, name, ppls):
+    for rate, ppl in zip(("0.0003", "0.001", "0.003"), ppls):
+        fake_summary(runs_dir, f"joint-{name}-lr{rate}-s0", valid=ppl, test=ppl, stop="epochs: the budget of 1 "
+                     "epochs", epochs=1, config={"train_tokens": 5000})
+
+
+def test_a_swept_variant_trains_at_the_rate_with_the_lowest_validation_perplexity(swept, tmp_path):
+    runs_dir = str(tmp_path / "runs")
+    names = [r.run for r in swept.runs(runs_dir)]
+    # the sweep first; lowrank sets its own --lr, so it is not swept and runs at once
+    assert names == [f"joint-{n}-lr{r}-s0" for n in ("softmax", "vq-K1024", "adaptive")
+                     for r in ("0.0003", "0.001", "0.003")] + ["joint-lowrank-s0"]
+    first = swept.runs(runs_dir)[0].command(runs_dir, "/ck", swept.common)
+    assert first[first.index("--epochs") + 1] == "1" and first[-7:-3] == ["--train-tokens", "5000", "--out",
+                                                                          os.path.join(runs_dir, names[0])]
+    assert first[first.index("--lr") + 1] == "0.0003"
+    finish_sweep(runs_dir, "softmax", [150.0, 120.0, float("nan")])  # a diverged rate is never chosen
+    finish_sweep(runs_dir, "vq-K1024", [140.0, 160.0])  # one rate still running: vq waits
+    assert swept.chosen_lr(swept.entries[0], runs_dir) == "0.001"
+    assert swept.chosen_lr(swept.entries[1], runs_dir) is None
+    runs = {r.run: r for r in swept.runs(runs_dir)}
+    assert [n for n in runs if n.startswith("joint-softmax-s")] == ["joint-softmax-s0", "joint-softmax-s1",
+                                                                     "joint-softmax-s2"]
+    assert not any(n.startswith("joint-vq-K1024-s") for n in runs)
+    command = runs["joint-softmax-s2"].command(runs_dir, "/ck", swept.common)
+    assert command[command.index("--epochs") + 1] == "4" and "--train-tokens" not in command
+    assert command[len(command) - 1 - command[::-1].index("--lr") + 1] == "0.001"  # the last --lr wins
+    assert quality.pick_next(swept, runs_dir, str(tmp_path / "ck")).run == "joint-vq-K1024-lr0.003-s0"
+
+
+def test_the_sweep_has_its_own_table_and_never_a_quality_row(swept, tmp_path):
+    runs_dir = str(tmp_path / "results" / "runs")
+    finish_sweep(runs_dir, "softmax", [150.0, 120.0, 130.0])
+    finish_sweep(runs_dir, "adaptive", [151.0, 119.0])
+    fake_summary(runs_dir, "joint-softmax-s0", valid=105, test=100)
+    path = quality.write_tables(swept, runs_dir, str(tmp_path / "results"), "swept.json")
+    with open(tmp_path / "results" / "quality.csv") as f:
+        assert [r["run"] for r in csv.DictReader(f)] == ["joint-softmax-s0"]
+    with open(tmp_path / "results" / "lr-sweep.csv") as f:
+        sweep = list(csv.DictReader(f))
+    assert [(r["name"], r["lr"], r["chosen"]) for r in sweep] == [
+        ("softmax", "0.0003", ""), ("softmax", "0.001", "yes"), ("softmax", "0.003", ""),
+        ("adaptive", "0.0003", ""), ("adaptive", "0.001", "")]  # adaptive's sweep is not finished
+    text = open(path).read()
+    assert "## Learning rates" in text and "`--train-tokens 5000`" in text
+    assert "| softmax    | softmax   | 150.00   | **120.00** | 130.00   |" in text
+    assert "| lowrank" not in text.split("## Learning rates")[1].split("Runs not finished")[0]
+
+
+def test_a_plan_without_a_sweep_writes_no_sweep_file(plan, tmp_path):
+    runs_dir = str(tmp_path / "results" / "runs")
+    fake_summary(runs_dir, "joint-softmax-s0", valid=105, test=100)
+    text = open(quality.write_tables(plan, runs_dir, str(tmp_path / "results"), "plan.json")).read()
+    assert "Learning rates" not in text and not (tmp_path / "results" / "lr-sweep.csv").exists()
+
+
+@pytest.mark.parametrize("sweep, match", [({"rates": [0.001]}, "two or more distinct numbers"),
+                                          ({"rates": [0.001, 0.001]}, "two or more distinct numbers"),
+                                          ({"rates": [0.001, -1]}, "two or more distinct numbers"),
+                                          ({"rates": [0.001, True]}, "two or more distinct numbers"),
+                                          ({"rates": [0.001, 0.01], "flags": ["--lr", "1"]}, "without --lr"),
+                                          ({"rates": [0.001, 0.01], "flags": "--x"}, "a list of strings"),
+                                          ({"rates": [0.001, 0.01], "epochs": 0}, "epochs must be an integer")])
+def test_bad_sweeps_are_refused_with_one_line(tmp_path, capsys, sweep, match):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({**PLAN, "lr_sweep": sweep}))
+    assert quality.main(["plan", "--plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"lr_sweep: " in err and match in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_free_lane_waits_while_another_run_may_decide_more(swept, tmp_path, monkeypatch):
+    # two lanes, one sweep run left: the free lane must not quit before that run's result lets more start
+    runs_dir, checkpoints = str(tmp_path / "runs"), str(tmp_path / "ck")
+    finish_sweep(runs_dir, "softmax", [150.0, 120.0, 130.0])
+    finish_sweep(runs_dir, "vq-K1024", [150.0, 120.0, 130.0])
+    finish_sweep(runs_dir, "adaptive", [150.0, 120.0])
+    started = []
+
+    def fake_run(command, **kwargs):
+        run = os.path.basename(command[command.index("--out") + 1])
+        started.append(run)
+        if run == "joint-adaptive-lr0.003-s0":
+            finish_sweep(runs_dir, "adaptive", [150.0, 120.0, 110.0])
+        else:
+            fake_summary(runs_dir, run, valid=100, test=100, stop="epochs: the budget of 4 epochs", epochs=4)
+        return type("Done", (), {"returncode": 0})()
+
+    monkeypatch.setattr(quality.subprocess, "run", fake_run)
+    only = ["adaptive-lr0.003", "adaptive"]
+    quality.run_all(swept, runs_dir, checkpoints, lanes=2, only=only, poll_s=0.01)
+    assert started == ["joint-adaptive-lr0.003-s0", "joint-adaptive-s0"]

@@ -12,6 +12,11 @@ that stopped at a smaller budget resumes: the budget only ends a run, it never c
 end). An unfinished run resumes from its checkpoint. Checkpoints go to
 ``--checkpoints`` (default $VQBENCH_CHECKPOINTS, else beside the runs), since they are too large to
 commit: run folders keep log.jsonl and summary.json.
+
+A plan may hold a learning-rate sweep (``lr_sweep``: rates, an epoch budget and flags such as a shorter
+``--train-tokens``): every variant whose flags set no ``--lr`` then first trains seed 0 once per rate under
+the sweep's budget, and all its seeds train at the rate with the lowest validation perplexity; the same
+sweep for every variant, chosen on validation, never on test (lr-sweep.csv, and a table in quality.md).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -41,6 +47,9 @@ from vqbench.reporting.quality_stats import (LSTM_TRACK, _pm, aggregate, describ
 DEFAULT_PLAN = os.path.join("configs", "quality.json")
 TRANSFORMER_PLAN = os.path.join("configs", "quality-transformer.json")
 DEFAULT_RESULTS = os.path.join("results", "quality")
+SWEEP_GROUP = "lr-sweep"  # the group of a plan's learning-rate sweep runs: never a row of quality.csv
+SWEEP_COLUMNS = ["track", "name", "head", "lr", "valid_ppl", "chosen", "epochs", "train_tokens", "tokens_per_s",
+                 "run", "cpu_model", "git_commit"]
 CSV_COLUMNS = ["run", "name", "head", "mapping", "body", "vocabulary", "protocol", "seed", "group", "epochs",
                "best_epoch", "stop", "valid_ppl", "test_ppl", "last_epoch_gain", "output_params", "total_params",
                "shared_params", "within_code_ppl_factor", "tokens_per_s", "output_share", "threads", "precision",
@@ -88,6 +97,7 @@ class Plan:
             self.best_seeds = tuple(data.get("best_seeds", {}).get("seeds", ()))
             self.best_groups = tuple(data.get("best_seeds", {}).get("groups", ()))
             self.entries = [dict(e) for e in data["runs"]]
+            self.sweep_rates, self.sweep_flags, self.sweep_epochs = read_sweep(data.get("lr_sweep"))
             for e in self.entries:
                 missing = [k for k in ("name", "head", "group", "seeds") if k not in e]
                 if missing or not all(isinstance(s, int) and s >= 0 for s in e["seeds"]):
@@ -110,26 +120,60 @@ class Plan:
         unknown = [name for name in self.first if name not in names]
         if unknown:
             raise ValueError(f"plan: {path!r}: first names no run {', '.join(map(repr, unknown))}")
+        if SWEEP_GROUP in {e["group"] for e in self.entries}:
+            raise ValueError(f"plan: {path!r}: the group {SWEEP_GROUP!r} is the learning-rate sweep's")
 
-    def planned(self, entry: dict, seed: int) -> PlannedRun:
-        return PlannedRun(entry["name"], entry["head"], self.protocol, seed, entry["group"],
-                          tuple(entry.get("flags", ())), entry.get("varies", ""), self.epochs, self.track)
+    def planned(self, entry: dict, seed: int, lr: str = "") -> PlannedRun:
+        """Seed ``seed`` of ``entry``, trained at ``lr`` (its swept rate) when given."""
+        flags = tuple(entry.get("flags", ())) + (("--lr", lr) if lr else ())
+        return PlannedRun(entry["name"], entry["head"], self.protocol, seed, entry["group"], flags,
+                          entry.get("varies", ""), self.epochs, self.track)
+
+    def swept(self, entry: dict) -> bool:
+        """True when ``entry``'s learning rate comes from the plan's sweep (it has one; the entry sets no --lr)."""
+        return bool(self.sweep_rates) and "--lr" not in entry.get("flags", ())
+
+    def sweep_runs(self, entry: dict) -> List[PlannedRun]:
+        """Seed 0 of ``entry`` once per swept rate, under the sweep's epoch budget and flags."""
+        return [PlannedRun(f"{entry['name']}-lr{rate:g}", entry["head"], self.protocol, 0, SWEEP_GROUP,
+                           tuple(entry.get("flags", ())) + ("--lr", f"{rate:g}") + self.sweep_flags,
+                           f"learning-rate sweep of {entry['name']}", self.sweep_epochs, self.track)
+                for rate in self.sweep_rates]
+
+    def chosen_lr(self, entry: dict, runs_dir: str) -> Optional[str]:
+        """The swept rate of ``entry`` with the lowest validation perplexity (a diverged run counts as worst),
+        once every rate has finished; None before."""
+        scored = []
+        for rate, run in zip(self.sweep_rates, self.sweep_runs(entry)):
+            summary = summary_of(runs_dir, run.run)
+            if not finished(summary, run.epochs):
+                return None
+            ppl = summary.get("valid_ppl")
+            scored.append((ppl if isinstance(ppl, (int, float)) and math.isfinite(ppl) else math.inf, rate))
+        return f"{min(scored)[1]:g}"
 
     def reference(self) -> dict:
         return next(e for e in self.entries if e["group"] == "reference")
 
-    def finished(self, runs_dir: str, run: str) -> bool:
-        return finished(summary_of(runs_dir, run), self.epochs)
+    def finished(self, runs_dir: str, run: PlannedRun) -> bool:
+        return finished(summary_of(runs_dir, run.run), run.epochs)
 
     def runs(self, runs_dir: str) -> List[PlannedRun]:
-        """Every run in queue order: every seed of the ``first`` variants, then by seed and plan order; the
-        best-seeds runs once decidable."""
+        """Every run in queue order: the learning-rate sweep (the ``first`` variants' first), every seed of
+        the ``first`` variants, then by seed and plan order; a swept variant's runs once its rate is chosen,
+        the best-seeds runs once decidable."""
         seeds = sorted({s for e in self.entries for s in e["seeds"]})
         firsts = [e for name in self.first for e in self.entries if e["name"] == name]
-        queue = [self.planned(e, s) for e in firsts for s in e["seeds"]]
-        queue += [self.planned(e, s) for s in seeds for e in self.entries if s in e["seeds"] and e not in firsts]
+        ordered = firsts + [e for e in self.entries if e not in firsts]
+        queue = [run for e in ordered if self.swept(e) for run in self.sweep_runs(e)]
+        rates = {e["name"]: self.chosen_lr(e, runs_dir) if self.swept(e) else "" for e in self.entries}
+        ready = [e for e in ordered if rates[e["name"]] is not None]
+        queue += [self.planned(e, s, rates[e["name"]]) for e in firsts if e in ready for s in e["seeds"]]
+        queue += [self.planned(e, s, rates[e["name"]]) for s in seeds for e in ready
+                  if s in e["seeds"] and e not in firsts]
         for entry in self.best_entries(runs_dir).values():
-            queue += [self.planned(entry, s) for s in self.best_seeds if s not in entry["seeds"]]
+            queue += [self.planned(entry, s, rates[entry["name"]]) for s in self.best_seeds
+                      if s not in entry["seeds"]]
         return queue
 
     def best_entries(self, runs_dir: str) -> Dict[str, dict]:
@@ -142,6 +186,22 @@ class Plan:
             if members and all(finished(s, self.epochs) for s, _ in done):
                 chosen[group] = min(done, key=lambda pair: pair[0]["valid_ppl"])[1]
         return chosen
+
+
+def read_sweep(sweep) -> Tuple[Tuple[float, ...], Tuple[str, ...], int]:
+    """(rates, flags, epochs) of a plan's ``lr_sweep`` ({"rates": [...], "epochs": 1, "flags": [...]});
+    empty rates when the plan has none. ValueError on a malformed one."""
+    if sweep is None:
+        return (), (), 1
+    rates, flags, epochs = sweep.get("rates"), sweep.get("flags", []), sweep.get("epochs", 1)
+    if not (isinstance(rates, list) and len(rates) >= 2 and len(set(rates)) == len(rates)
+            and all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < math.inf for r in rates)):
+        raise ValueError(f"lr_sweep: rates must be two or more distinct numbers > 0, got {rates!r}")
+    if not (isinstance(flags, list) and all(isinstance(f, str) for f in flags)) or "--lr" in flags:
+        raise ValueError(f"lr_sweep: flags must be a list of strings without --lr, got {flags!r}")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ValueError(f"lr_sweep: epochs must be an integer >= 1, got {epochs!r}")
+    return tuple(float(r) for r in rates), tuple(flags), epochs
 
 
 def summary_of(runs_dir: str, run: str) -> Optional[dict]:
@@ -172,26 +232,33 @@ def pick_next(plan: Plan, runs_dir: str, checkpoints: str, taken=(), only=None) 
     """The run a free lane takes: the first unfinished run in queue order that has a checkpoint (so after a
     stop the runs in progress resume first), else the first unfinished run; None when none is left."""
     waiting = [run for run in plan.runs(runs_dir) if run.run not in taken
-               and (not only or run.run in only or run.name in only) and not plan.finished(runs_dir, run.run)]
+               and (not only or run.run in only or run.name in only) and not plan.finished(runs_dir, run)]
     started = [run for run in waiting if os.path.exists(os.path.join(checkpoints, run.run, "checkpoint.pt"))]
     return (started or waiting or [None])[0]
 
 
-def run_all(plan: Plan, runs_dir: str, checkpoints: str, lanes: int, only=None) -> None:
+def run_all(plan: Plan, runs_dir: str, checkpoints: str, lanes: int, only=None, poll_s: float = 10.0) -> None:
     """Run the unfinished runs on ``lanes`` single-threaded lanes (pinned to a core each with taskset), each
-    lane taking ``pick_next``'s run when it is free."""
+    lane taking ``pick_next``'s run when it is free. A lane with nothing to take waits while another lane
+    runs, since a run that ends may decide more (a swept rate, the best seeds)."""
     pin = lanes > 1 and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= lanes
-    lock, failures, taken = threading.Lock(), [], set()
+    lock, failures, taken, running = threading.Lock(), [], set(), set()
 
-    def next_run():
-        with lock:
-            run = pick_next(plan, runs_dir, checkpoints, taken, only)
-            if run is not None:
-                taken.add(run.run)
-            return run
+    def next_run(index):
+        while True:
+            with lock:
+                running.discard(index)
+                run = pick_next(plan, runs_dir, checkpoints, taken, only)
+                if run is not None:
+                    taken.add(run.run)
+                    running.add(index)
+                    return run
+                if not running:
+                    return None
+            time.sleep(poll_s)
 
     def lane(index):
-        while (run := next_run()) is not None:
+        while (run := next_run(index)) is not None:
             command = run.command(runs_dir, checkpoints, plan.common)
             command = (["taskset", "-c", str(index)] if pin else []) + [sys.executable] + command[1:]
             print(" ".join(command), flush=True)
@@ -217,7 +284,7 @@ def table_rows(plan: Plan, runs_dir: str) -> List[dict]:
     rows = []
     for run in plan.runs(runs_dir):
         s = summary_of(runs_dir, run.run)
-        if not finished(s, plan.epochs):
+        if run.group == SWEEP_GROUP or not finished(s, run.epochs):
             continue
         rows.append({"run": run.run, "name": run.name, "head": run.head,
                      "mapping": vq_mapping(run.head, s.get("config", {})),
@@ -232,6 +299,55 @@ def table_rows(plan: Plan, runs_dir: str) -> List[dict]:
                      "tokens_per_s": s["tokens_per_s"], "threads": run_threads(s), "precision": s["precision"],
                      "cpu_model": s["cpu_model"], "git_commit": s["git_commit"], "varies": run.varies})
     return rows
+
+
+def sweep_rows(plan: Plan, runs_dir: str) -> List[dict]:
+    """One row per finished learning-rate sweep run of ``plan``; chosen: "yes" on each variant's rate."""
+    rows = []
+    for entry in (e for e in plan.entries if plan.swept(e)):
+        chosen = plan.chosen_lr(entry, runs_dir)
+        for rate, run in zip(plan.sweep_rates, plan.sweep_runs(entry)):
+            s = summary_of(runs_dir, run.run)
+            if not finished(s, run.epochs):
+                continue
+            config = s.get("config", {})
+            rows.append({"track": plan.track, "name": entry["name"], "head": entry["head"], "lr": f"{rate:g}",
+                         "valid_ppl": s["valid_ppl"], "chosen": "yes" if chosen == f"{rate:g}" else "",
+                         "epochs": s["epochs"], "train_tokens": config.get("train_tokens", ""),
+                         "tokens_per_s": s["tokens_per_s"], "run": run.run, "cpu_model": s["cpu_model"],
+                         "git_commit": s["git_commit"]})
+    return rows
+
+
+def sweep_section(plans, runs_dir: str, results_dir: str) -> str:
+    """Write lr-sweep.csv (every finished sweep run of ``plans``) and return quality.md's section on it, one
+    table per plan with a sweep: a variant per line, validation perplexity per rate, the chosen one in bold;
+    '' when no plan has a sweep."""
+    swept = [(p, path) for p, path in plans if p.sweep_rates]
+    if not swept:
+        return ""
+    rows = [row for p, _ in swept for row in sweep_rows(p, runs_dir)]
+    with open(os.path.join(results_dir, "lr-sweep.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    parts = []
+    for plan, path in swept:
+        rates = [f"{r:g}" for r in plan.sweep_rates]
+        table = []
+        for entry in (e for e in plan.entries if plan.swept(e)):
+            found = {r["lr"]: r for r in rows if r["track"] == plan.track and r["name"] == entry["name"]}
+            cells = [(f"**{found[r]['valid_ppl']:.2f}**" if found[r]["chosen"] else f"{found[r]['valid_ppl']:.2f}")
+                     if r in found else "" for r in rates]
+            table.append([entry["name"], entry["head"], *cells])
+        flags = " ".join(plan.sweep_flags) or "none"
+        parts.append(f"\n\n## Learning rates, track {plan.track or '(none)'}\n\nThe same sweep for every variant "
+                     f"of `{path}` whose flags set no rate: seed 0 trained for {plan.sweep_epochs} epoch(s) at "
+                     f"each rate, with `{flags}` after the plan's flags; validation perplexity, the chosen rate "
+                     f"(lowest) in bold; all of a variant's seeds train at it (results/quality/lr-sweep.csv). "
+                     f"Blank: not finished yet.\n\n"
+                     + tabulate(table, headers=["variant", "head", *[f"lr {r}" for r in rates]], tablefmt="github"))
+    return "".join(parts)
 
 
 def run_threads(summary: dict) -> str:
@@ -306,11 +422,12 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str, mo
     commands = "\n".join(" ".join(r.command(runs_dir, "$VQBENCH_CHECKPOINTS", p.common))
                          for p, _ in plans for r in p.runs(runs_dir))
     unfinished = [progress(runs_dir, r.run) for p, _ in plans for r in p.runs(runs_dir)
-                  if not p.finished(runs_dir, r.run)]
+                  if not p.finished(runs_dir, r)]
     tracks = "".join(f"\n\nTrack {p.track or '(none)'} (plan `{path}`, its runs named joint-{p.track}-*): "
                      f"{p.description}" for p, path in more)
     cpus = sorted({r["cpu_model"] for r in rows})
-    text = QUALITY_MD.format(plan=plan_path, table=markdown_table(summary), commands=commands,
+    sweeps = sweep_section(plans, runs_dir, results_dir)
+    text = QUALITY_MD.format(plan=plan_path, table=markdown_table(summary) + sweeps, commands=commands,
                              epochs=plan.epochs, cpus=", ".join(cpus), precision=", ".join(sorted({r["precision"] for r in rows})),
                              unfinished=", ".join(unfinished) or "none", unfinished_title=UNFINISHED,
                              threads=threads_sentence(rows), tracks=tracks)
@@ -383,7 +500,7 @@ def main(argv=None) -> int:
         if args.action == "plan":
             for plan in plans:
                 for run in plan.runs(runs_dir):
-                    done = plan.finished(runs_dir, run.run)
+                    done = plan.finished(runs_dir, run)
                     print(("# done: " if done else "") + " ".join(run.command(runs_dir, checkpoints, plan.common)))
         elif args.action == "run" and args.executor:
             for plan in plans:
