@@ -63,7 +63,7 @@ def test_the_pareto_frontier_keeps_only_points_nothing_beats():
 def test_gpu_ratios_carry_the_unpadded_softmax_caveat_until_measured_again():
     from vqbench.results import read_rows
     rows = read_rows(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
-                                  "cuda-headline.csv"))
+                                  "archive", "cuda-headline.csv"))
     gpu = [line for line in report.claims_table([], [], [], cuda=rows).splitlines() if ", GPU |" in line]
     assert len(gpu) == 8 and all("caveat: softmax ran unpadded at V=50257, without TF32, at 12% of its measured "
                                  "bfloat16 ceiling" in line for line in gpu)
@@ -77,7 +77,7 @@ def test_gpu_ratios_carry_the_unpadded_softmax_caveat_until_measured_again():
 def test_gpu_speed_ups_are_against_the_fastest_exact_softmax_and_name_it():
     from vqbench.results import read_rows
     rows = read_rows(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
-                                  "cuda-headline.csv"))
+                                  "archive", "cuda-headline.csv"))
     vq = next(r for r in rows if r["spec"] == "vq:K=1024" and r["op"] == "logits" and r["metric"] == "time"
               and r["dtype"] == "bfloat16")
     faster = [{**vq, "spec": "softmax:pad=64", "head": "softmax", "value": str(2 * float(vq["value"]))},
@@ -115,3 +115,18 @@ def test_order_seed_shuffles_the_measuring_order_and_keeps_every_unit(tmp_path):
         rows = read_rows(path)
         orders.append(list(dict.fromkeys(r["spec"] for r in rows)))
     assert sorted(orders[0]) == sorted(orders[1]) and orders[0] != orders[1]
+
+
+def test_gpu_claims_cite_the_archived_rows_and_say_so_until_a_gpu_measures_again(tmp_path):
+    import shutil
+    archived = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "archive",
+                            "cuda-headline.csv")
+    (tmp_path / "archive").mkdir()
+    shutil.copy(archived, tmp_path / "archive" / "cuda-headline.csv")
+    gpu = [line for line in report.build_report(str(tmp_path)).splitlines() if ", GPU |" in line]
+    assert len(gpu) == 8 and all(line.endswith("| results/archive/cuda-headline.csv |") for line in gpu)
+    assert all("archived: measured at fe70938 by code that has changed since" in line for line in gpu)
+    shutil.copy(archived, tmp_path / "cuda-headline.csv")  # measured again: the fresh file, no archive note
+    gpu = [line for line in report.build_report(str(tmp_path)).splitlines() if ", GPU |" in line]
+    assert len(gpu) == 8 and all(line.endswith("| results/cuda-headline.csv |") and "archived" not in line
+                                 for line in gpu)

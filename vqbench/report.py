@@ -139,8 +139,14 @@ def fastest_exact_softmax(rows, op, dtype):
     return (min(times)[1], min(times)[0]) if times else None
 
 
-def gpu_claims(cuda, vq_spec) -> list:
-    """Claims-table rows for the GPU headline: VQ's speed-up over the fastest exact softmax per op and dtype."""
+CUDA_HEADLINE = "cuda-headline.csv"
+ARCHIVED_CUDA = ("archive", CUDA_HEADLINE)  # until a GPU measures today's code, the claims cite the archived rows
+
+
+def gpu_claims(cuda, vq_spec, source: str = "results/" + CUDA_HEADLINE) -> list:
+    """Claims-table rows for the GPU headline: VQ's speed-up over the fastest exact softmax per op and dtype.
+    source: the file the rows come from; an archived one (measured by code that has changed since) says so
+    in every row, with the commit that measured it."""
     if not cuda:
         return []
     lines = []
@@ -148,6 +154,10 @@ def gpu_claims(cuda, vq_spec) -> list:
     where = f"V={first['V']}, d={first['d']}, N={first['N']}, {first['device_name']}{_torch(first)}"
     caveat = gpu_softmax_caveat(cuda)
     caveat = f" (caveat: {caveat}, so the ratio overstates VQ's gain)" if caveat else ""
+    if "/archive/" in source:
+        commit = first.get("git_commit", "").split("+")[0][:7]
+        caveat += (f" (archived: measured at {commit} by code that has changed since; a lent GPU measures it "
+                   "again with scripts/run-cuda.sh)")
     for dtype in sorted({r["dtype"] for r in cuda}, key=_dtype_order):
         for op, claim, claimed in SPEED_CLAIMS:
             soft = fastest_exact_softmax(cuda, op, dtype)
@@ -156,18 +166,19 @@ def gpu_claims(cuda, vq_spec) -> list:
                 spec, t_soft = soft
                 lines.append(f"| {claim}, GPU | {claimed} | {t_soft / t_vq:.1f}x ({t_vq * 1e3:.3f} ms vs "
                              f"{t_soft * 1e3:.3f} ms); {vq_spec} vs {spec}, the fastest exact softmax, {where}, "
-                             f"{dtype}{caveat} | results/cuda-headline.csv |")
+                             f"{dtype}{caveat} | {source} |")
     return lines
 
 
 def claims_table(headline, sweep, quality, reference="softmax", paper="vq-K1024", vq_spec="vq:K=1024",
-                 headline_thp=(), decode=(), cuda=(), runs=()):
+                 headline_thp=(), decode=(), cuda=(), runs=(), cuda_source="results/" + CUDA_HEADLINE):
     """Markdown rows: claim, paper, measured, source. headline: the plain-process headline rows; headline_thp:
     the same with the THP allocator; decode: the generation step at small N; cuda: the headline on a GPU;
-    runs: more runs of the plain-process headline, in shuffled head order (headline-run*.csv)."""
+    runs: more runs of the plain-process headline, in shuffled head order (headline-run*.csv); cuda_source: the
+    file the GPU rows come from."""
     lines = ["| claim | paper | measured by vqbench | source |", "|---|---|---|---|"]
     lines += _cpu_headline_claims(headline, headline_thp, vq_spec, runs)
-    lines += gpu_claims(cuda, vq_spec)
+    lines += gpu_claims(cuda, vq_spec, cuda_source)
     lines += _decode_claims(decode, vq_spec)
     lines += _sweep_claims(sweep)
     claims = quality_claims(quality, reference, paper)
@@ -348,6 +359,15 @@ def skip_summary(rows):
         ". Each skipped cell in the tables carries its full reason."
 
 
+def gpu_rows(load):
+    """(rows, source) of the GPU headline: results/cuda-headline.csv, else its archived rows until a GPU
+    measures today's code (results/archive/README.md says which commit measured them)."""
+    rows = load(CUDA_HEADLINE)
+    if rows:
+        return rows, "results/" + CUDA_HEADLINE
+    return load(os.path.join(*ARCHIVED_CUDA)), "results/" + "/".join(ARCHIVED_CUDA)
+
+
 def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-K1024", vq_spec: str = "vq:K=1024",
                  sweep_d: int = 1024, sweep_n: int = 2048) -> str:
     """REPORT.md's text from the files under results_dir. reference and paper: quality variants (the softmax
@@ -358,7 +378,8 @@ def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-
         return read_rows(path) if os.path.exists(path) else []
 
     headline, sweep = load("headline.csv"), load("cpu-sweep.csv")
-    headline_thp, decode, cuda = load("headline-thp.csv"), load("decode.csv"), load("cuda-headline.csv")
+    headline_thp, decode = load("headline-thp.csv"), load("decode.csv")
+    cuda, cuda_source = gpu_rows(load)
     quality_csv = os.path.join(results_dir, "quality", "quality.csv")
     quality = []
     if os.path.exists(quality_csv):
@@ -376,11 +397,12 @@ def build_report(results_dir: str, reference: str = "softmax", paper: str = "vq-
               "computation and +4% perplexity against full softmax.", "",
               claims_table(headline, sweep, quality, reference, paper, vq_spec, headline_thp, decode, cuda,
                            [load(os.path.basename(p)) for p in sorted(glob.glob(os.path.join(results_dir,
-                                                                                         "headline-run*.csv")))]),
+                                                                                         "headline-run*.csv")))],
+                           cuda_source),
               ""]
     caveat = gpu_softmax_caveat(cuda)
     if caveat:
-        parts += [f"The GPU rows come from `results/cuda-headline.csv`, whose {caveat}, so every GPU ratio above "
+        parts += [f"The GPU rows come from `{cuda_source}`, whose {caveat}, so every GPU ratio above "
                   "overstates VQ's gain: a softmax padded to a "
                   "multiple of 64 tokens (`softmax:pad=64`) or in TF32 (`--dtype tf32`) is the fair baseline, and "
                   "`scripts/run-cuda.sh` measures both when a GPU is lent.", ""]
