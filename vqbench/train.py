@@ -182,19 +182,22 @@ def seeded(seed: int, purpose: int) -> None:
 
 @dataclass
 class Schedule:
-    """Learning rate, best validation perplexity and the epochs-without-progress count."""
+    """Learning rate, best validation perplexity, the epochs-without-progress count, and the seconds spent
+    in training steps over every invocation (no evaluation, checkpoint or speed probe): each epoch's
+    history entry carries them, for perplexity at equal training time."""
     lr: float
     best_valid: float = math.inf
     best_epoch: int = 0
     slow_epochs: int = 0
     history: List[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
 
     def end_epoch(self, epoch: int, step: int, valid: float, cfg: TrainConfig) -> bool:
         """Record epoch ``epoch`` (1-based); returns True when its model is the best so far."""
         gain = (self.best_valid - valid) / self.best_valid if math.isfinite(self.best_valid) else 1.0
         improved = valid < self.best_valid
         self.history.append({"epoch": epoch, "step": step, "valid_ppl": valid, "lr": self.lr,
-                             "relative_gain": gain})
+                             "relative_gain": gain, "train_seconds": round(self.train_seconds, 1)})
         if improved:
             self.best_valid, self.best_epoch = valid, epoch
         if gain < cfg.plateau:
@@ -627,12 +630,14 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = rate
         self.optimizer.step()
-        self.synchronize()
-        self.elapsed += time.perf_counter() - start
-        self.tokens += targets.numel() * self.world
         self.step += 1
         self.window += 1
-        moved = self.reassigner.maybe_reassign(self.step) if self.reassigner else None
+        moved = self.reassigner.maybe_reassign(self.step) if self.reassigner else None  # timed, as observing
+        self.synchronize()
+        seconds = time.perf_counter() - start
+        self.elapsed += seconds
+        self.schedule.train_seconds += seconds
+        self.tokens += targets.numel() * self.world
         if moved is not None:  # the share of the vocabulary, and of the tokens seen, that changed code
             seen = self.reassigner.last_seen
             self.run.log(step=self.step, reassigned_tokens=moved, reassigned_share=moved / self.head.vocab_size,
