@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -244,9 +245,11 @@ def test_frozen_runs_checkpoint_and_resume_exactly(tmp_path):
 def test_each_epoch_records_the_training_seconds_so_far_across_resumes(tmp_path):
     common = SMALL + ["--head", "vq:K=64", "--train-tokens", "3000", "--eval-tokens", "500", "--log-every", "5"]
     out = str(tmp_path / "run")
+    start = time.perf_counter()
     first = train.train(train.parse_args(common + ["--epochs", "1", "--out", out]))
     resumed = train.train(train.parse_args(common + ["--epochs", "2", "--out", out, "--resume"]))
+    wall = time.perf_counter() - start
     one, two = (h["train_seconds"] for h in resumed["history"])
     assert first["history"][0]["train_seconds"] == one > 0
     assert two > one  # the resumed invocation adds its own steps' seconds, it does not start from zero
-    assert two < one + 10 * resumed["steps"] / resumed["tokens_per_s"] * 1e3  # not wall time since the start
+    assert two < wall  # evaluation, checkpoints and start-up are not training time
