@@ -350,6 +350,45 @@ def sweep_section(plans, runs_dir: str, results_dir: str) -> str:
     return "".join(parts)
 
 
+def best_within(history: List[dict], seconds: float) -> Optional[float]:
+    """The lowest validation perplexity of the epochs that ended within ``seconds`` of training; None when
+    the first epoch took longer (or the history predates its training seconds)."""
+    within = [h["valid_ppl"] for h in history if "train_seconds" in h and h["train_seconds"] <= seconds]
+    return min(within) if within else None
+
+
+def equal_time_section(plan: Plan, runs_dir: str) -> str:
+    """quality.md's table of perplexity at equal training time for ``plan``: each finished run's best
+    validation perplexity within the training seconds its seed's reference (softmax) took to reach its best
+    epoch, beside its best at any time, its tokens/s and the output layer's share of a step; '' when no
+    reference run records its training seconds."""
+    reference = plan.reference()["name"]
+    rows, budgets = [], {}
+    finished_runs = [(run, summary_of(runs_dir, run.run)) for run in plan.runs(runs_dir)
+                     if run.group != SWEEP_GROUP]
+    finished_runs = [(run, s) for run, s in finished_runs if finished(s, run.epochs)]
+    for run, s in finished_runs:
+        best = [h for h in s.get("history", []) if h.get("epoch") == s.get("best_epoch") and "train_seconds" in h]
+        if run.name == reference and best:
+            budgets[run.seed] = best[0]["train_seconds"]
+    for run, s in finished_runs:
+        if run.seed not in budgets:
+            continue
+        within = best_within(s.get("history", []), budgets[run.seed])
+        rows.append([run.name, run.seed, f"{s['tokens_per_s']:,.0f}", f"{s.get('output_share', math.nan):.2f}",
+                     f"{min(h['valid_ppl'] for h in s['history']):.2f}", f"{budgets[run.seed] / 60:.0f}",
+                     f"{within:.2f}" if within is not None else "no epoch ended by then"])
+    if not rows:
+        return ""
+    return (f"\n\n## Equal training time, track {plan.track or '(none)'}\n\nEach run's best validation "
+            f"perplexity within the training time its seed's {reference} run took to reach its best epoch "
+            "(seconds in training steps, no evaluation; one thread per run), beside its best at any time. "
+            "tokens/s: training tokens per second of training; output share: the head's loss forward and backward "
+            "over a whole step, timed on some steps.\n\n"
+            + tabulate(rows, headers=["variant", "seed", "tokens/s", "output share", "best valid ppl",
+                                      f"{reference} minutes", "best valid ppl within them"], tablefmt="github"))
+
+
 def run_threads(summary: dict) -> str:
     """The torch thread counts a run trained with, in the order its invocations used them ("1", "1+2");
     tokens/s of a run that changed its thread count on a resume mixes both speeds."""
@@ -426,7 +465,7 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str, mo
     tracks = "".join(f"\n\nTrack {p.track or '(none)'} (plan `{path}`, its runs named joint-{p.track}-*): "
                      f"{p.description}" for p, path in more)
     cpus = sorted({r["cpu_model"] for r in rows})
-    sweeps = sweep_section(plans, runs_dir, results_dir)
+    sweeps = sweep_section(plans, runs_dir, results_dir) + "".join(equal_time_section(p, runs_dir) for p, _ in plans)
     text = QUALITY_MD.format(plan=plan_path, table=markdown_table(summary) + sweeps, commands=commands,
                              epochs=plan.epochs, cpus=", ".join(cpus), precision=", ".join(sorted({r["precision"] for r in rows})),
                              unfinished=", ".join(unfinished) or "none", unfinished_title=UNFINISHED,
