@@ -1,26 +1,26 @@
 #!/usr/bin/env bash
-# Top-operator profiles (torch.profiler, 3 recorded steps) of the ops that stay furthest over their
-# floor in results/headline.md and results/cpu-floors.md: the evidence behind each gap named in
-# results/README.md. Each table goes to results/profiles/<head>_<V>_<op>.md; the TensorBoard traces
-# go to the git-ignored results/traces/ (tensorboard --logdir results/traces).
+# Top-operator profiles (torch.profiler, 3 recorded steps) of every row of the CPU headline
+# (results/headline.csv and headline-thp.csv) that runs over RATIO (default 2) times its floor, as
+# `python -m vqbench.report --floors` derives it: the measured breakdown behind each reason given in
+# results/profiles/README.md. Each table goes to results/profiles/<spec>_V<V>_<op>_<dtype>_<allocator>.md; the
+# TensorBoard traces go to the git-ignored results/traces/ (tensorboard --logdir results/traces).
+# Run on a quiet machine, after the headline files it reads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+RATIO="${RATIO:-2}"
 mkdir -p results/profiles
-profile() {  # spec op V
-    local name
-    name="$(echo "$1" | tr ':=,' '-__')_V$3_$2"
-    python -m vqbench.profile --head "$1" --op "$2" --vocab "$3" --d-model 1024 --tokens 2048 --threads 2 \
-        --top 12 > "results/profiles/$name.md"
+python -m vqbench.report --floors | python -c "
+import csv, sys
+seen = set()
+for r in csv.DictReader(sys.stdin):
+    over = r['ratio'] not in ('', 'nan') and float(r['ratio']) > float(sys.argv[1])
+    key = (r['spec'], r['op'], r['dtype'], r['cpu_allocator'], r['V'], r['d'], r['N'])
+    if r['file'] in ('headline.csv', 'headline-thp.csv') and over and key not in seen:
+        seen.add(key)
+        print(*key, sep='\t')
+" "$RATIO" | while IFS=$'\t' read -r spec op dtype allocator vocab d tokens; do
+    name="$(echo "${spec}_V${vocab}_${op}_${dtype}_${allocator}" | tr ':=,' '-__')"
+    python -m vqbench.profile --head "$spec" --op "$op" --vocab "$vocab" --d-model "$d" --tokens "$tokens" \
+        --dtype "$dtype" --cpu-allocator "$allocator" --threads 2 --top 12 > "results/profiles/$name.md"
     echo "results/profiles/$name.md"
-}
-profile vq:K=1024 logits_into 50257
-profile vq:K=1024 log_probs_into 50257
-profile vq:K=1024 log_probs 50257
-profile vq:K=256 logits_into 50257
-profile vq:K=1024,bias=1 logits_into 50257
-profile hierarchical loss 50257
-profile hierarchical train 50257
-profile hierarchical:tree=huffman loss 50257
-profile hierarchical:tree=huffman train 50257
-profile hierarchical:tree=huffman log_probs_into 50257
-profile adaptive log_probs 128000
+done
