@@ -67,6 +67,11 @@ class PlannedRun:
     varies: str
     epochs: int
     track: str = ""
+    variant: str = ""  # the plan entry's name: a sweep run's variant is the one it chooses a rate for
+
+    def wanted(self, only) -> bool:
+        """True when ``only`` (run folders or variant names; empty: all) selects this run."""
+        return not only or self.run in only or self.name in only or self.variant in only
 
     @property
     def run(self) -> str:
@@ -127,7 +132,7 @@ class Plan:
         """Seed ``seed`` of ``entry``, trained at ``lr`` (its swept rate) when given."""
         flags = tuple(entry.get("flags", ())) + (("--lr", lr) if lr else ())
         return PlannedRun(entry["name"], entry["head"], self.protocol, seed, entry["group"], flags,
-                          entry.get("varies", ""), self.epochs, self.track)
+                          entry.get("varies", ""), self.epochs, self.track, entry["name"])
 
     def swept(self, entry: dict) -> bool:
         """True when ``entry``'s learning rate comes from the plan's sweep (it has one; the entry sets no --lr)."""
@@ -137,7 +142,7 @@ class Plan:
         """Seed 0 of ``entry`` once per swept rate, under the sweep's epoch budget and flags."""
         return [PlannedRun(f"{entry['name']}-lr{rate:g}", entry["head"], self.protocol, 0, SWEEP_GROUP,
                            tuple(entry.get("flags", ())) + ("--lr", f"{rate:g}") + self.sweep_flags,
-                           f"learning-rate sweep of {entry['name']}", self.sweep_epochs, self.track)
+                           f"learning-rate sweep of {entry['name']}", self.sweep_epochs, self.track, entry["name"])
                 for rate in self.sweep_rates]
 
     def chosen_lr(self, entry: dict, runs_dir: str) -> Optional[str]:
@@ -232,7 +237,7 @@ def pick_next(plan: Plan, runs_dir: str, checkpoints: str, taken=(), only=None) 
     """The run a free lane takes: the first unfinished run in queue order that has a checkpoint (so after a
     stop the runs in progress resume first), else the first unfinished run; None when none is left."""
     waiting = [run for run in plan.runs(runs_dir) if run.run not in taken
-               and (not only or run.run in only or run.name in only) and not plan.finished(runs_dir, run)]
+               and run.wanted(only) and not plan.finished(runs_dir, run)]
     started = [run for run in waiting if os.path.exists(os.path.join(checkpoints, run.run, "checkpoint.pt"))]
     return (started or waiting or [None])[0]
 
