@@ -433,7 +433,7 @@ def test_the_sweep_has_its_own_table_and_never_a_quality_row(swept, tmp_path):
         ("adaptive", "0.0003", ""), ("adaptive", "0.001", "")]  # adaptive's sweep is not finished
     text = open(path).read()
     assert "## Learning rates" in text and "`--train-tokens 5000`" in text
-    assert "| softmax    | softmax   | 150.00   | **120.00** | 130.00   |" in text
+    assert "| softmax   | softmax   | 150.00      | **120.00** | 130.00     |" in text
     assert "| lowrank" not in text.split("## Learning rates")[1].split("Runs not finished")[0]
 
 

@@ -351,7 +351,8 @@ def sweep_section(plans, runs_dir: str, results_dir: str) -> str:
                      f"each rate, with `{flags}` after the plan's flags; validation perplexity, the chosen rate "
                      f"(lowest) in bold; all of a variant's seeds train at it (results/quality/lr-sweep.csv). "
                      f"Blank: not finished yet.\n\n"
-                     + tabulate(table, headers=["variant", "head", *[f"lr {r}" for r in rates]], tablefmt="github"))
+                     + tabulate(table, headers=["variant", "head", *[f"lr {r}" for r in rates]], tablefmt="github",
+                                    disable_numparse=True))
     return "".join(parts)
 
 
@@ -391,7 +392,8 @@ def equal_time_section(plan: Plan, runs_dir: str) -> str:
             "tokens/s: training tokens per second of training; output share: the head's loss forward and backward "
             "over a whole step, timed on some steps.\n\n"
             + tabulate(rows, headers=["variant", "seed", "tokens/s", "output share", "best valid ppl",
-                                      f"{reference} minutes", "best valid ppl within them"], tablefmt="github"))
+                                      f"{reference} minutes", "best valid ppl within them"], tablefmt="github",
+                       disable_numparse=True))
 
 
 def run_threads(summary: dict) -> str:
