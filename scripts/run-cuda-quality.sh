@@ -29,7 +29,8 @@ if [ "$DRY" = "--dry-run" ]; then
     LANES=2
     LIMIT=500
     CHECKPOINTS=${CHECKPOINTS:-$OUT/checkpoints}
-    # the plan with tiny sizes, one epoch, seed 0 of every run: every head, flag and step runs once
+    # the plan with tiny sizes, one epoch, seed 0 of every run (and of the learning-rate sweep): every head,
+    # flag and step runs once
     "$PY" - "$PLAN" "$OUT/plan.json" <<'EOF'
 import json, sys
 plan = json.load(open(sys.argv[1]))
@@ -38,6 +39,8 @@ flags.update({"--layers": "1", "--d-model": "64", "--heads": "2", "--bptt": "16"
               "--warmup": "2", "--cosine-epochs": "1", "--train-tokens": "1200", "--eval-tokens": "300",
               "--checkpoint-every": "1000", "--log-every": "5"})
 plan.update(epochs=1, first=[], best_seeds={}, common_flags=[x for pair in flags.items() for x in pair])
+if "lr_sweep" in plan:  # the sweep at the same tiny size: its runs, the choice and its table run once
+    plan["lr_sweep"]["flags"] = ["--train-tokens", "1200", "--warmup", "2", "--cosine-epochs", "1"]
 for run in plan["runs"]:
     run["seeds"] = [0]
     run["flags"] = [f if f != "500" else "3" for f in run.get("flags", [])]  # a re-assignment within the epoch

@@ -29,6 +29,11 @@ def test_dry_run_trains_the_transformer_plans_runs_and_writes_their_tables(tmp_p
     with open(tmp_path / "quality" / "runs" / "joint-gpt-vq-K5013-learned-s0" / "log.jsonl") as f:
         assert any('"reassigned_share"' in line for line in f)
     assert not os.path.exists(tmp_path / "quality" / "runs" / "joint-gpt-softmax-s0")
+    with open(tmp_path / "quality" / "lr-sweep.csv") as f:  # each variant's rate was swept, then chosen
+        sweep = list(csv.DictReader(f))
+    assert sorted({(r["name"], r["lr"]) for r in sweep}) == [(name, lr) for name in ("softmax-tied", "vq-K5013-learned")
+                                                             for lr in ("0.0003", "0.001", "0.003")]
+    assert sorted(r["name"] for r in sweep if r["chosen"] == "yes") == ["softmax-tied", "vq-K5013-learned"]
 
 
 def test_usage_errors_exit_2(tmp_path):
