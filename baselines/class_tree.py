@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from baselines import cpu_kernels
 from vqbench.heads.fresh import fresh_empty
 from vqbench.heads.frequency import balanced_bins, frequency_order
 
@@ -44,6 +45,7 @@ class ClassTree(nn.Module):
         self.register_buffer("class_of", class_of)
         self.register_buffer("position", position)
         self.register_buffer("class_sizes", sizes)
+        self.register_buffer("row_start", torch.cat([sizes.new_zeros(1), ends]), persistent=False)  # [C + 1]
         self.class_size_list = sizes.tolist()
         probs = counts / counts.sum()
         self.class_probability = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, class_of, probs)
@@ -83,10 +85,17 @@ class ClassTree(nn.Module):
         # targets grouped by class; each group multiplies only its class's block of word vectors
         # (a slice of one split of the weight: its backward is one concatenation, no scatter)
         perm = torch.argsort(cls, stable=True)
-        per_class = torch.bincount(cls, minlength=self.num_classes).tolist()
         order = None if self.ids_in_frequency_order else self.order
-        within = WithinClassLogProb.apply(hidden, self.word_weight, perm, self.position[target[perm]], per_class,
-                                          self.class_size_list, order)
+        per_class = torch.bincount(cls, minlength=self.num_classes)
+        if cpu_kernels.supports(hidden, self.word_weight):
+            zero = per_class.new_zeros(1)
+            token_start = torch.cat([zero, torch.cumsum(per_class, 0)])
+            score_start = torch.cat([zero, torch.cumsum(per_class * self.class_sizes, 0)])
+            within = WithinClassKernel.apply(hidden, self.word_weight, perm, self.position[target[perm]],
+                                             token_start, self.row_start, score_start, order)
+        else:
+            within = WithinClassLogProb.apply(hidden, self.word_weight, perm, self.position[target[perm]],
+                                              per_class.tolist(), self.class_size_list, order)
         return class_lp + within
 
     def log_probs(self, hidden, out_t=None):
@@ -244,3 +253,43 @@ class WithinClassLogProb(torch.autograd.Function):
         if grad_words is not None and order is not None:  # rows back from class order to token ids
             grad_words = torch.empty_like(grad_words).index_copy_(0, order, grad_words)
         return grad_hidden, grad_words, None, None, None, None, None
+
+
+class WithinClassKernel(torch.autograd.Function):
+    """WithinClassLogProb's result and gradients from the C++ kernels (baselines.cpu_kernels), for CPU
+    float32 and bfloat16 tensors: all classes in one call, each class's rows streamed once per four of its
+    tokens, float32 accumulation; the P = sum_c n_c |c| scores are kept for backward (P floats, as
+    cross_entropy keeps its log-softmax).
+
+    hidden [N, d], word_weight [V, d], perm [N], positions [N], token_start, row_start and score_start [C + 1]
+    (each class's grouped tokens, rows in class order, and scores), order ([V] or None, as WithinClassLogProb)
+    -> [N] in hidden's dtype.
+
+    Analytic cost: forward 2 d P FLOPs, reads h (N d) and the reached classes' rows (plus their re-reads from
+    cache), writes P + N values; backward 4 d P FLOPs, reads the same and the scores, writes the hidden gradient
+    (N d) and the whole weight gradient (V d).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, word_weight, perm, positions, token_start, row_start, score_start, order):
+        words = word_weight if order is None else word_weight.index_select(0, order)
+        grouped = hidden.index_select(0, perm)                                   # [N, d]
+        scores, lse, own = cpu_kernels.class_forward(grouped, words, token_start, row_start, score_start,
+                                                     positions, int(score_start[-1]))
+        ctx.save_for_backward(grouped, words, perm, positions, token_start, row_start, score_start, scores, lse)
+        ctx.order = order
+        within = (own - lse).to(hidden.dtype)
+        return torch.empty_like(within).index_copy_(0, perm, within)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grouped, words, perm, positions, token_start, row_start, score_start, scores, lse = ctx.saved_tensors
+        grad_grouped, grad_words = cpu_kernels.class_backward(
+            grouped, words, token_start, row_start, score_start, positions, scores, lse,
+            grad_out.index_select(0, perm), *ctx.needs_input_grad[:2])
+        grad_hidden = None
+        if grad_grouped is not None:
+            grad_hidden = torch.empty_like(grad_grouped).index_copy_(0, perm, grad_grouped)
+        if grad_words is not None and ctx.order is not None:  # rows back from class order to token ids
+            grad_words = torch.empty_like(grad_words).index_copy_(0, ctx.order, grad_words)
+        return grad_hidden, grad_words, None, None, None, None, None, None

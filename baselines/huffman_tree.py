@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
+from baselines import cpu_kernels
 from vqbench.heads.fresh import fresh_zeros
 
 
@@ -119,6 +120,8 @@ class HuffmanTree(nn.Module):
         depth = self.depth[target]                                          # [N]
         on_path = self.path_signs[target] != 0                              # [N, D]
         nodes = self.path_nodes[target][on_path]                            # [E]
+        if cpu_kernels.supports(hidden, self.node_weight):
+            return PathLogProbKernel.apply(hidden, self.node_weight, depth, nodes, self.path_signs[target][on_path])
         if hidden.device.type == "cpu":
             return PathLogProb.apply(hidden, self.node_weight, depth, nodes, self.path_signs[target][on_path])
         signs = self.path_signs[target][on_path].to(hidden.dtype)           # [E]
@@ -236,6 +239,47 @@ class PathLogProb(torch.autograd.Function):
             grad_weight = fresh_zeros(weight_shape, dtype=dtype, device="cpu").index_copy_(0, unique, touched.to(dtype))
         return grad_hidden, grad_weight, None, None, None
 
+
+
+class PathLogProbKernel(torch.autograd.Function):
+    """PathLogProb from the C++ kernels (baselines.cpu_kernels), for CPU float32 and bfloat16 tensors: the
+    same inputs and result, with the dot products read straight from h and the node vectors (converted as
+    loaded, no unique, no copy of the touched rows) and float32 accumulation.
+
+    Analytic cost, forward: 2 E d FLOPs; reads h (N d) and the M touched rows (M d, from cache after the
+    first reach), writes the N log-probabilities. Backward: 4 E d FLOPs and one sort of the E node ids
+    (node-major pairs); reads h and the touched rows, writes the hidden gradient (N d) and the whole dense
+    weight gradient ((V-1) d: the touched rows' sums and zeros elsewhere, each row once).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, depth, nodes, signs):
+        n = hidden.shape[0]
+        crow = torch.zeros(n + 1, dtype=torch.int64)
+        torch.cumsum(depth, 0, out=crow[1:])
+        sign = signs.to(torch.float32)
+        signed = sign * cpu_kernels.csr_dots(crow, nodes, hidden, weight)   # [E]
+        token = torch.repeat_interleave(torch.arange(n), depth)            # [E]
+        out = torch.zeros(n).index_add_(0, token, F.logsigmoid(signed))
+        ctx.save_for_backward(hidden, weight, crow, nodes, token, sign, signed)
+        return out.to(hidden.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, crow, nodes, token, sign, signed = ctx.saved_tensors
+        # d logsigmoid(s) / ds = sigmoid(-s); s = sign * score
+        g = grad_out.float().index_select(0, token) * sign * torch.sigmoid(-signed)   # [E]
+        grad_hidden = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = cpu_kernels.csr_mm(crow, nodes, g, weight, hidden.dtype)
+        if ctx.needs_input_grad[1]:
+            # node-major pairs over all V-1 nodes: the product writes the whole dense gradient, untouched rows 0
+            order = torch.argsort(nodes, stable=True)
+            node_crow = torch.zeros(weight.shape[0] + 1, dtype=torch.int64)
+            torch.cumsum(torch.bincount(nodes, minlength=weight.shape[0]), 0, out=node_crow[1:])
+            grad_weight = cpu_kernels.csr_mm(node_crow, token.index_select(0, order), g.index_select(0, order),
+                                             hidden, weight.dtype)
+        return grad_hidden, grad_weight, None, None, None
 
 # The sparse products as two custom ops with their FLOPs registered: torch's FLOP counter would
 # count a sparse CSR x dense product as the dense one, and does not count the sampled product at all.

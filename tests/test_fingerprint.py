@@ -243,3 +243,36 @@ def test_a_heads_description_is_not_code_that_ran(results_dir, monkeypatch, tmp_
     copy = _copy_of_project(tmp_path, monkeypatch)
     _edit(copy / "vqbench" / "heads" / "vq.py", '    TITLE = "VQ-Logits"', '    TITLE = "VQ-Logits (renamed)"')
     assert _check(results_dir) == 0
+
+
+def test_remeasure_stale_measures_again_exactly_the_units_whose_code_changed(results_dir, monkeypatch, tmp_path,
+                                                                              capsys):
+    """compare --resume --remeasure-stale: the VQ rows (vq.py changed) move to headline.csv.stale-TIME and are
+    measured again; the Huffman rows stay as they were; afterwards every row is fresh."""
+    from vqbench import compare
+    path = results_dir / "headline.csv"
+    before = read_rows(str(path))
+    copy = _copy_of_project(tmp_path, monkeypatch)
+    _edit(copy / "vqbench" / "heads" / "vq.py", "def _loss(self, hidden, target):",
+          "def _loss(self, hidden, target):\n        hidden = hidden + 0")
+    from vqbench.measuring import sweep
+    monkeypatch.setattr(sweep, "code_fingerprint", fingerprint.current_fingerprint)  # the edited copy's code
+    argv = ["--heads", "vq:K=8", "hierarchical:tree=huffman", "--vocab", "60", "--d-model", "8", "--tokens", "4",
+            "--ops", "loss", "--out", str(results_dir), "--name", "headline", "--threads", "1",
+            "--min-run-time", "0.002", "--ceilings", "small", "--no-progress", "--cpu-allocator", "default"]
+    with pytest.raises(SystemExit):
+        compare.main(argv + ["--remeasure-stale"])  # without --resume: refused
+    assert "--remeasure-stale: needs --resume" in capsys.readouterr().err
+    assert compare.main(argv + ["--resume", "--remeasure-stale"]) == 0
+    aside = list(results_dir.glob("headline.csv.stale-*"))
+    assert len(aside) == 1
+    moved = read_rows(str(aside[0]))
+    assert moved and {r["spec"] for r in moved} == {"vq:K=8"}
+    after = read_rows(str(path))
+    kept = [r for r in before if r["spec"] != "vq:K=8"]
+    assert [r for r in after if r["spec"] != "vq:K=8"] == kept
+    new = {r["code_fingerprint"] for r in after if r["spec"] == "vq:K=8"}
+    assert len(new) == 1 and new.isdisjoint(r["code_fingerprint"] for r in moved)  # measured by the changed code
+    for leftover in results_dir.glob("headline.csv.stale-*"):
+        os.replace(leftover, tmp_path / leftover.name)  # not a results file: out of the checked folder
+    assert _check(results_dir) == 0

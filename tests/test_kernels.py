@@ -169,3 +169,80 @@ def test_class_tree_predict_writes_no_normalised_log_probs(monkeypatch):
     head, hidden, _, _ = case("hierarchical", torch.float32, 97, 16, 40)
     monkeypatch.setattr(head.tree, "log_probs", lambda *a, **k: pytest.fail("predict built the V log-probs"))
     head.predict(hidden)
+
+
+# --- the C++ kernels of the trees (baselines.cpu_kernels) -------------------------------------------------
+
+def test_cpu_kernels_are_built_where_a_compiler_is():
+    """Where g++ exists (the project's machines, CI) the trees run the C++ kernels, so the tests above check
+    them rather than the torch fallback."""
+    import shutil
+    from baselines import cpu_kernels
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("no C++ compiler here: the trees take their torch path")
+    assert cpu_kernels.available() and cpu_kernels.kernel_backend() == "c++"
+
+
+KERNEL_DTYPES = [torch.float32, torch.bfloat16]
+
+
+def _csr(n, m, seed):
+    g = torch.Generator().manual_seed(seed)
+    per_row = torch.randint(0, 7, (n,), generator=g)
+    crow = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(per_row, 0)])
+    col = torch.randint(0, m, (int(crow[-1]),), generator=g)
+    return crow, col, g
+
+
+@pytest.mark.parametrize("left_dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("right_dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("d", [1, 3, 16, 67])
+def test_csr_dots_and_csr_mm_equal_dense_products(left_dtype, right_dtype, d):
+    from baselines import cpu_kernels
+    if not cpu_kernels.available():
+        pytest.skip("no C++ kernels here")
+    n, m = 23, 11
+    crow, col, g = _csr(n, m, seed=d)
+    left = torch.randn(n, d, generator=g).to(left_dtype)
+    right = torch.randn(m, d, generator=g).to(right_dtype)
+    row = torch.arange(n).repeat_interleave(crow.diff())
+    expected = (left.double()[row] * right.double()[col]).sum(1)
+    torch.testing.assert_close(cpu_kernels.csr_dots(crow, col, left, right).double(), expected, atol=1e-5, rtol=1e-5)
+    values = torch.randn(col.numel(), generator=g)
+    dense = torch.zeros(n, m, dtype=torch.float64).index_put_((row, col), values.double(), accumulate=True)
+    out = cpu_kernels.csr_mm(crow, col, values, right, left_dtype)
+    assert out.dtype == left_dtype and out.shape == (n, d)
+    tol = 1e-5 if left_dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.double(), dense @ right.double(), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("spec", ["hierarchical", "hierarchical:tree=huffman"])
+@pytest.mark.parametrize("dtype,atol", DTYPES[1:])
+def test_tree_torch_fallback_equals_the_kernels(monkeypatch, spec, dtype, atol):
+    """Where no compiler is, the trees' torch path gives the kernels' results."""
+    from baselines import cpu_kernels
+    if not cpu_kernels.available():
+        pytest.skip("no C++ kernels here")
+    head, hidden, target, weights = case(spec, dtype, 1001, 33, 77)
+    tree = head.tree
+    ours = values_and_grads(tree, tree.target_log_prob, hidden, target, weights)
+    monkeypatch.setattr(cpu_kernels, "supports", lambda *tensors: False)
+    fallback = values_and_grads(tree, tree.target_log_prob, hidden, target, weights)
+    assert_close_all(ours, fallback, atol, dtype)
+
+
+@pytest.mark.parametrize("spec", ["hierarchical", "hierarchical:tree=huffman"])
+def test_tree_kernels_under_autocast_take_bfloat16_hidden_and_float32_weights(spec):
+    """Under bf16 autocast a head may get bfloat16 hidden states with its float32 weights: the trees read both
+    as they lie, return gradients in each input's dtype, and stay close to a float64 reference."""
+    head, hidden, target, weights = case(spec, torch.float32, 1001, 33, 77)
+    hidden, weights = hidden.to(torch.bfloat16), weights.to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = values_and_grads(head.tree, head.tree.target_log_prob, hidden, target, weights)
+    reference_head = vqbench.make_head(spec, 1001, 33, dtype=torch.float64)
+    reference_head.load_state_dict({k: v.double() for k, v in head.state_dict().items()})
+    tree = reference_head.tree
+    reference = values_and_grads(tree, tree.target_log_prob, hidden.double(), target, weights.double())
+    assert ours[1].dtype == torch.bfloat16 and all(g.dtype == torch.float32 for g in ours[2:])
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a.double(), b, atol=5e-2, rtol=5e-2)

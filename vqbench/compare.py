@@ -27,6 +27,29 @@ from vqbench.results import (ALL_OPS, COLUMNS, DEFAULT_OPS, ResultsFile, numeric
 
 
 
+def add_file_flags(p: argparse.ArgumentParser) -> None:
+    """Where results go and how an existing results file is treated."""
+    p.add_argument("--out", default="runs", metavar="DIR",
+                   help="folder for NAME.csv and NAME.md (default runs/, which git ignores)")
+    p.add_argument("--name", default=None,
+                   help="stem of the result files (default: compare); with --from, also writes DIR/NAME.md")
+    p.add_argument("--format", default="github",
+                   help="table format: github (markdown), latex, csv or any tabulate format "
+                        "(tabulate.tabulate_formats)")
+    p.add_argument("--from", dest="from_file", nargs="+", metavar="FILE",
+                   help="re-render tables from stored results CSVs (several render as one) without measuring; "
+                        "--heads, --vocab, --d-model, --tokens, --ops and --dtype then select rows (a bare head "
+                        "name: all its specs)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep NAME.csv and skip every (config, op) already complete in it")
+    p.add_argument("--remeasure-stale", action="store_true",
+                   help="with --resume: first move every unit measured by code that has changed since (its row's "
+                        "code fingerprint is not the working tree's) to NAME.csv.stale-TIME, so that only those "
+                        "units are measured again")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start NAME.csv afresh; the old file is kept as NAME.csv.bak-TIME (never deleted)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m vqbench.compare",
@@ -50,21 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu, cuda or all (cpu plus cuda when present)")
     p.add_argument("--dtype", nargs="+", default=None, choices=list(DTYPES),
                    help="parameter dtypes (default float32)")
-    p.add_argument("--out", default="runs", metavar="DIR",
-                   help="folder for NAME.csv and NAME.md (default runs/, which git ignores)")
-    p.add_argument("--name", default=None,
-                   help="stem of the result files (default: compare); with --from, also writes DIR/NAME.md")
-    p.add_argument("--format", default="github",
-                   help="table format: github (markdown), latex, csv or any tabulate format "
-                        "(tabulate.tabulate_formats)")
-    p.add_argument("--from", dest="from_file", nargs="+", metavar="FILE",
-                   help="re-render tables from stored results CSVs (several render as one) without measuring; "
-                        "--heads, --vocab, --d-model, --tokens, --ops and --dtype then select rows (a bare head "
-                        "name: all its specs)")
-    p.add_argument("--resume", action="store_true",
-                   help="keep NAME.csv and skip every (config, op) already complete in it")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start NAME.csv afresh; the old file is kept as NAME.csv.bak-TIME (never deleted)")
+    add_file_flags(p)
     p.add_argument("--ceilings", choices=["full", "small"], default="full",
                    help="full (default): ceilings on operands large enough to reach the machine's peak; small: "
                         "a 256-square GEMM and 8 MiB buffers, for smoke tests (floors are then not meaningful)")
@@ -140,6 +149,8 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
                 f"tabulate's ({', '.join(sorted(FORMATS - {'github', 'latex', 'csv'}))})")
     if args.resume and args.overwrite:
         p.error("--overwrite: cannot be combined with --resume")
+    if args.remeasure_stale and not args.resume:
+        p.error("--remeasure-stale: needs --resume (it re-measures part of an existing file)")
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
         p.error(f"--threads: must be between 1 and {MAX_THREADS}, got {args.threads}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -299,6 +310,24 @@ def measure_sharded(args, command: str) -> int:
     return code or rendered
 
 
+def stale_row_test():
+    """row -> True when the row was measured by code other than the working tree's (its stored fingerprint is
+    not its spec's current one); a row whose code cannot be checked is never stale."""
+    from vqbench.measuring.fingerprint import UNCHECKABLE, current_fingerprint
+    current = {}
+
+    def is_stale(row: dict) -> bool:
+        spec = row.get("spec", "")
+        if spec not in current:
+            try:
+                current[spec] = current_fingerprint(spec)
+            except Exception:  # a head not importable here: its rows cannot be checked
+                current[spec] = UNCHECKABLE
+        stored = row.get("code_fingerprint", "")
+        return UNCHECKABLE not in (stored, current[spec]) and stored != current[spec]
+    return is_stale
+
+
 def measure(args, command: str) -> int:
     use_cpu_allocator(args.cpu_allocator)
     grid = make_grid(args)
@@ -322,6 +351,9 @@ def measure(args, command: str) -> int:
         if clash:
             raise Refused(f"--resume: {csv_path} holds rows measured with {clash}; a resumed file must be "
                           f"measured alike (measure into another --name)")
+        aside = results.set_aside_stale(stale_row_test()) if args.remeasure_stale else None
+        if aside:
+            print(f"--remeasure-stale: the stale units' rows are kept in {aside}", file=sys.stderr)
         meter = busy.LoadMeter(args.threads or torch.get_num_threads()).start()
         stats = run_sweep(grid, results, budget, threads=args.threads, resume=args.resume,
                           progress=not args.no_progress, seed=args.seed, ceilings=args.ceilings, configs=configs,

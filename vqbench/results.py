@@ -16,7 +16,7 @@ import stat
 import tempfile
 import time
 from dataclasses import dataclass, fields
-from typing import Iterable, List
+from typing import Callable, Iterable, List, Optional
 
 from vqbench.measuring.ops import ALL_OPS, DECODE_OPS, DEFAULT_OPS, INTO_OPS, V_WIDE_OPS  # noqa: F401 (re-exported)
 
@@ -161,8 +161,9 @@ class ResultsFile:
     changes an existing file (the backup of ``overwrite``, setting incomplete units aside) happens only once
     the lock is held. A unit is done only when all its metric rows are there (or its skipped row); on opening,
     the records of incomplete units (a kill, a full disk) move to ``PATH.incomplete-TIME`` and the unit is
-    measured again. Nothing is ever deleted: an ``overwrite`` moves the old file to a backup name no other
-    file holds.
+    measured again; ``set_aside_stale`` moves the units measured by code that has changed since to
+    ``PATH.stale-TIME`` likewise, so that a resumed sweep measures exactly those again. Nothing is ever deleted: an ``overwrite`` moves
+    the old file to a backup name no other file holds.
     """
 
     def __init__(self, path: str, overwrite: bool = False):
@@ -190,12 +191,22 @@ class ResultsFile:
             elif header != COLUMNS:
                 raise ValueError(f"results file {self.path}: its columns are not this vqbench's "
                                  f"(an older sweep or another file); measure into a new file instead")
-            self._set_aside_incomplete()
+            self._set_aside(lambda rows: complete_units(r for r in rows if r is not None), "incomplete")
             for row in read_rows(self.path):
                 self.done.add(unit_key(row))
         else:
             with open(self.path, "x", newline="", encoding="utf-8") as f:
                 csv.writer(f).writerow(COLUMNS)
+
+    def set_aside_stale(self, is_stale: Callable[[dict], bool]) -> Optional[str]:
+        """Move every unit with a measured row for which is_stale(row) is True (the code that measured it has
+        changed since) to PATH.stale-TIME, so that a resumed sweep measures those units again; returns that
+        file's name, or None when no unit was stale."""
+        aside = self._set_aside(
+            lambda rows: {unit_key(r) for r in rows if r is not None}
+            - {unit_key(r) for r in rows if r is not None and r.get("status") == "ok" and is_stale(r)}, "stale")
+        self.done = {unit_key(row) for row in read_rows(self.path)} if aside else self.done
+        return aside
 
     def append(self, rows: Iterable[dict]) -> None:
         """Write one unit's rows (dicts with Row's keys) in one write: a kill leaves whole units."""
@@ -227,21 +238,22 @@ class ResultsFile:
     def __exit__(self, *exc):
         self.close()
 
-    def _set_aside_incomplete(self):
-        """Move the records of incomplete units (and a torn or unreadable last record) to PATH.incomplete-TIME;
+    def _set_aside(self, kept_units, label: str) -> Optional[str]:
+        """Move the records of every unit not in kept_units(rows) (rows: one dict per record, None for a torn or
+        unreadable one, which always moves) to PATH.LABEL-TIME and return that name (None when nothing moved);
         a record may span lines (a quoted cell holding a line break), blank lines stay."""
         with open(self.path, newline="", encoding="utf-8-sig") as f:
             records = csv_records(f)
         (header, _), body = records[0], records[1:]
         rows = [dict(zip(self.columns, fields)) if _well_formed(raw, fields, self.columns) else None
                 for raw, fields in body]
-        complete = complete_units(r for r in rows if r is not None)
+        kept = kept_units(rows)
         keep, aside = [], []
         for (raw, fields), row in zip(body, rows):
             blank = fields == [] and raw.strip("\r\n") == ""
-            (keep if blank or (row is not None and unit_key(row) in complete) else aside).append(raw)
+            (keep if blank or (row is not None and unit_key(row) in kept) else aside).append(raw)
         if not aside:
-            return
+            return None
         directory, name = os.path.split(os.path.abspath(self.path))
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")  # never a planted link
         aside_path = None
@@ -249,7 +261,7 @@ class ResultsFile:
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
                 f.writelines([header] + keep)
             os.chmod(tmp, os.stat(self.path).st_mode & 0o777)
-            aside_path = _unique_name(f"{self.path}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
+            aside_path = _unique_name(f"{self.path}.{label}-{time.strftime('%Y%m%d-%H%M%S')}")
             with open(aside_path, "w", newline="", encoding="utf-8") as f:
                 f.writelines([header] + [r if r.endswith(("\n", "\r")) else r + "\n" for r in aside])
             os.replace(tmp, self.path)
@@ -258,6 +270,7 @@ class ResultsFile:
             if aside_path:
                 _remove_quietly(aside_path)
             raise
+        return aside_path
 
 
 def csv_records(lines: Iterable[str]) -> List[tuple]:
