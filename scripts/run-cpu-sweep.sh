@@ -15,10 +15,12 @@
 #   cpu-floors d=1024, V in {10000, 50257, 128000}, N in {64, 2048}, float32 and bfloat16, 3 s time guard;
 #   chunk-memory  softmax train at V=128000, N=2048, plain vs chunked, no time guard.
 # Pass a step name to run only that one. Each step resumes its results file; MODE=--overwrite starts it
-# afresh (the old file is kept as a .bak- backup).
+# afresh (the old file is kept as a .bak- backup); STALE=1 first sets aside the units whose code changed since
+# they were measured (compare --remeasure-stale: they go to NAME.csv.stale-TIME) and measures only those.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COMMON=(--threads 2 --min-run-time 0.2 --out results --no-progress "${MODE:---resume}")
+if [ "${STALE:-0}" = 1 ]; then COMMON+=(--remeasure-stale); fi
 # the default heads (each head's COMPARED specs) but vq, which each step names with its own K
 mapfile -t HEADS < <(python -c "from vqbench.heads.registry import default_specs; print(*[s for s in default_specs() if s != 'vq'], sep='\n')")
 OPS=(logits log_probs logits_into log_probs_into predict loss train)

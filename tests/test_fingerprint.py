@@ -259,7 +259,8 @@ def test_remeasure_stale_measures_again_exactly_the_units_whose_code_changed(res
     monkeypatch.setattr(sweep, "code_fingerprint", fingerprint.current_fingerprint)  # the edited copy's code
     argv = ["--heads", "vq:K=8", "hierarchical:tree=huffman", "--vocab", "60", "--d-model", "8", "--tokens", "4",
             "--ops", "loss", "--out", str(results_dir), "--name", "headline", "--threads", "1",
-            "--min-run-time", "0.002", "--ceilings", "small", "--no-progress", "--cpu-allocator", "default"]
+            "--min-run-time", "0.002", "--ceilings", "small", "--no-progress",
+            "--cpu-allocator", before[0]["cpu_allocator"]]  # as the fixture measured (a resumed file's setting)
     with pytest.raises(SystemExit):
         compare.main(argv + ["--remeasure-stale"])  # without --resume: refused
     assert "--remeasure-stale: needs --resume" in capsys.readouterr().err

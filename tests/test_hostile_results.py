@@ -134,13 +134,13 @@ def test_the_lock_is_held_while_incomplete_units_are_set_aside(tmp_path, monkeyp
     path = tmp_path / "r.csv"
     path.write_text(HEADER + csv_text(unit("vq:K=8") + unit("softmax", metrics=("time",))))
     held = []
-    real = ResultsFile._set_aside_incomplete
+    real = ResultsFile._set_aside
 
-    def spy(self):
+    def spy(self, *args):
         held.append(lock_is_held(path))
-        return real(self)
+        return real(self, *args)
 
-    monkeypatch.setattr(ResultsFile, "_set_aside_incomplete", spy)
+    monkeypatch.setattr(ResultsFile, "_set_aside", spy)
     ResultsFile(str(path)).close()
     assert held == [True]
     assert aside_records(path)
