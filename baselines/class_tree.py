@@ -82,8 +82,8 @@ class ClassTree(nn.Module):
         cls = self.class_of[target]
         class_logits = upcast_scores(hidden @ self.class_weight.T)  # float32 under autocast, as the words' CE
         class_lp = torch.log_softmax(class_logits, dim=-1).gather(1, cls[:, None]).squeeze(1)
-        # targets grouped by class; each group multiplies only its class's block of word vectors
-        # (a slice of one split of the weight: its backward is one concatenation, no scatter)
+        # targets grouped by class; each group multiplies only its class's block of word vectors: the C++
+        # kernels for CPU float32 and bfloat16, else one product per class from torch ops
         perm = torch.argsort(cls, stable=True)
         order = None if self.ids_in_frequency_order else self.order
         per_class = torch.bincount(cls, minlength=self.num_classes)

@@ -179,12 +179,14 @@ class HuffmanTree(nn.Module):
 
 
 class PathLogProb(torch.autograd.Function):
-    """log p(target) = sum over the E (token, node) pairs on the targets' paths of logsigmoid(sign h . u).
+    """log p(target) = sum over the E (token, node) pairs on the targets' paths of logsigmoid(sign h . u); the
+    CPU path from torch ops, taken where the C++ kernels (PathLogProbKernel) cannot run: float64 and float16,
+    or no compiler.
 
     hidden [N, d], weight [V-1, d], depth [N] (>= 1), nodes [E] and signs [E] (int8, +-1), token-major
     (the pairs of token 0, then of token 1, ...) -> [N].
 
-    CPU kernel (float64 or float32 arithmetic; bfloat16 and float16 inputs are computed in float32 and
+    Torch ops (float64 or float32 arithmetic; bfloat16 and float16 inputs are computed in float32 and
     rounded once, their M distinct path nodes converted once into U_M [M, d]). The scores are one
     sampled dense-dense product over the sparsity pattern of the pairs (CSR, no [E, d] tensor of
     gathered rows), and the backward is two sparse-dense products with the same pattern, token-major
@@ -238,7 +240,6 @@ class PathLogProb(torch.autograd.Function):
             # first touched on huge pages
             grad_weight = fresh_zeros(weight_shape, dtype=dtype, device="cpu").index_copy_(0, unique, touched.to(dtype))
         return grad_hidden, grad_weight, None, None, None
-
 
 
 class PathLogProbKernel(torch.autograd.Function):
