@@ -11,8 +11,8 @@ bfloat16 inputs (converted as they are loaded, never copied), and write each out
 They use the OpenMP runtime that torch itself loaded (the same ``libgomp.so.1``: one thread pool, sized by
 ``torch.set_num_threads``). Built with the system's C++ compiler into ``$VQBENCH_CACHE`` (default
 ``~/.cache/vqbench``) under a name that digests the source, the flags and the CPU; where no compiler works,
-``available()`` is False and the heads take their torch path (the same results, slower), which
-``kernel_backend()`` names in every results row's provenance.
+``available()`` is False and the heads take their torch path (the same results, slower; ``kernel_backend()``
+says which, and ``VQBENCH_KERNELS=torch`` forces the torch path).
 """
 
 from __future__ import annotations
