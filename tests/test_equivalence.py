@@ -96,6 +96,20 @@ def test_vq_scatter_equals_per_token_reference(bias):
         assert torch.allclose(head.log_probs(hidden[n:n + 1])[0], torch.log_softmax(logits, 0))
 
 
+@pytest.mark.parametrize("bias", [0, 1])
+def test_vq_scatter_loss_copies_no_token_by_vocab_tensor(bias):
+    """The paper's path normalises the [V, N] logits the spread writes where they lie: neither the loss nor
+    its backward copies an N x V tensor into another layout (a copy_ or clone of N V elements)."""
+    head = build(f"vq:K=10,path=scatter,bias={bias}")
+    hidden, target = inputs()
+    hidden.requires_grad_(True)
+    with torch.profiler.profile(record_shapes=True) as prof:
+        head.loss(hidden, target).backward()
+    copies = [e for e in prof.events() if e.name in ("aten::copy_", "aten::clone", "aten::contiguous")
+              and any(len(s) and torch.Size(s).numel() == N * V for s in e.input_shapes)]
+    assert copies == []
+
+
 def test_vq_empty_code_takes_no_mass_and_no_gradient():
     mapping = torch.arange(V) % 4          # codes 4..9 are empty
     head = build("vq:K=10", mapping=mapping)
@@ -193,3 +207,36 @@ def test_class_tree_classes_nonempty_and_cover_vocab():
     sizes = head.tree.class_sizes
     assert len(sizes) == 5 and (sizes > 0).all() and sizes.sum() == V
     assert sizes[0] <= sizes[-1]
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_token_major_cross_entropy_equals_torch(dtype, atol):
+    """vq's scatter-path loss over [V, N] logits against F.cross_entropy over the [N, V] view (in float64),
+    loss and gradient, and a retained graph's second backward gives the same gradient."""
+    from vqbench.heads.vq import TokenMajorCrossEntropy
+    generator = torch.Generator().manual_seed(3)
+    logits = (4 * torch.randn(V, N, generator=generator, dtype=torch.float64)).to(dtype).requires_grad_(True)
+    target = torch.randint(0, V, (N,), generator=generator)
+    loss = TokenMajorCrossEntropy.apply(logits, target)
+    assert loss.dtype == dtype
+    first, = torch.autograd.grad(loss, logits, retain_graph=True)
+    second, = torch.autograd.grad(loss, logits)
+    reference_logits = logits.detach().double().requires_grad_(True)
+    reference = F.cross_entropy(reference_logits.T, target)
+    reference.backward()
+    assert abs(float(loss) - float(reference)) <= atol * max(1.0, float(reference))
+    assert torch.allclose(first.double(), reference_logits.grad, atol=atol / N, rtol=atol)
+    assert torch.equal(first, second)
+
+
+def test_row_spread_equals_index_select():
+    from vqbench.heads.vq import RowSpread
+    generator = torch.Generator().manual_seed(4)
+    values = torch.randn(10, N, generator=generator, dtype=torch.float64, requires_grad=True)
+    mapping = torch.randint(0, 10, (V,), generator=generator)
+    weights = torch.randn(V, N, generator=generator, dtype=torch.float64)
+    spread = RowSpread.apply(values, mapping)
+    assert torch.equal(spread, values.detach().index_select(0, mapping))
+    grad, = torch.autograd.grad((spread * weights).sum(), values)
+    reference, = torch.autograd.grad((values.index_select(0, mapping) * weights).sum(), values)
+    assert torch.allclose(grad, reference, atol=1e-12, rtol=0)

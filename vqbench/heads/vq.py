@@ -169,19 +169,19 @@ class VQLogits(LogitsHead):
         return hidden @ self.codebook.T
 
     def _spread(self, code_values_t: torch.Tensor, out=None) -> torch.Tensor:
-        """[K, N] per-code values -> [N, V] per-token values, value[:, i] = code_values[:, M(i)].
+        """[K, N] per-code values -> [V, N] per-token values, value[i] = code_values[M(i)] (+ b_i).
 
-        Gathered as whole rows into a [V, N] tensor (each row one contiguous copy of N values) and
-        returned as its transposed view, with the bias added in the same layout. On CPU this runs
-        close to the cost of writing the output once; indexing the columns of an [N, V] tensor,
-        ``(h C^T)[:, M]``, is several times slower. With ``out`` [N, V] the gather writes into it
-        (row by row when out is the transposed view of a [V, N] tensor, as ``new_output`` makes).
-        Without out and without autograd the result is a fresh tensor advised onto huge pages before
-        the gather first touches it (vqbench.heads.fresh): traffic N V written (plus K N read), with one page
-        fault per 2 MiB instead of per 4 KiB.
+        Gathered as whole rows (each row one contiguous copy of N values), with the bias added in the
+        same layout; callers wanting [N, V] take the transposed view. On CPU this runs close to the cost
+        of writing the output once; indexing the columns of an [N, V] tensor, ``(h C^T)[:, M]``, is
+        several times slower. With ``out`` [N, V] the gather writes into it (row by row when out is the
+        transposed view of a [V, N] tensor, as ``new_output`` makes). Without out and without autograd
+        the result is a fresh tensor advised onto huge pages before the gather first touches it
+        (vqbench.heads.fresh): traffic N V written (plus K N read), with one page fault per 2 MiB
+        instead of per 4 KiB.
         """
         if out is None and code_values_t.requires_grad:
-            spread = code_values_t.index_select(0, self.mapping)
+            spread = RowSpread.apply(code_values_t, self.mapping)
         elif out is None:  # a fresh [V, N] result, first touched on huge pages (vqbench.heads.fresh)
             fresh = fresh_empty((self.vocab_size, code_values_t.shape[1]), dtype=code_values_t.dtype,
                                 device=code_values_t.device)
@@ -192,16 +192,22 @@ class VQLogits(LogitsHead):
             spread = torch.index_select(code_values_t.T, 1, self.mapping, out=out).T
         if self.bias is not None:
             spread.add_(self.bias[:, None])  # in place: index_select's backward does not need its output
-        return spread.T
+        return spread
+
+    def _token_major_logits(self, hidden):
+        """[N, d] -> [V, N] logits, each token's row contiguous: the layout the spread writes, in which the
+        scatter path normalises over dim 0 (no copy of a transposed view; its gradient's scatter onto the
+        codebook adds whole rows)."""
+        return self._spread(self.codebook @ hidden.T)
 
     def _logits(self, hidden):
-        return self._spread(self.codebook @ hidden.T)
+        return self._token_major_logits(hidden).T
 
     def _logits_into(self, hidden, out):
         self._spread(self.codebook @ hidden.T, out)
 
     def _log_probs(self, hidden):
-        return self._spread(self._normalised_code_logits_t(hidden))
+        return self._spread(self._normalised_code_logits_t(hidden)).T
 
     def _log_probs_into(self, hidden, out):
         self._spread(self._normalised_code_logits_t(hidden), out)
@@ -239,8 +245,9 @@ class VQLogits(LogitsHead):
         return torch.logsumexp(code_logits + self.code_log_mass(code_logits.dtype), dim=-1)
 
     def _target_log_prob(self, hidden, target):
-        if self.path == "scatter":
-            return super()._target_log_prob(hidden, target)
+        if self.path == "scatter":  # the paper's path: every logit, normalised over V in the [V, N] layout
+            logits_vn = upcast_scores(self._token_major_logits(hidden))
+            return logits_vn.gather(0, target[None]).squeeze(0) - torch.logsumexp(logits_vn, dim=0)
         code_logits = upcast_scores(self.codebook_logits(hidden))
         own = code_logits.gather(1, self.mapping[target][:, None]).squeeze(1)
         if self.bias is not None:
@@ -257,7 +264,7 @@ class VQLogits(LogitsHead):
 
     def _loss(self, hidden, target):
         if self.path == "scatter":
-            return super()._loss(hidden, target)
+            return TokenMajorCrossEntropy.apply(upcast_scores(self._token_major_logits(hidden)), target)
         return -self._target_log_prob(hidden, target).mean()
 
     def _predict(self, hidden):
@@ -356,3 +363,58 @@ class VQLogits(LogitsHead):
 
     def _matmul_flops(self, num_tokens, op, target):
         return 2 * num_tokens * self.d_model * self.K
+
+
+class TokenMajorCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of logits in the spread's token-major layout: logits [V, N], target [N] -> [] in the
+    logits' dtype (sums in float32 or wider), = F.cross_entropy(logits.T, target).
+
+    torch's cross-entropy normalises the last dimension, so over the transposed view it first copies the
+    N x V logits to row-major; over dim 1 of a [1, V, N] tensor its kernel is slower still. Here every pass
+    runs along whole rows: the column peaks, exp(logits - peak) once (kept for backward: its softmax is
+    that tensor scaled per column), their column sums. Traffic, forward: reads the logits twice, writes and
+    reads the exponentials once; backward: reads them and writes the gradient once.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target):
+        peak = logits.amax(dim=0)                                        # [N]
+        # a fresh [V, N] tensor costs more in first-touch page faults than in arithmetic (vqbench.heads.fresh)
+        weights = torch.sub(logits, peak, out=fresh_empty(logits.shape, dtype=logits.dtype,
+                                                          device=logits.device)).exp_()  # [V, N]
+        wide = torch.promote_types(logits.dtype, torch.float32)        # float32, or float64 for float64
+        total = weights.sum(dim=0).to(wide)  # [N]; reduced precision sums accumulate in float32 anyway
+        own = logits.gather(0, target[None]).squeeze(0).to(wide)
+        ctx.save_for_backward(weights, total, target)
+        return (total.log() + peak.to(wide) - own).mean().to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weights, total, target = ctx.saved_tensors
+        per_token = grad.to(total.dtype) / weights.shape[1]                      # d mean / d (each token's loss)
+        # out of place: a retained graph may run this backward again from the same weights
+        grad_logits = torch.mul(weights, (per_token / total).to(weights.dtype),
+                                out=fresh_empty(weights.shape, dtype=weights.dtype, device=weights.device))
+        columns = torch.arange(weights.shape[1], device=weights.device)
+        grad_logits[target, columns] -= per_token.to(weights.dtype)
+        return grad_logits, None
+
+
+class RowSpread(torch.autograd.Function):
+    """code_values [K, N], mapping [V] -> [V, N] = code_values.index_select(0, mapping), the result first
+    touched on huge pages (vqbench.heads.fresh) as the no-grad spread's is; backward adds each token's row of
+    the gradient onto its code's row (index_add_, whole rows), as index_select's own backward does."""
+
+    @staticmethod
+    def forward(ctx, code_values, mapping):
+        ctx.save_for_backward(mapping)
+        ctx.num_codes = code_values.shape[0]
+        out = fresh_empty((mapping.shape[0], code_values.shape[1]), dtype=code_values.dtype,
+                          device=code_values.device)
+        return torch.index_select(code_values, 0, mapping, out=out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        mapping, = ctx.saved_tensors
+        grad_codes = grad.new_zeros(ctx.num_codes, grad.shape[1])
+        return grad_codes.index_add_(0, mapping, grad), None
