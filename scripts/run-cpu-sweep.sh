@@ -13,7 +13,11 @@
 #              units they share (python -m vqbench.repro). The claims' heads only: the whole headline
 #              takes about 40 minutes a run on two cores;
 #   cpu-floors d=1024, V in {10000, 50257, 128000}, N in {64, 2048}, float32 and bfloat16, 3 s time guard;
-#   chunk-memory  softmax train at V=128000, N=2048, plain vs chunked, no time guard.
+#   chunk-memory  softmax train at V=128000, N=2048, plain vs chunked, no time guard;
+#   claims     on request only: both sides of the claims table's speed-ups (softmax and vq:K=1024) measured
+#              again side by side in one run (compare --remeasure: their claims' units in headline.csv,
+#              headline-thp.csv, decode.csv and both headline-run files; the files' other rows stay), so that
+#              no claim divides rows from two sessions after a STALE=1 run re-measured one side (about 15 minutes).
 # Pass a step name to run only that one. Each step resumes its results file; MODE=--overwrite starts it
 # afresh (the old file is kept as a .bak- backup); STALE=1 first sets aside the units whose code changed since
 # they were measured (compare --remeasure-stale: they go to NAME.csv.stale-TIME) and measures only those.
@@ -46,6 +50,20 @@ if [ -z "$STEP" ] || [ "$STEP" = headline-runs ]; then
 for run in 2 3; do
 python -m vqbench.compare --heads softmax vq:K=1024 "${HEADLINE[@]}" --ops "${CLAIM_OPS[@]}" \
     --cpu-allocator default --order-seed "$run" --name "headline-run$run" "${COMMON[@]}"
+done
+python -m vqbench.repro results/headline.csv results/headline-run2.csv --out results/reproducibility.md \
+    > /dev/null
+fi
+if [ "$STEP" = claims ]; then
+for file in headline:default headline-thp:thp; do
+python -m vqbench.compare --heads softmax vq:K=1024 "${HEADLINE[@]}" --ops "${CLAIM_OPS[@]}" \
+    --cpu-allocator "${file#*:}" --name "${file%%:*}" "${COMMON[@]}" --remeasure
+done
+python -m vqbench.compare --heads softmax vq:K=1024 --vocab 50257 --d-model 1024 --tokens 1 64 --dtype float32 \
+    --ops decode decode_dense --cpu-allocator default --name decode "${COMMON[@]}" --remeasure
+for run in 2 3; do
+python -m vqbench.compare --heads softmax vq:K=1024 "${HEADLINE[@]}" --ops "${CLAIM_OPS[@]}" \
+    --cpu-allocator default --order-seed "$run" --name "headline-run$run" "${COMMON[@]}" --remeasure
 done
 python -m vqbench.repro results/headline.csv results/headline-run2.csv --out results/reproducibility.md \
     > /dev/null

@@ -10,13 +10,11 @@ RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 # Rows whose floor is known not to bound them, each with the reason; the test fails if one of them stops being
-# below (the entry must then go) as well as for any other row below. Adaptive softmax's predict (torch's
-# AdaptiveLogSoftmaxWithLoss.predict) returns the head's argmax without reading the tails when every argmax is a
-# shortlist token, which a single token (N=1) usually is. vqbench.measuring.ops now charges predict only the head
-# (head.least_predicted_parameters), but these rows were measured before rows stored their byte counts, so their
-# floor is the one stored with them, charging every parameter, until cpu-sweep.csv is measured again.
-KNOWN_BELOW = {("cpu-sweep.csv", "adaptive", "predict", "1", "stored"):
-               "adaptive predict exits after the head when every argmax is a shortlist token"}
+# below (the entry must then go) as well as for any other row below. softmax's predict at V=10000, N=2048 in the
+# cpu-sweep re-measured at 0dc60d6 runs at 0.94x its floor: its product [2048, 1024] x [1024, 10000] ran 6% above
+# the GEMM ceiling the same run measured on its square operands (the ceiling is a measurement too, not a bound).
+KNOWN_BELOW = {("cpu-sweep.csv", "softmax", "predict", "2048", "derived"):
+               "a GEMM 6% above the GEMM ceiling measured in the same run"}
 
 
 def test_no_committed_latency_is_below_its_floor():

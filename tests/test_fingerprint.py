@@ -277,3 +277,30 @@ def test_remeasure_stale_measures_again_exactly_the_units_whose_code_changed(res
     for leftover in results_dir.glob("headline.csv.stale-*"):
         os.replace(leftover, tmp_path / leftover.name)  # not a results file: out of the checked folder
     assert _check(results_dir) == 0
+
+
+def test_remeasure_measures_the_grids_units_again_side_by_side_and_keeps_the_rest(results_dir, capsys):
+    """compare --resume --remeasure: every unit of the run's grid (here the VQ head's, code unchanged) moves to
+    headline.csv.superseded-TIME and is measured again in this run; the file's other units (Huffman) stay as
+    they were, and the moved rows are kept whole."""
+    from vqbench import compare
+    path = results_dir / "headline.csv"
+    before = read_rows(str(path))
+    argv = ["--heads", "vq:K=8", "--vocab", "60", "--d-model", "8", "--tokens", "4", "--ops", "loss",
+            "--out", str(results_dir), "--name", "headline", "--threads", "1", "--min-run-time", "0.002",
+            "--ceilings", "small", "--no-progress", "--cpu-allocator", before[0]["cpu_allocator"]]
+    with pytest.raises(SystemExit):
+        compare.main(argv + ["--remeasure"])  # without --resume: refused
+    assert "--remeasure: needs --resume" in capsys.readouterr().err
+    assert compare.main(argv + ["--resume"]) == 0  # plain resume: the units are complete, nothing measured
+    assert read_rows(str(path)) == before and not list(results_dir.glob("headline.csv.superseded-*"))
+    assert compare.main(argv + ["--resume", "--remeasure"]) == 0
+    assert "--remeasure: the grid's earlier rows are kept in" in capsys.readouterr().err
+    aside = list(results_dir.glob("headline.csv.superseded-*"))
+    assert len(aside) == 1
+    moved, after = read_rows(str(aside[0])), read_rows(str(path))
+    assert moved == [r for r in before if r["spec"] == "vq:K=8"]
+    assert [r for r in after if r["spec"] != "vq:K=8"] == [r for r in before if r["spec"] != "vq:K=8"]
+    again = [r for r in after if r["spec"] == "vq:K=8"]
+    assert {(r["op"], r["metric"]) for r in again} == {(r["op"], r["metric"]) for r in moved}
+    assert min(r["timestamp"] for r in again) >= max(r["timestamp"] for r in moved)  # measured in this run

@@ -130,3 +130,26 @@ def test_gpu_claims_cite_the_archived_rows_and_say_so_until_a_gpu_measures_again
     gpu = [line for line in report.build_report(str(tmp_path)).splitlines() if ", GPU |" in line]
     assert len(gpu) == 8 and all(line.endswith("| results/cuda-headline.csv |") and "archived" not in line
                                  for line in gpu)
+
+
+def test_a_speed_up_over_rows_measured_in_two_sessions_says_so():
+    """Unchanged ops move between sessions (other machine, page state): a ratio whose two rows come from
+    different commits, CPU models or hours apart names both, and one from a single session says nothing."""
+    from vqbench import report
+    base = {"status": "ok", "metric": "time", "dtype": "float32", "cpu_allocator": "default", "op": "loss",
+            "git_commit": "aaaaaaa1111", "cpu_model": "AMD EPYC", "timestamp": "2026-12-02T14:00:00+00:00"}
+    soft = {**base, "spec": "softmax", "value": "2.0"}
+    same = [soft, {**base, "spec": "vq:K=8", "value": "1.0", "timestamp": "2026-12-02T15:30:00+00:00"}]
+    assert report.speed_cell([same], "loss", "vq:K=8", "float32") == \
+        "2.0x (one run: its spread over runs is not measured)"
+    for moved in ({"git_commit": "bbbbbbb2222"}, {"cpu_model": "Intel Xeon"},
+                  {"timestamp": "2026-12-02T18:00:01+00:00"}):
+        apart = [soft, {**base, "spec": "vq:K=8", "value": "1.0", **moved}]
+        cell = report.speed_cell([apart], "loss", "vq:K=8", "float32", runs=[same])
+        assert cell.startswith("2.0x (median of 2 runs") and "rows measured apart: softmax at aaaaaaa, " \
+            "2026-12-02T14:00; vq:K=8 at " in cell, cell
+    decode = [{**soft, "op": "decode", "N": "1"}, {**base, "spec": "vq:K=8", "op": "decode", "N": "1", "value": "0.5",
+                                                    "git_commit": "bbbbbbb2222"}]
+    line, = report._decode_claims(decode, "vq:K=8")
+    assert "4.0x faster" in line and "rows measured apart" in line
+    assert "apart" not in report._decode_claims([{**r, "git_commit": "c"} for r in decode], "vq:K=8")[0]

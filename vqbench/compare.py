@@ -46,6 +46,10 @@ def add_file_flags(p: argparse.ArgumentParser) -> None:
                    help="with --resume: first move every unit measured by code that has changed since (its row's "
                         "code fingerprint is not the working tree's) to NAME.csv.stale-TIME, so that only those "
                         "units are measured again")
+    p.add_argument("--remeasure", action="store_true",
+                   help="with --resume: first move every unit of this run's grid that the file holds to "
+                        "NAME.csv.superseded-TIME, so that this run measures them all again, side by side (both "
+                        "sides of a speed-up from one session); the file's other units stay")
     p.add_argument("--overwrite", action="store_true",
                    help="start NAME.csv afresh; the old file is kept as NAME.csv.bak-TIME (never deleted)")
 
@@ -151,6 +155,10 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         p.error("--overwrite: cannot be combined with --resume")
     if args.remeasure_stale and not args.resume:
         p.error("--remeasure-stale: needs --resume (it re-measures part of an existing file)")
+    if args.remeasure and not args.resume:
+        p.error("--remeasure: needs --resume (it re-measures part of an existing file)")
+    if args.remeasure and args.shards is not None:
+        p.error("--remeasure: measures in one run, not with --shards (each shard resumes its own file)")
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
         p.error(f"--threads: must be between 1 and {MAX_THREADS}, got {args.threads}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -354,6 +362,9 @@ def measure(args, command: str) -> int:
         aside = results.set_aside_stale(stale_row_test()) if args.remeasure_stale else None
         if aside:
             print(f"--remeasure-stale: the stale units' rows are kept in {aside}", file=sys.stderr)
+        superseded = results.set_aside_units(grid.unit_keys()) if args.remeasure else None
+        if superseded:
+            print(f"--remeasure: the grid's earlier rows are kept in {superseded}", file=sys.stderr)
         meter = busy.LoadMeter(args.threads or torch.get_num_threads()).start()
         stats = run_sweep(grid, results, budget, threads=args.threads, resume=args.resume,
                           progress=not args.no_progress, seed=args.seed, ceilings=args.ceilings, configs=configs,

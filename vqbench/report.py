@@ -46,12 +46,46 @@ def methods(rows) -> List[str]:
 BIBTEX_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "references.bib")
 
 
-def _value(rows, spec, op, metric, **fixed):
+def _row(rows, spec, op, metric, **fixed) -> Optional[dict]:
     for r in rows:
         if r["status"] == "ok" and r["spec"] == spec and r["op"] == op and r["metric"] == metric \
                 and all(str(r[k]) == str(v) for k, v in fixed.items()):
-            return float(r["value"])
+            return r
     return None
+
+
+def _value(rows, spec, op, metric, **fixed):
+    row = _row(rows, spec, op, metric, **fixed)
+    return float(row["value"]) if row else None
+
+
+#: two rows are from one session when one commit of the code, one CPU model and at most this many hours apart
+#: measured them: a ratio of rows from two sessions also holds how much the machine moved between them
+SESSION_HOURS = 3
+
+
+def measured_apart(a: dict, b: dict) -> str:
+    """'' when rows a and b were measured in one session, else how they differ (commit, CPU model, hours):
+    a speed-up over rows measured apart says so, since unchanged ops move between sessions."""
+    from datetime import datetime
+    try:
+        hours = abs((datetime.fromisoformat(a["timestamp"]) - datetime.fromisoformat(b["timestamp"]))
+                    .total_seconds()) / 3600
+    except (KeyError, TypeError, ValueError):  # a row without its time: judged by commit and CPU model alone
+        hours = 0.0
+    if a.get("git_commit") == b.get("git_commit") and a.get("cpu_model") == b.get("cpu_model") \
+            and hours <= SESSION_HOURS:
+        return ""
+
+    def when(r):
+        return f"{r['spec']} at {r.get('git_commit', '')[:7] or '?'}, {r.get('timestamp', '')[:16] or '?'}"
+    return f"rows measured apart: {when(a)}; {when(b)}"
+
+
+def _apart(rows, op, vq_spec, dtype, **fixed) -> str:
+    soft = _row(rows, "softmax", op, "time", dtype=dtype, **fixed)
+    vq = _row(rows, vq_spec, op, "time", dtype=dtype, **fixed)
+    return measured_apart(soft, vq) if soft and vq else ""
 
 
 ALLOCATOR_LABEL = {"default": "fresh output, PyTorch's default CPU allocator, as in a plain process",
@@ -70,15 +104,17 @@ def speed_cell(files, op, vq_spec, dtype, runs=()) -> str:
         if ratio:
             allocator = next((r["cpu_allocator"] for r in rows if r.get("cpu_allocator")), "")
             label = ALLOCATOR_LABEL.get(allocator, allocator) if op in ("logits", "log_probs") else ""
-            spread = ""
+            spread, apart = "", [_apart(rows, op, vq_spec, dtype)]
             if rows is files[0]:  # the setting whose runs in other orders are stored
                 ratios = [ratio] + [r for r in (_speed_up(run, op, vq_spec, dtype) for run in runs) if r]
                 ratio, spread = statistics.median(ratios), _run_spread(ratios)
-            notes = ", ".join(n for n in (label, spread) if n)
+                apart += [_apart(run, op, vq_spec, dtype) for run in runs]
+            notes = ", ".join(n for n in (label, spread, *dict.fromkeys(a for a in apart if a)) if n)
             parts.append(f"{ratio:.1f}x" + (f" ({notes})" if notes else ""))
         into = _speed_up(rows, op + "_into", vq_spec, dtype)
         if into and rows is files[-1]:
-            parts.append(f"{into:.1f}x (into a reused buffer)")
+            apart = _apart(rows, op + "_into", vq_spec, dtype)
+            parts.append(f"{into:.1f}x (into a reused buffer{', ' + apart if apart else ''})")
     return "; ".join(dict.fromkeys(parts))
 
 
@@ -220,11 +256,13 @@ def _decode_claims(decode, vq_spec) -> List[str]:
     lines = []
     for n in sorted({int(r["N"]) for r in decode}):
         for op, how in (("decode", "head.sample"), ("decode_dense", "log_probs + multinomial")):
-            t_soft = _value(decode, "softmax", op, "time", N=n)
-            t_vq = _value(decode, vq_spec, op, "time", N=n)
-            if t_soft and t_vq:
+            soft, vq = _row(decode, "softmax", op, "time", N=n), _row(decode, vq_spec, op, "time", N=n)
+            if soft and vq:
+                t_soft, t_vq = float(soft["value"]), float(vq["value"])
+                apart = measured_apart(soft, vq)
                 lines.append(f"| generation step, N={n} ({how}) | n/a | {t_soft / t_vq:.1f}x faster, {vq_spec} vs "
-                             f"softmax ({t_vq * 1e3:.3f} ms vs {t_soft * 1e3:.3f} ms) | results/decode.csv |")
+                             f"softmax ({t_vq * 1e3:.3f} ms vs {t_soft * 1e3:.3f} ms{'; ' + apart if apart else ''})"
+                             f" | results/decode.csv |")
     return lines
 
 

@@ -208,6 +208,14 @@ class ResultsFile:
         self.done = {unit_key(row) for row in read_rows(self.path)} if aside else self.done
         return aside
 
+    def set_aside_units(self, units: Iterable[tuple], label: str = "superseded") -> Optional[str]:
+        """Move every row of these units (unit keys, as ``unit_key`` makes them) to PATH.LABEL-TIME, so that a
+        resumed sweep measures them again; returns that file's name, or None when the file held none of them."""
+        units = set(units)
+        aside = self._set_aside(lambda rows: {unit_key(r) for r in rows if r is not None} - units, label)
+        self.done = {unit_key(row) for row in read_rows(self.path)} if aside else self.done
+        return aside
+
     def append(self, rows: Iterable[dict]) -> None:
         """Write one unit's rows (dicts with Row's keys) in one write: a kill leaves whole units."""
         buffer = io.StringIO()

@@ -58,6 +58,13 @@ class Grid:
             out.extend((device, dtype, vocab, d, spec) for spec in specs)
         return out
 
+    def unit_keys(self) -> set:
+        """The key (vqbench.results.unit_key) of every unit the grid measures: each configuration's params unit
+        and ops, at every token count."""
+        return {unit_key({"spec": spec, "op": op, "V": vocab, "d": d, "N": n, "device": device, "dtype": dtype})
+                for device, dtype, vocab, d, spec in self.configs()
+                for n in self.tokens for op in (PARAMS_OP, *self.ops)}
+
 
 def _canonical(spec: str, vocab: int, d: int) -> str:
     try:
