@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from baselines import cpu_kernels
+from baselines import class_kernels
 from vqbench.heads.fresh import fresh_empty
 from vqbench.heads.frequency import balanced_bins, frequency_order
 
@@ -87,7 +87,7 @@ class ClassTree(nn.Module):
         perm = torch.argsort(cls, stable=True)
         order = None if self.ids_in_frequency_order else self.order
         per_class = torch.bincount(cls, minlength=self.num_classes)
-        if cpu_kernels.supports(hidden, self.word_weight):
+        if class_kernels.supports(hidden, self.word_weight):
             zero = per_class.new_zeros(1)
             token_start = torch.cat([zero, torch.cumsum(per_class, 0)])
             score_start = torch.cat([zero, torch.cumsum(per_class * self.class_sizes, 0)])
@@ -256,7 +256,7 @@ class WithinClassLogProb(torch.autograd.Function):
 
 
 class WithinClassKernel(torch.autograd.Function):
-    """WithinClassLogProb's result and gradients from the C++ kernels (baselines.cpu_kernels), for CPU
+    """WithinClassLogProb's result and gradients from the C++ kernels (baselines.class_kernels), for CPU
     float32 and bfloat16 tensors: all classes in one call, each class's rows streamed once per four of its
     tokens, float32 accumulation; the P = sum_c n_c |c| scores are kept for backward (P floats, as
     cross_entropy keeps its log-softmax).
@@ -274,7 +274,7 @@ class WithinClassKernel(torch.autograd.Function):
     def forward(ctx, hidden, word_weight, perm, positions, token_start, row_start, score_start, order):
         words = word_weight if order is None else word_weight.index_select(0, order)
         grouped = hidden.index_select(0, perm)                                   # [N, d]
-        scores, lse, own = cpu_kernels.class_forward(grouped, words, token_start, row_start, score_start,
+        scores, lse, own = class_kernels.class_forward(grouped, words, token_start, row_start, score_start,
                                                      positions, int(score_start[-1]))
         ctx.save_for_backward(grouped, words, perm, positions, token_start, row_start, score_start, scores, lse)
         ctx.order = order
@@ -284,7 +284,7 @@ class WithinClassKernel(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grouped, words, perm, positions, token_start, row_start, score_start, scores, lse = ctx.saved_tensors
-        grad_grouped, grad_words = cpu_kernels.class_backward(
+        grad_grouped, grad_words = class_kernels.class_backward(
             grouped, words, token_start, row_start, score_start, positions, scores, lse,
             grad_out.index_select(0, perm), *ctx.needs_input_grad[:2])
         grad_hidden = None

@@ -17,7 +17,8 @@ class HierarchicalSoftmax(OutputHead):
     tree="class": p(w|h) = p(c(w)|h) p(w|c(w),h) with C frequency-binned classes (see
     baselines.class_tree). Parameters (closed form): C * d + V * d.
     tree="huffman": a binary Huffman tree over token counts (see baselines.huffman_tree).
-    Parameters (closed form): (V - 1) * d.
+    Parameters (closed form): (V - 1) * d. ``sparse_grad``: the node vectors' gradient holds the touched
+    rows only (a sparse COO tensor), as word2vec and fastText update only the nodes on the targets' paths.
 
     Shapes: hidden [N, d] -> log_probs [N, V]; target [N] -> target_log_prob [N].
     """
@@ -25,6 +26,9 @@ class HierarchicalSoftmax(OutputHead):
     OPTIONS = (
         Option("tree", str, "class", "two-level frequency-binned classes, or a binary Huffman tree", choices=TREES),
         Option("classes", int, None, "C for tree=class, 1 <= C <= V", default_text="round(sqrt(V))"),
+        Option("sparse_grad", bool, False, "tree=huffman: the node vectors' gradient as a sparse tensor of the rows "
+                                           "the targets' paths touched (as nn.Embedding's sparse=True; for "
+                                           "optimisers that take sparse gradients, e.g. SGD, SparseAdam)"),
     )
     TITLE = "hierarchical softmax"
     CITATIONS = ("mikolov2011extensions", "morin2005hierarchical", "mikolov2013distributed", "joulin2017bag")
@@ -33,18 +37,24 @@ class HierarchicalSoftmax(OutputHead):
     METHOD = ("Two-level class-based softmax p(w|h) = p(c(w)|h) p(w|c(w),h) with frequency-binned classes "
               "[mikolov2011extensions], and a binary tree over Huffman codes [morin2005hierarchical, "
               "mikolov2013distributed, joulin2017bag], whose loss follows each target's path.")
-    EXAMPLES = ("hierarchical", "hierarchical:classes=200", "hierarchical:tree=huffman")
-    SMALL_EXAMPLES = ("hierarchical", "hierarchical:classes=5", "hierarchical:tree=huffman")
+    EXAMPLES = ("hierarchical", "hierarchical:classes=200", "hierarchical:tree=huffman",
+                "hierarchical:tree=huffman,sparse_grad=1")
+    SMALL_EXAMPLES = ("hierarchical", "hierarchical:classes=5", "hierarchical:tree=huffman",
+                      "hierarchical:tree=huffman,sparse_grad=1")
     COMPARED = ("hierarchical", "hierarchical:tree=huffman")
     ORDER = 2
     OUTPUT_TOKEN_MAJOR = True  # both trees build log_probs token-major, [V, N]
 
     @classmethod
-    def check_options(cls, vocab_size, d_model, *, tree="class", classes=None, token_counts=None, **_):
+    def check_options(cls, vocab_size, d_model, *, tree="class", classes=None, sparse_grad=False, token_counts=None,
+                      **_):
         super().check_options(vocab_size, d_model)
         check_choice("tree", tree, TREES)
         if tree == "huffman" and classes is not None:
             raise ValueError("classes: only used with tree=class")
+        if tree != "huffman" and sparse_grad:
+            raise ValueError("sparse_grad: only used with tree=huffman (the class tree reads every word vector of "
+                             "a reached class)")
         if classes is not None:
             check_int_option("classes", classes, minimum=1, maximum=vocab_size, why_max=" (vocab_size)")
 
@@ -55,15 +65,15 @@ class HierarchicalSoftmax(OutputHead):
         classes = max(1, round(math.sqrt(vocab_size))) if classes is None else classes
         return (classes + vocab_size) * d_model
 
-    def __init__(self, vocab_size, d_model, *, tree="class", classes=None, token_counts=None):
-        self.check_options(vocab_size, d_model, tree=tree, classes=classes)
+    def __init__(self, vocab_size, d_model, *, tree="class", classes=None, sparse_grad=False, token_counts=None):
+        self.check_options(vocab_size, d_model, tree=tree, classes=classes, sparse_grad=sparse_grad)
         super().__init__(vocab_size, d_model, token_counts)
         self.tree_kind = tree
         # each tree's module is imported where it is built, so that a row's code fingerprint
         # (vqbench.measuring.fingerprint) covers the tree it measured and not the other one
         if tree == "huffman":
             from baselines.huffman_tree import HuffmanTree
-            self.tree = HuffmanTree(self.vocab_size, self.d_model, self.token_counts)
+            self.tree = HuffmanTree(self.vocab_size, self.d_model, self.token_counts, sparse_grad=bool(sparse_grad))
         else:
             from baselines.class_tree import ClassTree
             classes = self.resolve_options(self.vocab_size, self.d_model, {"classes": classes})["classes"]
@@ -82,7 +92,8 @@ class HierarchicalSoftmax(OutputHead):
         self.tree.reset_parameters()
 
     def _spec_values(self):
-        return {"tree": self.tree_kind, "classes": self.tree.num_classes if self.tree_kind == "class" else None}
+        return {"tree": self.tree_kind, "classes": self.tree.num_classes if self.tree_kind == "class" else None,
+                "sparse_grad": self.tree_kind == "huffman" and self.tree.sparse_grad}
 
     def touched_parameters(self, target):
         return self.tree.touched_parameters(target.to(self._reference_parameter().device))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
-from baselines import cpu_kernels
+from baselines import huffman_kernels
 from vqbench.heads.fresh import fresh_zeros
 
 
@@ -39,14 +39,17 @@ class HuffmanTree(nn.Module):
 
     Parameters: node_weight [V-1, d] -> (V - 1) * d.
 
-    Loss: gathers the vectors on each target's path (sum of the depths rows, no padding) and
-    takes one dot product per (token, node). log_probs: h U^T for all V-1 nodes, then
+    Loss: one dot product per (token, node on its target's path); on the CPU in float32 and
+    bfloat16 one fused C++ kernel per direction (PathWalk). ``sparse_grad``: node_weight's gradient
+    is a sparse tensor of the touched rows (as nn.Embedding's sparse=True), not a dense [V-1, d] one
+    that is zero but for them. log_probs: h U^T for all V-1 nodes, then
     log-probabilities pushed down the tree one depth level at a time (no loop over tokens).
     """
 
-    def __init__(self, vocab_size: int, d_model: int, counts: torch.Tensor):
+    def __init__(self, vocab_size: int, d_model: int, counts: torch.Tensor, sparse_grad: bool = False):
         super().__init__()
         self.vocab_size, self.d_model = vocab_size, d_model
+        self.sparse_grad = sparse_grad
         parent, is_right = huffman_parents(counts)
         root = 2 * vocab_size - 2
         sign = 1 - 2 * is_right  # +1 left, -1 right
@@ -64,6 +67,13 @@ class HuffmanTree(nn.Module):
         self.register_buffer("path_signs", torch.stack(signs, 1).to(torch.int8))
         depth = (self.path_signs != 0).sum(1)
         self.register_buffer("depth", depth)
+        # the same paths as CSR over the leaves, for the C++ kernels: leaf t's steps are
+        # leaf_node[leaf_start[t]:leaf_start[t + 1]] with their signs
+        on_path = self.path_signs != 0
+        self.register_buffer("leaf_start", torch.cat([torch.zeros(1, dtype=torch.int64), depth.cumsum(0)]),
+                             persistent=False)
+        self.register_buffer("leaf_node", self.path_nodes[on_path].contiguous(), persistent=False)
+        self.register_buffer("leaf_sign", self.path_signs[on_path].contiguous(), persistent=False)
         probs = counts / counts.sum()
         self.expected_depth = float((probs * depth.double()).sum())
 
@@ -116,18 +126,23 @@ class HuffmanTree(nn.Module):
         return (self.vocab_size - 1) * self.d_model
 
     def target_log_prob(self, hidden, target):
+        if huffman_kernels.supports(hidden, self.node_weight):
+            return PathWalk.apply(hidden, self.node_weight, target.contiguous(), self.leaf_start, self.leaf_node,
+                                  self.leaf_sign, self.depth, self.path_nodes.shape[1], self.sparse_grad)
         # one entry per (token, node on its path), token by token: E = sum of the targets' depths
         depth = self.depth[target]                                          # [N]
         on_path = self.path_signs[target] != 0                              # [N, D]
         nodes = self.path_nodes[target][on_path]                            # [E]
-        if cpu_kernels.supports(hidden, self.node_weight):
-            return PathLogProbKernel.apply(hidden, self.node_weight, depth, nodes, self.path_signs[target][on_path])
         if hidden.device.type == "cpu":
-            return PathLogProb.apply(hidden, self.node_weight, depth, nodes, self.path_signs[target][on_path])
+            return PathLogProb.apply(hidden, self.node_weight, depth, nodes, self.path_signs[target][on_path],
+                                     self.sparse_grad)
         signs = self.path_signs[target][on_path].to(hidden.dtype)           # [E]
         token = torch.arange(target.shape[0], device=target.device).repeat_interleave(depth)
-        # row gathers (index_select: its backward is an index_add, no padded [N, D, d] tensor)
-        scores = torch.einsum("ed,ed->e", hidden.index_select(0, token), self.node_weight.index_select(0, nodes))
+        # row gathers (index_select's backward is an index_add; F.embedding's sparse one keeps the touched rows):
+        # no padded [N, D, d] tensor
+        rows = (F.embedding(nodes, self.node_weight, sparse=True) if self.sparse_grad
+                else self.node_weight.index_select(0, nodes))
+        scores = torch.einsum("ed,ed->e", hidden.index_select(0, token), rows)
         return hidden.new_zeros(target.shape[0]).index_add(0, token, F.logsigmoid(signs * scores))
 
     def log_probs(self, hidden):
@@ -202,7 +217,7 @@ class PathLogProb(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, depth, nodes, signs):
+    def forward(ctx, hidden, weight, depth, nodes, signs, sparse):
         work = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         n = hidden.shape[0]
         unique, compact = torch.unique(nodes, return_inverse=True)          # [M], [E]
@@ -219,6 +234,7 @@ class PathLogProb(torch.autograd.Function):
         out = torch.zeros(n, dtype=work).index_add_(0, token, F.logsigmoid(signed))
         ctx.save_for_backward(h, u, crow, col, compact, token, sign, signed, unique)
         ctx.shapes = hidden.dtype, weight.shape
+        ctx.sparse = sparse
         return out.to(hidden.dtype)
 
     @staticmethod
@@ -236,51 +252,55 @@ class PathLogProb(torch.autograd.Function):
             node_crow = torch.zeros(m + 1, dtype=torch.int64)
             torch.cumsum(torch.bincount(compact, minlength=m), 0, out=node_crow[1:])
             touched = torch.ops.vqbench.csr_mm(node_crow, token.index_select(0, order), g.index_select(0, order), h)
-            # the dense zero gradient autograd requires is most of a training step's memory traffic:
-            # first touched on huge pages
-            grad_weight = fresh_zeros(weight_shape, dtype=dtype, device="cpu").index_copy_(0, unique, touched.to(dtype))
-        return grad_hidden, grad_weight, None, None, None
+            if ctx.sparse:
+                grad_weight = _sparse_rows(unique, touched.to(dtype), weight_shape)
+            else:
+                # the dense zero gradient is most of a training step's memory traffic: first touched on huge pages
+                grad_weight = fresh_zeros(weight_shape, dtype=dtype, device="cpu").index_copy_(0, unique,
+                                                                                               touched.to(dtype))
+        return grad_hidden, grad_weight, None, None, None, None
 
 
-class PathLogProbKernel(torch.autograd.Function):
-    """PathLogProb from the C++ kernels (baselines.cpu_kernels), for CPU float32 and bfloat16 tensors: the
-    same inputs and result, with the dot products read straight from h and the node vectors (converted as
-    loaded, no unique, no copy of the touched rows) and float32 accumulation.
+class PathWalk(torch.autograd.Function):
+    """PathLogProb from the fused C++ kernels (baselines.huffman_kernels), for CPU float32 and bfloat16 tensors:
+    hidden [N, d], weight [V-1, d], target [N], the leaves' paths as CSR (leaf_start [V + 1], leaf_node,
+    leaf_sign), depth [V], depth_max (the longest path), sparse -> [N]. Each token's path is read from the
+    leaves' paths (no per-call gathers); dots, log-sigmoids and the path sum happen in one pass, with float32
+    accumulation.
 
-    Analytic cost, forward: 2 E d FLOPs; reads h (N d) and the M touched rows (M d, from cache after the
-    first reach), writes the N log-probabilities. Backward: 4 E d FLOPs and one sort of the E node ids
-    (node-major pairs); reads h and the touched rows, writes the hidden gradient (N d) and the whole dense
-    weight gradient ((V-1) d: the touched rows' sums and zeros elsewhere, each row once).
+    Analytic cost, forward: 2 E d FLOPs; reads h (N d) and the M touched rows (M d, from cache after the first
+    reach), writes N log-probabilities and the N x D step coefficients. Backward: 4 E d FLOPs and a counting sort
+    of the E pairs by node; reads h and the touched rows, writes the hidden gradient (N d) and either the whole
+    dense weight gradient ((V-1) d: the touched rows' sums and zeros elsewhere, each row once) or, with
+    ``sparse``, the M touched rows only.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, depth, nodes, signs):
-        n = hidden.shape[0]
-        crow = torch.zeros(n + 1, dtype=torch.int64)
-        torch.cumsum(depth, 0, out=crow[1:])
-        sign = signs.to(torch.float32)
-        signed = sign * cpu_kernels.csr_dots(crow, nodes, hidden, weight)   # [E]
-        token = torch.repeat_interleave(torch.arange(n), depth)            # [E]
-        out = torch.zeros(n).index_add_(0, token, F.logsigmoid(signed))
-        ctx.save_for_backward(hidden, weight, crow, nodes, token, sign, signed)
+    def forward(ctx, hidden, weight, target, leaf_start, leaf_node, leaf_sign, depth, depth_max, sparse):
+        pairs = int(depth[target].sum())
+        out, coef = huffman_kernels.path_forward(hidden, weight, target, leaf_start, leaf_node, leaf_sign, depth_max,
+                                             pairs)
+        ctx.save_for_backward(hidden, weight, target, leaf_start, leaf_node, coef)
+        ctx.pairs, ctx.sparse = pairs, sparse
         return out.to(hidden.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weight, crow, nodes, token, sign, signed = ctx.saved_tensors
-        # d logsigmoid(s) / ds = sigmoid(-s); s = sign * score
-        g = grad_out.float().index_select(0, token) * sign * torch.sigmoid(-signed)   # [E]
-        grad_hidden = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_hidden = cpu_kernels.csr_mm(crow, nodes, g, weight, hidden.dtype)
-        if ctx.needs_input_grad[1]:
-            # node-major pairs over all V-1 nodes: the product writes the whole dense gradient, untouched rows 0
-            order = torch.argsort(nodes, stable=True)
-            node_crow = torch.zeros(weight.shape[0] + 1, dtype=torch.int64)
-            torch.cumsum(torch.bincount(nodes, minlength=weight.shape[0]), 0, out=node_crow[1:])
-            grad_weight = cpu_kernels.csr_mm(node_crow, token.index_select(0, order), g.index_select(0, order),
-                                             hidden, weight.dtype)
-        return grad_hidden, grad_weight, None, None, None
+        hidden, weight, target, leaf_start, leaf_node, coef = ctx.saved_tensors
+        want_hidden, want_weight = ctx.needs_input_grad[:2]
+        grad_hidden, grad_weight, touched = huffman_kernels.path_backward(
+            hidden, weight, target, leaf_start, leaf_node, coef, grad_out, ctx.pairs, want_hidden, want_weight,
+            ctx.sparse)
+        if want_weight and ctx.sparse:
+            grad_weight = _sparse_rows(touched, grad_weight, weight.shape)
+        return (grad_hidden if want_hidden else None, grad_weight if want_weight else None,
+                None, None, None, None, None, None, None)
+
+
+def _sparse_rows(rows, values, shape):
+    """The sparse COO gradient [V-1, d] holding ``values`` [M, d] at the distinct, increasing ``rows`` [M]."""
+    return torch.sparse_coo_tensor(rows[None], values, shape, is_coalesced=True, check_invariants=False)
+
 
 # The sparse products as two custom ops with their FLOPs registered: torch's FLOP counter would
 # count a sparse CSR x dense product as the dense one, and does not count the sampled product at all.

@@ -5,7 +5,8 @@
 #   headline   V=50257, d=1024, N=2048 (vq: K=1024), every head and op (also the *_into ops and decode_dense),
 #              float32 and bfloat16, no time guard: headline.csv with PyTorch's default CPU allocator (what
 #              a plain process gets) and headline-thp.csv with the transparent-huge-page allocator;
-#              decode.csv: the generation step at N=1 and N=64, by head.sample and the dense way;
+#              decode.csv: the generation step at N=1 and N=64, by head.sample and the dense way; and the
+#              Huffman tree's loss and training step with sparse_grad=1 in both headline files;
 #   headline-runs  the plain-allocator headline's claims twice more (softmax and vq:K=1024, the ops the
 #              claims table cites, both dtypes), the units in orders shuffled with seeds 2 and 3
 #              (headline-run2.csv, headline-run3.csv): the claims table gives each speed-up as the median of
@@ -43,6 +44,11 @@ python -m vqbench.compare --heads "${HEADLINE_HEADS[@]}" "${HEADLINE[@]}" --ops 
     --cpu-allocator default --name headline "${COMMON[@]}"
 python -m vqbench.compare --heads "${HEADLINE_HEADS[@]}" "${HEADLINE[@]}" --ops "${OPS[@]}" decode decode_dense \
     --cpu-allocator thp --name headline-thp "${COMMON[@]}"
+# the Huffman tree's training step with the touched rows' gradient only (its other ops are the dense tree's)
+for file in headline:default headline-thp:thp; do
+python -m vqbench.compare --heads hierarchical:tree=huffman,sparse_grad=1 "${HEADLINE[@]}" --ops loss train \
+    --cpu-allocator "${file#*:}" --name "${file%%:*}" "${COMMON[@]}"
+done
 python -m vqbench.compare --heads "${HEADS[@]}" vq:K=1024 vq:K=1024,bias=1 --vocab 50257 --d-model 1024 \
     --tokens 1 64 --dtype float32 --ops decode decode_dense --cpu-allocator default --name decode "${COMMON[@]}"
 fi

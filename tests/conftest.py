@@ -24,6 +24,11 @@ def build(spec, dtype=torch.float64, vocab_size=V, d_model=D, **options):
     return vqbench.make_head(spec, vocab_size, d_model, dtype=dtype, **options)
 
 
+def dense(grad):
+    """A gradient as a dense tensor (sparse_grad options return sparse ones); None stays None."""
+    return grad.to_dense() if grad is not None and grad.is_sparse else grad
+
+
 def inputs(dtype=torch.float64, n=N, vocab_size=V, d_model=D, seed=1):
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(n, d_model, generator=g).to(dtype)

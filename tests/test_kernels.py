@@ -171,62 +171,64 @@ def test_class_tree_predict_writes_no_normalised_log_probs(monkeypatch):
     head.predict(hidden)
 
 
-# --- the C++ kernels of the trees (baselines.cpu_kernels) -------------------------------------------------
+# --- the C++ kernels of the trees (baselines.class_kernels, baselines.huffman_kernels) -----------------------
 
 def test_cpu_kernels_are_built_where_a_compiler_is():
     """Where g++ exists (the project's machines, CI) the trees run the C++ kernels, so the tests above check
     them rather than the torch fallback."""
     import shutil
-    from baselines import cpu_kernels
+    from baselines import class_kernels, huffman_kernels
     if shutil.which("g++") is None and shutil.which("c++") is None:
         pytest.skip("no C++ compiler here: the trees take their torch path")
-    assert cpu_kernels.available() and cpu_kernels.kernel_backend() == "c++"
+    assert class_kernels.available() and huffman_kernels.available()
 
 
-KERNEL_DTYPES = [torch.float32, torch.bfloat16]
 
 
-def _csr(n, m, seed):
-    g = torch.Generator().manual_seed(seed)
-    per_row = torch.randint(0, 7, (n,), generator=g)
-    crow = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(per_row, 0)])
-    col = torch.randint(0, m, (int(crow[-1]),), generator=g)
-    return crow, col, g
+@pytest.mark.parametrize("dtype,atol", DTYPES)
+@pytest.mark.parametrize("kernels", [True, False])
+def test_huffman_sparse_gradient_holds_the_dense_gradients_touched_rows(monkeypatch, dtype, atol, kernels):
+    """sparse_grad=1: the node vectors' gradient is a sparse tensor of exactly the rows the targets'
+    paths reach, equal to the dense gradient there (which is zero elsewhere); the C++ kernels and the torch path
+    (float64, or no compiler) alike."""
+    from baselines import huffman_kernels
+    if not kernels:
+        monkeypatch.setattr(huffman_kernels, "supports", lambda *tensors: False)
+    dense_head, hidden, target, weights = case("hierarchical:tree=huffman", dtype, 1001, 33, 77)
+    sparse_head = vqbench.make_head("hierarchical:tree=huffman,sparse_grad=1", 1001, 33, dtype=dtype)
+    sparse_head.load_state_dict(dense_head.state_dict())
+    dense = values_and_grads(dense_head.tree, dense_head.tree.target_log_prob, hidden, target, weights)
+    sparse = values_and_grads(sparse_head.tree, sparse_head.tree.target_log_prob, hidden, target, weights)
+    grad = sparse[2]
+    assert grad.is_sparse and grad.dtype == dtype and grad.shape == dense[2].shape
+    on_path = dense_head.tree.path_signs[target] != 0
+    touched = torch.unique(dense_head.tree.path_nodes[target][on_path])
+    assert grad._nnz() == touched.numel() and torch.equal(grad.coalesce().indices()[0], touched)
+    assert_close_all(sparse[:2] + [grad.to_dense()], dense, atol, dtype)
+    assert sparse_head.spec == "hierarchical:tree=huffman,sparse_grad=1"
 
 
-@pytest.mark.parametrize("left_dtype", KERNEL_DTYPES)
-@pytest.mark.parametrize("right_dtype", KERNEL_DTYPES)
-@pytest.mark.parametrize("d", [1, 3, 16, 67])
-def test_csr_dots_and_csr_mm_equal_dense_products(left_dtype, right_dtype, d):
-    from baselines import cpu_kernels
-    if not cpu_kernels.available():
-        pytest.skip("no C++ kernels here")
-    n, m = 23, 11
-    crow, col, g = _csr(n, m, seed=d)
-    left = torch.randn(n, d, generator=g).to(left_dtype)
-    right = torch.randn(m, d, generator=g).to(right_dtype)
-    row = torch.arange(n).repeat_interleave(crow.diff())
-    expected = (left.double()[row] * right.double()[col]).sum(1)
-    torch.testing.assert_close(cpu_kernels.csr_dots(crow, col, left, right).double(), expected, atol=1e-5, rtol=1e-5)
-    values = torch.randn(col.numel(), generator=g)
-    dense = torch.zeros(n, m, dtype=torch.float64).index_put_((row, col), values.double(), accumulate=True)
-    out = cpu_kernels.csr_mm(crow, col, values, right, left_dtype)
-    assert out.dtype == left_dtype and out.shape == (n, d)
-    tol = 1e-5 if left_dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(out.double(), dense @ right.double(), atol=tol, rtol=tol)
+def test_sparse_grad_is_refused_for_the_class_tree_and_by_the_trainer():
+    with pytest.raises(ValueError, match=r"^sparse_grad: only used with tree=huffman"):
+        vqbench.make_head("hierarchical:sparse_grad=1", 50, 4)
+    from vqbench.train import TrainConfig, validate_model
+    with pytest.raises(ValueError, match=r"^head: .* gives sparse gradients"):
+        validate_model(TrainConfig(head="hierarchical:tree=huffman,sparse_grad=1"))
+    validate_model(TrainConfig(head="hierarchical:tree=huffman,sparse_grad=0"))
 
 
 @pytest.mark.parametrize("spec", ["hierarchical", "hierarchical:tree=huffman"])
 @pytest.mark.parametrize("dtype,atol", DTYPES[1:])
 def test_tree_torch_fallback_equals_the_kernels(monkeypatch, spec, dtype, atol):
     """Where no compiler is, the trees' torch path gives the kernels' results."""
-    from baselines import cpu_kernels
-    if not cpu_kernels.available():
+    from baselines import class_kernels, huffman_kernels
+    kernels = huffman_kernels if "huffman" in spec else class_kernels
+    if not kernels.available():
         pytest.skip("no C++ kernels here")
     head, hidden, target, weights = case(spec, dtype, 1001, 33, 77)
     tree = head.tree
     ours = values_and_grads(tree, tree.target_log_prob, hidden, target, weights)
-    monkeypatch.setattr(cpu_kernels, "supports", lambda *tensors: False)
+    monkeypatch.setattr(kernels, "supports", lambda *tensors: False)
     fallback = values_and_grads(tree, tree.target_log_prob, hidden, target, weights)
     assert_close_all(ours, fallback, atol, dtype)
 

@@ -48,7 +48,8 @@ from vqbench.training.data import VOCABULARIES
 from vqbench.training.lm import BODIES, LanguageModel, detach_state, make_body
 from vqbench.measuring.provenance import (cpu_flags, cpu_model, device_name, git_commit, relative_argv,
                                           relative_path)
-from vqbench.heads.registry import import_modules, make_head
+from vqbench.heads.contract import _TRUE
+from vqbench.heads.registry import import_modules, make_head, parse_spec
 
 CHECKPOINT_FORMAT = 2
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -151,6 +152,9 @@ def validate_model(cfg: TrainConfig) -> None:
                          "softmax[:...] and the joint protocol")
     if not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
         raise ValueError(f"device: expected cpu or cuda[:N], got {cfg.device!r}")
+    if parse_spec(cfg.head)[1].get("sparse_grad", "0").strip().lower() in _TRUE:
+        raise ValueError(f"head: {cfg.head!r} gives sparse gradients, which this trainer's clipping and Adam(W) "
+                         "do not take; train it with sparse_grad=0 (the same model and loss)")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device: {cfg.device!r} asked for, but this torch sees no CUDA device")
 

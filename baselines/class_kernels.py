@@ -1,85 +1,27 @@
-"""CPU kernels of the two trees' losses, in C++ compiled once per machine and called through ctypes.
+"""The class tree's CPU loss in C++ (built and loaded by baselines.native): a log-softmax over each target's
+own class of word vectors, forward and backward.
 
-PyTorch has no op for "a log-softmax over each target's own block of rows" (the class tree) or for dot
-products over a sparse pattern of (token, node) pairs that runs near the machine's load bandwidth (the
-Huffman tree): composed from torch ops, the class tree pays one skinny matrix product per class (about 90
-microseconds each on the project's machine, mostly overhead, three to seven times the cost of streaming the
-rows) and the Huffman tree a sort, a conversion of the touched rows and a sparse product at a fraction of the
-load bandwidth. These kernels stream each row once per block of tokens, accumulate in float32 from float32 or
-bfloat16 inputs (converted as they are loaded, never copied), and write each output once.
-
-They use the OpenMP runtime that torch itself loaded (the same ``libgomp.so.1``: one thread pool, sized by
-``torch.set_num_threads``). Built with the system's C++ compiler into ``$VQBENCH_CACHE`` (default
-``~/.cache/vqbench``) under a name that digests the source, the flags and the CPU; where no compiler works,
-``available()`` is False and the heads take their torch path (the same results, slower; ``kernel_backend()``
-says which, and ``VQBENCH_KERNELS=torch`` forces the torch path).
+PyTorch has no op for "a log-softmax over each target's own block of rows": composed from torch ops, the class
+tree pays one skinny matrix product per class (about 90 microseconds each on the project's machine, mostly
+overhead, three to seven times the cost of streaming the rows). These kernels stream each class's rows once per
+four of its tokens, accumulate in float32 from float32 or bfloat16 inputs (converted as they are loaded, never
+copied), and write each output once. ``available()`` is False where they cannot be built (no compiler, or
+VQBENCH_KERNELS=torch) and the class tree takes its torch path.
 """
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from functools import lru_cache
 from typing import List, Tuple
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
+from baselines import native
+from baselines.native import INT, INT64, POINTER, pointer as _ptr
 from vqbench.heads.fresh import fresh_empty
 
 SOURCE = r"""
-#include <cstdint>
-#include <cstring>
-#include <cmath>
-#include <vector>
-#include <algorithm>
-
-typedef uint16_t bf16;
-
-static inline float load(const float* p, int64_t k) { return p[k]; }
-static inline float load(const bf16* p, int64_t k) {
-    uint32_t bits = ((uint32_t)p[k]) << 16; float f; std::memcpy(&f, &bits, 4); return f;
-}
-static inline void store(float* p, int64_t k, float v) { p[k] = v; }
-static inline void store(bf16* p, int64_t k, float v) {
-    uint32_t bits; std::memcpy(&bits, &v, 4);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) { p[k] = (bf16)((bits >> 16) | 0x40); return; }  // NaN stays NaN
-    bits += 0x7fffu + ((bits >> 16) & 1u);                                               // round to nearest even
-    p[k] = (bf16)(bits >> 16);
-}
-
-// four dot products of one row w with rows a, b, c, e (d elements each), float accumulation
-template <typename TA, typename TB>
-static inline void dot4(const TA* w, const TB* a, const TB* b, const TB* c, const TB* e, int64_t d, float* out) {
-    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
-#pragma omp simd reduction(+:s0, s1, s2, s3)
-    for (int64_t k = 0; k < d; ++k) {
-        float x = load(w, k);
-        s0 += x * load(a, k); s1 += x * load(b, k); s2 += x * load(c, k); s3 += x * load(e, k);
-    }
-    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
-}
-
-template <typename TA, typename TB>
-static inline float dot1(const TA* w, const TB* a, int64_t d) {
-    float s = 0.f;
-#pragma omp simd reduction(+:s)
-    for (int64_t k = 0; k < d; ++k) s += load(w, k) * load(a, k);
-    return s;
-}
-
-// y += a x (d elements), float accumulation
-template <typename T>
-static inline void axpy(float a, const T* __restrict__ x, float* __restrict__ y, int64_t d) {
-#pragma omp simd
-    for (int64_t k = 0; k < d; ++k) y[k] += a * load(x, k);
-}
-
 // scores[r][j] = w_{r0 + r} . g_{t0 + j} for the rows and tokens of one class, row-major [rows, n]
 template <typename TH, typename TW>
 static void class_scores(const TH* g, const TW* w, int64_t d, int64_t t0, int64_t n, int64_t r0, int64_t rows,
@@ -167,39 +109,6 @@ static void class_backward(const TH* g, const TW* w, int64_t d, int64_t C, const
     }
 }
 
-// CSR sampled dots: out[e] = left_i . right_{col[e]} for e in crow[i]..crow[i+1] (left [n, d], right [m, d]).
-template <typename TL, typename TR>
-static void csr_dots(const int64_t* crow, const int64_t* col, const TL* left, const TR* right, int64_t n,
-                     int64_t d, float* out, int threads) {
-#pragma omp parallel for schedule(dynamic, 16) num_threads(threads)
-    for (int64_t i = 0; i < n; ++i) {
-        const TL* li = left + i * d;
-        int64_t e = crow[i];
-        for (; e + 4 <= crow[i + 1]; e += 4)
-            dot4(li, right + col[e] * d, right + col[e + 1] * d, right + col[e + 2] * d, right + col[e + 3] * d,
-                 d, out + e);
-        for (; e < crow[i + 1]; ++e) out[e] = dot1(li, right + col[e] * d, d);
-    }
-}
-
-// CSR times dense: out_i = sum over e in crow[i]..crow[i+1] of values[e] * dense_{col[e]} (out [n, d]).
-template <typename TD, typename TO>
-static void csr_mm(const int64_t* crow, const int64_t* col, const float* values, const TD* dense, int64_t n,
-                   int64_t d, TO* out, int threads) {
-#pragma omp parallel num_threads(threads)
-    {
-        std::vector<float> acc((size_t)d);
-#pragma omp for schedule(dynamic, 16)
-        for (int64_t i = 0; i < n; ++i) {
-            std::fill(acc.begin(), acc.end(), 0.f);
-            for (int64_t e = crow[i]; e < crow[i + 1]; ++e) axpy(values[e], dense + col[e] * d, acc.data(), d);
-            for (int64_t k = 0; k < d; ++k) store(out, i * d + k, acc[k]);
-        }
-    }
-}
-
-#define FOR_TYPES(MACRO) MACRO(f32, f32, float, float) MACRO(f32, bf16, float, bf16) \
-                         MACRO(bf16, f32, bf16, float) MACRO(bf16, bf16, bf16, bf16)
 #define DEFINE(A, B, TA, TB) \
 extern "C" void class_forward_##A##_##B(const void* g, const void* w, int64_t d, int64_t C, const int64_t* ts, \
         const int64_t* rs, const int64_t* ss, const int64_t* pos, float* scores, float* lse, float* own, \
@@ -209,96 +118,33 @@ extern "C" void class_backward_##A##_##B(const void* g, const void* w, int64_t d
         const int64_t* rs, const int64_t* ss, const int64_t* pos, const float* scores, const float* lse, \
         const float* gout, void* gg, void* gw, int threads) { \
     class_backward((const TA*)g, (const TB*)w, d, C, ts, rs, ss, pos, scores, lse, gout, (TA*)gg, (TB*)gw, \
-                   threads); } \
-extern "C" void csr_dots_##A##_##B(const int64_t* crow, const int64_t* col, const void* left, const void* right, \
-        int64_t n, int64_t d, float* out, int threads) { \
-    csr_dots(crow, col, (const TA*)left, (const TB*)right, n, d, out, threads); } \
-extern "C" void csr_mm_##A##_##B(const int64_t* crow, const int64_t* col, const float* values, const void* dense, \
-        int64_t n, int64_t d, void* out, int threads) { \
-    csr_mm(crow, col, values, (const TA*)dense, n, d, (TB*)out, threads); }
+                   threads); }
 FOR_TYPES(DEFINE)
 """
 
-FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
-SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16"}
-_C = ctypes.c_void_p
-_I = ctypes.c_int64
-_SIGNATURES = {
-    "class_forward": [_C, _C, _I, _I, _C, _C, _C, _C, _C, _C, _C, ctypes.c_int],
-    "class_backward": [_C, _C, _I, _I, _C, _C, _C, _C, _C, _C, _C, _C, _C, ctypes.c_int],
-    "csr_dots": [_C, _C, _C, _C, _I, _I, _C, ctypes.c_int],
-    "csr_mm": [_C, _C, _C, _C, _I, _I, _C, ctypes.c_int],
+_P, _I = POINTER, INT64
+SIGNATURES = {
+    "class_forward": [_P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _P, INT],
+    "class_backward": [_P, _P, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, INT],
 }
-
-
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return platform.processor()
-
-
-def _library_path() -> str:
-    key = hashlib.sha256("\n".join([SOURCE, " ".join(FLAGS), platform.machine(), _cpu_flags()]).encode())
-    cache = os.environ.get("VQBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vqbench")
-    return os.path.join(cache, "kernels", f"trees-{key.hexdigest()[:16]}.so")
-
-
-def _build(path: str) -> None:
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        raise OSError("no C++ compiler (g++ or $CXX) on PATH")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as scratch:
-        source = os.path.join(scratch, "trees.cpp")
-        with open(source, "w", encoding="utf-8") as f:
-            f.write(SOURCE)
-        built = os.path.join(scratch, "trees.so")
-        subprocess.run([compiler, *FLAGS, source, "-o", built], check=True, capture_output=True, timeout=300)
-        os.replace(built, path)  # atomic: a concurrent build of the same source leaves one whole file
 
 
 @lru_cache(maxsize=None)
 def _library():
-    """The compiled kernels, or None where they cannot be built or loaded (or VQBENCH_KERNELS=torch)."""
-    if os.environ.get("VQBENCH_KERNELS", "") == "torch":
-        return None
-    path = _library_path()
-    try:
-        if not os.path.isfile(path):
-            _build(path)
-        library = ctypes.CDLL(path)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for name, argtypes in _SIGNATURES.items():
-        for a in SUFFIX.values():
-            for b in SUFFIX.values():
-                function = getattr(library, f"{name}_{a}_{b}")
-                function.argtypes, function.restype = argtypes, None
-    return library
+    return native.load("class-tree", SOURCE, SIGNATURES)
 
 
 def available() -> bool:
     return _library() is not None
 
 
-def kernel_backend() -> str:
-    """'c++' when the trees' losses run these kernels, 'torch' when they fall back to torch ops."""
-    return "c++" if available() else "torch"
-
-
 def supports(*tensors) -> bool:
-    """True when the kernels can take these tensors: on the CPU, float32 or bfloat16, contiguous, built."""
-    return all(t.device.type == "cpu" and t.dtype in SUFFIX and t.is_contiguous() for t in tensors) and available()
-
-
-def _ptr(t):
-    return ctypes.c_void_p(t.data_ptr()) if t is not None else None
+    """True when the kernels can take these tensors (CPU, float32 or bfloat16, contiguous) and are built."""
+    return native.takes(*tensors) and available()
 
 
 def _function(name, first, second):
-    return getattr(_library(), f"{name}_{SUFFIX[first.dtype]}_{SUFFIX[second.dtype]}")
+    return native.typed_function(_library(), name, first, second)
 
 
 # The kernels as torch custom ops with their FLOPs registered, so that torch's FLOP counter (the counted FLOPs
@@ -348,28 +194,6 @@ def _class_backward(grouped: torch.Tensor, words: torch.Tensor, token_start: tor
     return [g if g is not None else torch.empty(0) for g in (grad_grouped, grad_words)]
 
 
-@torch.library.custom_op("vqbench::tree_csr_dots", mutates_args=())
-def csr_dots(crow: torch.Tensor, col: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """[E] float32: left[i] . right[col[e]] for each pair e = (i, col[e]) of the CSR pattern crow [n + 1],
-    col [E]; left [n, d], right [m, d] (float32 or bfloat16, converted as loaded). 2 E d FLOPs."""
-    out = torch.empty(col.numel())
-    _function("csr_dots", left, right)(_ptr(crow), _ptr(col), _ptr(left), _ptr(right), left.shape[0],
-                                       left.shape[1], _ptr(out), torch.get_num_threads())
-    return out
-
-
-@torch.library.custom_op("vqbench::tree_csr_mm", mutates_args=())
-def csr_mm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense: torch.Tensor,
-           out_dtype: torch.dtype) -> torch.Tensor:
-    """[n, d] in out_dtype = S @ dense for the CSR matrix S [n, m] (crow [n + 1], col [E], values [E] float32);
-    dense [m, d] float32 or bfloat16; accumulated in float32, each output row written once. 2 E d FLOPs."""
-    out = fresh_empty((crow.numel() - 1, dense.shape[1]), dtype=out_dtype, device="cpu")
-    values = values.float().contiguous()  # held here: a pointer to a temporary would dangle
-    _function("csr_mm", dense, out)(_ptr(crow), _ptr(col), _ptr(values), _ptr(dense),
-                                    out.shape[0], out.shape[1], _ptr(out), torch.get_num_threads())
-    return out
-
-
 @register_flop_formula(torch.ops.vqbench.class_within_forward)
 def _class_forward_flops(grouped_shape, words_shape, *args, **kwargs) -> int:
     return 2 * args[-1] * grouped_shape[1]  # pairs: the last argument
@@ -381,6 +205,3 @@ def _class_backward_flops(grouped_shape, words_shape, ts, rs, ss, pos, scores_sh
     return 2 * products * scores_shape[0] * grouped_shape[1]
 
 
-@register_flop_formula([torch.ops.vqbench.tree_csr_dots, torch.ops.vqbench.tree_csr_mm])
-def _csr_flops(crow_shape, col_shape, third_shape, fourth_shape, *args, **kwargs) -> int:
-    return 2 * col_shape[0] * fourth_shape[1]
