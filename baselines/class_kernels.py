@@ -1,4 +1,4 @@
-"""The class tree's CPU loss in C++ (built and loaded by baselines.native): a log-softmax over each target's
+"""The class tree's CPU loss in C++ (built and loaded by vqbench.heads.native): a log-softmax over each target's
 own class of word vectors, forward and backward.
 
 PyTorch has no op for "a log-softmax over each target's own block of rows": composed from torch ops, the class
@@ -17,8 +17,8 @@ from typing import List, Tuple
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from baselines import native
-from baselines.native import INT, INT64, POINTER, pointer as _ptr
+from vqbench.heads import native
+from vqbench.heads.native import INT, INT64, POINTER, pointer as _ptr
 from vqbench.heads.fresh import fresh_empty
 
 SOURCE = r"""

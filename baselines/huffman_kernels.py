@@ -1,4 +1,4 @@
-"""The Huffman tree's CPU loss in C++ (built and loaded by baselines.native): the sum of log-sigmoids of dot
+"""The Huffman tree's CPU loss in C++ (built and loaded by vqbench.heads.native): the sum of log-sigmoids of dot
 products along each target's path, forward and backward.
 
 Composed from torch ops, each call pays a dozen small ops (gathers of the paths, a sampled product, a scatter of
@@ -18,8 +18,8 @@ from typing import List, Tuple
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from baselines import native
-from baselines.native import INT, INT64, POINTER, pointer as _ptr
+from vqbench.heads import native
+from vqbench.heads.native import INT, INT64, POINTER, pointer as _ptr
 from vqbench.heads.fresh import fresh_empty
 
 SOURCE = r"""

@@ -108,6 +108,53 @@ def test_vq_fresh_outputs_are_advised_onto_huge_pages(monkeypatch, op):
     assert torch.equal(result, getattr(head, op)(hidden).detach())
 
 
+@pytest.mark.parametrize("values_dtype,bias_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                                     (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize("op", ["logits", "log_probs", "logits_into", "log_probs_into"])
+def test_vq_biased_spread_kernel_equals_the_two_torch_passes(monkeypatch, values_dtype, bias_dtype, op):
+    """vq:bias=1 without autograd: one C++ pass (gather and bias) gives exactly the gather-then-add_ result, the
+    bias read in its own dtype (float32 under bf16 autocast) and the sum rounded once; with autograd the torch
+    passes run."""
+    from vqbench.heads import vq_kernels
+    if not vq_kernels.available():
+        pytest.skip("no C++ kernels here")
+    head, _, _, _ = case("vq:K=13,bias=1", bias_dtype, 1001, 33, 77)
+    with torch.no_grad():
+        head.bias.normal_()
+    # under bf16 autocast the head gets float32 hidden states and its products give bfloat16 code values
+    hidden = torch.randn(77, 33, generator=torch.Generator().manual_seed(5)).to(bias_dtype)
+    calls = []
+    kernel = vq_kernels.spread_bias
+    monkeypatch.setattr(vq_kernels, "spread_bias", lambda *args: calls.append(1) or kernel(*args))
+
+    def run():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=values_dtype != bias_dtype):
+            if op.endswith("_into"):
+                out = torch.empty(1001, 77, dtype=bias_dtype).T  # hidden's dtype, token-major as new_output makes
+                getattr(head, op[:-5])(hidden, out=out)
+                return out
+            return getattr(head, op)(hidden)
+    fused = run()
+    # out= is in hidden's dtype: under autocast the bfloat16 code values are converted to it first
+    assert calls and fused.dtype == (bias_dtype if op.endswith("_into") else values_dtype)
+    monkeypatch.setattr(vq_kernels, "supports", lambda *tensors: False)
+    assert torch.equal(fused, run())
+    with_grad = head.logits(hidden.requires_grad_(True))
+    assert len(calls) == 1 and with_grad.requires_grad
+
+
+@pytest.mark.parametrize("spec", ["vq:K=13", "vq:K=13,bias=1"])
+def test_vq_into_a_float32_out_under_bfloat16_autocast(spec):
+    """Under autocast the code values are bfloat16 while out= is in hidden's float32: the spread converts them
+    (torch's index_select alone refuses the mix)."""
+    head, hidden, _, _ = case(spec, torch.float32, 101, 8, 9)
+    out = head.new_output(9)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        head.logits(hidden, out=out)
+        expected = head.logits(hidden).float()
+    assert torch.equal(out, expected)
+
+
 def class_tree_reference(tree, hidden, target):
     """The autograd path the class-tree kernel replaced: a split of the weight, one cross_entropy per class."""
     cls = tree.class_of[target]

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from vqbench.heads import vq_kernels
 from vqbench.heads.fresh import fresh_empty
 from vqbench.heads.contract import LogitsHead, Option, check_choice, check_int_option, sample_rows, uniform, upcast_scores
 from vqbench.heads.mapping import MAPPINGS, build_mapping, validate_mapping
@@ -178,8 +179,19 @@ class VQLogits(LogitsHead):
         transposed view of a [V, N] tensor, as ``new_output`` makes). Without out and without autograd
         the result is a fresh tensor advised onto huge pages before the gather first touches it
         (vqbench.heads.fresh): traffic N V written (plus K N read), with one page fault per 2 MiB
-        instead of per 4 KiB.
+        instead of per 4 KiB. With a bias and no autograd, gather and bias are one C++ pass
+        (vqbench.heads.vq_kernels: N V written once, where index_select then add_ move 3 N V).
         """
+        if out is not None and out.dtype != code_values_t.dtype:  # bfloat16 products under autocast, out in float32
+            code_values_t = code_values_t.to(out.dtype)
+        if self._fused_bias(code_values_t, out):  # one pass: gather and bias (vqbench.heads.vq_kernels)
+            if out is None:
+                out_t = fresh_empty((self.vocab_size, code_values_t.shape[1]), dtype=code_values_t.dtype,
+                                    device=code_values_t.device)
+            else:
+                out_t = out.T
+            vq_kernels.spread_bias(code_values_t, self.mapping, self.bias, out_t)
+            return out_t
         if out is None and code_values_t.requires_grad:
             spread = RowSpread.apply(code_values_t, self.mapping)
         elif out is None:  # a fresh [V, N] result, first touched on huge pages (vqbench.heads.fresh)
@@ -193,6 +205,15 @@ class VQLogits(LogitsHead):
         if self.bias is not None:
             spread.add_(self.bias[:, None])  # in place: index_select's backward does not need its output
         return spread
+
+    def _fused_bias(self, code_values_t, out) -> bool:
+        """True when the biased spread can run as one C++ pass: a bias, no gradient wanted, CPU tensors the
+        kernel takes, and a [V, N] row-major destination (fresh, or out as the transposed view of one)."""
+        if self.bias is None or (torch.is_grad_enabled() and (code_values_t.requires_grad or self.bias.requires_grad)):
+            return False
+        if out is not None and not out.T.is_contiguous():
+            return False
+        return vq_kernels.supports(code_values_t, self.bias)  # the mapping lies beside the bias
 
     def _token_major_logits(self, hidden):
         """[N, d] -> [V, N] logits, each token's row contiguous: the layout the spread writes, in which the

@@ -1,9 +1,10 @@
 """Build and load the heads' C++ CPU kernels: compiled once per machine, called through ctypes.
 
-Each kernel module (baselines.class_kernels, baselines.huffman_kernels) holds its own C++ source, so that a
-change to one tree's kernels changes the code fingerprint of that tree's rows alone; this module holds what
-they share: the build, the load, and PRELUDE (bfloat16 loads and stores, dot products and axpy with float32
-accumulation, and FOR_TYPES, which instantiates a kernel for each pair of float32 / bfloat16 operands).
+Each kernel module (baselines.class_kernels, baselines.huffman_kernels, vqbench.heads.vq_kernels) holds its own
+C++ source, so that a change to one head's kernels changes the code fingerprint of that head's rows alone; this
+module holds what they share: the build, the load, and PRELUDE (bfloat16 loads and stores, dot products and axpy
+with float32 accumulation, and FOR_TYPES, which instantiates a kernel for each pair of float32 / bfloat16
+operands).
 
 The kernels use the OpenMP runtime that torch itself loaded (the same ``libgomp.so.1``: one thread pool, sized by
 ``torch.set_num_threads``). Each library is built with the system's C++ compiler into ``$VQBENCH_CACHE``
