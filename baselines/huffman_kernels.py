@@ -28,6 +28,35 @@ static inline float sigmoid(float s) {
     return s >= 0.f ? 1.f / (1.f + std::exp(-s)) : std::exp(s) / (1.f + std::exp(s));
 }
 
+// y += a0 x0 + a1 x1 + a2 x2 + a3 x3 (d elements), float accumulation: four rows streamed at once, so that their
+// loads from memory overlap (one row at a time waits on each row's first cache miss)
+template <typename T>
+static inline void axpy4(float a0, const T* x0, float a1, const T* x1, float a2, const T* x2, float a3, const T* x3,
+                         float* __restrict__ y, int64_t d) {
+#pragma omp simd
+    for (int64_t k = 0; k < d; ++k)
+        y[k] += a0 * load(x0, k) + a1 * load(x1, k) + a2 * load(x2, k) + a3 * load(x3, k);
+}
+
+// acc = sum over pairs e in [e0, e1) of value[e] h_{token[e]} (acc [d], overwritten), four rows at a time
+template <typename TH>
+static inline void gather_sum(const TH* h, int64_t d, const int64_t* token, const float* value, int64_t e0,
+                              int64_t e1, float* acc) {
+    std::fill(acc, acc + d, 0.f);
+    int64_t e = e0;
+    for (; e + 4 <= e1; e += 4)
+        axpy4(value[e], h + token[e] * d, value[e + 1], h + token[e + 1] * d, value[e + 2], h + token[e + 2] * d,
+              value[e + 3], h + token[e + 3] * d, acc, d);
+    for (; e < e1; ++e) axpy(value[e], h + token[e] * d, acc, d);
+}
+
+// asks for a row's cache lines ahead of its use: a path's rows lie anywhere in the node matrix, so the hardware
+// prefetcher cannot guess the next one
+template <typename T>
+static inline void prefetch_row(const T* row, int64_t d) {
+    for (int64_t k = 0; k < d; k += 64 / (int64_t)sizeof(T)) __builtin_prefetch(row + k, 0, 1);
+}
+
 // Huffman tree, forward: out[i] = sum over the steps k of token i's target path of logsigmoid(s_ik), s_ik = sign_k
 // h_i . u_{node_k}; coef[i, k] = sign_k sigmoid(-s_ik) (d out_i / d (h_i . u_node)), 0 past the path's end.
 // h [N, d], u [V-1, d]; the paths of all V leaves as CSR: leaf_start [V+1], leaf_node, leaf_sign (int8, +-1).
@@ -46,6 +75,7 @@ static void path_forward(const TH* h, const TW* u, int64_t d, int64_t n, const i
         float total = 0.f, dots[4];
         int64_t k = 0;
         for (; k + 4 <= len; k += 4) {
+            for (int64_t j = k + 4; j < std::min(k + 8, len); ++j) prefetch_row(u + node[j] * d, d);
             dot4(hi, u + node[k] * d, u + node[k + 1] * d, u + node[k + 2] * d, u + node[k + 3] * d, d, dots);
             for (int j = 0; j < 4; ++j) {
                 float s = sign[k + j] * dots[j];
@@ -75,9 +105,16 @@ static void path_backward_hidden(const TW* u, int64_t d, int64_t n, const int64_
 #pragma omp for schedule(dynamic, 16)
         for (int64_t i = 0; i < n; ++i) {
             int64_t e0 = leaf_start[target[i]], len = leaf_start[target[i] + 1] - e0;
+            const int64_t* node = leaf_node + e0;
+            const float* c = coef + i * depth_max;
             std::fill(acc.begin(), acc.end(), 0.f);
-            for (int64_t k = 0; k < len; ++k)
-                axpy(gout[i] * coef[i * depth_max + k], u + leaf_node[e0 + k] * d, acc.data(), d);
+            int64_t k = 0;
+            for (; k + 4 <= len; k += 4) {
+                for (int64_t j = k + 4; j < std::min(k + 8, len); ++j) prefetch_row(u + node[j] * d, d);
+                axpy4(gout[i] * c[k], u + node[k] * d, gout[i] * c[k + 1], u + node[k + 1] * d, gout[i] * c[k + 2],
+                      u + node[k + 2] * d, gout[i] * c[k + 3], u + node[k + 3] * d, acc.data(), d);
+            }
+            for (; k < len; ++k) axpy(gout[i] * c[k], u + node[k] * d, acc.data(), d);
             for (int64_t k = 0; k < d; ++k) store(gh, i * d + k, acc[k]);
         }
     }
@@ -122,18 +159,14 @@ static void path_backward_weight(const TH* h, int64_t d, int64_t nodes, const in
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < nodes; ++r) {
                 if (node_start[r + 1] == node_start[r]) { std::memset(gw + r * d, 0, d * sizeof(TW)); continue; }
-                std::fill(acc.begin(), acc.end(), 0.f);
-                for (int64_t e = node_start[r]; e < node_start[r + 1]; ++e)
-                    axpy(pair_value[e], h + pair_token[e] * d, acc.data(), d);
+                gather_sum(h, d, pair_token, pair_value, node_start[r], node_start[r + 1], acc.data());
                 for (int64_t k = 0; k < d; ++k) store(gw, r * d + k, acc[k]);
             }
         } else {
 #pragma omp for schedule(dynamic, 16)
             for (int64_t j = 0; j < m; ++j) {
                 int64_t r = touched[j];
-                std::fill(acc.begin(), acc.end(), 0.f);
-                for (int64_t e = node_start[r]; e < node_start[r + 1]; ++e)
-                    axpy(pair_value[e], h + pair_token[e] * d, acc.data(), d);
+                gather_sum(h, d, pair_token, pair_value, node_start[r], node_start[r + 1], acc.data());
                 for (int64_t k = 0; k < d; ++k) store(gw, j * d + k, acc[k]);
             }
         }
