@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import List, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
 from vqbench.heads import native
@@ -23,11 +24,6 @@ from vqbench.heads.native import INT, INT64, POINTER, pointer as _ptr
 from vqbench.heads.fresh import fresh_empty
 
 SOURCE = r"""
-static inline float log_sigmoid(float s) { return std::min(s, 0.f) - std::log1p(std::exp(-std::fabs(s))); }
-static inline float sigmoid(float s) {
-    return s >= 0.f ? 1.f / (1.f + std::exp(-s)) : std::exp(s) / (1.f + std::exp(s));
-}
-
 // y += a0 x0 + a1 x1 + a2 x2 + a3 x3 (d elements), float accumulation: four rows streamed at once, so that their
 // loads from memory overlap (one row at a time waits on each row's first cache miss)
 template <typename T>
@@ -50,46 +46,35 @@ static inline void gather_sum(const TH* h, int64_t d, const int64_t* token, cons
     for (; e < e1; ++e) axpy(value[e], h + token[e] * d, acc, d);
 }
 
-// asks for a row's cache lines ahead of its use: a path's rows lie anywhere in the node matrix, so the hardware
-// prefetcher cannot guess the next one
-template <typename T>
-static inline void prefetch_row(const T* row, int64_t d) {
-    for (int64_t k = 0; k < d; k += 64 / (int64_t)sizeof(T)) __builtin_prefetch(row + k, 0, 1);
-}
-
-// Huffman tree, forward: out[i] = sum over the steps k of token i's target path of logsigmoid(s_ik), s_ik = sign_k
-// h_i . u_{node_k}; coef[i, k] = sign_k sigmoid(-s_ik) (d out_i / d (h_i . u_node)), 0 past the path's end.
+// Huffman tree, forward: the signed scores s[i, k] = sign_k h_i . u_{node_k} along token i's target path, +inf past
+// the path's end (where logsigmoid is 0), and the signs, sign[i, k] (0 past the end); the log-sigmoids are taken
+// by torch's vectorised ops (one libm call per pair here cost more than the dots).
 // h [N, d], u [V-1, d]; the paths of all V leaves as CSR: leaf_start [V+1], leaf_node, leaf_sign (int8, +-1).
-// Each token reads its own row once and its path's rows (four at a time); nothing per pair goes to memory but coef.
+// Each token reads its own row once and its path's rows (four at a time).
 template <typename TH, typename TW>
 static void path_forward(const TH* h, const TW* u, int64_t d, int64_t n, const int64_t* target,
                          const int64_t* leaf_start, const int64_t* leaf_node, const int8_t* leaf_sign,
-                         int64_t depth_max, float* out, float* coef, int threads) {
+                         int64_t depth_max, float* scores, float* signs, int threads) {
 #pragma omp parallel for schedule(dynamic, 16) num_threads(threads)
     for (int64_t i = 0; i < n; ++i) {
         const TH* hi = h + i * d;
         int64_t e0 = leaf_start[target[i]], len = leaf_start[target[i] + 1] - e0;
         const int64_t* node = leaf_node + e0;
         const int8_t* sign = leaf_sign + e0;
-        float* c = coef + i * depth_max;
-        float total = 0.f, dots[4];
+        float* s = scores + i * depth_max;
+        float* g = signs + i * depth_max;
         int64_t k = 0;
-        for (; k + 4 <= len; k += 4) {
-            for (int64_t j = k + 4; j < std::min(k + 8, len); ++j) prefetch_row(u + node[j] * d, d);
-            dot4(hi, u + node[k] * d, u + node[k + 1] * d, u + node[k + 2] * d, u + node[k + 3] * d, d, dots);
-            for (int j = 0; j < 4; ++j) {
-                float s = sign[k + j] * dots[j];
-                total += log_sigmoid(s);
-                c[k + j] = sign[k + j] * sigmoid(-s);
-            }
+        for (; k + 4 <= len; k += 4)
+            dot4(hi, u + node[k] * d, u + node[k + 1] * d, u + node[k + 2] * d, u + node[k + 3] * d, d, s + k);
+        for (; k < len; ++k) s[k] = dot1(hi, u + node[k] * d, d);
+        for (k = 0; k < len; ++k) {
+            g[k] = sign[k];
+            s[k] *= g[k];
         }
-        for (; k < len; ++k) {
-            float s = sign[k] * dot1(hi, u + node[k] * d, d);
-            total += log_sigmoid(s);
-            c[k] = sign[k] * sigmoid(-s);
+        for (; k < depth_max; ++k) {
+            s[k] = INFINITY;
+            g[k] = 0.f;
         }
-        for (; k < depth_max; ++k) c[k] = 0.f;
-        out[i] = total;
     }
 }
 
@@ -109,11 +94,9 @@ static void path_backward_hidden(const TW* u, int64_t d, int64_t n, const int64_
             const float* c = coef + i * depth_max;
             std::fill(acc.begin(), acc.end(), 0.f);
             int64_t k = 0;
-            for (; k + 4 <= len; k += 4) {
-                for (int64_t j = k + 4; j < std::min(k + 8, len); ++j) prefetch_row(u + node[j] * d, d);
+            for (; k + 4 <= len; k += 4)
                 axpy4(gout[i] * c[k], u + node[k] * d, gout[i] * c[k + 1], u + node[k + 1] * d, gout[i] * c[k + 2],
                       u + node[k + 2] * d, gout[i] * c[k + 3], u + node[k + 3] * d, acc.data(), d);
-            }
             for (; k < len; ++k) axpy(gout[i] * c[k], u + node[k] * d, acc.data(), d);
             for (int64_t k = 0; k < d; ++k) store(gh, i * d + k, acc[k]);
         }
@@ -155,8 +138,8 @@ static void path_backward_weight(const TH* h, int64_t d, int64_t nodes, const in
 #pragma omp parallel num_threads(threads)
     {
         std::vector<float> acc((size_t)d);
-        if (dense) {
-#pragma omp for schedule(static)
+        if (dense) {  // dynamic: the touched nodes crowd the high ids (the nodes near the root)
+#pragma omp for schedule(dynamic, 64)
             for (int64_t r = 0; r < nodes; ++r) {
                 if (node_start[r + 1] == node_start[r]) { std::memset(gw + r * d, 0, d * sizeof(TW)); continue; }
                 gather_sum(h, d, pair_token, pair_value, node_start[r], node_start[r + 1], acc.data());
@@ -175,9 +158,9 @@ static void path_backward_weight(const TH* h, int64_t d, int64_t nodes, const in
 
 #define DEFINE(A, B, TA, TB) \
 extern "C" void path_forward_##A##_##B(const void* h, const void* u, int64_t d, int64_t n, const int64_t* target, \
-        const int64_t* ls, const int64_t* ln, const int8_t* lsign, int64_t depth_max, float* out, float* coef, \
-        int threads) { \
-    path_forward((const TA*)h, (const TB*)u, d, n, target, ls, ln, lsign, depth_max, out, coef, threads); } \
+        const int64_t* ls, const int64_t* ln, const int8_t* lsign, int64_t depth_max, float* scores, \
+        float* signs, int threads) { \
+    path_forward((const TA*)h, (const TB*)u, d, n, target, ls, ln, lsign, depth_max, scores, signs, threads); } \
 extern "C" void path_backward_hidden_##A##_##B(const void* u, int64_t d, int64_t n, const int64_t* target, \
         const int64_t* ls, const int64_t* ln, int64_t depth_max, const float* coef, const float* gout, void* gh, \
         int threads) { \
@@ -224,13 +207,16 @@ def path_forward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tenso
     +-1); depth_max, the longest path; pairs = E, the summed path lengths of the targets (FLOP count only).
     -> (log p [N], coef [N, depth_max]) float32: sum over each target's path of logsigmoid(sign h . u), and
     sign sigmoid(-sign h . u) at each step (0 past the path's end), kept for backward. 2 E d FLOPs; reads h
-    and each touched row (from cache after the first reach), writes N (1 + depth_max) floats."""
+    and each touched row (from cache after the first reach), writes 2 N depth_max floats (scores and signs)
+    and N, and the log-sigmoids read and write N depth_max floats a few times."""
     n, d = hidden.shape
-    out, coef = torch.empty(n), torch.empty(n, depth_max)
+    scores, signs = torch.empty(n, depth_max), torch.empty(n, depth_max)
     _function("path_forward", hidden, weight)(
         _ptr(hidden), _ptr(weight), d, n, _ptr(target), _ptr(leaf_start), _ptr(leaf_node), _ptr(leaf_sign),
-        depth_max, _ptr(out), _ptr(coef), torch.get_num_threads())
-    return out, coef
+        depth_max, _ptr(scores), _ptr(signs), torch.get_num_threads())
+    out = F.logsigmoid(scores).sum(1)  # the +inf past each path's end adds 0
+    # d logsigmoid(s) / ds = sigmoid(-s), times the sign for d / d(h . u); 0 past the end
+    return out, torch.sigmoid(scores.neg_()).mul_(signs)
 
 
 @torch.library.custom_op("vqbench::huffman_path_backward", mutates_args=())
