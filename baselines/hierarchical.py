@@ -117,6 +117,8 @@ class HierarchicalSoftmax(OutputHead):
         # CPU only: its per-class winners are read on the host, a sync a GPU path avoids
         if self.tree_kind == "class" and self.tree.ids_in_frequency_order and hidden.device.type == "cpu":
             return self.tree.predict(hidden)
+        if self.tree_kind == "huffman":
+            return self.tree.predict(hidden)
         return super()._predict(hidden)
 
     def _sample(self, hidden, generator, temperature):
@@ -125,7 +127,7 @@ class HierarchicalSoftmax(OutputHead):
         return self.tree.sample(hidden, generator)
 
     def _log_probs_into(self, hidden, out):
-        if self.tree_kind == "class" and out.T.is_contiguous():
+        if out.T.is_contiguous():  # token-major, as new_output lays it out: written in place
             self.tree.log_probs(hidden, out_t=out.T)
         else:
             out.copy_(self.tree.log_probs(hidden))

@@ -24,6 +24,8 @@ from vqbench.heads.native import INT, INT64, POINTER, pointer as _ptr
 from vqbench.heads.fresh import fresh_empty
 
 SOURCE = r"""
+#include <omp.h>
+
 // y += a0 x0 + a1 x1 + a2 x2 + a3 x3 (d elements), float accumulation: four rows streamed at once, so that their
 // loads from memory overlap (one row at a time waits on each row's first cache miss)
 template <typename T>
@@ -50,13 +52,16 @@ static inline void gather_sum(const TH* h, int64_t d, const int64_t* token, cons
 // the path's end (where logsigmoid is 0), and the signs, sign[i, k] (0 past the end); the log-sigmoids are taken
 // by torch's vectorised ops (one libm call per pair here cost more than the dots).
 // h [N, d], u [V-1, d]; the paths of all V leaves as CSR: leaf_start [V+1], leaf_node, leaf_sign (int8, +-1).
-// Each token reads its own row once and its path's rows (four at a time).
+// Each token reads its own row once and its path's rows (four at a time). The tokens go in ``order`` (a
+// permutation of 0..n-1), the order of their targets in the tree's left-to-right leaf order: neighbours share the
+// top of their paths, whose rows then come from the nearest cache rather than from L3 or memory.
 template <typename TH, typename TW>
-static void path_forward(const TH* h, const TW* u, int64_t d, int64_t n, const int64_t* target,
+static void path_forward(const TH* h, const TW* u, int64_t d, int64_t n, const int64_t* target, const int64_t* order,
                          const int64_t* leaf_start, const int64_t* leaf_node, const int8_t* leaf_sign,
                          int64_t depth_max, float* scores, float* signs, int threads) {
 #pragma omp parallel for schedule(dynamic, 16) num_threads(threads)
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t step = 0; step < n; ++step) {
+        int64_t i = order[step];
         const TH* hi = h + i * d;
         int64_t e0 = leaf_start[target[i]], len = leaf_start[target[i] + 1] - e0;
         const int64_t* node = leaf_node + e0;
@@ -79,16 +84,17 @@ static void path_forward(const TH* h, const TW* u, int64_t d, int64_t n, const i
 }
 
 // Huffman tree, gradient of sum_i gout_i out_i for the hidden states: gh_i = sum_k gout_i coef_ik u_{node_k}, each
-// row written once (in h's dtype).
+// row written once (in h's dtype); the tokens in ``order``, as path_forward.
 template <typename TH, typename TW>
-static void path_backward_hidden(const TW* u, int64_t d, int64_t n, const int64_t* target, const int64_t* leaf_start,
-                                 const int64_t* leaf_node, int64_t depth_max, const float* coef, const float* gout,
-                                 TH* gh, int threads) {
+static void path_backward_hidden(const TW* u, int64_t d, int64_t n, const int64_t* target, const int64_t* order,
+                                 const int64_t* leaf_start, const int64_t* leaf_node, int64_t depth_max,
+                                 const float* coef, const float* gout, TH* gh, int threads) {
 #pragma omp parallel num_threads(threads)
     {
         std::vector<float> acc((size_t)d);
 #pragma omp for schedule(dynamic, 16)
-        for (int64_t i = 0; i < n; ++i) {
+        for (int64_t step = 0; step < n; ++step) {
+            int64_t i = order[step];
             int64_t e0 = leaf_start[target[i]], len = leaf_start[target[i] + 1] - e0;
             const int64_t* node = leaf_node + e0;
             const float* c = coef + i * depth_max;
@@ -156,26 +162,120 @@ static void path_backward_weight(const TH* h, int64_t d, int64_t nodes, const in
     }
 }
 
+// log(1 + exp(-|x|)), the part of log sigmoid(x) = min(x, 0) - log(1 + exp(-|x|)) that both branches share,
+// without a libm call so that a loop over lanes vectorises: exp by Cody-Waite reduction and Cephes' polynomial,
+// log by the atanh series on [sqrt(1/2), sqrt(2)] with log1p's rounding correction; below 2e-7 absolute error.
+// NaN in, NaN out.
+static inline float log1p_exp_neg_abs(float x) {
+    float a = std::fabs(x);
+    a = a < 87.f ? a : 87.f;                                   // exp(-87) is still a normal float
+    float z = -a * 1.44269504088896341f;                       // exp(-a) = 2^k e^r, |r| <= ln2 / 2
+    float k = (z + 12582912.f) - 12582912.f;                   // z rounded (|z| < 2^22): floor would not vectorise
+    float r = (-a - k * 0.693359375f) + k * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f; p = p * r + 8.3334519073e-3f; p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f; p = p * r + 5.0000001201e-1f;
+    int32_t bits = ((int32_t)k + 127) << 23;
+    float scale; std::memcpy(&scale, &bits, 4);
+    float t = (p * r * r + r + 1.f) * scale;                   // exp(-|x|) in (0, 1]
+    float u = 1.f + t;                                         // log(1 + t) = log(u) + (t - (u - 1)) / u
+    float correction = (t - (u - 1.f)) / u;
+    bool high = u > 1.41421356f;
+    float f = high ? u * 0.5f - 1.f : u - 1.f;                 // exact; log(u) = high ln2 + log(1 + f)
+    float s = f / (2.f + f), s2 = s * s;                       // log(1 + f) = 2 atanh(s), |s| < 0.172
+    float series = 2.f * s * (1.f + s2 * (1.f / 3 + s2 * (1.f / 5 + s2 * (1.f / 7 + s2 * (1.f / 9)))));
+    float out = (high ? 0.693147180559945f : 0.f) + series + correction;
+    return x == x ? out : x;
+}
+
+// Huffman tree, every leaf's log-probability: one sweep over the internal nodes from the root down (decreasing j:
+// a child's id is below its parent's), each thread over its own range of token columns, so that every access is a
+// contiguous run of a row: scores [V-1, n] (node-major: h . u_j for each token), the path sums of the live internal
+// nodes in table [rows, n] float32 (internal node j's row is slot[j]; a row is reused once its node is done, so
+// rows is the most nodes live at once, not V-1), left and right [V-1] (the children's node ids: a leaf v < V,
+// internal node j is V + j). Writes out [V, n] (token-major), or with out null each token's best leaf to best [n]
+// (the first of ties in TO's rounding, as argmax over out's values).
+template <typename TS, typename TO>
+static void tree_walk(const TS* scores, int64_t n, int64_t v, const int64_t* left, const int64_t* right,
+                      const int64_t* slot, float* table, TO* out, int64_t* best, int threads) {
+    constexpr int64_t TILE = 512;  // columns at a time: the tile's temporaries stay in L1
+#pragma omp parallel num_threads(threads)
+    {
+        int parts = omp_get_num_threads(), part = omp_get_thread_num();
+        int64_t c0 = n * part / parts, c1 = n * (part + 1) / parts;
+        float go_left[TILE], go_right[TILE];
+        std::vector<float> top(out == nullptr ? (size_t)(c1 - c0) : 0, -INFINITY);
+        std::vector<int64_t> arg(out == nullptr ? (size_t)(c1 - c0) : 0, (int64_t)-1);
+        std::fill(table + slot[v - 2] * n + c0, table + slot[v - 2] * n + c1, 0.f);  // the root: log 1
+        for (int64_t j = v - 2; j >= 0; --j) {
+            const TS* s = scores + j * n;
+            const float* above = table + slot[j] * n;
+            for (int64_t t0 = c0; t0 < c1; t0 += TILE) {
+                int64_t width = std::min(TILE, c1 - t0);
+#pragma omp simd
+                for (int64_t t = 0; t < width; ++t) {
+                    float x = load(s, t0 + t);
+                    float shared = above[t0 + t] - log1p_exp_neg_abs(x);
+                    go_left[t] = shared + (x < 0.f ? x : 0.f);    // log sigmoid(x)
+                    go_right[t] = shared - (x > 0.f ? x : 0.f);   // log sigmoid(-x)
+                }
+                for (int side = 0; side < 2; ++side) {
+                    int64_t child = side ? right[j] : left[j];
+                    const float* go = side ? go_right : go_left;
+                    if (child >= v) {  // an internal node: its path sums (its row may be this node's own)
+                        float* row = table + slot[child - v] * n + t0;
+#pragma omp simd
+                        for (int64_t t = 0; t < width; ++t) row[t] = go[t];
+                    } else if (out != nullptr) {
+                        TO* row = out + child * n + t0;
+#pragma omp simd
+                        for (int64_t t = 0; t < width; ++t) store(row, t, go[t]);
+                    } else {
+                        float* best_value = top.data() + (t0 - c0);
+                        int64_t* best_leaf = arg.data() + (t0 - c0);
+                        for (int64_t t = 0; t < width; ++t) {
+                            TO rounded;  // compared as written
+                            store(&rounded, 0, go[t]);
+                            float g = load(&rounded, 0);
+                            // the first of ties and of NaNs, as argmax: NaN counts as the largest value
+                            bool nan = g != g, top_nan = best_value[t] != best_value[t];
+                            bool better = nan ? (!top_nan || child < best_leaf[t])
+                                              : (!top_nan && (g > best_value[t] ||
+                                                              (g == best_value[t] && child < best_leaf[t])));
+                            if (better) { best_value[t] = g; best_leaf[t] = child; }
+                        }
+                    }
+                }
+            }
+        }
+        if (out == nullptr) std::copy(arg.begin(), arg.end(), best + c0);
+    }
+}
+
 #define DEFINE(A, B, TA, TB) \
 extern "C" void path_forward_##A##_##B(const void* h, const void* u, int64_t d, int64_t n, const int64_t* target, \
-        const int64_t* ls, const int64_t* ln, const int8_t* lsign, int64_t depth_max, float* scores, \
-        float* signs, int threads) { \
-    path_forward((const TA*)h, (const TB*)u, d, n, target, ls, ln, lsign, depth_max, scores, signs, threads); } \
+        const int64_t* order, const int64_t* ls, const int64_t* ln, const int8_t* lsign, int64_t depth_max, \
+        float* scores, float* signs, int threads) { \
+    path_forward((const TA*)h, (const TB*)u, d, n, target, order, ls, ln, lsign, depth_max, scores, signs, threads); } \
 extern "C" void path_backward_hidden_##A##_##B(const void* u, int64_t d, int64_t n, const int64_t* target, \
-        const int64_t* ls, const int64_t* ln, int64_t depth_max, const float* coef, const float* gout, void* gh, \
-        int threads) { \
-    path_backward_hidden((const TB*)u, d, n, target, ls, ln, depth_max, coef, gout, (TA*)gh, threads); } \
+        const int64_t* order, const int64_t* ls, const int64_t* ln, int64_t depth_max, const float* coef, \
+        const float* gout, void* gh, int threads) { \
+    path_backward_hidden((const TB*)u, d, n, target, order, ls, ln, depth_max, coef, gout, (TA*)gh, threads); } \
 extern "C" void path_backward_weight_##A##_##B(const void* h, int64_t d, int64_t nodes, const int64_t* ns, \
         const int64_t* pt, const float* pv, const int64_t* touched, int64_t m, int dense, void* gw, int threads) { \
-    path_backward_weight((const TA*)h, d, nodes, ns, pt, pv, touched, m, dense != 0, (TB*)gw, threads); }
+    path_backward_weight((const TA*)h, d, nodes, ns, pt, pv, touched, m, dense != 0, (TB*)gw, threads); } \
+extern "C" void tree_walk_##A##_##B(const void* scores, int64_t n, int64_t v, const int64_t* left, \
+        const int64_t* right, const int64_t* slot, float* table, void* out, int64_t* best, int threads) { \
+    tree_walk((const TA*)scores, n, v, left, right, slot, table, (TB*)out, best, threads); }
 FOR_TYPES(DEFINE)
 """
 
 _P, _I = POINTER, INT64
 SIGNATURES = {
-    "path_forward": [_P, _P, _I, _I, _P, _P, _P, _P, _I, _P, _P, INT],
-    "path_backward_hidden": [_P, _I, _I, _P, _P, _P, _I, _P, _P, _P, INT],
+    "path_forward": [_P, _P, _I, _I, _P, _P, _P, _P, _P, _I, _P, _P, INT],
+    "path_backward_hidden": [_P, _I, _I, _P, _P, _P, _P, _I, _P, _P, _P, INT],
     "path_backward_weight": [_P, _I, _I, _P, _P, _P, _P, _I, INT, _P, INT],
+    "tree_walk": [_P, _I, _I, _P, _P, _P, _P, _P, _P, INT],
 }
 PLAIN = {"path_group": ([_I, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P], INT64)}
 
@@ -199,11 +299,12 @@ def _function(name, first, second):
 
 
 @torch.library.custom_op("vqbench::huffman_path_forward", mutates_args=())
-def path_forward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, leaf_start: torch.Tensor,
-                 leaf_node: torch.Tensor, leaf_sign: torch.Tensor, depth_max: int, pairs: int
+def path_forward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, order: torch.Tensor,
+                 leaf_start: torch.Tensor, leaf_node: torch.Tensor, leaf_sign: torch.Tensor, depth_max: int, pairs: int
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Huffman tree path log-probabilities: hidden [N, d], weight [V-1, d] (float32 or bfloat16, converted as
-    loaded), target [N]; every leaf's path as CSR (leaf_start [V + 1], leaf_node [L] int64, leaf_sign [L] int8
+    loaded), target [N]; order [N], the tokens in the order to visit them (a permutation; by their targets'
+    places in the tree's leaf order, so that neighbours share path rows in cache); every leaf's path as CSR (leaf_start [V + 1], leaf_node [L] int64, leaf_sign [L] int8
     +-1); depth_max, the longest path; pairs = E, the summed path lengths of the targets (FLOP count only).
     -> (log p [N], coef [N, depth_max]) float32: sum over each target's path of logsigmoid(sign h . u), and
     sign sigmoid(-sign h . u) at each step (0 past the path's end), kept for backward. 2 E d FLOPs; reads h
@@ -212,7 +313,7 @@ def path_forward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tenso
     n, d = hidden.shape
     scores, signs = torch.empty(n, depth_max), torch.empty(n, depth_max)
     _function("path_forward", hidden, weight)(
-        _ptr(hidden), _ptr(weight), d, n, _ptr(target), _ptr(leaf_start), _ptr(leaf_node), _ptr(leaf_sign),
+        _ptr(hidden), _ptr(weight), d, n, _ptr(target), _ptr(order), _ptr(leaf_start), _ptr(leaf_node), _ptr(leaf_sign),
         depth_max, _ptr(scores), _ptr(signs), torch.get_num_threads())
     out = F.logsigmoid(scores).sum(1)  # the +inf past each path's end adds 0
     # d logsigmoid(s) / ds = sigmoid(-s), times the sign for d / d(h . u); 0 past the end
@@ -220,8 +321,8 @@ def path_forward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tenso
 
 
 @torch.library.custom_op("vqbench::huffman_path_backward", mutates_args=())
-def path_backward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, leaf_start: torch.Tensor,
-                  leaf_node: torch.Tensor, coef: torch.Tensor, grad_out: torch.Tensor, pairs: int, want_hidden: bool,
+def path_backward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, order: torch.Tensor,
+                  leaf_start: torch.Tensor, leaf_node: torch.Tensor, coef: torch.Tensor, grad_out: torch.Tensor, pairs: int, want_hidden: bool,
                   want_weight: bool, sparse: bool) -> List[torch.Tensor]:
     """Gradients of sum_i grad_out_i log p_i (path_forward's): [grad_hidden [N, d] in hidden's dtype, grad_weight,
     touched]. grad_weight in weight's dtype: dense [V-1, d] (rows no path reached are zero, every row written
@@ -234,7 +335,7 @@ def path_backward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tens
     grad_hidden = torch.empty_like(hidden) if want_hidden else torch.empty(0)
     if want_hidden:
         _function("path_backward_hidden", hidden, weight)(
-            _ptr(weight), d, n, _ptr(target), _ptr(leaf_start), _ptr(leaf_node), depth_max, _ptr(coef),
+            _ptr(weight), d, n, _ptr(target), _ptr(order), _ptr(leaf_start), _ptr(leaf_node), depth_max, _ptr(coef),
             _ptr(grad_out), _ptr(grad_hidden), torch.get_num_threads())
     if not want_weight:
         return [grad_hidden, torch.empty(0, dtype=weight.dtype), torch.empty(0, dtype=torch.int64)]
@@ -253,12 +354,72 @@ def path_backward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tens
     return [grad_hidden, grad_weight, touched[:m].clone() if sparse else torch.empty(0, dtype=torch.int64)]
 
 
+@torch.library.custom_op("vqbench::huffman_tree_walk", mutates_args=("out",))
+def tree_walk(scores: torch.Tensor, left: torch.Tensor, right: torch.Tensor, slot: torch.Tensor, rows: int,
+              out: torch.Tensor) -> None:
+    """Every leaf's log-probability, written into out [V, N] (token-major, contiguous, float32 or bfloat16), from
+    scores [V-1, N] (h . u_j for internal node j, node-major, float32 or bfloat16), the internal nodes' children
+    left, right [V-1] (node ids: leaves 0..V-1, internal node j is V + j) and the walk's rows: slot [V-1], the
+    row of a float32 [rows, N] table that holds internal node j's path sums while they are needed (walk_slots).
+    One sweep over the nodes from the root down, each thread over its own columns; both branches' log-sigmoids
+    from one vectorised log(1 + exp(-|s|)) per node and token. No FLOPs counted (the products are the GEMM's).
+    Reads the scores once and writes out once, (V-1) N + V N elements, plus the table: each internal node's N
+    path sums written once and read once, 2 (V-2) N float32 values (the root's are zero)."""
+    n = scores.shape[1]
+    table = fresh_empty((rows, n), dtype=torch.float32, device="cpu")  # first touched on huge pages
+    _function("tree_walk", scores, out)(_ptr(scores), n, out.shape[0], _ptr(left), _ptr(right), _ptr(slot),
+                                        _ptr(table), _ptr(out), None, torch.get_num_threads())
+
+
+@torch.library.custom_op("vqbench::huffman_tree_argmax", mutates_args=())
+def tree_argmax(scores: torch.Tensor, left: torch.Tensor, right: torch.Tensor, slot: torch.Tensor, rows: int,
+                dtype: torch.dtype) -> torch.Tensor:
+    """[N] int64: each token's most probable leaf (the first of ties, as argmax over tree_walk's output in
+    ``dtype``, float32 or bfloat16), by the same walk without writing the V log-probabilities: reads scores
+    [V-1, N] once and the table as tree_walk does, writes N indices."""
+    n = scores.shape[1]
+    best = torch.empty(n, dtype=torch.int64)
+    table = fresh_empty((rows, n), dtype=torch.float32, device="cpu")  # first touched on huge pages
+    getattr(_library(), f"tree_walk_{native.SUFFIX[scores.dtype]}_{native.SUFFIX[dtype]}")(
+        _ptr(scores), n, scores.shape[0] + 1, _ptr(left), _ptr(right), _ptr(slot), _ptr(table), None, _ptr(best),
+        torch.get_num_threads())
+    return best
+
+
+@tree_argmax.register_fake
+def _(scores, left, right, slot, rows, dtype):
+    return scores.new_empty(scores.shape[1], dtype=torch.int64)
+
+
+def walk_slots(left: torch.Tensor, right: torch.Tensor, vocab: int) -> Tuple[torch.Tensor, int]:
+    """(slot [V-1] int64, rows): the table row of each internal node for tree_walk's sweep (decreasing node ids).
+    A node's row is free once the node is done: one child takes it (the walk reads each column before it writes
+    it), the other a freed row or a new one; rows is the most rows in use at once."""
+    slot = [0] * (vocab - 1)
+    free: List[int] = []
+    rows = 1  # the root's
+    for j, (a, b) in enumerate(zip(left.tolist()[::-1], right.tolist()[::-1])):
+        node = vocab - 2 - j
+        own = [slot[node]]
+        for child in (a, b):
+            if child >= vocab:
+                if own:
+                    slot[child - vocab] = own.pop()
+                elif free:
+                    slot[child - vocab] = free.pop()
+                else:
+                    slot[child - vocab] = rows
+                    rows += 1
+        free += own
+    return torch.tensor(slot, dtype=torch.int64), rows
+
+
 @register_flop_formula(torch.ops.vqbench.huffman_path_forward)
 def _path_forward_flops(hidden_shape, *args, **kwargs) -> int:
     return 2 * args[-1] * hidden_shape[1]  # pairs: the last argument
 
 
 @register_flop_formula(torch.ops.vqbench.huffman_path_backward)
-def _path_backward_flops(hidden_shape, weight_shape, target_shape, ls_shape, ln_shape, coef_shape, gout_shape,
-                         pairs, want_hidden, want_weight, *args, **kwargs) -> int:
+def _path_backward_flops(hidden_shape, weight_shape, target_shape, order_shape, ls_shape, ln_shape, coef_shape,
+                         gout_shape, pairs, want_hidden, want_weight, *args, **kwargs) -> int:
     return 2 * (bool(want_hidden) + bool(want_weight)) * pairs * hidden_shape[1]

@@ -12,7 +12,8 @@ from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
 from baselines import huffman_kernels
-from vqbench.heads.fresh import fresh_zeros
+from vqbench.heads.contract import argmax_over_tokens
+from vqbench.heads.fresh import fresh_empty, fresh_zeros
 
 
 def huffman_parents(counts: torch.Tensor):
@@ -31,6 +32,25 @@ def huffman_parents(counts: torch.Tensor):
         parent[left], parent[right], is_right[right] = node, node, 1
         heapq.heappush(heap, (c_left + c_right, node))
     return torch.tensor(parent), torch.tensor(is_right)
+
+
+def leaf_order_rank(path_signs: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    """[V] int64: each leaf's place among the leaves read left to right, from path_signs [V, D] (leaf upwards, +1
+    left, -1 right, 0 past the path's end) and depth [V]. The paths read from the root are a prefix-free code, so
+    sorting them as bit strings (1 = right) gives the left-to-right order; 62 bits at a time, least significant
+    group first, each sort stable."""
+    vocab, longest = path_signs.shape
+    position = torch.arange(longest)
+    from_root = (depth[:, None] - 1 - position).clamp(min=0)
+    right = ((path_signs.gather(1, from_root) == -1) & (position < depth[:, None])).long()  # [V, D] root first
+    order = torch.arange(vocab)
+    for start in reversed(range(0, longest, 62)):
+        bits = right[:, start:start + 62]
+        key = torch.bitwise_left_shift(bits, 61 - torch.arange(bits.shape[1])).sum(1)
+        order = order[torch.argsort(key[order], stable=True)]
+    rank = torch.empty(vocab, dtype=torch.int64)
+    rank[order] = torch.arange(vocab)
+    return rank
 
 
 class HuffmanTree(nn.Module):
@@ -74,6 +94,11 @@ class HuffmanTree(nn.Module):
                              persistent=False)
         self.register_buffer("leaf_node", self.path_nodes[on_path].contiguous(), persistent=False)
         self.register_buffer("leaf_sign", self.path_signs[on_path].contiguous(), persistent=False)
+        # each leaf's place in the tree's left-to-right leaf order: the kernels visit tokens sorted by it. This and
+        # walk_slot below are plain attributes, not buffers: inputs of the CPU kernels only, and a head's buffers
+        # are what the floors count as the index data a V-wide op reads (vqbench.measuring.ops.buffer_bytes), a
+        # count that changes only in a change of its own
+        self.leaf_rank = leaf_order_rank(self.path_signs, depth)
         probs = counts / counts.sum()
         self.expected_depth = float((probs * depth.double()).sum())
 
@@ -92,6 +117,7 @@ class HuffmanTree(nn.Module):
         right_child[parent[children][is_right[children] == 1] - vocab_size] = children[is_right[children] == 1]
         self.register_buffer("left_child", left_child, persistent=False)
         self.register_buffer("right_child", right_child, persistent=False)
+        self.walk_slot, self.walk_rows = huffman_kernels.walk_slots(left_child, right_child, vocab_size)
         internal_depth = node_depth[vocab_size:]
         self.num_levels = int(internal_depth.max()) + 1
         for level in range(self.num_levels):
@@ -127,7 +153,9 @@ class HuffmanTree(nn.Module):
 
     def target_log_prob(self, hidden, target):
         if huffman_kernels.supports(hidden, self.node_weight):
-            return PathWalk.apply(hidden, self.node_weight, target.contiguous(), self.leaf_start, self.leaf_node,
+            target = target.contiguous()
+            order = torch.argsort(self.leaf_rank[target])                   # [N]
+            return PathWalk.apply(hidden, self.node_weight, target, order, self.leaf_start, self.leaf_node,
                                   self.leaf_sign, self.depth, self.path_nodes.shape[1], self.sparse_grad)
         # one entry per (token, node on its path), token by token: E = sum of the targets' depths
         depth = self.depth[target]                                          # [N]
@@ -145,7 +173,41 @@ class HuffmanTree(nn.Module):
         scores = torch.einsum("ed,ed->e", hidden.index_select(0, token), rows)
         return hidden.new_zeros(target.shape[0]).index_add(0, token, F.logsigmoid(signs * scores))
 
-    def log_probs(self, hidden):
+    def log_probs(self, hidden, out_t=None):
+        """[N, V]: the transposed view of a token-major [V, N] tensor, or of out_t [V, N] when given (written).
+
+        Without autograd on the CPU (float32, bfloat16): the [V-1, N] node scores h U^T, then one C++ walk
+        from the root down (huffman_kernels.tree_walk) writes each leaf's log-probability once. Otherwise torch ops, one depth level at a time (differentiable)."""
+        if self._walks(hidden):
+            scores = self.node_weight @ hidden.T                        # [V-1, N]
+            if out_t is None:
+                out_t = fresh_empty((self.vocab_size, hidden.shape[0]), dtype=hidden.dtype, device="cpu")
+            if huffman_kernels.supports(scores, out_t):
+                huffman_kernels.tree_walk(scores, self.left_child, self.right_child, self.walk_slot, self.walk_rows,
+                                          out_t)
+                return out_t.T
+        levels = self._log_probs_by_level(hidden)
+        if out_t is None:
+            return levels
+        out_t.copy_(levels.T)
+        return out_t.T
+
+    def predict(self, hidden):
+        """[N] the most probable token, by the walk without writing the V log-probabilities (CPU, float32 or
+        bfloat16; otherwise the argmax of log_probs)."""
+        if self._walks(hidden):
+            scores = self.node_weight @ hidden.T                        # [V-1, N]
+            if huffman_kernels.supports(scores):
+                return huffman_kernels.tree_argmax(scores, self.left_child, self.right_child, self.walk_slot,
+                                                   self.walk_rows, hidden.dtype)
+        return argmax_over_tokens(self.log_probs(hidden))
+
+    def _walks(self, hidden):
+        """True where the C++ walk can build log_probs: CPU float32 or bfloat16, and no gradient wanted."""
+        wants_grad = torch.is_grad_enabled() and (hidden.requires_grad or self.node_weight.requires_grad)
+        return not wants_grad and huffman_kernels.supports(hidden, self.node_weight)
+
+    def _log_probs_by_level(self, hidden):
         # node-major layout [nodes, N]: each level moves whole rows (contiguous), which is far
         # faster than indexing columns of an [N, nodes] tensor; the result is returned transposed.
         # Both branch log-probabilities come from one logsigmoid over all nodes:
@@ -263,9 +325,9 @@ class PathLogProb(torch.autograd.Function):
 
 class PathWalk(torch.autograd.Function):
     """PathLogProb from the fused C++ kernels (baselines.huffman_kernels), for CPU float32 and bfloat16 tensors:
-    hidden [N, d], weight [V-1, d], target [N], the leaves' paths as CSR (leaf_start [V + 1], leaf_node,
-    leaf_sign), depth [V], depth_max (the longest path), sparse -> [N]. Each token's path is read from the
-    leaves' paths (no per-call gathers); dots, log-sigmoids and the path sum happen in one pass, with float32
+    hidden [N, d], weight [V-1, d], target [N], order [N] (the tokens sorted by their targets' places in the leaf
+    order), the leaves' paths as CSR (leaf_start [V + 1], leaf_node, leaf_sign), depth [V], depth_max (the longest
+    path), sparse -> [N]. Each token's path is read from the leaves' paths (no per-call gathers); dots, log-sigmoids and the path sum happen in one pass, with float32
     accumulation.
 
     Analytic cost, forward: 2 E d FLOPs; reads h (N d) and the M touched rows (M d, from cache after the first
@@ -276,25 +338,25 @@ class PathWalk(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, target, leaf_start, leaf_node, leaf_sign, depth, depth_max, sparse):
+    def forward(ctx, hidden, weight, target, order, leaf_start, leaf_node, leaf_sign, depth, depth_max, sparse):
         pairs = int(depth[target].sum())
-        out, coef = huffman_kernels.path_forward(hidden, weight, target, leaf_start, leaf_node, leaf_sign, depth_max,
-                                             pairs)
-        ctx.save_for_backward(hidden, weight, target, leaf_start, leaf_node, coef)
+        out, coef = huffman_kernels.path_forward(hidden, weight, target, order, leaf_start, leaf_node, leaf_sign,
+                                                 depth_max, pairs)
+        ctx.save_for_backward(hidden, weight, target, order, leaf_start, leaf_node, coef)
         ctx.pairs, ctx.sparse = pairs, sparse
         return out.to(hidden.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        hidden, weight, target, leaf_start, leaf_node, coef = ctx.saved_tensors
+        hidden, weight, target, order, leaf_start, leaf_node, coef = ctx.saved_tensors
         want_hidden, want_weight = ctx.needs_input_grad[:2]
         grad_hidden, grad_weight, touched = huffman_kernels.path_backward(
-            hidden, weight, target, leaf_start, leaf_node, coef, grad_out, ctx.pairs, want_hidden, want_weight,
+            hidden, weight, target, order, leaf_start, leaf_node, coef, grad_out, ctx.pairs, want_hidden, want_weight,
             ctx.sparse)
         if want_weight and ctx.sparse:
             grad_weight = _sparse_rows(touched, grad_weight, weight.shape)
         return (grad_hidden if want_hidden else None, grad_weight if want_weight else None,
-                None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None)
 
 
 def _sparse_rows(rows, values, shape):

@@ -295,3 +295,116 @@ def test_tree_kernels_under_autocast_take_bfloat16_hidden_and_float32_weights(sp
     assert ours[1].dtype == torch.bfloat16 and all(g.dtype == torch.float32 for g in ours[2:])
     for a, b in zip(ours, reference):
         torch.testing.assert_close(a.double(), b, atol=5e-2, rtol=5e-2)
+
+
+# --- the Huffman tree's log_probs and predict by one walk (huffman_kernels.tree_walk) --------------------------
+
+WALK_SHAPES = SHAPES + [(2, 4, 17), (300, 8, 500)]  # V=2: the root alone; N off the walk's 16 tokens a block
+
+
+@pytest.mark.parametrize("vocab,d,n", WALK_SHAPES)
+@pytest.mark.parametrize("dtype,atol", DTYPES[1:])
+def test_huffman_walk_equals_the_level_by_level_log_probs(vocab, d, n, dtype, atol):
+    """The walk gives the differentiable level-by-level path's log-probabilities, fresh and into a token-major
+    out, and predict gives their argmax."""
+    head, hidden, _, _ = case("hierarchical:tree=huffman", dtype, vocab, d, n)
+    reference_head = vqbench.make_head("hierarchical:tree=huffman", vocab, d, dtype=torch.float64)
+    reference_head.load_state_dict({k: v.double() for k, v in head.state_dict().items()})
+    with torch.no_grad():
+        reference = reference_head.tree._log_probs_by_level(hidden.double())
+        ours = head.log_probs(hidden)
+        assert ours.dtype == dtype and ours.shape == (n, vocab) and ours.T.is_contiguous()
+        torch.testing.assert_close(ours.double(), reference.double(), atol=atol, rtol=atol)
+        into = head.new_output(n)
+        assert head.log_probs(hidden, out=into) is into and torch.equal(into, ours)
+        assert torch.equal(head.predict(hidden), ours.argmax(dim=-1))
+
+
+def test_huffman_walk_is_normalised_and_exact_at_extreme_scores():
+    """Scores from -1e4 to 1e4 (probabilities down to exp(-1e4)): every row still sums to one, and each
+    log-probability matches float64 arithmetic; the walk's log(1 + exp(-|s|)) holds float32's accuracy."""
+    head32, hidden, _, _ = case("hierarchical:tree=huffman", torch.float32, 1001, 33, 77)
+    head64 = vqbench.make_head("hierarchical:tree=huffman", 1001, 33, dtype=torch.float64)
+    for scale in (1e-3, 1.0, 30.0, 3e3):
+        with torch.no_grad():
+            head32.tree.node_weight.normal_(0, scale / 33 ** 0.5)
+            head64.load_state_dict({k: v.double() for k, v in head32.state_dict().items()})
+            ours = head32.log_probs(hidden).double()
+            reference = head64.log_probs(hidden.double())
+        torch.testing.assert_close(ours, reference, atol=2e-5 * max(1.0, scale), rtol=2e-6)
+        assert torch.logsumexp(ours, 1).abs().max() < 1e-4
+
+
+def test_huffman_walk_log1p_exp_matches_float64_over_the_float_range():
+    """log sigmoid(x) for x over 1e-8 .. 1e38 and both signs, via log_probs of the smallest tree (V=2: one
+    node, whose two leaves get log sigmoid(+-x)): within a few float32 ulps of the float64 value."""
+    head = vqbench.make_head("hierarchical:tree=huffman", 2, 1, dtype=torch.float32)
+    x = torch.cat([torch.logspace(-8, 38, 2000), -torch.logspace(-8, 38, 2000), torch.zeros(1)])
+    with torch.no_grad():
+        head.tree.node_weight.fill_(1.0)
+        ours = head.log_probs(x[:, None]).double()
+    expected = torch.stack([F.logsigmoid(x.double()), F.logsigmoid(-x.double())], 1)
+    left = 0 if head.tree.left_child[0] == 0 else 1  # which leaf the root's left branch reaches
+    expected = expected if left == 0 else expected.flip(1)
+    torch.testing.assert_close(ours, expected, atol=1e-7, rtol=3e-7)
+
+
+def test_huffman_walk_predict_takes_the_first_of_ties_and_writes_no_log_probs(monkeypatch):
+    head, hidden, _, _ = case("hierarchical:tree=huffman", torch.float32, 97, 16, 40)
+    with torch.no_grad():
+        head.tree.node_weight.zero_()  # every leaf at one depth ties; the first of them must win
+        assert torch.equal(head.predict(hidden), head.log_probs(hidden).argmax(dim=-1))
+    from baselines import huffman_kernels
+    monkeypatch.setattr(huffman_kernels, "tree_walk", lambda *a, **k: pytest.fail("predict wrote log-probs"))
+    head.predict(hidden)
+
+
+def test_huffman_log_probs_with_autograd_take_the_level_path_and_differentiate():
+    head, hidden, _, _ = case("hierarchical:tree=huffman", torch.float32, 97, 16, 40)
+    hidden.requires_grad_(True)
+    out = head.log_probs(hidden)
+    assert out.requires_grad
+    out[:, 3].sum().backward()
+    with torch.no_grad():
+        torch.testing.assert_close(out, head.log_probs(hidden), atol=2e-5, rtol=0)
+    assert hidden.grad is not None and head.tree.node_weight.grad is not None
+
+
+def test_huffman_walk_under_autocast_writes_the_hidden_dtype():
+    head, hidden, _, _ = case("hierarchical:tree=huffman", torch.float32, 1001, 33, 77)
+    with torch.no_grad():
+        reference = head.log_probs(hidden)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours = head.log_probs(hidden)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, reference, atol=0.15, rtol=0.02)
+
+
+@pytest.mark.parametrize("vocab", [2, 11, 300])
+def test_huffman_leaf_rank_is_the_left_to_right_leaf_order(vocab):
+    """The kernels visit tokens by leaf_rank: it must be the leaves' order in a depth-first walk, left first."""
+    counts = torch.arange(1, vocab + 1, dtype=torch.float64).pow(-1.1) * 1000 + 1
+    tree = vqbench.make_head("hierarchical:tree=huffman", vocab, 4, token_counts=counts).tree
+    leaves, stack = [], [2 * vocab - 2]
+    while stack:
+        node = stack.pop()
+        if node < vocab:
+            leaves.append(node)
+        else:
+            stack += [int(tree.right_child[node - vocab]), int(tree.left_child[node - vocab])]
+    assert torch.equal(tree.leaf_rank[torch.tensor(leaves)], torch.arange(vocab))
+
+
+def test_huffman_leaf_rank_sorts_paths_longer_than_one_key():
+    """Codes of 70 steps that differ only after the 64th are sorted in 62-bit groups, as lists of bits are."""
+    from baselines.huffman_tree import leaf_order_rank
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 2, (80, 70), generator=g)              # root first, 1 = right
+    codes[:, :64] = 0
+    codes = torch.unique(codes, dim=0)
+    codes = codes[torch.randperm(codes.shape[0], generator=g)]
+    vocab = codes.shape[0]
+    signs = torch.where(codes.flip(1) == 1, -1, 1).to(torch.int8)   # leaf upwards, -1 = right
+    rank = leaf_order_rank(signs, torch.full((vocab,), 70))
+    expected = sorted(range(vocab), key=lambda v: codes[v].tolist())
+    assert torch.equal(rank[torch.tensor(expected)], torch.arange(vocab))
