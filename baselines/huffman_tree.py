@@ -94,10 +94,8 @@ class HuffmanTree(nn.Module):
                              persistent=False)
         self.register_buffer("leaf_node", self.path_nodes[on_path].contiguous(), persistent=False)
         self.register_buffer("leaf_sign", self.path_signs[on_path].contiguous(), persistent=False)
-        # each leaf's place in the tree's left-to-right leaf order: the kernels visit tokens sorted by it. This and
-        # walk_slot below are plain attributes, not buffers: inputs of the CPU kernels only, and a head's buffers
-        # are what the floors count as the index data a V-wide op reads (vqbench.measuring.ops.buffer_bytes), a
-        # count that changes only in a change of its own
+        # the kernels visit tokens in their leaves' left-to-right order. Not buffers (nor walk_slot below): the
+        # floors count a head's buffers as a V-wide op's index data (measuring.ops.buffer_bytes)
         self.leaf_rank = leaf_order_rank(self.path_signs, depth)
         probs = counts / counts.sum()
         self.expected_depth = float((probs * depth.double()).sum())
