@@ -1,5 +1,6 @@
-"""The Huffman tree's CPU loss in C++ (built and loaded by vqbench.heads.native): the sum of log-sigmoids of dot
-products along each target's path, forward and backward.
+"""The Huffman tree's CPU kernels in C++ (built and loaded by vqbench.heads.native): the loss, the sum of
+log-sigmoids of dot products along each target's path, forward and backward; and the walk from the root down that
+gives every leaf's log-probability (log_probs) or each token's best leaf (predict).
 
 Composed from torch ops, each call pays a dozen small ops (gathers of the paths, a sampled product, a scatter of
 the sums, a sort for the node-major gradient), each costing more than its few kilobytes of work. These kernels
@@ -188,16 +189,18 @@ static inline float log1p_exp_neg_abs(float x) {
     return x == x ? out : x;
 }
 
-// Huffman tree, every leaf's log-probability: one sweep over the internal nodes from the root down (decreasing j:
-// a child's id is below its parent's), each thread over its own range of token columns, so that every access is a
-// contiguous run of a row: scores [V-1, n] (node-major: h . u_j for each token), the path sums of the live internal
-// nodes in table [rows, n] float32 (internal node j's row is slot[j]; a row is reused once its node is done, so
-// rows is the most nodes live at once, not V-1), left and right [V-1] (the children's node ids: a leaf v < V,
-// internal node j is V + j). Writes out [V, n] (token-major), or with out null each token's best leaf to best [n]
-// (the first of ties in TO's rounding, as argmax over out's values).
+// Huffman tree, every leaf's log-probability: one sweep over the internal nodes in preorder (walk_order [V-1]: a
+// parent before its children, a left subtree before the right one), each thread over its own range of token
+// columns, so that every access is a contiguous run of a row: scores [V-1, n] (node-major: h . u_j for each
+// token), the path sums of the internal nodes reached but not yet visited in table [rows, n] float32 (internal
+// node j's row is slot[j]; in preorder these are the right children pending along the current path, so rows is
+// at most the tree's depth and the table stays in cache), left and right [V-1] (the children's node ids: a leaf
+// v < V, internal node j is V + j). Writes out [V, n] (token-major), or with out null each token's best leaf to
+// best [n] (the first of ties in TO's rounding, as argmax over out's values).
 template <typename TS, typename TO>
 static void tree_walk(const TS* scores, int64_t n, int64_t v, const int64_t* left, const int64_t* right,
-                      const int64_t* slot, float* table, TO* out, int64_t* best, int threads) {
+                      const int64_t* walk_order, const int64_t* slot, float* table, TO* out, int64_t* best,
+                      int threads) {
     constexpr int64_t TILE = 512;  // columns at a time: the tile's temporaries stay in L1
 #pragma omp parallel num_threads(threads)
     {
@@ -205,9 +208,10 @@ static void tree_walk(const TS* scores, int64_t n, int64_t v, const int64_t* lef
         int64_t c0 = n * part / parts, c1 = n * (part + 1) / parts;
         float go_left[TILE], go_right[TILE];
         std::vector<float> top(out == nullptr ? (size_t)(c1 - c0) : 0, -INFINITY);
-        std::vector<int64_t> arg(out == nullptr ? (size_t)(c1 - c0) : 0, (int64_t)-1);
+        std::vector<int64_t> arg(out == nullptr ? (size_t)(c1 - c0) : 0, INT64_MAX);  // any leaf beats it
         std::fill(table + slot[v - 2] * n + c0, table + slot[v - 2] * n + c1, 0.f);  // the root: log 1
-        for (int64_t j = v - 2; j >= 0; --j) {
+        for (int64_t step = 0; step < v - 1; ++step) {
+            int64_t j = walk_order[step];
             const TS* s = scores + j * n;
             const float* above = table + slot[j] * n;
             for (int64_t t0 = c0; t0 < c1; t0 += TILE) {
@@ -265,8 +269,9 @@ extern "C" void path_backward_weight_##A##_##B(const void* h, int64_t d, int64_t
         const int64_t* pt, const float* pv, const int64_t* touched, int64_t m, int dense, void* gw, int threads) { \
     path_backward_weight((const TA*)h, d, nodes, ns, pt, pv, touched, m, dense != 0, (TB*)gw, threads); } \
 extern "C" void tree_walk_##A##_##B(const void* scores, int64_t n, int64_t v, const int64_t* left, \
-        const int64_t* right, const int64_t* slot, float* table, void* out, int64_t* best, int threads) { \
-    tree_walk((const TA*)scores, n, v, left, right, slot, table, (TB*)out, best, threads); }
+        const int64_t* right, const int64_t* walk_order, const int64_t* slot, float* table, void* out, \
+        int64_t* best, int threads) { \
+    tree_walk((const TA*)scores, n, v, left, right, walk_order, slot, table, (TB*)out, best, threads); }
 FOR_TYPES(DEFINE)
 """
 
@@ -275,7 +280,7 @@ SIGNATURES = {
     "path_forward": [_P, _P, _I, _I, _P, _P, _P, _P, _P, _I, _P, _P, INT],
     "path_backward_hidden": [_P, _I, _I, _P, _P, _P, _P, _I, _P, _P, _P, INT],
     "path_backward_weight": [_P, _I, _I, _P, _P, _P, _P, _I, INT, _P, INT],
-    "tree_walk": [_P, _I, _I, _P, _P, _P, _P, _P, _P, INT],
+    "tree_walk": [_P, _I, _I, _P, _P, _P, _P, _P, _P, _P, INT],
 }
 PLAIN = {"path_group": ([_I, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P], INT64)}
 
@@ -304,8 +309,9 @@ def path_forward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tenso
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Huffman tree path log-probabilities: hidden [N, d], weight [V-1, d] (float32 or bfloat16, converted as
     loaded), target [N]; order [N], the tokens in the order to visit them (a permutation; by their targets'
-    places in the tree's leaf order, so that neighbours share path rows in cache); every leaf's path as CSR (leaf_start [V + 1], leaf_node [L] int64, leaf_sign [L] int8
-    +-1); depth_max, the longest path; pairs = E, the summed path lengths of the targets (FLOP count only).
+    places in the tree's leaf order, so that neighbours share path rows in cache); every leaf's path as CSR
+    (leaf_start [V + 1], leaf_node [L] int64, leaf_sign [L] int8 +-1); depth_max, the longest path; pairs = E,
+    the summed path lengths of the targets (FLOP count only).
     -> (log p [N], coef [N, depth_max]) float32: sum over each target's path of logsigmoid(sign h . u), and
     sign sigmoid(-sign h . u) at each step (0 past the path's end), kept for backward. 2 E d FLOPs; reads h
     and each touched row (from cache after the first reach), writes 2 N depth_max floats (scores and signs)
@@ -322,8 +328,8 @@ def path_forward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tenso
 
 @torch.library.custom_op("vqbench::huffman_path_backward", mutates_args=())
 def path_backward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, order: torch.Tensor,
-                  leaf_start: torch.Tensor, leaf_node: torch.Tensor, coef: torch.Tensor, grad_out: torch.Tensor, pairs: int, want_hidden: bool,
-                  want_weight: bool, sparse: bool) -> List[torch.Tensor]:
+                  leaf_start: torch.Tensor, leaf_node: torch.Tensor, coef: torch.Tensor, grad_out: torch.Tensor,
+                  pairs: int, want_hidden: bool, want_weight: bool, sparse: bool) -> List[torch.Tensor]:
     """Gradients of sum_i grad_out_i log p_i (path_forward's): [grad_hidden [N, d] in hidden's dtype, grad_weight,
     touched]. grad_weight in weight's dtype: dense [V-1, d] (rows no path reached are zero, every row written
     once), or with ``sparse`` only the M touched rows [M, d], in the order of touched [M] (int64, increasing). An
@@ -355,63 +361,77 @@ def path_backward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tens
 
 
 @torch.library.custom_op("vqbench::huffman_tree_walk", mutates_args=("out",))
-def tree_walk(scores: torch.Tensor, left: torch.Tensor, right: torch.Tensor, slot: torch.Tensor, rows: int,
-              out: torch.Tensor) -> None:
+def tree_walk(scores: torch.Tensor, left: torch.Tensor, right: torch.Tensor, walk_order: torch.Tensor,
+              slot: torch.Tensor, rows: int, out: torch.Tensor) -> None:
     """Every leaf's log-probability, written into out [V, N] (token-major, contiguous, float32 or bfloat16), from
     scores [V-1, N] (h . u_j for internal node j, node-major, float32 or bfloat16), the internal nodes' children
-    left, right [V-1] (node ids: leaves 0..V-1, internal node j is V + j) and the walk's rows: slot [V-1], the
-    row of a float32 [rows, N] table that holds internal node j's path sums while they are needed (walk_slots).
-    One sweep over the nodes from the root down, each thread over its own columns; both branches' log-sigmoids
-    from one vectorised log(1 + exp(-|s|)) per node and token. No FLOPs counted (the products are the GEMM's).
-    Reads the scores once and writes out once, (V-1) N + V N elements, plus the table: each internal node's N
-    path sums written once and read once, 2 (V-2) N float32 values (the root's are zero)."""
+    left, right [V-1] (node ids: leaves 0..V-1, internal node j is V + j) and the walk's plan (walk_plan):
+    walk_order [V-1], the internal nodes in preorder, and slot [V-1], the row of a float32 [rows, N] table that
+    holds node j's path sums from its parent's visit to its own. One sweep over the nodes, each thread over its
+    own columns; both branches' log-sigmoids from one vectorised log(1 + exp(-|s|)) per node and token. No FLOPs
+    counted (the products are the GEMM's). Reads the scores once and writes out once, (V-1) N + V N elements; the
+    table's rows (at most the tree's depth) stay in cache."""
     n = scores.shape[1]
-    table = fresh_empty((rows, n), dtype=torch.float32, device="cpu")  # first touched on huge pages
-    _function("tree_walk", scores, out)(_ptr(scores), n, out.shape[0], _ptr(left), _ptr(right), _ptr(slot),
-                                        _ptr(table), _ptr(out), None, torch.get_num_threads())
+    _check_walk(scores, left, right, walk_order, slot, out.shape[0])
+    if out.shape[1] != n or not out.is_contiguous():
+        raise ValueError(f"out: expected a contiguous [{out.shape[0]}, {n}] tensor, got {tuple(out.shape)}")
+    table = torch.empty(rows, n)
+    _function("tree_walk", scores, out)(_ptr(scores), n, out.shape[0], _ptr(left), _ptr(right), _ptr(walk_order),
+                                        _ptr(slot), _ptr(table), _ptr(out), None, torch.get_num_threads())
 
 
 @torch.library.custom_op("vqbench::huffman_tree_argmax", mutates_args=())
-def tree_argmax(scores: torch.Tensor, left: torch.Tensor, right: torch.Tensor, slot: torch.Tensor, rows: int,
-                dtype: torch.dtype) -> torch.Tensor:
+def tree_argmax(scores: torch.Tensor, left: torch.Tensor, right: torch.Tensor, walk_order: torch.Tensor,
+                slot: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
     """[N] int64: each token's most probable leaf (the first of ties, as argmax over tree_walk's output in
     ``dtype``, float32 or bfloat16), by the same walk without writing the V log-probabilities: reads scores
-    [V-1, N] once and the table as tree_walk does, writes N indices."""
+    [V-1, N] once, writes N indices."""
     n = scores.shape[1]
+    _check_walk(scores, left, right, walk_order, slot, scores.shape[0] + 1)
     best = torch.empty(n, dtype=torch.int64)
-    table = fresh_empty((rows, n), dtype=torch.float32, device="cpu")  # first touched on huge pages
+    table = torch.empty(rows, n)
     getattr(_library(), f"tree_walk_{native.SUFFIX[scores.dtype]}_{native.SUFFIX[dtype]}")(
-        _ptr(scores), n, scores.shape[0] + 1, _ptr(left), _ptr(right), _ptr(slot), _ptr(table), None, _ptr(best),
-        torch.get_num_threads())
+        _ptr(scores), n, scores.shape[0] + 1, _ptr(left), _ptr(right), _ptr(walk_order), _ptr(slot), _ptr(table),
+        None, _ptr(best), torch.get_num_threads())
     return best
 
 
 @tree_argmax.register_fake
-def _(scores, left, right, slot, rows, dtype):
+def _(scores, left, right, walk_order, slot, rows, dtype):
     return scores.new_empty(scores.shape[1], dtype=torch.int64)
 
 
-def walk_slots(left: torch.Tensor, right: torch.Tensor, vocab: int) -> Tuple[torch.Tensor, int]:
-    """(slot [V-1] int64, rows): the table row of each internal node for tree_walk's sweep (decreasing node ids).
-    A node's row is free once the node is done: one child takes it (the walk reads each column before it writes
-    it), the other a freed row or a new one; rows is the most rows in use at once."""
+def _check_walk(scores, left, right, walk_order, slot, vocab):
+    """The walk reads these by index without bounds checks: their shapes must agree."""
+    for name, t in (("scores", scores), ("left", left), ("right", right), ("walk_order", walk_order),
+                    ("slot", slot)):
+        if t.shape[0] != vocab - 1 or not t.is_contiguous():
+            raise ValueError(f"{name}: expected a contiguous tensor with {vocab - 1} rows, got {tuple(t.shape)}")
+
+
+def walk_plan(left: torch.Tensor, right: torch.Tensor, vocab: int) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """(walk_order [V-1], slot [V-1], rows) for tree_walk: the internal nodes in preorder (a parent before its
+    children, the left subtree first) from the root V-2, and each node's table row. A node's row is free once
+    the node is visited: one child takes it over (the walk reads each column before it writes it), the other a
+    freed row or a new one; rows is the most in use at once: in preorder, the right children pending along the
+    current path, at most the tree's depth."""
+    children = list(zip(left.tolist(), right.tolist()))
+    order: List[int] = []
     slot = [0] * (vocab - 1)
     free: List[int] = []
     rows = 1  # the root's
-    for j, (a, b) in enumerate(zip(left.tolist()[::-1], right.tolist()[::-1])):
-        node = vocab - 2 - j
+    stack = [vocab - 2]
+    while stack:
+        node = stack.pop()
+        order.append(node)
         own = [slot[node]]
-        for child in (a, b):
+        for child in children[node]:
             if child >= vocab:
-                if own:
-                    slot[child - vocab] = own.pop()
-                elif free:
-                    slot[child - vocab] = free.pop()
-                else:
-                    slot[child - vocab] = rows
-                    rows += 1
+                slot[child - vocab] = own.pop() if own else (free.pop() if free else rows)
+                rows = max(rows, slot[child - vocab] + 1)
         free += own
-    return torch.tensor(slot, dtype=torch.int64), rows
+        stack += [child - vocab for child in reversed(children[node]) if child >= vocab]  # the left one on top
+    return torch.tensor(order, dtype=torch.int64), torch.tensor(slot, dtype=torch.int64), rows
 
 
 @register_flop_formula(torch.ops.vqbench.huffman_path_forward)

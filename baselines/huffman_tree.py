@@ -62,8 +62,9 @@ class HuffmanTree(nn.Module):
     Loss: one dot product per (token, node on its target's path); on the CPU in float32 and
     bfloat16 one fused C++ kernel per direction (PathWalk). ``sparse_grad``: node_weight's gradient
     is a sparse tensor of the touched rows (as nn.Embedding's sparse=True), not a dense [V-1, d] one
-    that is zero but for them. log_probs: h U^T for all V-1 nodes, then
-    log-probabilities pushed down the tree one depth level at a time (no loop over tokens).
+    that is zero but for them. log_probs and predict: h U^T for all V-1 nodes, then (CPU, float32 and
+    bfloat16, no autograd) one C++ walk from the root down (huffman_kernels.tree_walk), else log-probabilities
+    pushed down the tree one depth level at a time in torch ops (no loop over tokens).
     """
 
     def __init__(self, vocab_size: int, d_model: int, counts: torch.Tensor, sparse_grad: bool = False):
@@ -94,7 +95,7 @@ class HuffmanTree(nn.Module):
                              persistent=False)
         self.register_buffer("leaf_node", self.path_nodes[on_path].contiguous(), persistent=False)
         self.register_buffer("leaf_sign", self.path_signs[on_path].contiguous(), persistent=False)
-        # the kernels visit tokens in their leaves' left-to-right order. Not buffers (nor walk_slot below): the
+        # the kernels visit tokens in their leaves' left-to-right order. Not buffers (nor walk_* below): the
         # floors count a head's buffers as a V-wide op's index data (measuring.ops.buffer_bytes)
         self.leaf_rank = leaf_order_rank(self.path_signs, depth)
         probs = counts / counts.sum()
@@ -115,7 +116,7 @@ class HuffmanTree(nn.Module):
         right_child[parent[children][is_right[children] == 1] - vocab_size] = children[is_right[children] == 1]
         self.register_buffer("left_child", left_child, persistent=False)
         self.register_buffer("right_child", right_child, persistent=False)
-        self.walk_slot, self.walk_rows = huffman_kernels.walk_slots(left_child, right_child, vocab_size)
+        self.walk_order, self.walk_slot, self.walk_rows = huffman_kernels.walk_plan(left_child, right_child, vocab_size)
         internal_depth = node_depth[vocab_size:]
         self.num_levels = int(internal_depth.max()) + 1
         for level in range(self.num_levels):
@@ -175,14 +176,15 @@ class HuffmanTree(nn.Module):
         """[N, V]: the transposed view of a token-major [V, N] tensor, or of out_t [V, N] when given (written).
 
         Without autograd on the CPU (float32, bfloat16): the [V-1, N] node scores h U^T, then one C++ walk
-        from the root down (huffman_kernels.tree_walk) writes each leaf's log-probability once. Otherwise torch ops, one depth level at a time (differentiable)."""
+        from the root down (huffman_kernels.tree_walk) writes each leaf's log-probability once. Otherwise torch
+        ops, one depth level at a time (differentiable)."""
         if self._walks(hidden):
             scores = self.node_weight @ hidden.T                        # [V-1, N]
             if out_t is None:
                 out_t = fresh_empty((self.vocab_size, hidden.shape[0]), dtype=hidden.dtype, device="cpu")
             if huffman_kernels.supports(scores, out_t):
-                huffman_kernels.tree_walk(scores, self.left_child, self.right_child, self.walk_slot, self.walk_rows,
-                                          out_t)
+                huffman_kernels.tree_walk(scores, self.left_child, self.right_child, self.walk_order,
+                                          self.walk_slot, self.walk_rows, out_t)
                 return out_t.T
         levels = self._log_probs_by_level(hidden)
         if out_t is None:
@@ -190,14 +192,15 @@ class HuffmanTree(nn.Module):
         out_t.copy_(levels.T)
         return out_t.T
 
+    @torch.no_grad()  # an argmax has no gradient: no graph, and the walk below
     def predict(self, hidden):
         """[N] the most probable token, by the walk without writing the V log-probabilities (CPU, float32 or
         bfloat16; otherwise the argmax of log_probs)."""
         if self._walks(hidden):
             scores = self.node_weight @ hidden.T                        # [V-1, N]
             if huffman_kernels.supports(scores):
-                return huffman_kernels.tree_argmax(scores, self.left_child, self.right_child, self.walk_slot,
-                                                   self.walk_rows, hidden.dtype)
+                return huffman_kernels.tree_argmax(scores, self.left_child, self.right_child, self.walk_order,
+                                                   self.walk_slot, self.walk_rows, hidden.dtype)
         return argmax_over_tokens(self.log_probs(hidden))
 
     def _walks(self, hidden):
@@ -325,8 +328,8 @@ class PathWalk(torch.autograd.Function):
     """PathLogProb from the fused C++ kernels (baselines.huffman_kernels), for CPU float32 and bfloat16 tensors:
     hidden [N, d], weight [V-1, d], target [N], order [N] (the tokens sorted by their targets' places in the leaf
     order), the leaves' paths as CSR (leaf_start [V + 1], leaf_node, leaf_sign), depth [V], depth_max (the longest
-    path), sparse -> [N]. Each token's path is read from the leaves' paths (no per-call gathers); dots, log-sigmoids and the path sum happen in one pass, with float32
-    accumulation.
+    path), sparse -> [N]. Each token's path is read from the leaves' paths (no per-call gathers); dots,
+    log-sigmoids and the path sum happen in one pass, with float32 accumulation.
 
     Analytic cost, forward: 2 E d FLOPs; reads h (N d) and the M touched rows (M d, from cache after the first
     reach), writes N log-probabilities and the N x D step coefficients. Backward: 4 E d FLOPs and a counting sort

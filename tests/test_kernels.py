@@ -299,7 +299,8 @@ def test_tree_kernels_under_autocast_take_bfloat16_hidden_and_float32_weights(sp
 
 # --- the Huffman tree's log_probs and predict by one walk (huffman_kernels.tree_walk) --------------------------
 
-WALK_SHAPES = SHAPES + [(2, 4, 17), (300, 8, 500)]  # V=2: the root alone; N off the walk's 16 tokens a block
+# V=2: the root alone; N=1100 and 2100: each thread's columns cross the walk's 512-column tiles
+WALK_SHAPES = SHAPES + [(2, 4, 17), (300, 8, 500), (97, 16, 1100), (1001, 33, 2100)]
 
 
 @pytest.mark.parametrize("vocab,d,n", WALK_SHAPES)
@@ -349,14 +350,71 @@ def test_huffman_walk_log1p_exp_matches_float64_over_the_float_range():
     torch.testing.assert_close(ours, expected, atol=1e-7, rtol=3e-7)
 
 
-def test_huffman_walk_predict_takes_the_first_of_ties_and_writes_no_log_probs(monkeypatch):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_huffman_walk_with_other_thread_counts(threads):
+    """Each thread walks its own columns: 1 and 3 threads (ranges of unequal width) give the same values."""
+    head, hidden, _, _ = case("hierarchical:tree=huffman", torch.float32, 1001, 33, 1100)
+    with torch.no_grad():
+        reference = head.log_probs(hidden).clone()
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            assert torch.equal(head.log_probs(hidden), reference)
+            assert torch.equal(head.predict(hidden), reference.argmax(dim=-1))
+        finally:
+            torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_huffman_walk_argmax_takes_the_first_of_ties_and_of_nans(dtype):
+    """Equal counts make a balanced tree: with zero scores all 64 leaves tie and leaf 0 must win, though the walk
+    reaches it last or first depending on the tree; a NaN score makes every leaf under its node NaN, and the first
+    of them wins, as torch.argmax has it."""
+    from baselines import huffman_kernels
+    tree = vqbench.make_head("hierarchical:tree=huffman", 64, 4, token_counts=torch.ones(64)).tree
+    plan = (tree.left_child, tree.right_child, tree.walk_order, tree.walk_slot, tree.walk_rows)
+    scores = torch.zeros(63, 5, dtype=dtype)
+    assert torch.equal(huffman_kernels.tree_argmax(scores, *plan, dtype), torch.zeros(5, dtype=torch.int64))
+    scores[tree.walk_order[5], 1] = float("nan")
+    scores[:, 2] = torch.randn(63).to(dtype)
+    out = torch.empty(64, 5, dtype=dtype)
+    huffman_kernels.tree_walk(scores, *plan, out)
+    best = huffman_kernels.tree_argmax(scores, *plan, dtype)
+    assert torch.isnan(out[:, 1]).any() and torch.equal(best, out.argmax(dim=0))
+
+
+def test_huffman_predict_takes_the_walk_with_autograd_on(monkeypatch):
+    """predict needs no gradient: with autograd on (the default) it still walks, without the V log-probs."""
     head, hidden, _, _ = case("hierarchical:tree=huffman", torch.float32, 97, 16, 40)
     with torch.no_grad():
-        head.tree.node_weight.zero_()  # every leaf at one depth ties; the first of them must win
-        assert torch.equal(head.predict(hidden), head.log_probs(hidden).argmax(dim=-1))
+        expected = head.log_probs(hidden).argmax(dim=-1)
     from baselines import huffman_kernels
     monkeypatch.setattr(huffman_kernels, "tree_walk", lambda *a, **k: pytest.fail("predict wrote log-probs"))
-    head.predict(hidden)
+    monkeypatch.setattr(head.tree, "_log_probs_by_level", lambda *a, **k: pytest.fail("predict built log-probs"))
+    assert torch.is_grad_enabled() and head.tree.node_weight.requires_grad
+    assert torch.equal(head.predict(hidden), expected)
+
+
+@pytest.mark.parametrize("counts", ["zipf", "equal"])
+def test_huffman_walk_plan_is_a_preorder_with_rows_bounded_by_the_depth(counts):
+    """Every parent before its children, each node's row free of any other pending node's, and the table no
+    more rows than the tree is deep (equal counts: a balanced tree, the widest case for other orders)."""
+    vocab = 1000
+    weights = torch.ones(vocab) if counts == "equal" else 1000 / torch.arange(1, vocab + 1.0)
+    tree = vqbench.make_head("hierarchical:tree=huffman", vocab, 4, token_counts=weights).tree
+    order, slot = tree.walk_order.tolist(), tree.walk_slot.tolist()
+    assert sorted(order) == list(range(vocab - 1)) and order[0] == vocab - 2
+    place = {node: i for i, node in enumerate(order)}
+    pending = {vocab - 2}
+    for node in order:
+        pending.discard(node)
+        for child in (int(tree.left_child[node]), int(tree.right_child[node])):
+            if child >= vocab:
+                assert place[child - vocab] > place[node]
+                pending.add(child - vocab)
+        rows_in_use = [slot[p] for p in pending]
+        assert len(set(rows_in_use)) == len(rows_in_use)
+    assert tree.walk_rows <= int(tree.depth.max()) + 1
 
 
 def test_huffman_log_probs_with_autograd_take_the_level_path_and_differentiate():
@@ -396,11 +454,12 @@ def test_huffman_leaf_rank_is_the_left_to_right_leaf_order(vocab):
 
 
 def test_huffman_leaf_rank_sorts_paths_longer_than_one_key():
-    """Codes of 70 steps that differ only after the 64th are sorted in 62-bit groups, as lists of bits are."""
+    """Codes of 70 steps, half of them equal over the first 62 (one key's worth), are sorted in 62-bit groups
+    as lists of bits are."""
     from baselines.huffman_tree import leaf_order_rank
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(0, 2, (80, 70), generator=g)              # root first, 1 = right
-    codes[:, :64] = 0
+    codes[:40, :62] = codes[0, :62]                                 # half share the first group, differ after
     codes = torch.unique(codes, dim=0)
     codes = codes[torch.randperm(codes.shape[0], generator=g)]
     vocab = codes.shape[0]
