@@ -1,6 +1,9 @@
 """Faster kernels against the implementations they replaced, kept here as references: same loss,
 log-probabilities and gradients in float64, float32 and bfloat16, over several shapes (odd ones too)."""
 
+import copy
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -467,3 +470,131 @@ def test_huffman_leaf_rank_sorts_paths_longer_than_one_key():
     rank = leaf_order_rank(signs, torch.full((vocab,), 70))
     expected = sorted(range(vocab), key=lambda v: codes[v].tolist())
     assert torch.equal(rank[torch.tensor(expected)], torch.arange(vocab))
+
+
+def scatter_loss_and_grads(head, hidden, target):
+    """path=scatter's loss and its gradients for hidden, the codebook and (where there is one) the bias."""
+    h = hidden.clone().requires_grad_(True)
+    head.zero_grad(set_to_none=True)
+    loss = head.loss(h, target)
+    loss.backward()
+    return [loss.detach(), h.grad] + [p.grad for p in head.parameters()]
+
+
+def scatter_case(dtype, vocab, d, n, k, bias, empty_codes=False, seed=0):
+    """A vq:path=scatter head in dtype (bias normal, so that codes' largest biases differ) and its float64 twin,
+    which takes the torch path (the kernels take float32 and bfloat16 only)."""
+    mapping = (torch.arange(vocab) * 7 % max(1, k // 2)) if empty_codes else None  # codes k // 2 .. k - 1 empty
+    head, hidden, target, _ = case(f"vq:K={k},path=scatter,bias={bias}", dtype, vocab, d, n, seed)
+    if mapping is not None:
+        head.set_mapping(mapping)
+    if bias:
+        with torch.no_grad():
+            head.bias.normal_(generator=torch.Generator().manual_seed(seed + 7))
+    twin = copy.deepcopy(head).double()
+    return head, twin, hidden, target
+
+
+@pytest.mark.parametrize("vocab,d,n", SHAPES + [(3000, 24, 300)])
+@pytest.mark.parametrize("dtype,atol", DTYPES[1:])
+@pytest.mark.parametrize("bias", [0, 1])
+def test_vq_scatter_kernel_equals_the_float64_torch_path(monkeypatch, vocab, d, n, dtype, atol, bias):
+    """path=scatter's loss from the two C++ passes: loss and every gradient as the float64 torch path
+    (spread, then TokenMajorCrossEntropy) gives them, with and without a bias, codes left empty or not."""
+    from vqbench.heads import vq_kernels
+    if not vq_kernels.available():
+        pytest.skip("no C++ kernels here")
+    calls = []
+    forward = vq_kernels.spread_cross_entropy
+    monkeypatch.setattr(vq_kernels, "spread_cross_entropy", lambda *a: calls.append(1) or forward(*a))
+    for k, empty in ((min(13, vocab), False), (min(10, vocab), True)):
+        head, twin, hidden, target = scatter_case(dtype, vocab, d, n, k, bias, empty)
+        ours = scatter_loss_and_grads(head, hidden, target)
+        reference = scatter_loss_and_grads(twin, hidden.double(), target)
+        assert calls, "the kernel did not run"
+        assert_close_all([t.double() for t in ours], reference, atol, dtype)
+        assert [t.dtype for t in ours] == [dtype] * len(ours)
+        calls.clear()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_vq_scatter_kernel_with_other_thread_counts(threads):
+    """Rows shared out among 1 and 3 threads (unequal parts), codes in the backward likewise: the same loss and
+    gradients as with the default threads, up to the order of float32 sums."""
+    head, _, hidden, target = scatter_case(torch.float32, 1001, 33, 77, 13, 1)
+    reference = scatter_loss_and_grads(head, hidden, target)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours = scatter_loss_and_grads(head, hidden, target)
+    finally:
+        torch.set_num_threads(before)
+    assert_close_all(ours, reference, 1e-6, torch.float32)
+
+
+def test_vq_scatter_kernel_under_autocast_and_twice_through_a_retained_graph(monkeypatch):
+    """Under bfloat16 autocast the code values are bfloat16 and the bias float32: the loss in float32, equal
+    to the torch path's (which upcasts the spread logits); a retained graph's second backward gives the
+    same gradients as the first."""
+    from vqbench.heads import vq_kernels
+    head, _, hidden, target = scatter_case(torch.float32, 1001, 33, 77, 13, 1)
+
+    def run(retain=False):
+        h = hidden.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = head.loss(h, target)
+        wrt = [h, head.codebook, head.bias]
+        first = torch.autograd.grad(loss, wrt, retain_graph=retain)
+        if retain:
+            assert all(torch.equal(a, b) for a, b in zip(first, torch.autograd.grad(loss, wrt)))
+        return [loss.detach(), *first]
+    ours = run(retain=True)
+    assert ours[0].dtype == torch.float32
+    monkeypatch.setattr(vq_kernels, "supports", lambda *tensors: False)
+    reference = run()
+    # the losses agree to float32; the gradients to bfloat16's rounding (the torch path adds the bfloat16
+    # gradient rows onto each code in bfloat16, the kernel in float32)
+    assert_close_all(ours[:1], reference[:1], 1e-5, torch.float32)
+    for a, b in zip(ours[1:], reference[1:]):
+        torch.testing.assert_close(a, b, atol=1e-2 * float(b.abs().max()), rtol=0)
+
+
+def test_vq_scatter_kernel_at_extreme_logits(monkeypatch):
+    """Logits in the thousands (exp's range many times over), a token with bias -inf (never predicted: its
+    softmax and gradient exactly 0) and a NaN hidden state (NaN loss, as the torch path gives): loss and
+    gradients as the float32 torch path's, which rounds the same logits."""
+    from vqbench.heads import vq_kernels
+    head, _, hidden, target = scatter_case(torch.float32, 97, 16, 40, 10, 1)
+    with torch.no_grad():
+        head.codebook.mul_(3e3)
+        head.bias[5] = float("-inf")
+        assert head.logits(hidden).abs().max() > 1e3
+    target = torch.where(target == 5, 6, target)
+    ours = scatter_loss_and_grads(head, hidden, target)
+    assert torch.isfinite(ours[0]) and ours[3][5] == 0
+    monkeypatch.setattr(vq_kernels, "supports", lambda *tensors: False)
+    assert_close_all(ours, scatter_loss_and_grads(head, hidden, target), 1e-5, torch.float32)
+    hidden[3, 0] = float("nan")
+    assert torch.isnan(head.loss(hidden, target))
+    monkeypatch.undo()
+    assert torch.isnan(head.loss(hidden, target))
+
+
+def test_vq_scatter_kernel_exp_matches_float64_over_its_range():
+    """The kernel's vectorised exp of the shifted logits: one token (code 1, value x) beside a code of value 0
+    that holds the column peak gives total = exp(x), within a few float32 ulps of float64 over [-86.5, 0];
+    0 below -87 and at -inf, NaN for NaN."""
+    from vqbench.heads import vq_kernels
+    if not vq_kernels.available():
+        pytest.skip("no C++ kernels here")
+    x = torch.cat([torch.zeros(1), -torch.logspace(-8, math.log10(86.5), 5000)])
+    values = torch.stack([torch.zeros_like(x), x])                                  # [K=2, N]
+    n = x.shape[0]
+    peak, total, own = vq_kernels.spread_cross_entropy(values, torch.ones(1, dtype=torch.int64), None, torch.zeros(2),
+                                                       torch.zeros(n, dtype=torch.int64), torch.empty(1, n))
+    assert torch.equal(peak, torch.zeros(n)) and torch.equal(own, x)
+    torch.testing.assert_close(total.double(), torch.exp(x.double()), atol=0, rtol=3e-7)
+    edge = torch.tensor([[0.0, 0.0, 0.0], [-87.5, float("-inf"), float("nan")]])
+    _, total, _ = vq_kernels.spread_cross_entropy(edge, torch.ones(1, dtype=torch.int64), None, torch.zeros(2),
+                                                  torch.zeros(3, dtype=torch.int64), torch.empty(1, 3))
+    assert total[0] == 0 and total[1] == 0 and torch.isnan(total[2])

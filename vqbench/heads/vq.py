@@ -285,7 +285,10 @@ class VQLogits(LogitsHead):
 
     def _loss(self, hidden, target):
         if self.path == "scatter":
-            return TokenMajorCrossEntropy.apply(upcast_scores(self._token_major_logits(hidden)), target)
+            code_logits_t = self.codebook @ hidden.T                                 # [K, N]
+            if vq_kernels.supports(code_logits_t, *([] if self.bias is None else [self.bias])):
+                return SpreadCrossEntropy.apply(code_logits_t, self.bias, target.contiguous(), self)
+            return TokenMajorCrossEntropy.apply(upcast_scores(self._spread(code_logits_t)), target)
         return -self._target_log_prob(hidden, target).mean()
 
     def _predict(self, hidden):
@@ -419,6 +422,47 @@ class TokenMajorCrossEntropy(torch.autograd.Function):
         columns = torch.arange(weights.shape[1], device=weights.device)
         grad_logits[target, columns] -= per_token.to(weights.dtype)
         return grad_logits, None
+
+
+class SpreadCrossEntropy(torch.autograd.Function):
+    """path=scatter's mean cross-entropy from the K x N code values in two C++ passes (vqbench.heads.vq_kernels):
+    the forward writes the [V, N] logits once (kept for backward, the paper's materialised logits) and sums their
+    exponentials as it writes them; the backward reads them once and adds each token's softmax row onto its code's
+    gradient row. = TokenMajorCrossEntropy(spread(values) + bias), with sums in float32.
+
+    code_values_t [K, N] (float32 or bfloat16), bias [V] or None, target [N], head (its mapping and code groups)
+    -> [] in the scores' dtype after upcast_scores (float32 under bf16 autocast). The logits are held in the code
+    values' dtype (as the spread writes them; upcast_scores' float32 copy is exact, so not made).
+    """
+
+    @staticmethod
+    def forward(ctx, code_values_t, bias, target, head):
+        if bias is None:
+            code_peak = torch.zeros(head.K).masked_fill_(head.code_sizes == 0, float("-inf"))
+        else:
+            code_peak = head._code_peak(bias.detach()).float()
+        logits = fresh_empty((head.vocab_size, code_values_t.shape[1]), dtype=code_values_t.dtype, device="cpu")
+        peak, total, own = vq_kernels.spread_cross_entropy(code_values_t, head.mapping, bias, code_peak, target,
+                                                           logits)
+        ctx.save_for_backward(logits, peak, total, target)
+        ctx.head, ctx.has_bias = head, bias is not None
+        loss = (total.log() + peak - own).mean()
+        autocast = code_values_t.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+        return loss.to(torch.float32 if autocast else code_values_t.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, peak, total, target = ctx.saved_tensors
+        head = ctx.head
+        members, start = head._grouped_tokens()
+        step = (grad.float() / target.shape[0]).expand(target.shape[0]).contiguous()  # d mean / d each token's loss
+        grad_values, row_sum = vq_kernels.spread_cross_entropy_backward(
+            logits, members, start, head.code_sizes, head.mapping[target], peak, step / total, step)
+        grad_bias = None
+        if ctx.has_bias and ctx.needs_input_grad[1]:
+            targets_part = torch.zeros_like(row_sum).index_add_(0, target, step)
+            grad_bias = (row_sum - targets_part).to(head.bias.dtype)
+        return grad_values if ctx.needs_input_grad[0] else None, grad_bias, None, None
 
 
 class RowSpread(torch.autograd.Function):
