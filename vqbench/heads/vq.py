@@ -362,14 +362,15 @@ class VQLogits(LogitsHead):
         return winner.scatter_reduce(0, self.mapping, ids, "amin"), peak
 
     def materialised_bytes(self, num_tokens, op, element_size):
-        """path=scatter (the paper's) writes the N x V logits and reads them back for the normaliser; training
-        also writes their gradient and reads it back to scatter it onto the codebook. The collapsed path holds
-        no V-wide tensor."""
+        """path=scatter (the paper's) writes the N x V logits once, the copy its backward reads; the least its
+        loss must move: it can sum their exponentials as it writes them (the column peaks come from the K x N
+        code values), so the loss reads none of them back, and the training step reads them once to add each
+        token's softmax row onto its code's gradient, writing no N x V gradient. The collapsed path holds no
+        V-wide tensor."""
         if self.path != "scatter" or op not in ("loss", "train"):
             return 0, 0
-        passes = 1 if op == "loss" else 2
-        size = passes * num_tokens * self.vocab_size * element_size
-        return size, size
+        size = num_tokens * self.vocab_size * element_size
+        return (size if op == "train" else 0), size
 
     def quality_metrics(self, targets: torch.Tensor) -> dict:
         """Without bias: the mean over targets [T] of log n (n: the tokens sharing the target's code), the

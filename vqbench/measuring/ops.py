@@ -72,7 +72,7 @@ class Op:
         """(bytes read, bytes written) the op cannot avoid: the hidden states and the parameters it needs read
         once (plus the index buffers of a V-wide op, which must know every token's place), the targets for a
         loss, what it writes written once, and the intermediates the head's loss path materialises by
-        definition (head.materialised_bytes: VQ's scatter path writes and reads back the N x V logits)."""
+        definition (head.materialised_bytes: VQ's scatter path writes the N x V logits, training reads them)."""
         n, d = num_tokens, head.d_model
         params = parameters_read(head, self.reads, target) * element_size
         read = n * d * element_size + params + (INT64_BYTES * n if self.writes in ("scalar", "grads") else 0)
