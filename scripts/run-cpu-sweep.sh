@@ -57,6 +57,8 @@ for run in 2 3; do
 python -m vqbench.compare --heads softmax vq:K=1024 "${HEADLINE[@]}" --ops "${CLAIM_OPS[@]}" \
     --cpu-allocator default --order-seed "$run" --name "headline-run$run" "${COMMON[@]}"
 done
+# derived from the two files just measured: written afresh (repro --out refuses to replace a file)
+rm -f results/reproducibility.md
 python -m vqbench.repro results/headline.csv results/headline-run2.csv --out results/reproducibility.md \
     > /dev/null
 fi
@@ -71,6 +73,8 @@ for run in 2 3; do
 python -m vqbench.compare --heads softmax vq:K=1024 "${HEADLINE[@]}" --ops "${CLAIM_OPS[@]}" \
     --cpu-allocator default --order-seed "$run" --name "headline-run$run" "${COMMON[@]}" --remeasure
 done
+# derived from the two files just measured: written afresh (repro --out refuses to replace a file)
+rm -f results/reproducibility.md
 python -m vqbench.repro results/headline.csv results/headline-run2.csv --out results/reproducibility.md \
     > /dev/null
 fi
