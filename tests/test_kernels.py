@@ -598,3 +598,21 @@ def test_vq_scatter_kernel_exp_matches_float64_over_its_range():
     _, total, _ = vq_kernels.spread_cross_entropy(edge, torch.ones(1, dtype=torch.int64), None, torch.zeros(2),
                                                   torch.zeros(3, dtype=torch.int64), torch.empty(1, 3))
     assert total[0] == 0 and total[1] == 0 and torch.isnan(total[2])
+
+
+def test_vq_scatter_kernel_backward_uses_the_map_its_forward_used():
+    """A set_mapping (in place) between a loss's forward and its backward: the gradients are those of the loss
+    that was computed, with the old map's code groups, never the old logits paired with the new map's groups."""
+    from vqbench.heads import vq_kernels
+    if not vq_kernels.available():
+        pytest.skip("no C++ kernels here")
+    head, _, hidden, target = scatter_case(torch.float32, 1001, 33, 77, 13, 1)
+    reference = scatter_loss_and_grads(head, hidden, target)
+    h = hidden.clone().requires_grad_(True)
+    head.zero_grad(set_to_none=True)
+    loss = head.loss(h, target)
+    old = head.mapping.clone()
+    head.set_mapping((old + 5) % head.K)
+    loss.backward()
+    assert_close_all([loss.detach(), h.grad] + [p.grad for p in head.parameters()], reference, 1e-6, torch.float32)
+    head.set_mapping(old)

@@ -445,24 +445,26 @@ class SpreadCrossEntropy(torch.autograd.Function):
         logits = fresh_empty((head.vocab_size, code_values_t.shape[1]), dtype=code_values_t.dtype, device="cpu")
         peak, total, own = vq_kernels.spread_cross_entropy(code_values_t, head.mapping, bias, code_peak, target,
                                                            logits)
-        ctx.save_for_backward(logits, peak, total, target)
-        ctx.head, ctx.has_bias = head, bias is not None
+        # Backward needs the map this forward used: taken now, so a set_mapping (in place) before backward
+        # cannot pair these logits with another map's code groups.
+        members, start = head._grouped_tokens()
+        ctx.save_for_backward(logits, peak, total, target, head.mapping[target], members, start,
+                              head.code_sizes.clone())
+        ctx.has_bias, ctx.bias_dtype = bias is not None, None if bias is None else bias.dtype
         loss = (total.log() + peak - own).mean()
         autocast = code_values_t.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu")
         return loss.to(torch.float32 if autocast else code_values_t.dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        logits, peak, total, target = ctx.saved_tensors
-        head = ctx.head
-        members, start = head._grouped_tokens()
+        logits, peak, total, target, target_code, members, start, code_sizes = ctx.saved_tensors
         step = (grad.float() / target.shape[0]).expand(target.shape[0]).contiguous()  # d mean / d each token's loss
         grad_values, row_sum = vq_kernels.spread_cross_entropy_backward(
-            logits, members, start, head.code_sizes, head.mapping[target], peak, step / total, step)
+            logits, members, start, code_sizes, target_code, peak, step / total, step)
         grad_bias = None
         if ctx.has_bias and ctx.needs_input_grad[1]:
             targets_part = torch.zeros_like(row_sum).index_add_(0, target, step)
-            grad_bias = (row_sum - targets_part).to(head.bias.dtype)
+            grad_bias = (row_sum - targets_part).to(ctx.bias_dtype)
         return grad_values if ctx.needs_input_grad[0] else None, grad_bias, None, None
 
 
