@@ -281,3 +281,77 @@ def test_the_oracle_reads_a_gpt_softmax_model(tmp_path):
     rows = list(csv.DictReader(open(csv_path)))
     assert float(rows[0]["softmax_ppl"]) == pytest.approx(perplexity(body, head, corpus.ids["test"], cfg["bptt"]),
                                                           rel=1e-6)
+
+
+def test_each_tracks_oracle_file_pairs_only_with_runs_and_frozen_bodies_of_its_own_setting(tmp_path):
+    """oracle.csv (LSTM, written before the body and vocabulary columns) and oracle-gpt.csv (the transformer
+    track): each .md and REPORT section pairs its estimates with the quality rows and premise runs of its own
+    setting only, never a GPT run with an LSTM estimate of the same seed, mapping and K."""
+    import csv
+
+    from vqbench import quality
+    from vqbench.oracle import COLUMNS, write_markdown
+    from vqbench.report import build_report
+
+    results = tmp_path / "quality"
+    results.mkdir()
+    oracle_csv(results / "oracle.csv", [(0, "frequency", 1024, 1.2, 1.25), (1, "frequency", 1024, 1.25, 1.3)])
+    with open(results / "oracle-gpt.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for seed in (0, 1):
+            writer.writerow({"model": f"ck/joint-gpt-softmax-s{seed}/best.pt", "model_seed": seed, "body": "gpt-4x128",
+                             "vocabulary": "cl100k_base-100277", "mapping": "frequency", "K": 5013,
+                             "softmax_ppl": 200.0, "oracle_ppl": 260.0 + seed, "oracle_ratio": (260.0 + seed) / 200,
+                             "oracle_unigram_ppl": 250.0, "oracle_unigram_ratio": 1.25, "within_code_ppl_factor": 2.0,
+                             "exact_rows": 10, "exact_share": 0.5, "test_tokens": 1000, "cpu_model": "test CPU",
+                             "git_commit": "abc"})
+    rows = []
+    for seed, (lstm_soft, lstm_vq, gpt_soft, gpt_vq) in enumerate([(100.0, 150.0, 200.0, 280.0),
+                                                                   (101.0, 160.0, 200.0, 290.0)]):
+        for name, head, test, body, vocabulary in (
+                ("softmax", "softmax", lstm_soft, "lstm", "word-33278"),
+                ("vq-K1024", "vq:K=1024", lstm_vq, "lstm", "word-33278"),
+                ("softmax", "softmax:chunk=4096", gpt_soft, "gpt-4x128", "cl100k_base-100277"),
+                ("vq-K5013", "vq:K=5013", gpt_vq, "gpt-4x128", "cl100k_base-100277")):
+            rows.append({"run": f"joint-{name}-s{seed}", "name": name, "head": head,
+                         "mapping": "frequency" if name.startswith("vq") else "", "body": body,
+                         "vocabulary": vocabulary, "protocol": "joint", "seed": seed, "group": "g", "epochs": 3,
+                         "best_epoch": 3, "stop": "epochs", "valid_ppl": test, "test_ppl": test,
+                         "last_epoch_gain": 0.01, "output_params": 1000, "tokens_per_s": 1.0})
+    with open(results / "quality.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=quality.CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(results / "premise.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=quality.PREMISE_COLUMNS)
+        writer.writeheader()
+        for seed, test in ((0, 247.0), (1, 248.0)):
+            writer.writerow({"track": "gpt", "body": "gpt-4x128", "vocabulary": "cl100k_base-100277",
+                             "name": "vq-K5013", "head": "vq:K=5013", "mapping": "frequency", "K": 5013, "seed": seed,
+                             "run": f"frozen-gpt-vq-K5013-s{seed}", "body_run": f"joint-gpt-softmax-s{seed}",
+                             "epochs": 3, "best_epoch": 3, "stop": "epochs", "valid_ppl": test, "test_ppl": test,
+                             "reference_test_ppl": 200.0, "tokens_per_s": 1.0, "cpu_model": "test CPU",
+                             "git_commit": "abc"})
+    lstm = open(write_markdown(str(results / "oracle.csv"))).read()
+    gpt = open(write_markdown(str(results / "oracle-gpt.csv"))).read()
+    assert "Setting: 2-layer LSTM, word-level WikiText-2 V=33,278." in lstm
+    assert "Setting: 4-layer GPT, d=128, cl100k_base WikiText-2 V=100,277." in gpt
+    assert "| vq-K1024 " in lstm and "vq-K5013" not in lstm.split("## The premise")[0]
+    assert "No VQ head trained on a frozen softmax body has finished" in lstm
+    assert "| vq-K1024 " not in gpt
+    premise = next(line for line in gpt.split("## The premise")[1].splitlines() if line.startswith("| vq-K5013"))
+    cells = [c.strip() for c in premise.split("|")[1:-1]]
+    frozen = [247 / 260, 248 / 261]  # below the estimate: the trained head predicts codes better
+    joint = [280 / 260, 290 / 261]
+    assert cells[3] == "0, 1" and cells[4] == "247.5 ± 0.7" and cells[5] == "260.5 ± 0.7"
+    assert cells[6].startswith("%.3f ± %.3f (95%% CI " % mean_std(frozen))
+    assert cells[7].startswith("%.3f ± %.3f (95%% CI " % mean_std(joint))
+    assert "vq-K5013 on the frozen bodies lies below the estimate" in gpt
+
+    report = build_report(str(tmp_path))
+    sections = report.split("### The oracle estimate: ")[1:]
+    assert [s.split("\n")[0] for s in sections] == ["2-layer LSTM, word-level WikiText-2 V=33,278",
+                                                   "4-layer GPT, d=128, cl100k_base WikiText-2 V=100,277"]
+    assert "K <= 1663 gives >= 95% fewer" in sections[0] and "K <= 5013 gives >= 95% fewer" in sections[1]
+    assert "lies below the estimate" in sections[1] and "lies below the estimate" not in sections[0]

@@ -503,3 +503,67 @@ def test_perplexity_at_equal_training_time_uses_each_seeds_softmax_time_to_its_b
     assert lines["adaptive"][-1] == "no epoch ended by then"
     assert lines["lowrank"][-1] == "no epoch ended by then"  # a history without seconds
     assert quality.equal_time_section(plan, str(tmp_path / "empty")) == ""
+
+
+def premise_plan(tmp_path, premise=("vq-K1024",)):
+    path = tmp_path / "premise.json"
+    path.write_text(json.dumps({**PLAN, "premise": {"variants": list(premise)}}))
+    return quality.Plan(str(path))
+
+
+def test_premise_runs_train_each_variant_on_each_finished_softmax_body(tmp_path):
+    """A premise variant gets a frozen run per softmax seed once that seed's run has finished; it loads the
+    body from the checkpoint folder, waits while that best.pt is missing, and is never a quality.csv row."""
+    plan = premise_plan(tmp_path)
+    runs_dir, checkpoints = str(tmp_path / "results" / "runs"), str(tmp_path / "ck")
+    assert not [r for r in plan.runs(runs_dir) if r.group == quality.PREMISE_GROUP]
+    fake_summary(runs_dir, "joint-softmax-s0", valid=110, test=100.0, params=6_000_000)
+    frozen = [r for r in plan.runs(runs_dir) if r.group == quality.PREMISE_GROUP]
+    assert [r.run for r in frozen] == ["frozen-vq-K1024-s0"]
+    command = frozen[0].command(runs_dir, checkpoints, plan.common)
+    assert command[command.index("--protocol") + 1] == "frozen" and command[command.index("--head") + 1] == "vq:K=1024"
+    assert command[command.index("--body-from") + 1] == os.path.join(checkpoints, "joint-softmax-s0", "best.pt")
+    assert command[command.index("--epochs") + 1] == str(plan.epochs) and command[command.index("--seed") + 1] == "0"
+    assert quality.pick_next(plan, runs_dir, checkpoints, only=["premise"]) is None  # its body is not there
+    os.makedirs(os.path.join(checkpoints, "joint-softmax-s0"))
+    open(os.path.join(checkpoints, "joint-softmax-s0", "best.pt"), "w").close()
+    assert quality.pick_next(plan, runs_dir, checkpoints, only=["premise"]).run == "frozen-vq-K1024-s0"
+
+    fake_summary(runs_dir, "joint-vq-K1024-s0", valid=130, test=120.0, params=200_000)
+    fake_summary(runs_dir, "frozen-vq-K1024-s0", valid=125, test=115.0, params=200_000, seed=0,
+                 config={}, body="lstm", vocabulary="word-33278")
+    quality.write_tables(plan, runs_dir, str(tmp_path / "results"), "plan.json")
+    with open(tmp_path / "results" / "quality.csv") as f:
+        assert {r["run"] for r in csv.DictReader(f)} == {"joint-softmax-s0", "joint-vq-K1024-s0"}
+    with open(tmp_path / "results" / "premise.csv") as f:
+        premise = list(csv.DictReader(f))
+    assert [(r["run"], r["body_run"], r["K"], r["mapping"], r["test_ppl"], r["reference_test_ppl"])
+            for r in premise] == [("frozen-vq-K1024-s0", "joint-softmax-s0", "1024", "frequency", "115.0", "100.0")]
+    assert "frozen" not in open(tmp_path / "results" / "quality.md").read().split("Runs not finished yet")[0]
+
+
+def test_a_plan_without_a_premise_writes_no_premise_file(plan, tmp_path):
+    runs_dir = str(tmp_path / "results" / "runs")
+    fake_summary(runs_dir, "joint-softmax-s0", valid=110, test=100.0)
+    quality.write_tables(plan, runs_dir, str(tmp_path / "results"), "plan.json")
+    assert not os.path.exists(tmp_path / "results" / "premise.csv")
+
+
+@pytest.mark.parametrize("premise, match", [({"variants": ["nope"]}, "premise names 'nope'"),
+                                            ({"variants": ["adaptive"]}, "premise names 'adaptive'"),
+                                            ({"variants": []}, "premise: variants must be"),
+                                            ({"variants": ["vq-K1024", "vq-K1024"]}, "premise: variants must be"),
+                                            (["vq-K1024"], "premise: variants must be")])
+def test_bad_premises_are_refused_with_one_line(tmp_path, capsys, premise, match):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({**PLAN, "premise": premise}))
+    assert quality.main(["plan", "--plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_committed_plans_test_the_premise_at_the_papers_K_and_the_95_percent_K():
+    lstm, gpt = quality.Plan(quality.DEFAULT_PLAN), quality.Plan(quality.TRANSFORMER_PLAN)
+    assert lstm.premise == ("vq-K1024", "vq-K1536") and gpt.premise == ("vq-K1024", "vq-K5013")
+    heads = {e["name"]: e["head"] for e in gpt.entries}
+    assert [heads[name] for name in gpt.premise] == ["vq:K=1024", "vq:K=5013"]

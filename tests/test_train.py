@@ -89,6 +89,22 @@ def test_frozen_protocol_trains_the_head_on_a_trained_body(tmp_path):
         assert sum("reassigned_tokens" in r for r in map(json.loads, f)) == 3
 
 
+def test_frozen_protocol_trains_a_vq_head_on_a_trained_gpt_body(tmp_path):
+    """The premise runs of the transformer track: a VQ head trained alone on a GPT softmax run's body, the
+    body rebuilt from that run's best.pt (its config), the summary naming the GPT body."""
+    gpt = ["--body", "gpt", "--heads", "2", "--layers", "1", "--d-model", "16"]
+    body = str(tmp_path / "body")
+    train.train(train.parse_args(SMALL + gpt + ["--head", "softmax", "--epochs", "1", "--train-tokens", "4000",
+                                                "--out", body]))
+    out = str(tmp_path / "frozen")
+    summary = train.train(train.parse_args(SMALL + gpt + [
+        "--head", "vq:K=64", "--protocol", "frozen", "--body-from", f"{body}/best.pt", "--steps", "40",
+        "--log-every", "10", "--frozen-batch", "256", "--out", out]))
+    curve = losses(out)
+    assert curve[-1] < curve[0] and math.isfinite(summary["test_ppl"])
+    assert summary["protocol"] == "frozen" and summary["body"] == "gpt-1x16"
+
+
 def test_bad_arguments():
     with pytest.raises(SystemExit):
         train.parse_args(["--protocol", "sideways"])

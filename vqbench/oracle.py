@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import math
 import os
 import statistics
@@ -39,7 +40,7 @@ from typing import Dict, List, Tuple
 import torch
 from tabulate import tabulate
 
-from vqbench.train import body_of, load_checkpoint, model_states
+from vqbench.train import body_label, body_of, load_checkpoint, model_states
 from vqbench.training.data import VOCABULARIES, corpus_fingerprint, load_corpus
 from vqbench.training.evaluate import hidden_states
 from vqbench.training.map_search import search_mapping
@@ -48,7 +49,7 @@ from vqbench.measuring.provenance import cpu_model, git_commit, relative_path
 from vqbench.heads.registry import make_head
 
 MAPPINGS = ("random", "contiguous", "frequency", "kmeans")
-COLUMNS = ["model", "model_seed", "mapping", "K", "softmax_ppl", "oracle_ppl", "oracle_ratio", "oracle_unigram_ppl",
+COLUMNS = ["model", "model_seed", "body", "vocabulary", "mapping", "K", "softmax_ppl", "oracle_ppl", "oracle_ratio", "oracle_unigram_ppl",
            "oracle_unigram_ratio", "within_code_ppl_factor", "exact_rows", "exact_share", "test_tokens", "note", "cpu_model", "git_commit"]
 
 
@@ -214,7 +215,8 @@ def run(args) -> List[dict]:
                     f"{kept['held_out_nats_per_position']:.4f}); {int((found != start).sum())} tokens moved")
         test = hidden_states(body, corpus.ids["test"], cfg["bptt"])
         for row in oracle_table(chunks_of(head, *test, args.chunk), mappings, corpus.counts):
-            rows.append({"model": relative_path(model), "model_seed": cfg["seed"], **row,
+            rows.append({"model": relative_path(model), "model_seed": cfg["seed"], "body": body_label(cfg),
+                         "vocabulary": corpus.label, **row,
                          "note": notes.get((row["mapping"], row["K"]), ""), "cpu_model": cpu_model(),
                          "git_commit": git_commit()})
     return rows
@@ -260,11 +262,20 @@ def write(rows: List[dict], out: str, add: bool = False) -> str:
     return write_markdown(out)
 
 
+def oracle_files(results_dir: str) -> List[str]:
+    """The oracle files under results_dir (oracle.csv, oracle-<track>.csv: one per track's softmax models)."""
+    found = glob.glob(os.path.join(glob.escape(results_dir), "oracle*.csv"))
+    return sorted(found, key=lambda path: (os.path.basename(path) != "oracle.csv", path))  # the first track first
+
+
 def read_rows(path: str) -> List[dict]:
-    """oracle.csv rows with their numbers as numbers."""
+    """oracle.csv rows with their numbers as numbers (a file written before the body and vocabulary columns
+    scored the LSTM track's models)."""
+    from vqbench.reporting.quality_stats import LSTM_TRACK
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
+        r["body"], r["vocabulary"] = r.get("body") or LSTM_TRACK[0], r.get("vocabulary") or LSTM_TRACK[1]
         for key in ("model_seed", "K", "exact_rows", "test_tokens"):
             r[key] = int(r[key])
         for key in ("softmax_ppl", "oracle_ppl", "oracle_ratio", "oracle_unigram_ppl", "oracle_unigram_ratio",
@@ -411,17 +422,98 @@ def target_verdict(rows: List[dict], variants: List[dict], max_K: int, target: f
     return " ".join(said)
 
 
+def read_premise(path: str) -> List[dict]:
+    """premise.csv rows (vqbench.quality: VQ heads trained on a softmax run's frozen body), numbers as numbers."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["seed"], r["K"] = int(r["seed"]), int(r["K"])
+        for key in ("valid_ppl", "test_ppl", "reference_test_ppl"):
+            r[key] = float(r[key])
+    return rows
+
+
+def premise_pairs(oracle_rows: List[dict], premise: List[dict], variants: List[dict]) -> List[dict]:
+    """Per frozen-body VQ variant (premise.csv rows of the oracle rows' setting): the seeds whose softmax model
+    has both a frozen-body run and an oracle row for its mapping and K; measured and estimated test ppl in
+    seed order; and the same variant trained jointly with its body, as measured / estimate per paired seed."""
+    from vqbench.heads.registry import coerce_option, head_class, parse_spec
+    from vqbench.reporting.quality_stats import setting
+    settings = {setting(r) for r in oracle_rows}
+    joint = {g["name"]: g for g in paired_gaps(oracle_rows, variants)}
+    out = []
+    for name, head in dict.fromkeys((r["name"], r["head"]) for r in premise if setting(r) in settings):
+        runs = {r["seed"]: r for r in premise if (r["name"], r["head"]) == (name, head) and setting(r) in settings}
+        first = next(iter(runs.values()))
+        biased = coerce_option(head_class("vq"), "bias", parse_spec(head)[1].get("bias", "0"))
+        column = "oracle_unigram_ppl" if biased else "oracle_ppl"
+        estimate = {r["model_seed"]: r[column] for r in oracle_rows
+                    if (r["mapping"], r["K"]) == (first["mapping"], first["K"])}
+        seeds = sorted(set(runs) & set(estimate))
+        if seeds:
+            g = joint.get(name)
+            out.append({"name": name, "mapping": first["mapping"], "K": first["K"], "biased": bool(biased),
+                        "seeds": seeds, "measured": [runs[s]["test_ppl"] for s in seeds],
+                        "estimate": [estimate[s] for s in seeds],
+                        "joint": [m / e for m, e in zip(g["measured"], g["estimate"])] if g else []})
+    return out
+
+
+def _factor_cell(values: List[float]) -> str:
+    from vqbench.reporting.quality_stats import mean_std, t_interval
+    if not values:
+        return ""
+    mean, std = mean_std(values)
+    if len(values) < 2:
+        return f"{mean:.3f} (single seed)"
+    low, high = t_interval(values)
+    return f"{mean:.3f} ± {std:.3f} (95% CI {low:.3f}-{high:.3f})"
+
+
+def premise_markdown(oracle_rows: List[dict], premise: List[dict], variants: List[dict]) -> str:
+    """The table of frozen-body VQ runs against the estimate from the same softmax model, and what it says of
+    the premise (that a head trained for the code task predicts codes no better than the softmax's sums), or a
+    sentence saying that no such run has finished yet."""
+    pairs = premise_pairs(oracle_rows, premise, variants)
+    if not pairs:
+        return ("No VQ head trained on a frozen softmax body has finished for these softmax models yet "
+                "(`python -m vqbench.quality run --only premise`, once the softmax runs' best.pt are there).")
+    table = tabulate([[p["name"], p["mapping"], p["K"], ", ".join(map(str, p["seeds"])),
+                       _mean_std(p["measured"], 1), _mean_std(p["estimate"], 1),
+                       _factor_cell([m / e for m, e in zip(p["measured"], p["estimate"])]), _factor_cell(p["joint"])]
+                      for p in pairs],
+                     headers=["VQ head", "mapping", "K", "softmax seeds (bodies)", "frozen-body VQ test ppl",
+                              "estimate ppl", "measured / estimate (frozen body)",
+                              "measured / estimate (trained jointly)"], tablefmt="github", disable_numparse=True)
+    said = []
+    for p in pairs:
+        factor = statistics.fmean(m / e for m, e in zip(p["measured"], p["estimate"]))
+        side = ("below the estimate: a head trained for the code task predicts codes better than the softmax's "
+                "summed probabilities, so the estimate overstates what the mapping costs" if factor < 1 else
+                "above the estimate: the trained head predicts codes no better than the softmax's summed "
+                "probabilities, as the estimate assumes")
+        said.append(f"{p['name']} on the frozen bodies lies {side} (x{factor:.3f}, "
+                    f"{len(p['seeds'])} seed{'s' if len(p['seeds']) > 1 else ''}).")
+    return table + "\n\n" + " ".join(said)
+
+
 def write_markdown(oracle_csv: str, quality_csv: str = None) -> str:
     """oracle.md beside oracle_csv, rendered from it and from quality_csv (default: quality.csv beside it,
     when there): a view of the two files, rewritten whenever either changes (`python -m vqbench.quality
     table` does). Returns the path written."""
     from vqbench.reporting.quality_stats import aggregate, typed_quality_row
+    from vqbench.reporting.quality_stats import setting
     rows = read_rows(oracle_csv)
-    quality_csv = quality_csv or os.path.join(os.path.dirname(oracle_csv), "quality.csv")
+    settings = sorted({setting(r) for r in rows})
+    folder = os.path.dirname(oracle_csv)
+    quality_csv = quality_csv or os.path.join(folder, "quality.csv")
     variants = []
-    if os.path.exists(quality_csv):
+    if os.path.exists(quality_csv):  # only the variants of the setting these softmax models were trained in
         with open(quality_csv, newline="") as f:
-            variants = aggregate([typed_quality_row(r) for r in csv.DictReader(f)], "softmax")
+            variants = [v for v in aggregate([typed_quality_row(r) for r in csv.DictReader(f)], "softmax")
+                        if v["setting"] in settings]
+    premise_csv = os.path.join(folder, "premise.csv")
+    premise = read_premise(premise_csv) if os.path.exists(premise_csv) else []
     models = {(r["model_seed"], r["model"]): r["softmax_ppl"] for r in rows}
     estimate = tabulate(estimate_rows(rows), headers=[
         "mapping", "K", "softmax models", "oracle ppl (1/n)", "oracle / softmax (1/n)",
@@ -433,7 +525,8 @@ def write_markdown(oracle_csv: str, quality_csv: str = None) -> str:
         estimate += "\n\n" + notes
     split_text = gap_markdown(rows, variants)
     text = ORACLE_MD.format(
-        cpus=", ".join(sorted({r["cpu_model"] for r in rows})), commits=", ".join(sorted({r["git_commit"] for r in rows})),
+        name=os.path.basename(oracle_csv), setting="; ".join(settings),
+        premise=premise_markdown(rows, premise, variants), cpus=", ".join(sorted({r["cpu_model"] for r in rows})), commits=", ".join(sorted({r["git_commit"] for r in rows})),
         models="; ".join(f"seed {seed}: test ppl {ppl:.1f} ({path})" for (seed, path), ppl in sorted(models.items())),
         estimate=estimate, split=split_text)
     md = os.path.splitext(oracle_csv)[0] + ".md"
@@ -444,8 +537,9 @@ def write_markdown(oracle_csv: str, quality_csv: str = None) -> str:
 
 ORACLE_MD = """# The VQ-Logits oracle estimate on WikiText-2 test
 
-From `oracle.csv` (`python -m vqbench.oracle --model DIR/joint-softmax-s*/best.pt`, git commit {commits}) and
-`quality.csv`; rendered again by `python -m vqbench.quality table`. CPU: {cpus}. For each trained softmax model and
+Setting: {setting}. From `{name}` (`python -m vqbench.oracle --model DIR/<softmax run>/best.pt`, git commit
+{commits}), `quality.csv` and `premise.csv`; rendered again by `python -m vqbench.quality table`. CPU: {cpus}.
+For each trained softmax model and
 mapping: the test perplexity a VQ head would reach if its code probabilities were exactly the softmax
 model's (the sum of p over each code's tokens), choosing inside a code uniformly (1/n) or by unigram share
 (the best a context-free per-token bias can do). The oracle ratio estimates what the mapping alone costs;
@@ -466,6 +560,17 @@ The mapping's share of the gap is log(oracle) / log(measured): the rest is the c
 standing in for sums of softmax rows, trained jointly with the body).
 
 {split}
+
+## The premise: VQ heads trained on each softmax model's frozen body
+
+The estimate assumes that a VQ head predicts codes no better than the softmax model's summed probabilities.
+Tested here: the same VQ head (its mapping and K) trained alone on the frozen body of softmax seed s, under the
+plan's schedule and budget, its test perplexity against the estimate from that same softmax model (a ratio
+below 1: the trained head predicts codes better, and the estimate overstates the mapping's cost). Beside it,
+the VQ model trained jointly with its own body, against the same estimate (its body differs from the
+softmax's). Each cell: mean ± std over the seeds, with the 95% t-interval.
+
+{premise}
 """
 
 

@@ -17,6 +17,12 @@ A plan may hold a learning-rate sweep (``lr_sweep``: rates, an epoch budget and 
 ``--train-tokens``): every variant whose flags set no ``--lr`` then first trains seed 0 once per rate under
 the sweep's budget, and all its seeds train at the rate with the lowest validation perplexity; the same
 sweep for every variant, chosen on validation, never on test (lr-sweep.csv, and a table in quality.md).
+
+A plan may test the oracle's premise (``premise``: {"variants": [VQ variant names]}): each named variant's head,
+flags and rate trained on the frozen body of each reference (softmax) seed once that seed's run has finished
+(``--protocol frozen --body-from CHECKPOINTS/<reference run>/best.pt``, the plan's budget; a run waits while
+the body's best.pt is not there). Those runs are no quality.csv rows: premise.csv sets each beside the oracle's
+estimate from the same softmax model (oracle.md).
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ DEFAULT_PLAN = os.path.join("configs", "quality.json")
 TRANSFORMER_PLAN = os.path.join("configs", "quality-transformer.json")
 DEFAULT_RESULTS = os.path.join("results", "quality")
 SWEEP_GROUP = "lr-sweep"  # the group of a plan's learning-rate sweep runs: never a row of quality.csv
+PREMISE_GROUP = "premise"  # the group of a plan's frozen-body runs (the oracle's premise): never a quality.csv row
+PREMISE_COLUMNS = ["track", "body", "vocabulary", "name", "head", "mapping", "K", "seed", "run", "body_run",
+                   "epochs", "best_epoch", "stop", "valid_ppl", "test_ppl", "reference_test_ppl", "tokens_per_s",
+                   "cpu_model", "git_commit"]
 SWEEP_COLUMNS = ["track", "name", "head", "lr", "valid_ppl", "chosen", "epochs", "train_tokens", "tokens_per_s",
                  "run", "cpu_model", "git_commit"]
 CSV_COLUMNS = ["run", "name", "head", "mapping", "body", "vocabulary", "protocol", "seed", "group", "epochs",
@@ -68,6 +78,7 @@ class PlannedRun:
     epochs: int
     track: str = ""
     variant: str = ""  # the plan entry's name: a sweep run's variant is the one it chooses a rate for
+    body_run: str = ""  # a frozen run's trained body: the reference run folder whose best.pt it loads
 
     def wanted(self, only) -> bool:
         """True when ``only`` (run folders or variant names; empty: all) selects this run."""
@@ -78,11 +89,20 @@ class PlannedRun:
         """The run's folder name: protocol, the plan's track (when it names one), variant and seed."""
         return f"{self.protocol}-{self.track + '-' if self.track else ''}{self.name}-s{self.seed}"
 
+    def body_checkpoint(self, checkpoints: str) -> str:
+        """The best.pt a frozen run loads its body from ('' for a run that trains its own)."""
+        return os.path.join(checkpoints, self.body_run, "best.pt") if self.body_run else ""
+
     def command(self, runs_dir: str, checkpoints: str, common: Tuple[str, ...]) -> List[str]:
+        body = ("--body-from", self.body_checkpoint(checkpoints)) if self.body_run else ()
         return ["python", "-m", "vqbench.train", "--head", self.head, "--protocol", self.protocol,
-                "--seed", str(self.seed), "--epochs", str(self.epochs), *common, *self.flags,
+                "--seed", str(self.seed), "--epochs", str(self.epochs), *common, *self.flags, *body,
                 "--out", os.path.join(runs_dir, self.run),
                 "--checkpoint-dir", os.path.join(checkpoints, self.run), "--resume"]
+
+    def startable(self, checkpoints: str) -> bool:
+        """False while a frozen run's body checkpoint is missing (kept outside git: another machine may lack it)."""
+        return not self.body_run or os.path.exists(self.body_checkpoint(checkpoints))
 
 
 class Plan:
@@ -103,6 +123,7 @@ class Plan:
             self.best_groups = tuple(data.get("best_seeds", {}).get("groups", ()))
             self.entries = [dict(e) for e in data["runs"]]
             self.sweep_rates, self.sweep_flags, self.sweep_epochs = read_sweep(data.get("lr_sweep"))
+            self.premise = read_premise(data.get("premise"))
             for e in self.entries:
                 missing = [k for k in ("name", "head", "group", "seeds") if k not in e]
                 if missing or not all(isinstance(s, int) and s >= 0 for s in e["seeds"]):
@@ -125,8 +146,13 @@ class Plan:
         unknown = [name for name in self.first if name not in names]
         if unknown:
             raise ValueError(f"plan: {path!r}: first names no run {', '.join(map(repr, unknown))}")
-        if SWEEP_GROUP in {e["group"] for e in self.entries}:
-            raise ValueError(f"plan: {path!r}: the group {SWEEP_GROUP!r} is the learning-rate sweep's")
+        if {SWEEP_GROUP, PREMISE_GROUP} & {e["group"] for e in self.entries}:
+            raise ValueError(f"plan: {path!r}: the groups {SWEEP_GROUP!r} and {PREMISE_GROUP!r} are the "
+                             f"learning-rate sweep's and the premise runs'")
+        by_name = {e["name"]: e for e in self.entries}
+        for name in self.premise:
+            if name not in by_name or not by_name[name]["head"].startswith("vq"):
+                raise ValueError(f"plan: {path!r}: premise names {name!r}, which is no VQ variant of the plan")
 
     def planned(self, entry: dict, seed: int, lr: str = "") -> PlannedRun:
         """Seed ``seed`` of ``entry``, trained at ``lr`` (its swept rate) when given."""
@@ -179,7 +205,26 @@ class Plan:
         for entry in self.best_entries(runs_dir).values():
             queue += [self.planned(entry, s, rates[entry["name"]]) for s in self.best_seeds
                       if s not in entry["seeds"]]
-        return queue
+        return queue + self.premise_runs(runs_dir, rates)
+
+    def premise_runs(self, runs_dir: str, rates: Dict[str, Optional[str]]) -> List[PlannedRun]:
+        """The frozen-body runs: each premise variant (at its chosen rate, once chosen) on the body of each
+        reference seed whose run has finished, by seed."""
+        reference = self.reference()
+        out = []
+        for seed in reference["seeds"]:
+            body = self.planned(reference, seed, rates.get(reference["name"]) or "")
+            if not self.finished(runs_dir, body):
+                continue
+            for name in self.premise:
+                entry = next(e for e in self.entries if e["name"] == name)
+                if rates[name] is None:
+                    continue
+                run = self.planned(entry, seed, rates[name])
+                out.append(PlannedRun(name, run.head, "frozen", seed, PREMISE_GROUP, run.flags,
+                                      f"{name}'s head trained on the frozen body of {body.run}", self.epochs,
+                                      self.track, PREMISE_GROUP, body.run))
+        return out
 
     def best_entries(self, runs_dir: str) -> Dict[str, dict]:
         """{group: entry} with the lowest seed-0 validation perplexity, for groups whose seed-0 runs are all
@@ -209,6 +254,17 @@ def read_sweep(sweep) -> Tuple[Tuple[float, ...], Tuple[str, ...], int]:
     return tuple(float(r) for r in rates), tuple(flags), epochs
 
 
+def read_premise(premise) -> Tuple[str, ...]:
+    """The VQ variant names of a plan's ``premise`` ({"variants": [...]}); () when the plan has none."""
+    if premise is None:
+        return ()
+    variants = premise.get("variants") if isinstance(premise, dict) else None
+    if not (isinstance(variants, list) and variants and all(isinstance(v, str) for v in variants)
+            and len(set(variants)) == len(variants)):
+        raise ValueError(f"premise: variants must be a list of distinct variant names, got {variants!r}")
+    return tuple(variants)
+
+
 def summary_of(runs_dir: str, run: str) -> Optional[dict]:
     path = os.path.join(runs_dir, run, "summary.json")
     try:
@@ -236,8 +292,8 @@ def default_checkpoints(runs_dir: str) -> str:
 def pick_next(plan: Plan, runs_dir: str, checkpoints: str, taken=(), only=None) -> Optional[PlannedRun]:
     """The run a free lane takes: the first unfinished run in queue order that has a checkpoint (so after a
     stop the runs in progress resume first), else the first unfinished run; None when none is left."""
-    waiting = [run for run in plan.runs(runs_dir) if run.run not in taken
-               and run.wanted(only) and not plan.finished(runs_dir, run)]
+    waiting = [run for run in plan.runs(runs_dir) if run.run not in taken and run.wanted(only)
+               and not plan.finished(runs_dir, run) and run.startable(checkpoints)]
     started = [run for run in waiting if os.path.exists(os.path.join(checkpoints, run.run, "checkpoint.pt"))]
     return (started or waiting or [None])[0]
 
@@ -289,7 +345,7 @@ def table_rows(plan: Plan, runs_dir: str) -> List[dict]:
     rows = []
     for run in plan.runs(runs_dir):
         s = summary_of(runs_dir, run.run)
-        if run.group == SWEEP_GROUP or not finished(s, run.epochs):
+        if run.group in (SWEEP_GROUP, PREMISE_GROUP) or not finished(s, run.epochs):
             continue
         rows.append({"run": run.run, "name": run.name, "head": run.head,
                      "mapping": vq_mapping(run.head, s.get("config", {})),
@@ -304,6 +360,37 @@ def table_rows(plan: Plan, runs_dir: str) -> List[dict]:
                      "tokens_per_s": s["tokens_per_s"], "threads": run_threads(s), "precision": s["precision"],
                      "cpu_model": s["cpu_model"], "git_commit": s["git_commit"], "varies": run.varies})
     return rows
+
+
+def premise_rows(plan: Plan, runs_dir: str) -> List[dict]:
+    """One row per finished frozen-body run of ``plan``, with its body's (the reference run's) test perplexity."""
+    from vqbench.heads.registry import parse_spec
+    rows = []
+    for run in (r for r in plan.runs(runs_dir) if r.group == PREMISE_GROUP):
+        s, body = summary_of(runs_dir, run.run), summary_of(runs_dir, run.body_run)
+        if not finished(s, run.epochs):
+            continue
+        rows.append({"track": plan.track, "body": s.get("body") or LSTM_TRACK[0],
+                     "vocabulary": s.get("vocabulary") or LSTM_TRACK[1], "name": run.name, "head": run.head,
+                     "mapping": vq_mapping(run.head, s.get("config", {})), "K": parse_spec(run.head)[1]["K"],
+                     "seed": run.seed, "run": run.run, "body_run": run.body_run, "epochs": s["epochs"],
+                     "best_epoch": s["best_epoch"], "stop": s["stop"], "valid_ppl": s["valid_ppl"],
+                     "test_ppl": s["test_ppl"], "reference_test_ppl": body["test_ppl"],
+                     "tokens_per_s": s["tokens_per_s"], "cpu_model": s["cpu_model"], "git_commit": s["git_commit"]})
+    return rows
+
+
+def write_premise(plans, runs_dir: str, results_dir: str) -> Optional[str]:
+    """premise.csv under results_dir from the finished frozen-body runs of ``plans`` (None, and no file, when no
+    plan has a premise)."""
+    if not any(p.premise for p in plans):
+        return None
+    path = os.path.join(results_dir, "premise.csv")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=PREMISE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(row for p in plans for row in premise_rows(p, runs_dir))
+    return path
 
 
 def sweep_rows(plan: Plan, runs_dir: str) -> List[dict]:
@@ -371,7 +458,7 @@ def equal_time_section(plan: Plan, runs_dir: str) -> str:
     reference = plan.reference()["name"]
     rows, budgets = [], {}
     finished_runs = [(run, summary_of(runs_dir, run.run)) for run in plan.runs(runs_dir)
-                     if run.group != SWEEP_GROUP]
+                     if run.group not in (SWEEP_GROUP, PREMISE_GROUP)]
     finished_runs = [(run, s) for run, s in finished_runs if finished(s, run.epochs)]
     for run, s in finished_runs:
         best = [h for h in s.get("history", []) if h.get("epoch") == s.get("best_epoch") and "train_seconds" in h]
@@ -480,9 +567,9 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str, mo
     path = os.path.join(results_dir, "quality.md")
     with open(path, "w") as f:
         f.write(text)
-    oracle_csv = os.path.join(results_dir, "oracle.csv")
-    if os.path.exists(oracle_csv):  # oracle.md sets the measured VQ runs next to their estimate
-        from vqbench.oracle import write_markdown
+    write_premise([p for p, _ in plans], runs_dir, results_dir)
+    from vqbench.oracle import oracle_files, write_markdown
+    for oracle_csv in oracle_files(results_dir):  # oracle.md sets the measured VQ runs next to their estimate
         write_markdown(oracle_csv)
     return path
 

@@ -284,7 +284,6 @@ def _sweep_claims(sweep) -> List[str]:
 
 
 PAPER_FEWER_PARAMS = 0.95  # the paper's cut: +4% perplexity at >= 95% fewer output-layer parameters
-WIKITEXT2_VOCAB = 33_278  # the quality runs' vocabulary (WikiText-2 train, <eos> included)
 
 
 def quality_claims(quality, reference="softmax", paper="vq-K1024"):
@@ -359,25 +358,34 @@ def unfinished_quality_runs(quality_md: str) -> list:
 
 
 def oracle_section(oracle_csv, quality, reference="softmax"):
-    """REPORT lines on the oracle estimate: what a VQ head would reach from a trained softmax model's own code
-    probabilities, and each measured VQ gap split into the mapping's and the codebook's factor."""
-    from vqbench.oracle import estimate_summary, gap_markdown, read_rows as read_oracle, target_verdict
+    """REPORT lines on the oracle estimate of one setting (the softmax models scored in oracle_csv): what a VQ
+    head would reach from a trained softmax model's own code probabilities, each measured VQ gap split into the
+    mapping's and the codebook's factor, and the estimate's premise tested by heads trained on frozen bodies."""
+    from vqbench.oracle import (estimate_summary, gap_markdown, premise_markdown, read_premise,
+                                read_rows as read_oracle, target_verdict)
     rows = read_oracle(oracle_csv)
-    variants = aggregate(quality, reference)
+    settings = sorted({setting(r) for r in rows})
+    variants = [v for v in aggregate(quality, reference) if v["setting"] in settings]
+    vocab = max(int(r["vocabulary"].rpartition("-")[2]) for r in rows)
     # a K x d codebook has K/V of softmax's V x d output parameters
-    max_K = math.floor((1 - PAPER_FEWER_PARAMS) * WIKITEXT2_VOCAB)
+    max_K = math.floor((1 - PAPER_FEWER_PARAMS) * vocab)
     verdict = target_verdict(rows, variants, max_K)
-    return ["### The oracle estimate", "",
-            "From `results/quality/oracle.csv` (`python -m vqbench.oracle`; every mapping and K in "
-            "`results/quality/oracle.md`): the test perplexity ratio to softmax that a VQ head would reach if its "
+    premise_csv = os.path.join(os.path.dirname(oracle_csv), "premise.csv")
+    premise = read_premise(premise_csv) if os.path.exists(premise_csv) else []
+    name = os.path.basename(oracle_csv)
+    return [f"### The oracle estimate: {'; '.join(settings)}", "",
+            f"From `results/quality/{name}` (`python -m vqbench.oracle`; every mapping and K in "
+            f"`results/quality/{name[:-4]}.md`): the test perplexity ratio to softmax that a VQ head would reach if its "
             "code probabilities were exactly a trained softmax model's: an estimate of what the mapping alone "
             "costs (not a bound: a VQ model trained for the code task may predict codes better than the softmax's "
-            "summed probabilities); what a measured VQ run pays above it is the codebook's. Setting: "
-            f"{setting({})}. At d=200 a codebook of "
-            f"K <= {max_K} has >= {100 * PAPER_FEWER_PARAMS:.0f}% fewer output parameters than softmax "
-            f"(V={WIKITEXT2_VOCAB:,}). Estimate: " + estimate_summary(rows, max_K) + ".", "",
+            "summed probabilities); what a measured VQ run pays above it is the codebook's. A K x d codebook has "
+            f"K/V of softmax's V x d output parameters, so K <= {max_K} gives >= {100 * PAPER_FEWER_PARAMS:.0f}% "
+            f"fewer (V={vocab:,}). Estimate: " + estimate_summary(rows, max_K) + ".", "",
             *([verdict, ""] if verdict else []),
-            gap_markdown(rows, variants), ""]
+            gap_markdown(rows, variants), "",
+            "The premise, tested: VQ heads trained on each softmax model's frozen body against the estimate from "
+            "that model (`results/quality/premise.csv`).", "",
+            premise_markdown(rows, premise, variants), ""]
 
 
 def environment(rows):
@@ -486,8 +494,8 @@ def quality_section(results_dir: str, quality, reference: str) -> List[str]:
              "![quality vs parameters](quality/pareto.png)", "",
              *[f"![quality vs parameters, {os.path.basename(path)[7:-4]}](quality/{os.path.basename(path)})\n"
                for path in sorted(glob.glob(os.path.join(results_dir, "quality", "pareto-*.png")))]]
-    oracle_csv = os.path.join(results_dir, "quality", "oracle.csv")
-    if os.path.exists(oracle_csv):
+    from vqbench.oracle import oracle_files
+    for oracle_csv in oracle_files(os.path.join(results_dir, "quality")):
         parts += oracle_section(oracle_csv, quality, reference)
     return parts
 

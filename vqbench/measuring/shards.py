@@ -467,7 +467,7 @@ def report(results: Dict[str, object], folder: str) -> int:
 def plan_jobs(plan, runs_dir: str, checkpoints: str, submitted, only) -> List[Tuple[str, TrainJob]]:
     """The plan's unfinished runs not yet submitted, as jobs, those with a checkpoint first (they resume)."""
     todo = [r for r in plan.runs(runs_dir) if r.run not in submitted and not plan.finished(runs_dir, r)
-            and r.wanted(only)]
+            and r.wanted(only) and r.startable(checkpoints)]
     todo.sort(key=lambda r: not os.path.exists(os.path.join(checkpoints, r.run, "checkpoint.pt")))
     return [(r.run, TrainJob(r.command(runs_dir, checkpoints, plan.common)[3:])) for r in todo]
 
