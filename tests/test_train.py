@@ -208,6 +208,20 @@ def test_full_schedule_evaluates_the_best_model_and_seeds_change_the_run(tmp_pat
     assert runs[0]["test_ppl"] != runs[1]["test_ppl"]
 
 
+def test_the_best_models_validation_perplexity_is_the_one_measured_when_it_was_saved(tmp_path, monkeypatch):
+    """Validation is evaluated once per epoch, not again for the summary: the best model's number was measured
+    when best.pt was saved, and evaluating best.pt's weights afresh gives it again."""
+    calls = []
+    evaluate = train.JointTask.evaluate
+    monkeypatch.setattr(train.JointTask, "evaluate", lambda self, split: calls.append(split) or evaluate(self, split))
+    out = str(tmp_path / "run")
+    summary = train.train(train.parse_args(TINY + ["--epochs", "2", "--out", out]))
+    assert calls == ["validation", "validation", "test"] and summary["evaluated"] == "best"
+    trainer = train.Trainer(train.parse_args(TINY + ["--epochs", "2", "--out", out, "--resume"]))
+    assert trainer.evaluated_model() == "best"
+    assert trainer.task.evaluate("validation") == summary["valid_ppl"]
+
+
 def test_checkpoints_are_loaded_without_running_code(tmp_path):
     import pickle
     out = tmp_path / "run"
