@@ -355,3 +355,21 @@ def test_each_tracks_oracle_file_pairs_only_with_runs_and_frozen_bodies_of_its_o
                                                    "4-layer GPT, d=128, cl100k_base WikiText-2 V=100,277"]
     assert "K <= 1663 gives >= 95% fewer" in sections[0] and "K <= 5013 gives >= 95% fewer" in sections[1]
     assert "lies below the estimate" in sections[1] and "lies below the estimate" not in sections[0]
+
+
+@pytest.mark.parametrize("measured, said", [
+    ([95.0, 96.0, 97.0], "lies below the estimate: a head trained for the code task predicts codes better"),
+    ([105.0, 106.0, 107.0], "lies above the estimate: the trained head predicts codes no better"),
+    ([90.0, 110.0, 101.0], "lies neither above nor below the estimate that its seeds can tell"),
+    ([95.0], "lies below the estimate: a head trained for the code task predicts codes better")])
+def test_the_premise_sentence_follows_the_interval_not_only_the_mean(measured, said):
+    """Frozen-body perplexities against an estimate of 100 per seed: the sentence says below or above only
+    when the 95% t-interval of measured / estimate excludes 1, and names a single seed as such."""
+    from vqbench.oracle import premise_markdown
+    oracle = [{"model_seed": s, "mapping": "frequency", "K": 1024, "oracle_ppl": 100.0, "oracle_unigram_ppl": 90.0,
+               "body": "lstm", "vocabulary": "word-33278"} for s in range(len(measured))]
+    premise = [{"name": "vq-K1024", "head": "vq:K=1024", "mapping": "frequency", "K": 1024, "seed": s,
+                "test_ppl": m, "body": "lstm", "vocabulary": "word-33278"} for s, m in enumerate(measured)]
+    text = premise_markdown(oracle, premise, [])
+    assert said in text
+    assert ("a single seed: no interval" in text) == (len(measured) == 1)

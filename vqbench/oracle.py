@@ -49,8 +49,8 @@ from vqbench.measuring.provenance import cpu_model, git_commit, relative_path
 from vqbench.heads.registry import make_head
 
 MAPPINGS = ("random", "contiguous", "frequency", "kmeans")
-COLUMNS = ["model", "model_seed", "body", "vocabulary", "mapping", "K", "softmax_ppl", "oracle_ppl", "oracle_ratio", "oracle_unigram_ppl",
-           "oracle_unigram_ratio", "within_code_ppl_factor", "exact_rows", "exact_share", "test_tokens", "note", "cpu_model", "git_commit"]
+COLUMNS = ["model", "model_seed", "body", "vocabulary", "mapping", "K", "softmax_ppl", "oracle_ppl", "oracle_ratio",
+           "oracle_unigram_ppl", "oracle_unigram_ratio", "within_code_ppl_factor", "exact_rows", "exact_share", "test_tokens", "note", "cpu_model", "git_commit"]
 
 
 def code_nats(log_probs: torch.Tensor, targets: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor,
@@ -485,15 +485,23 @@ def premise_markdown(oracle_rows: List[dict], premise: List[dict], variants: Lis
                      headers=["VQ head", "mapping", "K", "softmax seeds (bodies)", "frozen-body VQ test ppl",
                               "estimate ppl", "measured / estimate (frozen body)",
                               "measured / estimate (trained jointly)"], tablefmt="github", disable_numparse=True)
+    from vqbench.reporting.quality_stats import t_interval
     said = []
     for p in pairs:
-        factor = statistics.fmean(m / e for m, e in zip(p["measured"], p["estimate"]))
-        side = ("below the estimate: a head trained for the code task predicts codes better than the softmax's "
-                "summed probabilities, so the estimate overstates what the mapping costs" if factor < 1 else
-                "above the estimate: the trained head predicts codes no better than the softmax's summed "
-                "probabilities, as the estimate assumes")
-        said.append(f"{p['name']} on the frozen bodies lies {side} (x{factor:.3f}, "
-                    f"{len(p['seeds'])} seed{'s' if len(p['seeds']) > 1 else ''}).")
+        factors = [m / e for m, e in zip(p["measured"], p["estimate"])]
+        factor, (low, high) = statistics.fmean(factors), t_interval(factors)
+        below = ("below the estimate: a head trained for the code task predicts codes better than the softmax's "
+                 "summed probabilities, so the estimate overstates what the mapping costs")
+        above = ("above the estimate: the trained head predicts codes no better than the softmax's summed "
+                 "probabilities, as the estimate assumes")
+        if len(factors) < 2:
+            side, spread = (below if factor < 1 else above), "a single seed: no interval"
+        elif high < 1 or low > 1:
+            side, spread = (below if high < 1 else above), f"95% CI {low:.3f}-{high:.3f}, {len(factors)} seeds"
+        else:
+            side = "neither above nor below the estimate that its seeds can tell"
+            spread = f"95% CI {low:.3f}-{high:.3f} holds 1, {len(factors)} seeds"
+        said.append(f"{p['name']} on the frozen bodies lies {side} (x{factor:.3f}, {spread}).")
     return table + "\n\n" + " ".join(said)
 
 
@@ -501,8 +509,7 @@ def write_markdown(oracle_csv: str, quality_csv: str = None) -> str:
     """oracle.md beside oracle_csv, rendered from it and from quality_csv (default: quality.csv beside it,
     when there): a view of the two files, rewritten whenever either changes (`python -m vqbench.quality
     table` does). Returns the path written."""
-    from vqbench.reporting.quality_stats import aggregate, typed_quality_row
-    from vqbench.reporting.quality_stats import setting
+    from vqbench.reporting.quality_stats import aggregate, setting, typed_quality_row
     rows = read_rows(oracle_csv)
     settings = sorted({setting(r) for r in rows})
     folder = os.path.dirname(oracle_csv)
