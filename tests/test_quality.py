@@ -450,7 +450,10 @@ def test_a_plan_without_a_sweep_writes_no_sweep_file(plan, tmp_path):
                                           ({"rates": [0.001, True]}, "two or more distinct numbers"),
                                           ({"rates": [0.001, 0.01], "flags": ["--lr", "1"]}, "without --lr"),
                                           ({"rates": [0.001, 0.01], "flags": "--x"}, "a list of strings"),
-                                          ({"rates": [0.001, 0.01], "epochs": 0}, "epochs must be an integer")])
+                                          ({"rates": [0.001, 0.01], "epochs": 0}, "epochs must be an integer"),
+                                          ({"rates": [0.01, 0.001]}, "increasing order"),
+                                          ({"rates": [0.001, 0.01], "extend": -1}, "extend must be an integer"),
+                                          ({"rates": [0.001, 0.01], "extend": "1"}, "extend must be an integer")])
 def test_bad_sweeps_are_refused_with_one_line(tmp_path, capsys, sweep, match):
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({**PLAN, "lr_sweep": sweep}))
@@ -567,3 +570,35 @@ def test_the_committed_plans_test_the_premise_at_the_papers_K_and_the_95_percent
     assert lstm.premise == ("vq-K1024", "vq-K1536") and gpt.premise == ("vq-K1024", "vq-K5013")
     heads = {e["name"]: e["head"] for e in gpt.entries}
     assert [heads[name] for name in gpt.premise] == ["vq:K=1024", "vq:K=5013"]
+
+
+def test_a_rate_chosen_at_the_grids_edge_is_swept_one_step_further(tmp_path):
+    """With extend 1, a variant whose best rate is the grid's largest (smallest) adds one rate a grid ratio
+    above (below) it, rounded to one digit; its rate is chosen once that run has finished, at most one step
+    per side; an interior best adds nothing. The sweep table gets a column for the added rate."""
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({**SWEPT, "lr_sweep": {**SWEPT["lr_sweep"], "extend": 1}}))
+    plan = quality.Plan(str(path))
+    runs_dir = str(tmp_path / "results" / "runs")
+    softmax, vq, adaptive = plan.entries[:3]
+    finish_sweep(runs_dir, "softmax", [150.0, 130.0, 120.0])  # best at the top edge
+    finish_sweep(runs_dir, "vq-K1024", [150.0, 120.0, 130.0])  # interior
+    finish_sweep(runs_dir, "adaptive", [110.0, 120.0, 130.0])  # best at the bottom edge
+    assert plan.swept_rates(softmax, runs_dir) == [0.0003, 0.001, 0.003, 0.009]
+    assert plan.swept_rates(vq, runs_dir) == [0.0003, 0.001, 0.003] and plan.chosen_lr(vq, runs_dir) == "0.001"
+    assert plan.swept_rates(adaptive, runs_dir) == [9e-05, 0.0003, 0.001, 0.003]
+    assert plan.chosen_lr(softmax, runs_dir) is None and plan.chosen_lr(adaptive, runs_dir) is None
+    names = [r.run for r in plan.runs(runs_dir)]
+    assert "joint-softmax-lr0.009-s0" in names and "joint-adaptive-lr9e-05-s0" in names
+    assert not any(n.startswith("joint-softmax-s") for n in names)
+    fake_summary(runs_dir, "joint-softmax-lr0.009-s0", valid=110.0, test=110.0, stop="epochs: the budget of 1 epochs",
+                 epochs=1, config={"train_tokens": 5000})  # better still, but one step is the budget
+    assert plan.swept_rates(softmax, runs_dir)[-1] == 0.009 and plan.chosen_lr(softmax, runs_dir) == "0.009"
+    fake_summary(runs_dir, "joint-adaptive-lr9e-05-s0", valid=115.0, test=115.0, stop="epochs: the budget of 1 epochs",
+                 epochs=1, config={"train_tokens": 5000})
+    assert plan.chosen_lr(adaptive, runs_dir) == "0.0003"
+    fake_summary(runs_dir, "joint-softmax-s0", valid=105, test=100)
+    text = open(quality.write_tables(plan, runs_dir, str(tmp_path / "results"), "plan.json")).read()
+    header = next(line for line in text.split("## Learning rates")[1].splitlines() if line.startswith("| variant"))
+    assert [c.strip() for c in header.split("|")[3:-1]] == ["lr 9e-05", "lr 0.0003", "lr 0.001", "lr 0.003", "lr 0.009"]
+    assert "**110.00**" in text and "at most 1 time(s) per side" in text

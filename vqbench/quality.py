@@ -122,7 +122,8 @@ class Plan:
             self.best_seeds = tuple(data.get("best_seeds", {}).get("seeds", ()))
             self.best_groups = tuple(data.get("best_seeds", {}).get("groups", ()))
             self.entries = [dict(e) for e in data["runs"]]
-            self.sweep_rates, self.sweep_flags, self.sweep_epochs = read_sweep(data.get("lr_sweep"))
+            self.sweep_rates, self.sweep_flags, self.sweep_epochs, self.sweep_extend = read_sweep(
+                data.get("lr_sweep"))
             self.premise = read_premise(data.get("premise"))
             for e in self.entries:
                 missing = [k for k in ("name", "head", "group", "seeds") if k not in e]
@@ -164,24 +165,56 @@ class Plan:
         """True when ``entry``'s learning rate comes from the plan's sweep (it has one; the entry sets no --lr)."""
         return bool(self.sweep_rates) and "--lr" not in entry.get("flags", ())
 
-    def sweep_runs(self, entry: dict) -> List[PlannedRun]:
-        """Seed 0 of ``entry`` once per swept rate, under the sweep's epoch budget and flags."""
-        return [PlannedRun(f"{entry['name']}-lr{rate:g}", entry["head"], self.protocol, 0, SWEEP_GROUP,
-                           tuple(entry.get("flags", ())) + ("--lr", f"{rate:g}") + self.sweep_flags,
-                           f"learning-rate sweep of {entry['name']}", self.sweep_epochs, self.track, entry["name"])
-                for rate in self.sweep_rates]
+    def sweep_run(self, entry: dict, rate: float) -> PlannedRun:
+        """Seed 0 of ``entry`` at ``rate``, under the sweep's epoch budget and flags."""
+        return PlannedRun(f"{entry['name']}-lr{rate:g}", entry["head"], self.protocol, 0, SWEEP_GROUP,
+                          tuple(entry.get("flags", ())) + ("--lr", f"{rate:g}") + self.sweep_flags,
+                          f"learning-rate sweep of {entry['name']}", self.sweep_epochs, self.track, entry["name"])
 
-    def chosen_lr(self, entry: dict, runs_dir: str) -> Optional[str]:
-        """The swept rate of ``entry`` with the lowest validation perplexity (a diverged run counts as worst),
-        once every rate has finished; None before."""
+    def swept_rates(self, entry: dict, runs_dir: Optional[str] = None) -> List[float]:
+        """The rates ``entry`` is swept at: the plan's, and (``extend`` in the sweep, given runs_dir) while every
+        one has finished and the best lies at an edge, one more step of the grid's ratio beyond that edge (to one
+        significant digit: 0.01 after 0.003 and 0.01 gives 0.03), at most ``extend`` times per side: a rate chosen
+        at the grid's edge may not be the best."""
+        rates = list(self.sweep_rates)
+        added = {"low": 0, "high": 0}
+        while runs_dir is not None:
+            scored = self._scored(entry, rates, runs_dir)
+            if scored is None:
+                break
+            best = min(scored)[1]
+            if best == rates[-1] and added["high"] < self.sweep_extend:
+                rates.append(float(f"{rates[-1] * rates[-1] / rates[-2]:.1g}"))
+                added["high"] += 1
+            elif best == rates[0] and added["low"] < self.sweep_extend:
+                rates.insert(0, float(f"{rates[0] * rates[0] / rates[1]:.1g}"))
+                added["low"] += 1
+            else:
+                break
+        return rates
+
+    def sweep_runs(self, entry: dict, runs_dir: Optional[str] = None) -> List[PlannedRun]:
+        """Seed 0 of ``entry`` once per swept rate (``swept_rates``), under the sweep's epoch budget and flags."""
+        return [self.sweep_run(entry, rate) for rate in self.swept_rates(entry, runs_dir)]
+
+    def _scored(self, entry: dict, rates: List[float], runs_dir: str) -> Optional[List[Tuple[float, float]]]:
+        """[(validation perplexity, rate)] of ``entry``'s sweep runs at ``rates`` (a diverged run counts as worst),
+        or None while one has not finished."""
         scored = []
-        for rate, run in zip(self.sweep_rates, self.sweep_runs(entry)):
+        for rate in rates:
+            run = self.sweep_run(entry, rate)
             summary = summary_of(runs_dir, run.run)
             if not finished(summary, run.epochs):
                 return None
             ppl = summary.get("valid_ppl")
             scored.append((ppl if isinstance(ppl, (int, float)) and math.isfinite(ppl) else math.inf, rate))
-        return f"{min(scored)[1]:g}"
+        return scored
+
+    def chosen_lr(self, entry: dict, runs_dir: str) -> Optional[str]:
+        """The swept rate of ``entry`` with the lowest validation perplexity (a diverged run counts as worst),
+        once every rate (the extensions beyond an edge included) has finished; None before."""
+        scored = self._scored(entry, self.swept_rates(entry, runs_dir), runs_dir)
+        return None if scored is None else f"{min(scored)[1]:g}"
 
     def reference(self) -> dict:
         return next(e for e in self.entries if e["group"] == "reference")
@@ -196,7 +229,7 @@ class Plan:
         seeds = sorted({s for e in self.entries for s in e["seeds"]})
         firsts = [e for name in self.first for e in self.entries if e["name"] == name]
         ordered = firsts + [e for e in self.entries if e not in firsts]
-        queue = [run for e in ordered if self.swept(e) for run in self.sweep_runs(e)]
+        queue = [run for e in ordered if self.swept(e) for run in self.sweep_runs(e, runs_dir)]
         rates = {e["name"]: self.chosen_lr(e, runs_dir) if self.swept(e) else "" for e in self.entries}
         ready = [e for e in ordered if rates[e["name"]] is not None]
         queue += [self.planned(e, s, rates[e["name"]]) for e in firsts if e in ready for s in e["seeds"]]
@@ -238,12 +271,14 @@ class Plan:
         return chosen
 
 
-def read_sweep(sweep) -> Tuple[Tuple[float, ...], Tuple[str, ...], int]:
-    """(rates, flags, epochs) of a plan's ``lr_sweep`` ({"rates": [...], "epochs": 1, "flags": [...]});
-    empty rates when the plan has none. ValueError on a malformed one."""
+def read_sweep(sweep) -> Tuple[Tuple[float, ...], Tuple[str, ...], int, int]:
+    """(rates, flags, epochs, extend) of a plan's ``lr_sweep`` ({"rates": [...], "epochs": 1, "flags": [...],
+    "extend": 1}: rates in increasing order; extend, default 0: how many rates a variant whose best lies at an
+    edge may add beyond it); empty rates when the plan has none. ValueError on a malformed one."""
     if sweep is None:
-        return (), (), 1
+        return (), (), 1, 0
     rates, flags, epochs = sweep.get("rates"), sweep.get("flags", []), sweep.get("epochs", 1)
+    extend = sweep.get("extend", 0)
     if not (isinstance(rates, list) and len(rates) >= 2 and len(set(rates)) == len(rates)
             and all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < math.inf for r in rates)):
         raise ValueError(f"lr_sweep: rates must be two or more distinct numbers > 0, got {rates!r}")
@@ -251,7 +286,11 @@ def read_sweep(sweep) -> Tuple[Tuple[float, ...], Tuple[str, ...], int]:
         raise ValueError(f"lr_sweep: flags must be a list of strings without --lr, got {flags!r}")
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"lr_sweep: epochs must be an integer >= 1, got {epochs!r}")
-    return tuple(float(r) for r in rates), tuple(flags), epochs
+    if rates != sorted(rates):
+        raise ValueError(f"lr_sweep: rates must be in increasing order, got {rates!r}")
+    if not isinstance(extend, int) or isinstance(extend, bool) or extend < 0:
+        raise ValueError(f"lr_sweep: extend must be an integer >= 0, got {extend!r}")
+    return tuple(float(r) for r in rates), tuple(flags), epochs, extend
 
 
 def read_premise(premise) -> Tuple[str, ...]:
@@ -398,7 +437,7 @@ def sweep_rows(plan: Plan, runs_dir: str) -> List[dict]:
     rows = []
     for entry in (e for e in plan.entries if plan.swept(e)):
         chosen = plan.chosen_lr(entry, runs_dir)
-        for rate, run in zip(plan.sweep_rates, plan.sweep_runs(entry)):
+        for rate, run in zip(plan.swept_rates(entry, runs_dir), plan.sweep_runs(entry, runs_dir)):
             s = summary_of(runs_dir, run.run)
             if not finished(s, run.epochs):
                 continue
@@ -425,7 +464,8 @@ def sweep_section(plans, runs_dir: str, results_dir: str) -> str:
         writer.writerows(rows)
     parts = []
     for plan, path in swept:
-        rates = [f"{r:g}" for r in plan.sweep_rates]
+        rates = [f"{r:g}" for r in sorted({r for e in plan.entries if plan.swept(e)
+                                           for r in plan.swept_rates(e, runs_dir)})]
         table = []
         for entry in (e for e in plan.entries if plan.swept(e)):
             found = {r["lr"]: r for r in rows if r["track"] == plan.track and r["name"] == entry["name"]}
@@ -437,7 +477,9 @@ def sweep_section(plans, runs_dir: str, results_dir: str) -> str:
                      f"of `{path}` whose flags set no rate: seed 0 trained for {plan.sweep_epochs} epoch(s) at "
                      f"each rate, with `{flags}` after the plan's flags; validation perplexity, the chosen rate "
                      f"(lowest) in bold; all of a variant's seeds train at it (results/quality/lr-sweep.csv). "
-                     f"Blank: not finished yet.\n\n"
+                     + (f"A variant whose best rate lies at the grid's edge is swept one step of the grid's ratio "
+                        f"beyond it, at most {plan.sweep_extend} time(s) per side. " if plan.sweep_extend else "")
+                     + f"Blank: not swept at that rate, or not finished yet.\n\n"
                      + tabulate(table, headers=["variant", "head", *[f"lr {r}" for r in rates]], tablefmt="github",
                                     disable_numparse=True))
     return "".join(parts)
