@@ -35,8 +35,9 @@ def test_dry_run_trains_the_transformer_plans_runs_and_writes_their_tables(tmp_p
     from vqbench.quality import TRANSFORMER_PLAN
     with open(TRANSFORMER_PLAN) as f:
         rates = [str(rate) for rate in json.load(f)["lr_sweep"]["rates"]]
-    assert sorted({(r["name"], r["lr"]) for r in sweep}) == sorted(
-        (name, lr) for name in ("softmax-tied", "vq-K5013-learned") for lr in rates)
+    for name in ("softmax-tied", "vq-K5013-learned"):  # the plan's rates, and one step beyond an edge at most
+        swept = {r["lr"] for r in sweep if r["name"] == name}
+        assert set(rates) <= swept <= set(rates) | {"9e-05", "0.03"}, (name, swept)
     assert sorted(r["name"] for r in sweep if r["chosen"] == "yes") == ["softmax-tied", "vq-K5013-learned"]
 
 
