@@ -505,22 +505,28 @@ def premise_markdown(oracle_rows: List[dict], premise: List[dict], variants: Lis
     return table + "\n\n" + " ".join(said)
 
 
+def setting_inputs(oracle_csv: str, variants: List[dict]) -> Tuple[List[dict], List[str], List[dict], List[dict]]:
+    """(oracle rows, the settings of their softmax models, the quality variants of those settings, the rows of
+    premise.csv beside oracle_csv): what one oracle file is set against, never another track's runs."""
+    from vqbench.reporting.quality_stats import setting
+    rows = read_rows(oracle_csv)
+    settings = sorted({setting(r) for r in rows})
+    premise_csv = os.path.join(os.path.dirname(oracle_csv), "premise.csv")
+    premise = read_premise(premise_csv) if os.path.exists(premise_csv) else []
+    return rows, settings, [v for v in variants if v["setting"] in settings], premise
+
+
 def write_markdown(oracle_csv: str, quality_csv: str = None) -> str:
     """oracle.md beside oracle_csv, rendered from it and from quality_csv (default: quality.csv beside it,
     when there): a view of the two files, rewritten whenever either changes (`python -m vqbench.quality
     table` does). Returns the path written."""
-    from vqbench.reporting.quality_stats import aggregate, setting, typed_quality_row
-    rows = read_rows(oracle_csv)
-    settings = sorted({setting(r) for r in rows})
-    folder = os.path.dirname(oracle_csv)
-    quality_csv = quality_csv or os.path.join(folder, "quality.csv")
+    from vqbench.reporting.quality_stats import aggregate, typed_quality_row
+    quality_csv = quality_csv or os.path.join(os.path.dirname(oracle_csv), "quality.csv")
     variants = []
-    if os.path.exists(quality_csv):  # only the variants of the setting these softmax models were trained in
+    if os.path.exists(quality_csv):
         with open(quality_csv, newline="") as f:
-            variants = [v for v in aggregate([typed_quality_row(r) for r in csv.DictReader(f)], "softmax")
-                        if v["setting"] in settings]
-    premise_csv = os.path.join(folder, "premise.csv")
-    premise = read_premise(premise_csv) if os.path.exists(premise_csv) else []
+            variants = aggregate([typed_quality_row(r) for r in csv.DictReader(f)], "softmax")
+    rows, settings, variants, premise = setting_inputs(oracle_csv, variants)
     models = {(r["model_seed"], r["model"]): r["softmax_ppl"] for r in rows}
     estimate = tabulate(estimate_rows(rows), headers=[
         "mapping", "K", "softmax models", "oracle ppl (1/n)", "oracle / softmax (1/n)",

@@ -21,7 +21,7 @@ from collections import Counter
 from typing import List, Optional, Tuple
 
 from vqbench.quality import UNFINISHED
-from vqbench.reporting.quality_stats import (_pm, aggregate, markdown_table, mean_std, setting, t_interval,
+from vqbench.reporting.quality_stats import (_pm, aggregate, markdown_table, mean_std, t_interval,
                                              typed_quality_row)
 from vqbench.heads.registry import import_modules
 from vqbench.results import read_rows, select_rows
@@ -361,17 +361,12 @@ def oracle_section(oracle_csv, quality, reference="softmax"):
     """REPORT lines on the oracle estimate of one setting (the softmax models scored in oracle_csv): what a VQ
     head would reach from a trained softmax model's own code probabilities, each measured VQ gap split into the
     mapping's and the codebook's factor, and the estimate's premise tested by heads trained on frozen bodies."""
-    from vqbench.oracle import (estimate_summary, gap_markdown, premise_markdown, read_premise,
-                                read_rows as read_oracle, target_verdict)
-    rows = read_oracle(oracle_csv)
-    settings = sorted({setting(r) for r in rows})
-    variants = [v for v in aggregate(quality, reference) if v["setting"] in settings]
+    from vqbench.oracle import estimate_summary, gap_markdown, premise_markdown, setting_inputs, target_verdict
+    rows, settings, variants, premise = setting_inputs(oracle_csv, aggregate(quality, reference))
     vocab = max(int(r["vocabulary"].rpartition("-")[2]) for r in rows)
     # a K x d codebook has K/V of softmax's V x d output parameters
     max_K = math.floor((1 - PAPER_FEWER_PARAMS) * vocab)
     verdict = target_verdict(rows, variants, max_K)
-    premise_csv = os.path.join(os.path.dirname(oracle_csv), "premise.csv")
-    premise = read_premise(premise_csv) if os.path.exists(premise_csv) else []
     name = os.path.basename(oracle_csv)
     return [f"### The oracle estimate: {'; '.join(settings)}", "",
             f"From `results/quality/{name}` (`python -m vqbench.oracle`; every mapping and K in "
