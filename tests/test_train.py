@@ -222,6 +222,18 @@ def test_the_best_models_validation_perplexity_is_the_one_measured_when_it_was_s
     assert trainer.task.evaluate("validation") == summary["valid_ppl"]
 
 
+def test_a_run_resumed_only_to_evaluate_reports_the_speed_it_trained_at(tmp_path):
+    """A run stopped after its last epoch's checkpoint (before its summary) and resumed trains nothing: its
+    summary takes tokens/s and the output share from its last training log line, never 0 tokens/s."""
+    out = str(tmp_path / "run")
+    first = train.train(train.parse_args(TINY + ["--epochs", "1", "--out", out]))
+    os.remove(os.path.join(out, "summary.json"))
+    again = train.train(train.parse_args(TINY + ["--epochs", "1", "--out", out, "--resume"]))
+    logged = [r for r in records(out) if "tokens_per_s" in r]
+    assert again["steps"] == first["steps"] and again["tokens_per_s"] > 0
+    assert again["tokens_per_s"] == logged[-1]["tokens_per_s"] and again["output_share"] == logged[-1]["output_share"]
+
+
 def test_checkpoints_are_loaded_without_running_code(tmp_path):
     import pickle
     out = tmp_path / "run"

@@ -679,6 +679,23 @@ class Trainer:
             share = (self.head_seconds / self.timed_steps) / (self.elapsed / steps)
         return {"output_share": share}
 
+    def run_speed(self) -> dict:
+        """tokens/s and output share of this invocation; of the last training line in log.jsonl when this one
+        trained nothing (a run resumed only to finish its evaluation), so that no run reports 0 tokens/s."""
+        if self.tokens:
+            return {"tokens_per_s": self.tokens / self.elapsed, **self.speed()}
+        last = {"tokens_per_s": math.nan, "output_share": math.nan}
+        if os.path.exists(self.run.log_path):
+            with open(self.run.log_path) as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut short when a run was stopped
+                        continue
+                    if "tokens_per_s" in record:
+                        last = {k: record.get(k, math.nan) for k in last}
+        return last
+
     def evaluated_model(self) -> str:
         """Load the best-validation model when the schedule ended the run; 'best' or 'last'."""
         if self.finished() and os.path.exists(self.run.best):
@@ -703,7 +720,7 @@ class Trainer:
             "steps": self.step, "stop": self.stop_reason(),
             "last_epoch_gain": history[-1]["relative_gain"] if history else None,
             "history": history, **self.head.quality_metrics(self.task.test_targets()),
-            "tokens_per_s": self.tokens / max(self.elapsed, 1e-9), **self.speed(),
+            **self.run_speed(),
             "precision": str(next(self.head.parameters()).dtype).replace("torch.", ""),
             "autocast": self.invocation["autocast"], **self.parameter_counts(),
             "body": body_label(self.cfg), "vocabulary": self.corpus.label,
