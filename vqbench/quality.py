@@ -45,7 +45,7 @@ from tabulate import tabulate
 
 from vqbench.measuring import shards
 from vqbench.results import path_component_problem
-from vqbench.train import TrainConfig
+from vqbench.train import TrainConfig, log_records
 from vqbench.reporting.quality_stats import (LSTM_TRACK, _pm, aggregate, describe_body, describe_vocabulary,
                                              markdown_table, mean_std, ratio_cell, setting, t_interval,
                                              t_quantile, typed_quality_row, variant_summary)
@@ -561,15 +561,10 @@ def progress(runs_dir: str, run: str) -> str:
     if not os.path.exists(path):
         return f"{run} (not started)"
     step, valid = 0, []
-    with open(path) as f:
-        for line in f:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short when a run was stopped
-                continue
-            step = max(step, entry.get("step", 0))
-            if "valid_ppl" in entry:
-                valid.append(f"{entry['valid_ppl']:.1f}")
+    for entry in log_records(path):
+        step = max(step, entry.get("step", 0))
+        if "valid_ppl" in entry:
+            valid.append(f"{entry['valid_ppl']:.1f}")
     epochs = f", validation ppl after each epoch: {' / '.join(valid)}" if valid else ""
     return f"{run} (step {step:,}{epochs})"
 

@@ -501,6 +501,21 @@ class Run:
 
 # --------------------------------------------------------------------------- the loop
 
+def log_records(path: str) -> List[dict]:
+    """The records of a run's log.jsonl ([] when there is none), without a line cut short when a run was
+    stopped mid-write."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
 class Trainer:
     """One training loop for both protocols: epochs of optimiser steps, evaluation at epoch ends,
     the plateau schedule, checkpoints that resume exactly."""
@@ -685,15 +700,9 @@ class Trainer:
         if self.tokens:
             return {"tokens_per_s": self.tokens / self.elapsed, **self.speed()}
         last = {"tokens_per_s": math.nan, "output_share": math.nan}
-        if os.path.exists(self.run.log_path):
-            with open(self.run.log_path) as f:
-                for line in f:
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:  # a line cut short when a run was stopped
-                        continue
-                    if "tokens_per_s" in record:
-                        last = {k: record.get(k, math.nan) for k in last}
+        for record in log_records(self.run.log_path):
+            if "tokens_per_s" in record:
+                last = {k: record.get(k, math.nan) for k in last}
         return last
 
     def evaluated_model(self) -> str:
