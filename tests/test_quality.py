@@ -508,6 +508,61 @@ def test_perplexity_at_equal_training_time_uses_each_seeds_softmax_time_to_its_b
     assert quality.equal_time_section(plan, str(tmp_path / "empty")) == ""
 
 
+def cuda_invocation(**extra):
+    return {"device": "cuda", "device_name": "NVIDIA H200", "threads": 2, **extra}
+
+
+def test_each_run_names_its_device_and_gpu_runs_never_enter_the_equal_time_table(plan, tmp_path):
+    runs_dir = str(tmp_path / "results" / "runs")
+    history = [{"epoch": 1, "valid_ppl": 100.0, "train_seconds": 60.0}]
+    assert quality.run_device({}) == "cpu"  # a summary from before the device record
+    assert quality.run_device({"invocations": [{"device": "cpu"}, cuda_invocation()]}) == "cpu+NVIDIA H200"
+    for name in ("softmax", "vq-K1024"):
+        fake_summary(runs_dir, f"joint-{name}-s0", valid=100, test=100, best_epoch=1, history=history,
+                     invocations=[cuda_invocation()])
+    text = quality.equal_time_section(plan, runs_dir)
+    assert "Not given: its 2 finished runs trained on a GPU shared with other runs" in text
+    fake_summary(runs_dir, "joint-adaptive-s0", valid=99, test=99, best_epoch=1, history=history)  # on the CPU
+    fake_summary(runs_dir, "joint-softmax-s0", valid=100, test=100, best_epoch=1, history=history)
+    text = quality.equal_time_section(plan, runs_dir)
+    assert "CPU runs only, 1 runs on a shared GPU left out" in text and "| vq-K1024" not in text
+    quality.write_tables(plan, runs_dir, str(tmp_path / "results"), "plan.json")
+    with open(tmp_path / "results" / "quality.csv") as f:
+        devices = {r["run"]: r["device"] for r in csv.DictReader(f)}
+    assert devices == {"joint-softmax-s0": "cpu", "joint-vq-K1024-s0": "NVIDIA H200", "joint-adaptive-s0": "cpu"}
+    md = (tmp_path / "results" / "quality.md").read_text()
+    assert "GPU runs (1, on NVIDIA H200): several runs share the GPU" in md
+
+
+def test_every_variant_has_its_seed_paired_ratio_to_the_tied_softmax_where_the_setting_has_one(tmp_path):
+    rows = [{"name": name, "group": group, "seed": seed, "test_ppl": test, "valid_ppl": test, "head": "h",
+             "output_params": 10, "epochs": 3, "last_epoch_gain": 0.1, "varies": ""}
+            for name, group, tests in (("softmax", "reference", (50.0, 52.0)), ("tied", "tied", (45.0, 50.0)),
+                                       ("vq", "paper", (54.0, 54.0)))
+            for seed, test in enumerate(tests)]
+    by = {v["name"]: v for v in quality.aggregate(rows, "softmax")}
+    assert by["vq"]["tied_seed_ratios"] == pytest.approx({0: 54 / 45, 1: 54 / 50})
+    assert by["vq"]["tied_ratio_mean"] == pytest.approx((54 / 45 + 54 / 50) / 2)
+    assert by["tied"]["tied_ratio_mean"] == pytest.approx(1.0)
+    lstm = [dict(r, group="paper" if r["name"] == "vq" else "reference") for r in rows if r["name"] != "tied"]
+    assert all(v["tied_ratio_seeds"] == 0 for v in quality.aggregate(lstm, "softmax"))
+    table = quality.markdown_table(quality.aggregate(rows, "softmax"))
+    assert "test ppl / tied softmax" in table.splitlines()[0]
+
+
+def test_claims_from_a_budget_short_of_the_plateau_say_they_give_no_verdict(plan, tmp_path):
+    from vqbench.report import build_report
+    runs_dir = str(tmp_path / "quality" / "runs")
+    for seed in (0, 1):
+        fake_summary(runs_dir, f"joint-softmax-s{seed}", valid=110, test=100.0, seed=seed, params=6_000_000,
+                     epochs=3, last_epoch_gain=0.168)
+        fake_summary(runs_dir, f"joint-vq-K1024-s{seed}", valid=150, test=104.0, seed=seed, params=200_000, epochs=3)
+    quality.write_tables(plan, runs_dir, str(tmp_path / "quality"), "plan.json")
+    claims = [line for line in build_report(str(tmp_path)).splitlines() if line.startswith("| perplexity")]
+    assert claims and all("at an equal budget of 3 epochs, short of softmax's validation plateau (its last epoch "
+                          "still gained up to 16.8%): no verdict on the +4%" in line for line in claims)
+
+
 def premise_plan(tmp_path, premise=("vq-K1024",)):
     path = tmp_path / "premise.json"
     path.write_text(json.dumps({**PLAN, "premise": {"variants": list(premise)}}))

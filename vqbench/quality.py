@@ -57,13 +57,13 @@ SWEEP_GROUP = "lr-sweep"  # the group of a plan's learning-rate sweep runs: neve
 PREMISE_GROUP = "premise"  # the group of a plan's frozen-body runs (the oracle's premise): never a quality.csv row
 PREMISE_COLUMNS = ["track", "body", "vocabulary", "name", "head", "mapping", "K", "seed", "run", "body_run",
                    "epochs", "best_epoch", "stop", "valid_ppl", "test_ppl", "reference_test_ppl", "tokens_per_s",
-                   "cpu_model", "git_commit"]
+                   "device", "cpu_model", "git_commit"]
 SWEEP_COLUMNS = ["track", "name", "head", "lr", "valid_ppl", "chosen", "epochs", "train_tokens", "tokens_per_s",
-                 "run", "cpu_model", "git_commit"]
+                 "run", "device", "cpu_model", "git_commit"]
 CSV_COLUMNS = ["run", "name", "head", "mapping", "body", "vocabulary", "protocol", "seed", "group", "epochs",
                "best_epoch", "stop", "valid_ppl", "test_ppl", "last_epoch_gain", "output_params", "total_params",
                "shared_params", "within_code_ppl_factor", "tokens_per_s", "output_share", "threads", "precision",
-               "autocast", "cpu_model", "git_commit", "varies"]
+               "autocast", "device", "cpu_model", "git_commit", "varies"]
 
 
 @dataclass(frozen=True)
@@ -397,7 +397,7 @@ def table_rows(plan: Plan, runs_dir: str) -> List[dict]:
                      "output_share": s.get("output_share", ""), "autocast": s.get("autocast", "none"),
                      "within_code_ppl_factor": s.get("within_code_ppl_factor", ""),
                      "tokens_per_s": s["tokens_per_s"], "threads": run_threads(s), "precision": s["precision"],
-                     "cpu_model": s["cpu_model"], "git_commit": s["git_commit"], "varies": run.varies})
+                     "device": run_device(s), "cpu_model": s["cpu_model"], "git_commit": s["git_commit"], "varies": run.varies})
     return rows
 
 
@@ -415,7 +415,8 @@ def premise_rows(plan: Plan, runs_dir: str) -> List[dict]:
                      "seed": run.seed, "run": run.run, "body_run": run.body_run, "epochs": s["epochs"],
                      "best_epoch": s["best_epoch"], "stop": s["stop"], "valid_ppl": s["valid_ppl"],
                      "test_ppl": s["test_ppl"], "reference_test_ppl": body["test_ppl"],
-                     "tokens_per_s": s["tokens_per_s"], "cpu_model": s["cpu_model"], "git_commit": s["git_commit"]})
+                     "tokens_per_s": s["tokens_per_s"], "device": run_device(s), "cpu_model": s["cpu_model"],
+                     "git_commit": s["git_commit"]})
     return rows
 
 
@@ -445,7 +446,8 @@ def sweep_rows(plan: Plan, runs_dir: str) -> List[dict]:
             rows.append({"track": plan.track, "name": entry["name"], "head": entry["head"], "lr": f"{rate:g}",
                          "valid_ppl": s["valid_ppl"], "chosen": "yes" if chosen == f"{rate:g}" else "",
                          "epochs": s["epochs"], "train_tokens": config.get("train_tokens", ""),
-                         "tokens_per_s": s["tokens_per_s"], "run": run.run, "cpu_model": s["cpu_model"],
+                         "tokens_per_s": s["tokens_per_s"], "run": run.run, "device": run_device(s),
+                         "cpu_model": s["cpu_model"],
                          "git_commit": s["git_commit"]})
     return rows
 
@@ -501,7 +503,9 @@ def equal_time_section(plan: Plan, runs_dir: str) -> str:
     rows, budgets = [], {}
     finished_runs = [(run, summary_of(runs_dir, run.run)) for run in plan.runs(runs_dir)
                      if run.group not in (SWEEP_GROUP, PREMISE_GROUP)]
-    finished_runs = [(run, s) for run, s in finished_runs if finished(s, run.epochs)]
+    # seconds on a shared GPU depend on what else ran beside each run: only CPU runs compare by time
+    shared = [run for run, s in finished_runs if finished(s, run.epochs) and on_gpu(s)]
+    finished_runs = [(run, s) for run, s in finished_runs if finished(s, run.epochs) and not on_gpu(s)]
     for run, s in finished_runs:
         best = [h for h in s.get("history", []) if h.get("epoch") == s.get("best_epoch") and "train_seconds" in h]
         if run.name == reference and best:
@@ -514,10 +518,14 @@ def equal_time_section(plan: Plan, runs_dir: str) -> str:
                      f"{min(h['valid_ppl'] for h in s['history']):.2f}", f"{budgets[run.seed] / 60:.0f}",
                      f"{within:.2f}" if within is not None else "no epoch ended by then"])
     if not rows:
-        return ""
+        if not shared:
+            return ""
+        return (f"\n\n## Equal training time, track {plan.track or '(none)'}\n\nNot given: its {len(shared)} "
+                "finished runs trained on a GPU shared with other runs, whose training seconds are no fair clock.")
     return (f"\n\n## Equal training time, track {plan.track or '(none)'}\n\nEach run's best validation "
             f"perplexity within the training time its seed's {reference} run took to reach its best epoch "
-            "(seconds in training steps, no evaluation; one thread per run), beside its best at any time. "
+            "(seconds in training steps, no evaluation; one thread per run; CPU runs only"
+            + (f", {len(shared)} runs on a shared GPU left out" if shared else "") + "), beside its best at any time. "
             "tokens/s: training tokens per second of training; output share: the head's loss forward and backward "
             "over a whole step, timed on some steps.\n\n"
             + tabulate(rows, headers=["variant", "seed", "tokens/s", "output share", "best valid ppl",
@@ -534,11 +542,33 @@ def run_threads(summary: dict) -> str:
     return "+".join(dict.fromkeys(counts))
 
 
+def run_device(summary: dict) -> str:
+    """Where a run trained, in the order its invocations used them: "cpu", a GPU's name, or both joined by
+    "+" after a resume elsewhere; "cpu" for a run whose invocations predate the device record."""
+    names = [i.get("device_name") or i["device"] if i.get("device", "cpu") != "cpu" else "cpu"
+             for i in summary.get("invocations", [])]
+    return "+".join(dict.fromkeys(names)) or "cpu"
+
+
+def on_gpu(row_or_summary: dict) -> bool:
+    """True when a quality.csv row (its device) or a run's summary (its invocations) trained on a GPU."""
+    device = row_or_summary["device"] if "device" in row_or_summary else run_device(row_or_summary)
+    return device != "cpu"
+
+
 def threads_sentence(rows: List[dict]) -> str:
-    """quality.md's line on how the runs shared the machine, naming every run that did not use one thread."""
-    others = [f"{r['run']} ({r['threads']} threads, by invocation)" for r in rows if r["threads"] not in ("1", "")]
-    text = "one thread per run, two runs side by side"
-    return text + (f", except {', '.join(others)}" if others else "")
+    """quality.md's line on how the runs shared their machine: CPU runs by threads, naming every run that did
+    not use one thread; GPU runs by device, since several share one GPU (their tokens/s are no head speed)."""
+    cpu_rows = [r for r in rows if not on_gpu(r)]
+    others = [f"{r['run']} ({r['threads']} threads, by invocation)" for r in cpu_rows if r["threads"] not in ("1", "")]
+    text = "CPU runs: one thread per run, two runs side by side"
+    text += f", except {', '.join(others)}" if others else ""
+    gpus = sorted({r["device"] for r in rows if on_gpu(r)})
+    if gpus:
+        text += (f". GPU runs ({sum(on_gpu(r) for r in rows)}, on {', '.join(gpus)}): several runs share the GPU "
+                 "at once (scripts/run-cuda-quality.sh, LANES runs at a time), so their tokens/s and training "
+                 "seconds measure throughput under sharing, not a head's speed, and no equal-time comparison uses them")
+    return text
 
 
 def vq_mapping(head: str, config: dict) -> str:
@@ -595,7 +625,7 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str, mo
                   if not p.finished(runs_dir, r)]
     tracks = "".join(f"\n\nTrack {p.track or '(none)'} (plan `{path}`, its runs named joint-{p.track}-*): "
                      f"{p.description}" for p, path in more)
-    cpus = sorted({r["cpu_model"] for r in rows})
+    cpus = sorted({r["cpu_model"] for r in rows if not on_gpu(r)})
     sweeps = sweep_section(plans, runs_dir, results_dir) + "".join(equal_time_section(p, runs_dir) for p, _ in plans)
     text = QUALITY_MD.format(plan=plan_path, table=markdown_table(summary) + sweeps, commands=commands,
                              epochs=plan.epochs, cpus=", ".join(cpus), precision=", ".join(sorted({r["precision"] for r in rows})),
@@ -627,8 +657,9 @@ for every head; ratios to softmax pair runs of the same seed (mean ± sample std
 95% Student-t interval of the mean; a single seed's ratio says so). "max last-epoch
 gain": the largest relative validation improvement of a run's last epoch (under 1% for every run the
 plateau rule stopped, by construction: a sign of a flat curve, not a proof of convergence).
-CPU: {cpus}; precision: {precision}; {threads} (tokens/s in quality.csv are indicative;
-head speed is measured by `python -m vqbench.compare`; each run's summary.json lists its invocations).{tracks}
+CPU of the CPU runs: {cpus}; precision: {precision} (autocast per run in quality.csv); {threads} (tokens/s
+in quality.csv are indicative; head speed is measured by `python -m vqbench.compare`; each run's
+summary.json lists its invocations, with device and CPU).{tracks}
 
 {table}
 

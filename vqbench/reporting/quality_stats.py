@@ -11,6 +11,7 @@ from typing import Dict, List, Tuple
 from tabulate import tabulate
 
 LSTM_TRACK = ("lstm", "word-33278")  # the body and vocabulary of runs whose summary predates the columns
+TIED_GROUP = "tied"  # a plan's group of softmax runs whose output weight is the input embedding
 
 
 def describe_body(body: str) -> str:
@@ -98,28 +99,41 @@ def aggregate(rows: List[dict], reference: str) -> List[dict]:
     by_setting: Dict[str, Dict[str, List[dict]]] = {}
     for r in rows:
         by_setting.setdefault(setting(r), {}).setdefault(r["name"], []).append(r)
-    return [variant_summary(name, group, by_names.get(reference, []))
-            for by_names in by_setting.values() for name, group in by_names.items()]
+    summary = []
+    for by_names in by_setting.values():
+        tied = [r for rs in by_names.values() for r in rs if r["group"] == TIED_GROUP]
+        summary += [variant_summary(name, group, by_names.get(reference, []), tied)
+                    for name, group in by_names.items()]
+    return summary
 
 
-def variant_summary(name: str, group: List[dict], reference_rows: List[dict]) -> dict:
-    """One variant's rows [seeds] against its setting's reference rows: aggregate's row."""
+def paired_ratios(group: List[dict], reference_rows: List[dict]) -> dict:
+    """Test-perplexity ratios of ``group`` to ``reference_rows`` paired by seed: {"seed_ratios", "ratio_mean",
+    "ratio_std", "ratio_seeds", "ratio_low", "ratio_high"} (nan where no seed pairs)."""
     ref = {r["seed"]: r for r in reference_rows}
-    ref_params = next(iter(ref.values()))["output_params"] if ref else None
     seed_ratios = {r["seed"]: r["test_ppl"] / ref[r["seed"]]["test_ppl"] for r in group if r["seed"] in ref}
     ratios = list(seed_ratios.values())
-    test_mean, test_std = mean_std([r["test_ppl"] for r in group])
-    valid_mean, valid_std = mean_std([r["valid_ppl"] for r in group])
     ratio_mean, ratio_std = mean_std(ratios) if ratios else (math.nan, math.nan)
     ratio_low, ratio_high = t_interval(ratios)
+    return {"seed_ratios": seed_ratios, "ratio_mean": ratio_mean, "ratio_std": ratio_std,
+            "ratio_seeds": len(ratios), "ratio_low": ratio_low, "ratio_high": ratio_high}
+
+
+def variant_summary(name: str, group: List[dict], reference_rows: List[dict], tied_rows=()) -> dict:
+    """One variant's rows [seeds] against its setting's reference rows (and its tied softmax's rows, where
+    the setting has one: the baseline whose output layer costs no parameters of its own): aggregate's row."""
+    ref = {r["seed"]: r for r in reference_rows}
+    ref_params = next(iter(ref.values()))["output_params"] if ref else None
+    ratio = paired_ratios(group, reference_rows)
+    tied = {f"tied_{key}": value for key, value in paired_ratios(group, list(tied_rows)).items()}
+    test_mean, test_std = mean_std([r["test_ppl"] for r in group])
+    valid_mean, valid_std = mean_std([r["valid_ppl"] for r in group])
     params = group[0]["output_params"]
-    return {"name": name, "head": group[0]["head"], "mapping": group[0].get("mapping", ""),
+    return {**ratio, **tied, "name": name, "head": group[0]["head"], "mapping": group[0].get("mapping", ""),
             "setting": setting(group[0]), "body": group[0].get("body") or LSTM_TRACK[0],
             "vocabulary": group[0].get("vocabulary") or LSTM_TRACK[1],
             "group": group[0]["group"], "seeds": len(group),
             "test_mean": test_mean, "test_std": test_std, "valid_mean": valid_mean, "valid_std": valid_std,
-            "ratio_mean": ratio_mean, "ratio_std": ratio_std, "ratio_seeds": len(ratios),
-            "ratio_low": ratio_low, "ratio_high": ratio_high, "seed_ratios": seed_ratios,
             "output_params": params, "fewer_params": 1 - params / ref_params if ref_params else math.nan,
             "epochs": "/".join(str(r["epochs"]) for r in group),
             "last_epoch_gain": max(r["last_epoch_gain"] for r in group), "varies": group[0]["varies"]}
@@ -131,23 +145,24 @@ def _pm(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
-def ratio_cell(variant: dict) -> str:
-    """'1.059 ± 0.021 (95% CI 1.005-1.112)' over seeds, '1.059 (single seed)' for one, '' for none."""
-    if math.isnan(variant["ratio_mean"]):
+def ratio_cell(variant: dict, prefix: str = "") -> str:
+    """'1.059 ± 0.021 (95% CI 1.005-1.112)' over seeds, '1.059 (single seed)' for one, '' for none;
+    prefix "tied_" for the ratio to the tied softmax."""
+    mean, std, seeds = (variant.get(prefix + key, math.nan) for key in ("ratio_mean", "ratio_std", "ratio_seeds"))
+    if math.isnan(mean):
         return ""
-    if variant["ratio_seeds"] < 2:
-        return f"{variant['ratio_mean']:.3f} (single seed)"
-    return (f"{_pm(variant['ratio_mean'], variant['ratio_std'], 3)} "
-            f"(95% CI {variant['ratio_low']:.3f}-{variant['ratio_high']:.3f})")
+    if seeds < 2:
+        return f"{mean:.3f} (single seed)"
+    return f"{_pm(mean, std, 3)} (95% CI {variant[prefix + 'ratio_low']:.3f}-{variant[prefix + 'ratio_high']:.3f})"
 
 
 def markdown_table(summary: List[dict]) -> str:
     headers = ["body, vocabulary", "variant", "head", "mapping", "seeds", "test ppl", "valid ppl",
-               "test ppl / softmax", "output params", "fewer params", "epochs", "max last-epoch gain", "varies"]
+               "test ppl / softmax", "test ppl / tied softmax", "output params", "fewer params", "epochs", "max last-epoch gain", "varies"]
     body = [[f"{s['body']}, {s['vocabulary']}", s["name"], s["head"], s["mapping"],
              s["seeds"] if s["seeds"] > 1 else "1 (single seed)",
              _pm(s["test_mean"], s["test_std"], 1), _pm(s["valid_mean"], s["valid_std"], 1),
-             ratio_cell(s), f"{s['output_params']:,}",
+             ratio_cell(s), ratio_cell(s, "tied_"), f"{s['output_params']:,}",
              "" if math.isnan(s["fewer_params"]) else f"{100 * s['fewer_params']:.1f}%", s["epochs"],
              f"{100 * s['last_epoch_gain']:.2f}%", s["varies"]] for s in summary]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
