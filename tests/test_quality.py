@@ -563,6 +563,26 @@ def test_claims_from_a_budget_short_of_the_plateau_say_they_give_no_verdict(plan
                           "still gained up to 16.8%): no verdict on the +4%" in line for line in claims)
 
 
+def test_each_learned_map_reports_its_moves_and_whether_it_settled(plan, tmp_path):
+    runs_dir = str(tmp_path / "runs")
+    fake_summary(runs_dir, "joint-vq-learned-s0", valid=100, test=100, vocabulary="cl100k_base-1000")
+    moves = [(500, 900, 0.9), (1000, 300, 0.3), (1500, 5, 0.005)]
+    with open(os.path.join(runs_dir, "joint-vq-learned-s0", "log.jsonl"), "w") as f:
+        f.write(json.dumps({"step": 0}) + "\n")
+        for step, moved, share in moves:
+            f.write(json.dumps({"step": step, "reassigned_tokens": moved, "reassigned_share_of_seen": share}) + "\n")
+        f.write('{"step": 2000, "reassigned_to')  # a line cut short by a stop is skipped
+    text = quality.learned_map_section(plan, runs_dir)
+    row = [line for line in text.splitlines() if line.startswith("| joint-vq-learned-s0")][0]
+    cells = [c.strip() for c in row.split("|")[2:-1]]
+    assert cells == ["3", "900 (90.0%) at step 500", "5 (0.5%) at step 1,500", "5 (0.5%) at step 1,500", "yes"]
+    # a log from before the count of tokens seen: shares of the vocabulary, and a map still moving has not settled
+    with open(os.path.join(runs_dir, "joint-vq-learned-s0", "log.jsonl"), "w") as f:
+        f.write(json.dumps({"step": 500, "reassigned_tokens": 400}) + "\n")
+    assert "| 400 (40.0% of V) at step 500 |" in quality.learned_map_section(plan, runs_dir).replace("  ", " ")
+    assert quality.learned_map_section(plan, str(tmp_path / "none")) == ""
+
+
 def premise_plan(tmp_path, premise=("vq-K1024",)):
     path = tmp_path / "premise.json"
     path.write_text(json.dumps({**PLAN, "premise": {"variants": list(premise)}}))

@@ -542,6 +542,44 @@ def run_threads(summary: dict) -> str:
     return "+".join(dict.fromkeys(counts))
 
 
+SETTLED_SHARE = 0.01  # a learned map has settled when its last re-assignment moved under 1% of the tokens it saw
+
+
+def learned_map_section(plan: Plan, runs_dir: str) -> str:
+    """quality.md's table of how each finished learned-map run's re-assignments moved tokens: the first, the
+    last and the fewest moved (tokens, and their share of the distinct tokens seen in the window), and whether
+    the map settled (its last re-assignment moved under SETTLED_SHARE of them); '' when no run has one. Every
+    re-assignment's count is in the run's log.jsonl."""
+    rows = []
+    for run in plan.runs(runs_dir):
+        s = summary_of(runs_dir, run.run)
+        if run.group in (SWEEP_GROUP, PREMISE_GROUP) or not finished(s, run.epochs):
+            continue
+        moves = [r for r in log_records(os.path.join(runs_dir, run.run, "log.jsonl")) if "reassigned_tokens" in r]
+        if not moves:
+            continue
+
+        vocab = int((s.get("vocabulary") or LSTM_TRACK[1]).rpartition("-")[2])
+
+        def share(r):  # of the tokens seen; a log from before that count has the share of the vocabulary only
+            return r.get("reassigned_share_of_seen", r["reassigned_tokens"] / vocab)
+
+        def cell(r):
+            of = "" if "reassigned_share_of_seen" in r else " of V"
+            return f"{r['reassigned_tokens']:,} ({100 * share(r):.1f}%{of}) at step {r['step']:,}"
+        fewest = min(moves, key=share)
+        rows.append([run.run, len(moves), cell(moves[0]), cell(moves[-1]), cell(fewest),
+                     "yes" if share(moves[-1]) < SETTLED_SHARE else "no"])
+    if not rows:
+        return ""
+    return (f"\n\n## Learned maps, track {plan.track or '(none)'}\n\nTokens moved to another code at each "
+            "re-assignment (and their share of the distinct tokens seen in its window): the first, the last and "
+            f"the fewest; settled: the last moved under {100 * SETTLED_SHARE:.0f}% of them (of V, for a log from before "
+            "the count of tokens seen). Every re-assignment is a line of the run's log.jsonl.\n\n"
+            + tabulate(rows, headers=["run", "re-assignments", "first", "last", "fewest", "settled"],
+                       tablefmt="github", disable_numparse=True))
+
+
 def run_device(summary: dict) -> str:
     """Where a run trained, in the order its invocations used them: "cpu", a GPU's name, or both joined by
     "+" after a resume elsewhere; "cpu" for a run whose invocations predate the device record."""
@@ -626,7 +664,8 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str, mo
     tracks = "".join(f"\n\nTrack {p.track or '(none)'} (plan `{path}`, its runs named joint-{p.track}-*): "
                      f"{p.description}" for p, path in more)
     cpus = sorted({r["cpu_model"] for r in rows if not on_gpu(r)})
-    sweeps = sweep_section(plans, runs_dir, results_dir) + "".join(equal_time_section(p, runs_dir) for p, _ in plans)
+    sweeps = sweep_section(plans, runs_dir, results_dir) + "".join(equal_time_section(p, runs_dir) + learned_map_section(p, runs_dir)
+                                                                 for p, _ in plans)
     text = QUALITY_MD.format(plan=plan_path, table=markdown_table(summary) + sweeps, commands=commands,
                              epochs=plan.epochs, cpus=", ".join(cpus), precision=", ".join(sorted({r["precision"] for r in rows})),
                              unfinished=", ".join(unfinished) or "none", unfinished_title=UNFINISHED,
