@@ -8,6 +8,11 @@
 #   bash scripts/run-cuda-quality.sh OUTDIR             # on a CUDA machine
 #   bash scripts/run-cuda-quality.sh OUTDIR --dry-run   # anywhere: seed 0 of every run on the CPU, tiny sizes
 #   ONLY="softmax vq-K5013" bash scripts/run-cuda-quality.sh OUTDIR   # only these runs or variants
+#   PLAN=configs/premise-transformer.json bash scripts/run-cuda-quality.sh OUTDIR   # another plan: the premise
+#   PLAN=configs/premise-lstm.json bash scripts/run-cuda-quality.sh OUTDIR          # the LSTM track's premise
+# After the runs, the oracle estimates (OUTDIR/quality/oracle-PLAN.csv, --add) from every body of the plan's
+# reference that this machine holds a best.pt of, at the K of the plan's premise variants: a frozen-body head
+# and the estimate from the same body come back from one session, as its checkpoints stay on the machine.
 set -euo pipefail
 if [ $# -lt 1 ] || [ $# -gt 2 ] || { [ $# -eq 2 ] && [ "$2" != "--dry-run" ]; }; then
     echo "usage: bash scripts/run-cuda-quality.sh OUTDIR [--dry-run]" >&2
@@ -17,7 +22,8 @@ OUT=$(mkdir -p "$1/quality" && cd "$1" && pwd)
 DRY=${2:-}
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-PLAN=configs/quality-transformer.json
+PLAN=${PLAN:-configs/quality-transformer.json}
+ORACLE_NAME=oracle-$(basename "$PLAN" .json).csv  # one oracle file per plan: its bodies' seeds
 
 if ! "$PY" -c "import vqbench" 2>/dev/null; then
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -28,6 +34,7 @@ if [ "$DRY" = "--dry-run" ]; then
     DEVICE=cpu
     LANES=2
     LIMIT=500
+    ORACLE_LIMIT=600
     CHECKPOINTS=${CHECKPOINTS:-$OUT/checkpoints}
     # the plan with tiny sizes, one epoch, seed 0 of every run (and of the learning-rate sweep): every head,
     # flag and step runs once
@@ -42,7 +49,7 @@ plan.update(epochs=1, first=[], best_seeds={}, common_flags=[x for pair in flags
 if "lr_sweep" in plan:  # the sweep at the same tiny size: its runs, the choice and its table run once
     plan["lr_sweep"]["flags"] = ["--train-tokens", "1200", "--warmup", "2", "--cosine-epochs", "1"]
 for run in plan["runs"]:
-    run["seeds"] = [0]
+    run["seeds"] = [0] if run["seeds"] else []  # a frozen-body-only variant trains no joint run
     run["flags"] = [f if f != "500" else "3" for f in run.get("flags", [])]  # a re-assignment within the epoch
 json.dump(plan, open(sys.argv[2], "w"), indent=1)
 EOF
@@ -50,7 +57,8 @@ EOF
 else
     DEVICE=cuda
     LANES=${LANES:-4}
-    LIMIT=${LIMIT:-540}
+    LIMIT=${LIMIT:-420}
+    ORACLE_LIMIT=${ORACLE_LIMIT:-120}
     CHECKPOINTS=${CHECKPOINTS:-/tmp/vqbench-quality-checkpoints}
     nvidia-smi -L
     "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
@@ -67,6 +75,34 @@ elif [ "$status" -ne 0 ]; then
     tail -n 20 "$OUT/quality-run.log"
     for log in "$CHECKPOINTS"/*.stdout.log; do [ -f "$log" ] && tail -n 3 "$log"; done
     exit 1
+fi
+
+# the oracle's estimate from each reference body trained here (a best.pt in CHECKPOINTS), at the premise's K
+mapfile -t ORACLE < <("$PY" - "$PLAN" "$CHECKPOINTS" <<'EOF'
+import os, sys
+from vqbench.heads.registry import parse_spec
+from vqbench.quality import Plan
+plan, checkpoints = Plan(sys.argv[1]), sys.argv[2]
+flags = dict(zip(plan.common[::2], plan.common[1::2]))
+reference = plan.reference()
+models = [os.path.join(checkpoints, plan.planned(reference, seed).run, "best.pt") for seed in reference["seeds"]]
+models = [m for m in models if os.path.exists(m)]
+ks = sorted({parse_spec(e["head"])[1]["K"] for e in plan.entries if e["name"] in plan.premise})
+if models and ks:
+    print("--vocabulary", flags.get("--vocabulary", "word"), "--K", *ks, "--model", *models, sep="\n")
+EOF
+)
+if [ "${#ORACLE[@]}" -gt 0 ]; then
+    status=0
+    ORACLE_CSV=$OUT/quality/$ORACLE_NAME
+    timeout "$ORACLE_LIMIT" "$PY" -m vqbench.oracle "${ORACLE[@]}" --device "$DEVICE" --out "$ORACLE_CSV" --add \
+        > "$OUT/oracle.log" 2>&1 || status=$?
+    if [ "$status" -eq 0 ]; then
+        echo "oracle: $ORACLE_CSV"
+    else
+        tail -n 5 "$OUT/oracle.log"
+        echo "oracle: stopped ($status); the runs' files are kept"
+    fi
 fi
 "$PY" -m vqbench.quality table --plan "$PLAN" --results "$OUT/quality" > "$OUT/quality-table.log" 2>&1 \
     || { tail -n 5 "$OUT/quality-table.log"; exit 1; }

@@ -367,9 +367,38 @@ def test_the_premise_sentence_follows_the_interval_not_only_the_mean(measured, s
     when the 95% t-interval of measured / estimate excludes 1, and names a single seed as such."""
     from vqbench.oracle import premise_markdown
     oracle = [{"model_seed": s, "mapping": "frequency", "K": 1024, "oracle_ppl": 100.0, "oracle_unigram_ppl": 90.0,
-               "body": "lstm", "vocabulary": "word-33278"} for s in range(len(measured))]
+               "body": "lstm", "vocabulary": "word-33278", "model": f"ck/joint-softmax-s{s}/best.pt"}
+              for s in range(len(measured))]
     premise = [{"name": "vq-K1024", "head": "vq:K=1024", "mapping": "frequency", "K": 1024, "seed": s,
-                "test_ppl": m, "body": "lstm", "vocabulary": "word-33278"} for s, m in enumerate(measured)]
+                "test_ppl": m, "body": "lstm", "vocabulary": "word-33278", "body_run": f"joint-softmax-s{s}"}
+               for s, m in enumerate(measured)]
     text = premise_markdown(oracle, premise, [])
     assert said in text
     assert ("a single seed: no interval" in text) == (len(measured) == 1)
+
+
+def test_a_frozen_head_is_set_against_the_estimate_from_its_own_body_only():
+    """Two softmax models of one seed (a plan's softmax and a retrained replicate): a head trained on the
+    replicate's frozen body pairs with the replicate's estimate, never with the other model's."""
+    from vqbench.oracle import premise_pairs
+    oracle = [{"model_seed": 0, "mapping": "frequency", "K": 1024, "oracle_ppl": ppl, "oracle_unigram_ppl": ppl,
+               "body": "gpt-4x128", "vocabulary": "cl100k_base-100277", "model": f"ck/{run}/best.pt"}
+              for run, ppl in (("joint-gpt-softmax-body-s0", 100.0),)]
+    premise = [{"name": name, "head": "vq:K=1024", "mapping": "frequency", "K": 1024, "seed": 0, "test_ppl": 95.0,
+                "body": "gpt-4x128", "vocabulary": "cl100k_base-100277", "body_run": body}
+               for name, body in (("vq-K1024", "joint-gpt-softmax-s0"), ("vq-K1024-on-body", "joint-gpt-softmax-body-s0"))]
+    pairs = premise_pairs(oracle, premise, [])
+    assert [(p["name"], p["estimate"]) for p in pairs] == [("vq-K1024-on-body", [100.0])]
+
+
+
+@pytest.mark.parametrize("device, said", [("tpu", "device: expected cpu or cuda[:N], got 'tpu'"),
+                                          ("cuda:7", "device: 'cuda:7' asked for, but this torch sees no CUDA")])
+def test_a_device_the_oracle_cannot_use_is_refused_with_one_line(tmp_path, capsys, device, said):
+    import torch
+    from vqbench.oracle import main
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    assert main(["--model", str(tmp_path / "best.pt"), "--device", device, "--out", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert said in err and len(err.splitlines()) == 1 and not (tmp_path / "o.csv").exists()

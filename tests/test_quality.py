@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import sys
 
 import pytest
 
@@ -32,10 +33,11 @@ def plan(tmp_path):
 def fake_summary(runs_dir, run, valid, test, params=1000, stop="plateau: 2 epochs", seed=0, **extra):
     folder = os.path.join(runs_dir, run)
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "summary.json"), "w") as f:
+    with open(os.path.join(folder, "summary.json.tmp"), "w") as f:  # whole or absent, as vqbench.train writes it
         json.dump({"output_params": params, "valid_ppl": valid, "test_ppl": test, "tokens_per_s": 100.0,
                    "epochs": 8, "best_epoch": 7, "stop": stop, "last_epoch_gain": 0.004, "precision": "float32",
                    "cpu_model": "test CPU", "git_commit": "abc", "seed": seed, **extra}, f)
+    os.replace(os.path.join(folder, "summary.json.tmp"), os.path.join(folder, "summary.json"))
 
 
 def test_the_committed_plan_covers_every_head_three_seeds_and_the_paper_form():
@@ -470,19 +472,45 @@ def test_a_free_lane_waits_while_another_run_may_decide_more(swept, tmp_path, mo
     finish_sweep(runs_dir, "adaptive", [150.0, 120.0])
     started = []
 
-    def fake_run(command, **kwargs):
-        run = os.path.basename(command[command.index("--out") + 1])
-        started.append(run)
-        if run == "joint-adaptive-lr0.003-s0":
-            finish_sweep(runs_dir, "adaptive", [150.0, 120.0, 110.0])
-        else:
-            fake_summary(runs_dir, run, valid=100, test=100, stop="epochs: the budget of 4 epochs", epochs=4)
-        return type("Done", (), {"returncode": 0})()
+    class FakeRun:
+        def __init__(self, command, **kwargs):
+            run = os.path.basename(command[command.index("--out") + 1])
+            started.append(run)
+            if run == "joint-adaptive-lr0.003-s0":
+                finish_sweep(runs_dir, "adaptive", [150.0, 120.0, 110.0])
+            else:
+                fake_summary(runs_dir, run, valid=100, test=100, stop="epochs: the budget of 4 epochs", epochs=4)
 
-    monkeypatch.setattr(quality.subprocess, "run", fake_run)
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(quality.subprocess, "Popen", FakeRun)
     only = ["adaptive"]  # a variant's name selects its sweep runs too
     quality.run_all(swept, runs_dir, checkpoints, lanes=2, only=only, poll_s=0.01)
     assert started == ["joint-adaptive-lr0.003-s0", "joint-adaptive-s0"]
+
+
+def test_an_interrupted_runner_ends_its_runs_and_starts_no_more(plan, tmp_path, monkeypatch):
+    """A time limit's SIGINT reaches the runner while its lanes train: each running child is ended, no lane
+    takes another run, and the interrupt goes on to the caller (python -m vqbench.quality says so in one line)."""
+    import signal
+    import subprocess
+    import threading
+    import time
+    runs_dir, checkpoints = str(tmp_path / "runs"), str(tmp_path / "ck")
+    children, popen = [], subprocess.Popen
+
+    def sleeper(command, **kwargs):  # a run that would train for a minute
+        children.append(popen([sys.executable, "-c", "import time; time.sleep(60)"], **kwargs))
+        return children[-1]
+
+    monkeypatch.setattr(quality.subprocess, "Popen", sleeper)
+    threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    began = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        quality.run_all(plan, runs_dir, checkpoints, lanes=2, poll_s=0.01)
+    assert len(children) == 2 and all(child.wait(timeout=10) == -signal.SIGTERM for child in children)
+    assert time.time() - began < 30
 
 
 def test_perplexity_at_equal_training_time_uses_each_seeds_softmax_time_to_its_best_epoch(plan, tmp_path):
@@ -641,10 +669,23 @@ def test_bad_premises_are_refused_with_one_line(tmp_path, capsys, premise, match
 
 
 def test_the_committed_plans_test_the_premise_at_the_papers_K_and_the_95_percent_K():
-    lstm, gpt = quality.Plan(quality.DEFAULT_PLAN), quality.Plan(quality.TRANSFORMER_PLAN)
-    assert lstm.premise == ("vq-K1024", "vq-K1536") and gpt.premise == ("vq-K1024", "vq-K5013")
+    gpt = quality.Plan(quality.TRANSFORMER_PLAN)
+    assert gpt.premise == ("vq-K1024", "vq-K5013")
     heads = {e["name"]: e["head"] for e in gpt.entries}
     assert [heads[name] for name in gpt.premise] == ["vq:K=1024", "vq:K=5013"]
+    # the premise plans train each track's softmax again (its bodies' checkpoints are gone), with the same
+    # body flags, budget and rate as the track's own softmax, and VQ heads only on its frozen bodies
+    lstm = quality.Plan(quality.DEFAULT_PLAN)
+    for premise_path, track, ks in zip(quality.PREMISE_PLANS, (lstm, gpt), ((1024, 1536), (1024, 5013))):
+        plan = quality.Plan(premise_path)
+        reference, body = plan.reference(), track.reference()
+        assert (plan.common, plan.epochs, plan.track) == (track.common, track.epochs, track.track)
+        assert reference["head"] == body["head"] and reference["seeds"] == [0, 1, 2]
+        rate = track.chosen_lr(body, quality.DEFAULT_RESULTS + "/runs") if track.swept(body) else None
+        assert reference.get("flags", []) == (["--lr", rate] if rate else [])
+        heads = {e["name"]: e["head"] for e in plan.entries}
+        assert [heads[name] for name in plan.premise] == [f"vq:K={k}" for k in ks]
+        assert all(e["seeds"] == [] for e in plan.entries if e["name"] in plan.premise)
 
 
 def test_a_rate_chosen_at_the_grids_edge_is_swept_one_step_further(tmp_path):

@@ -62,11 +62,11 @@ def code_nats(log_probs: torch.Tensor, targets: torch.Tensor, codes: torch.Tenso
     not given: a caller scoring several mappings on one chunk passes it once).
     """
     p = log_probs.double().exp() if probs is None else probs
-    mass = torch.zeros(p.shape[0], num_codes, dtype=torch.float64).index_add_(1, codes, p)  # [N, K]
+    mass = torch.zeros(p.shape[0], num_codes, dtype=torch.float64, device=p.device).index_add_(1, codes, p)  # [N, K]
     target_codes = codes[targets]
     log_code = mass.gather(1, target_codes[:, None]).squeeze(1).log()
     sizes = torch.bincount(codes, minlength=num_codes).double()
-    code_counts = torch.zeros(num_codes, dtype=torch.float64).index_add_(0, codes, counts.double())
+    code_counts = torch.zeros(num_codes, dtype=torch.float64, device=p.device).index_add_(0, codes, counts.double())
     softmax = -log_probs.gather(1, targets[:, None]).double().sum()
     uniform = (-log_code + sizes[target_codes].log()).sum()
     unigram = (-log_code - (counts.double()[targets] / code_counts[target_codes]).log()).sum()
@@ -146,6 +146,7 @@ def main(argv=None) -> int:
                         "the rows there: score each softmax seed as it finishes, or add a search later")
     p.add_argument("--chunk", type=int, default=1024, help="test positions per chunk (default 1024)")
     p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--device", default="cpu", help="where the test split is scored: cpu (default) or cuda[:N]")
     args = p.parse_args(argv)
     for flag, values in (("--K", args.K), ("--search", args.search), ("--chunk", [args.chunk]),
                          ("--sweeps", [args.sweeps])):
@@ -161,6 +162,10 @@ def main(argv=None) -> int:
 
 
 def run(args) -> List[dict]:
+    if not (args.device == "cpu" or args.device.startswith("cuda")):
+        raise ValueError(f"device: expected cpu or cuda[:N], got {args.device!r}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {args.device!r} asked for, but this torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
     scored = scored_rows(args.out, args.add)
@@ -187,39 +192,50 @@ def run(args) -> List[dict]:
     rows = []
     for model in args.model:
         body, head, cfg = load_softmax_model(model, corpus)
-        mappings = {}
-        for name, k in todo[model]:
-            if name in MAPPINGS:
-                mappings[(name, k)] = build_mapping(name, corpus.vocab_size, k, corpus.counts.double(), seed=0,
-                                                    embeddings=head.weight.detach())[0]
-        for k, codes in learned:
-            if ("learned", k) in todo[model]:
-                mappings[("learned", k)] = codes
-        notes = {}
-        search = [k for name, k in todo[model] if name == "searched"]
-        if search:
-            valid = hidden_states(body, corpus.ids["validation"], cfg["bptt"])
-            for k in search:
-                start = build_mapping("frequency", corpus.vocab_size, k, corpus.counts.double())[0]
-                found, history = search_mapping(
-                    lambda: chunks_of(head, *valid, args.chunk, part=0), start, k, sweeps=args.sweeps,
-                    check=lambda: chunks_of(head, *valid, args.chunk, part=1),
-                    log=lambda line: print(f"{model} searched K={k}: {line}", file=sys.stderr, flush=True))
-                mappings[("searched", k)] = found
-                kept = min(history, key=lambda h: h["held_out_nats_per_position"])
-                notes[("searched", k)] = (
-                    f"searched from the frequency map on the even validation chunks of {args.chunk} positions "
-                    f"({history[0]['nats_per_position']:.4f} -> {history[-1]['nats_per_position']:.4f} nats per "
-                    f"position in {history[-1]['sweep']} sweeps), kept at sweep {kept['sweep']}, the best on the "
-                    f"odd chunks ({history[0]['held_out_nats_per_position']:.4f} -> "
-                    f"{kept['held_out_nats_per_position']:.4f}); {int((found != start).sum())} tokens moved")
+        mappings, notes = model_mappings(model, body, head, cfg, corpus, todo[model], learned, args)
+        # the test split is scored where --device says (a GPU turns minutes of V-wide sums into seconds); the
+        # mappings and the search above are built on the CPU, as before
+        body, head = body.to(args.device), head.to(args.device)
+        mappings = {key: codes.to(args.device) for key, codes in mappings.items()}
         test = hidden_states(body, corpus.ids["test"], cfg["bptt"])
-        for row in oracle_table(chunks_of(head, *test, args.chunk), mappings, corpus.counts):
+        for row in oracle_table(chunks_of(head, *test, args.chunk), mappings, corpus.counts.to(args.device)):
             rows.append({"model": relative_path(model), "model_seed": cfg["seed"], "body": body_label(cfg),
                          "vocabulary": corpus.label, **row,
                          "note": notes.get((row["mapping"], row["K"]), ""), "cpu_model": cpu_model(),
                          "git_commit": git_commit()})
     return rows
+
+
+def model_mappings(model, body, head, cfg, corpus, todo, learned, args) -> Tuple[dict, dict]:
+    """({(mapping, K): codes [V]}, {(mapping, K): note}) to score for one softmax model: the fixed mappings, the
+    learned ones and the searched ones (searched on its validation split) that ``todo`` still asks for."""
+    mappings = {}
+    for name, k in todo:
+        if name in MAPPINGS:
+            mappings[(name, k)] = build_mapping(name, corpus.vocab_size, k, corpus.counts.double(), seed=0,
+                                                embeddings=head.weight.detach())[0]
+    for k, codes in learned:
+        if ("learned", k) in todo:
+            mappings[("learned", k)] = codes
+    notes = {}
+    search = [k for name, k in todo if name == "searched"]
+    if search:
+        valid = hidden_states(body, corpus.ids["validation"], cfg["bptt"])
+        for k in search:
+            start = build_mapping("frequency", corpus.vocab_size, k, corpus.counts.double())[0]
+            found, history = search_mapping(
+                lambda: chunks_of(head, *valid, args.chunk, part=0), start, k, sweeps=args.sweeps,
+                check=lambda: chunks_of(head, *valid, args.chunk, part=1),
+                log=lambda line: print(f"{model} searched K={k}: {line}", file=sys.stderr, flush=True))
+            mappings[("searched", k)] = found
+            kept = min(history, key=lambda h: h["held_out_nats_per_position"])
+            notes[("searched", k)] = (
+                f"searched from the frequency map on the even validation chunks of {args.chunk} positions "
+                f"({history[0]['nats_per_position']:.4f} -> {history[-1]['nats_per_position']:.4f} nats per "
+                f"position in {history[-1]['sweep']} sweeps), kept at sweep {kept['sweep']}, the best on the "
+                f"odd chunks ({history[0]['held_out_nats_per_position']:.4f} -> "
+                f"{kept['held_out_nats_per_position']:.4f}); {int((found != start).sum())} tokens moved")
+    return mappings, notes
 
 
 def chunks_of(head, hidden: torch.Tensor, targets: torch.Tensor, chunk: int, part: int = None):
@@ -433,9 +449,15 @@ def read_premise(path: str) -> List[dict]:
     return rows
 
 
+def model_run(model: str) -> str:
+    """The run folder name of a softmax model's checkpoint path (DIR/joint-gpt-softmax-s0/best.pt ->
+    joint-gpt-softmax-s0): a frozen-body run's body_run names the same."""
+    return os.path.basename(os.path.dirname(os.path.normpath(model)))
+
+
 def premise_pairs(oracle_rows: List[dict], premise: List[dict], variants: List[dict]) -> List[dict]:
     """Per frozen-body VQ variant (premise.csv rows of the oracle rows' setting): the seeds whose softmax model
-    has both a frozen-body run and an oracle row for its mapping and K; measured and estimated test ppl in
+    has both a frozen-body run and an oracle row for its mapping and K from that same model (by run folder); measured and estimated test ppl in
     seed order; and the same variant trained jointly with its body, as measured / estimate per paired seed."""
     from vqbench.heads.registry import coerce_option, head_class, parse_spec
     from vqbench.reporting.quality_stats import setting
@@ -447,8 +469,10 @@ def premise_pairs(oracle_rows: List[dict], premise: List[dict], variants: List[d
         first = next(iter(runs.values()))
         biased = coerce_option(head_class("vq"), "bias", parse_spec(head)[1].get("bias", "0"))
         column = "oracle_unigram_ppl" if biased else "oracle_ppl"
+        # the estimate from the very body the head was trained on: the oracle row's model is that run's best.pt
         estimate = {r["model_seed"]: r[column] for r in oracle_rows
-                    if (r["mapping"], r["K"]) == (first["mapping"], first["K"])}
+                    if (r["mapping"], r["K"]) == (first["mapping"], first["K"]) and r["model_seed"] in runs
+                    and model_run(r["model"]) == runs[r["model_seed"]]["body_run"]}
         seeds = sorted(set(runs) & set(estimate))
         if seeds:
             g = joint.get(name)

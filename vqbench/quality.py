@@ -52,6 +52,8 @@ from vqbench.reporting.quality_stats import (LSTM_TRACK, _pm, aggregate, describ
 
 DEFAULT_PLAN = os.path.join("configs", "quality.json")
 TRANSFORMER_PLAN = os.path.join("configs", "quality-transformer.json")
+# each track's softmax trained again with VQ heads on its frozen bodies, for the estimate's premise
+PREMISE_PLANS = (os.path.join("configs", "premise-lstm.json"), os.path.join("configs", "premise-transformer.json"))
 DEFAULT_RESULTS = os.path.join("results", "quality")
 SWEEP_GROUP = "lr-sweep"  # the group of a plan's learning-rate sweep runs: never a row of quality.csv
 PREMISE_GROUP = "premise"  # the group of a plan's frozen-body runs (the oracle's premise): never a quality.csv row
@@ -343,9 +345,10 @@ def run_all(plan: Plan, runs_dir: str, checkpoints: str, lanes: int, only=None, 
     runs, since a run that ends may decide more (a swept rate, the best seeds)."""
     pin = lanes > 1 and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= lanes
     lock, failures, taken, running = threading.Lock(), [], set(), set()
+    stop, children = threading.Event(), {}  # an interrupt: no lane takes another run, each child is ended
 
     def next_run(index):
-        while True:
+        while not stop.is_set():
             with lock:
                 running.discard(index)
                 run = pick_next(plan, runs_dir, checkpoints, taken, only)
@@ -355,7 +358,8 @@ def run_all(plan: Plan, runs_dir: str, checkpoints: str, lanes: int, only=None, 
                     return run
                 if not running:
                     return None
-            time.sleep(poll_s)
+            stop.wait(poll_s)
+        return None
 
     def lane(index):
         while (run := next_run(index)) is not None:
@@ -364,15 +368,31 @@ def run_all(plan: Plan, runs_dir: str, checkpoints: str, lanes: int, only=None, 
             print(" ".join(command), flush=True)
             os.makedirs(os.path.join(runs_dir, run.run), exist_ok=True)
             with open(os.path.join(checkpoints, f"{run.run}.stdout.log"), "a") as log:
-                if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode:
+                with lock:
+                    if stop.is_set():
+                        return
+                    children[index] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+                if children[index].wait() and not stop.is_set():
                     failures.append(run.run)
 
     os.makedirs(checkpoints, exist_ok=True)
     threads = [threading.Thread(target=lane, args=(i,)) for i in range(lanes)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except KeyboardInterrupt:  # a time limit's SIGINT: the runs resume from their last checkpoint next time
+        stop.set()
+        with lock:
+            for child in children.values():
+                if child.poll() is None:
+                    child.terminate()
+        for child in list(children.values()):  # a join cut by the interrupt may return early: wait on each child
+            child.wait()
+        for t in threads:
+            t.join()
+        raise
     if failures:
         raise RuntimeError(f"runs failed (see their stdout.log under {checkpoints}): {', '.join(failures)}")
 
@@ -715,8 +735,8 @@ Commands (in queue order):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vqbench.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=["plan", "run", "table"])
-    p.add_argument("--plan", nargs="+", default=[DEFAULT_PLAN, TRANSFORMER_PLAN],
-                   help=f"plan files, one per track (default {DEFAULT_PLAN} {TRANSFORMER_PLAN}); table reads "
+    p.add_argument("--plan", nargs="+", default=[DEFAULT_PLAN, TRANSFORMER_PLAN, *PREMISE_PLANS],
+                   help=f"plan files (default {' '.join([DEFAULT_PLAN, TRANSFORMER_PLAN, *PREMISE_PLANS])}); table reads "
                         "them all, plan and run go through them in order")
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default {DEFAULT_RESULTS})")
     p.add_argument("--checkpoints", help="checkpoint folder (default $VQBENCH_CHECKPOINTS, else the runs folder)")
@@ -746,8 +766,13 @@ def main(argv=None) -> int:
             for plan in plans:
                 shards.run_plan(plan, runs_dir, checkpoints, args)
         elif args.action == "run":
-            for plan in plans:
-                run_all(plan, runs_dir, checkpoints, args.lanes, args.only)
+            try:
+                for plan in plans:
+                    run_all(plan, runs_dir, checkpoints, args.lanes, args.only)
+            except KeyboardInterrupt:
+                print("python -m vqbench.quality: run: interrupted, its runs ended; run it again to resume them "
+                      "from their last checkpoints", file=sys.stderr)
+                return 130
         else:
             print(write_tables(plans[0], runs_dir, args.results, args.plan[0], list(zip(plans[1:], args.plan[1:]))))
     except (ValueError, RuntimeError) as error:

@@ -778,8 +778,10 @@ def train(cfg: TrainConfig) -> dict:
         return {}
     summary = trainer.summary()
     trainer.invocation["seconds"] = time.time() - started
-    with open(os.path.join(trainer.run.dir, "summary.json"), "w") as f:
+    path = os.path.join(trainer.run.dir, "summary.json")
+    with open(path + ".tmp", "w") as f:
         json.dump(summary, f, indent=2)
+    os.replace(path + ".tmp", path)  # whole or absent: a runner's other lanes read it while it is written
     trainer.run.log(step=trainer.step, summary={k: v for k, v in summary.items()
                                                 if k not in ("config", "history", "invocations")})
     return summary
