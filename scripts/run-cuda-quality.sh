@@ -56,7 +56,7 @@ EOF
     PLAN=$OUT/plan.json
 else
     DEVICE=cuda
-    LANES=${LANES:-4}
+    LANES=${LANES:-8}  # 8 runs of the transformer plan shared an H200 well (16 CPU cores: one each, two threads)
     LIMIT=${LIMIT:-420}
     ORACLE_LIMIT=${ORACLE_LIMIT:-120}
     CHECKPOINTS=${CHECKPOINTS:-/tmp/vqbench-quality-checkpoints}
