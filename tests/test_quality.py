@@ -307,6 +307,11 @@ def test_the_transformer_plan_holds_the_issues_runs_at_their_parameter_targets()
     assert seeds["softmax"] == seeds["softmax-tied"] == seeds[paper["name"]] == [0, 1, 2]
     assert next(e for e in plan.entries if e["name"] == "softmax-tied")["flags"] == ["--tie-embeddings"]
     assert plan.best_seeds == (1, 2) and set(plan.best_groups) == {"vq", "other"}
+    # the reference perplexity: the same softmax at its swept rate, trained twice the budget (its flags come last)
+    long = next(e for e in plan.entries if e["group"] == "reference-long")
+    assert long["head"] == plan.reference()["head"] and long["seeds"] == [0]
+    assert long["flags"] == ["--lr", plan.chosen_lr(plan.reference(), os.path.join(quality.DEFAULT_RESULTS, "runs")),
+                             "--epochs", str(2 * plan.epochs), "--cosine-epochs", str(2 * plan.epochs)]
     train_cfg = __import__("vqbench.train", fromlist=["parse_args"]).parse_args(
         list(plan.common) + ["--head", "softmax", "--out", "x"])  # every flag is one vqbench.train knows
     assert train_cfg.body == "gpt" and train_cfg.d_model % train_cfg.heads == 0
