@@ -9,8 +9,8 @@
 #   bash scripts/run-cuda-quality.sh OUTDIR --dry-run   # anywhere: seed 0 of every run on the CPU, tiny sizes
 #   ONLY="softmax vq-K5013" bash scripts/run-cuda-quality.sh OUTDIR   # only these runs or variants
 #   PLAN=configs/premise-transformer.json bash scripts/run-cuda-quality.sh OUTDIR   # another plan: the premise
-#   PLAN=configs/premise-lstm.json bash scripts/run-cuda-quality.sh OUTDIR          # the LSTM track's premise
-# After the runs, the oracle estimates (OUTDIR/quality/oracle-PLAN.csv, --add) from every body of the plan's
+#   PLAN="configs/quality-transformer.json configs/premise-transformer.json" bash ...  # several, lanes shared
+# After the runs, the oracle estimates (OUTDIR/quality/oracle-PLAN.csv, --add) from every body of each plan's
 # reference that this machine holds a best.pt of, at the K of the plan's premise variants: a frozen-body head
 # and the estimate from the same body come back from one session, as its checkpoints stay on the machine.
 set -euo pipefail
@@ -22,8 +22,7 @@ OUT=$(mkdir -p "$1/quality" && cd "$1" && pwd)
 DRY=${2:-}
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-PLAN=${PLAN:-configs/quality-transformer.json}
-ORACLE_NAME=oracle-$(basename "$PLAN" .json).csv  # one oracle file per plan: its bodies' seeds
+read -r -a PLANS <<< "${PLAN:-configs/quality-transformer.json}"
 
 if ! "$PY" -c "import vqbench" 2>/dev/null; then
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -36,9 +35,11 @@ if [ "$DRY" = "--dry-run" ]; then
     LIMIT=500
     ORACLE_LIMIT=600
     CHECKPOINTS=${CHECKPOINTS:-$OUT/checkpoints}
-    # the plan with tiny sizes, one epoch, seed 0 of every run (and of the learning-rate sweep): every head,
-    # flag and step runs once
-    "$PY" - "$PLAN" "$OUT/plan.json" <<'EOF'
+    # each plan with tiny sizes, one epoch, seed 0 of every run (and of the learning-rate sweep): every head,
+    # flag and step runs once; OUTDIR/NAME.json, named as the plan so that its oracle file is too
+    for index in "${!PLANS[@]}"; do
+        tiny=$OUT/$(basename "${PLANS[$index]}")
+        "$PY" - "${PLANS[$index]}" "$tiny" <<'EOF'
 import json, sys
 plan = json.load(open(sys.argv[1]))
 flags = dict(zip(plan["common_flags"][::2], plan["common_flags"][1::2]))
@@ -53,7 +54,8 @@ for run in plan["runs"]:
     run["flags"] = [f if f != "500" else "3" for f in run.get("flags", [])]  # a re-assignment within the epoch
 json.dump(plan, open(sys.argv[2], "w"), indent=1)
 EOF
-    PLAN=$OUT/plan.json
+        PLANS[$index]=$tiny
+    done
 else
     DEVICE=cuda
     LANES=${LANES:-8}  # 8 runs of the transformer plan shared an H200 well (16 CPU cores: one each, two threads)
@@ -66,7 +68,7 @@ fi
 mkdir -p "$CHECKPOINTS"
 
 status=0
-timeout --signal=INT "$LIMIT" "$PY" -m vqbench.quality run --plan "$PLAN" --results "$OUT/quality" \
+timeout --signal=INT "$LIMIT" "$PY" -m vqbench.quality run --plan "${PLANS[@]}" --results "$OUT/quality" \
     --checkpoints "$CHECKPOINTS" --device "$DEVICE" --lanes "$LANES" ${ONLY:+--only $ONLY} \
     > "$OUT/quality-run.log" 2>&1 || status=$?
 if [ "$status" -eq 124 ]; then
@@ -77,8 +79,10 @@ elif [ "$status" -ne 0 ]; then
     exit 1
 fi
 
-# the oracle's estimate from each reference body trained here (a best.pt in CHECKPOINTS), at the premise's K
-mapfile -t ORACLE < <("$PY" - "$PLAN" "$CHECKPOINTS" <<'EOF'
+# per plan, the oracle's estimate from each reference body trained here (a best.pt in CHECKPOINTS), at the K of
+# its premise variants, into oracle-PLAN.csv (one file per plan: its bodies' seeds)
+for plan in "${PLANS[@]}"; do
+mapfile -t ORACLE < <("$PY" - "$plan" "$CHECKPOINTS" <<'EOF'
 import os, sys
 from vqbench.heads.registry import parse_spec
 from vqbench.quality import Plan
@@ -94,9 +98,9 @@ EOF
 )
 if [ "${#ORACLE[@]}" -gt 0 ]; then
     status=0
-    ORACLE_CSV=$OUT/quality/$ORACLE_NAME
+    ORACLE_CSV=$OUT/quality/oracle-$(basename "$plan" .json).csv
     timeout "$ORACLE_LIMIT" "$PY" -m vqbench.oracle "${ORACLE[@]}" --device "$DEVICE" --out "$ORACLE_CSV" --add \
-        > "$OUT/oracle.log" 2>&1 || status=$?
+        >> "$OUT/oracle.log" 2>&1 || status=$?
     if [ "$status" -eq 0 ]; then
         echo "oracle: $ORACLE_CSV"
     else
@@ -104,6 +108,7 @@ if [ "${#ORACLE[@]}" -gt 0 ]; then
         echo "oracle: stopped ($status); the runs' files are kept"
     fi
 fi
-"$PY" -m vqbench.quality table --plan "$PLAN" --results "$OUT/quality" > "$OUT/quality-table.log" 2>&1 \
+done
+"$PY" -m vqbench.quality table --plan "${PLANS[@]}" --results "$OUT/quality" > "$OUT/quality-table.log" 2>&1 \
     || { tail -n 5 "$OUT/quality-table.log"; exit 1; }
 echo "quality: $(ls "$OUT"/quality/runs | wc -l) runs, tables in $OUT/quality"

@@ -495,6 +495,38 @@ def test_a_free_lane_waits_while_another_run_may_decide_more(swept, tmp_path, mo
     assert started == ["joint-adaptive-lr0.003-s0", "joint-adaptive-s0"]
 
 
+def test_lanes_take_runs_of_every_plan_so_none_idles_while_one_plan_has_a_single_run(tmp_path, monkeypatch):
+    import threading
+    import time
+    plans = []
+    for track in ("", "gpt"):
+        path = tmp_path / f"plan{track}.json"
+        path.write_text(json.dumps({"track": track, "runs": [
+            {"name": "softmax", "head": "softmax", "group": "reference", "seeds": [0]}]}))
+        plans.append(quality.Plan(str(path)))
+    runs_dir, checkpoints = str(tmp_path / "runs"), str(tmp_path / "ck")
+    lock, active, most, started = threading.Lock(), [0], [0], []
+
+    class FakeRun:
+        def __init__(self, command, **kwargs):
+            self.run = os.path.basename(command[command.index("--out") + 1])
+            started.append(self.run)
+            with lock:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+
+        def wait(self):
+            time.sleep(0.3)
+            fake_summary(runs_dir, self.run, valid=100, test=100, stop="epochs: the budget of 20 epochs", epochs=20)
+            with lock:
+                active[0] -= 1
+            return 0
+
+    monkeypatch.setattr(quality.subprocess, "Popen", FakeRun)
+    quality.run_all(plans, runs_dir, checkpoints, lanes=2, poll_s=0.01)
+    assert sorted(started) == ["joint-gpt-softmax-s0", "joint-softmax-s0"] and most[0] == 2
+
+
 def test_an_interrupted_runner_ends_its_runs_and_starts_no_more(plan, tmp_path, monkeypatch):
     """A time limit's SIGINT reaches the runner while its lanes train: each running child is ended, no lane
     takes another run, and the interrupt goes on to the caller (python -m vqbench.quality says so in one line)."""

@@ -333,16 +333,24 @@ def default_checkpoints(runs_dir: str) -> str:
 def pick_next(plan: Plan, runs_dir: str, checkpoints: str, taken=(), only=None) -> Optional[PlannedRun]:
     """The run a free lane takes: the first unfinished run in queue order that has a checkpoint (so after a
     stop the runs in progress resume first), else the first unfinished run; None when none is left."""
-    waiting = [run for run in plan.runs(runs_dir) if run.run not in taken and run.wanted(only)
-               and not plan.finished(runs_dir, run) and run.startable(checkpoints)]
-    started = [run for run in waiting if os.path.exists(os.path.join(checkpoints, run.run, "checkpoint.pt"))]
-    return (started or waiting or [None])[0]
+    return next_of([plan], runs_dir, checkpoints, taken, only)[1]
 
 
-def run_all(plan: Plan, runs_dir: str, checkpoints: str, lanes: int, only=None, poll_s: float = 10.0) -> None:
-    """Run the unfinished runs on ``lanes`` single-threaded lanes (pinned to a core each with taskset), each
-    lane taking ``pick_next``'s run when it is free. A lane with nothing to take waits while another lane
-    runs, since a run that ends may decide more (a swept rate, the best seeds)."""
+def next_of(plans: List[Plan], runs_dir: str, checkpoints: str, taken=(), only=None):
+    """(plan, run) for pick_next over several plans, in their order: a run of any plan that resumes from a
+    checkpoint first, else the first startable run of the first plan that has one; (None, None) when none."""
+    waiting = [(plan, run) for plan in plans for run in plan.runs(runs_dir) if run.run not in taken
+               and run.wanted(only) and not plan.finished(runs_dir, run) and run.startable(checkpoints)]
+    started = [pair for pair in waiting if os.path.exists(os.path.join(checkpoints, pair[1].run, "checkpoint.pt"))]
+    return (started or waiting or [(None, None)])[0]
+
+
+def run_all(plans, runs_dir: str, checkpoints: str, lanes: int, only=None, poll_s: float = 10.0) -> None:
+    """Run the unfinished runs of ``plans`` (a Plan or a list of them) on ``lanes`` lanes (pinned to a core
+    each with taskset), each lane taking the next run of any plan (``next_of``) when it is free, so that a plan
+    with fewer runs than lanes leaves none idle. A lane with nothing to take waits while another lane runs,
+    since a run that ends may decide more (a swept rate, the best seeds)."""
+    plans = [plans] if isinstance(plans, Plan) else list(plans)
     pin = lanes > 1 and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= lanes
     lock, failures, taken, running = threading.Lock(), [], set(), set()
     stop, children = threading.Event(), {}  # an interrupt: no lane takes another run, each child is ended
@@ -351,18 +359,19 @@ def run_all(plan: Plan, runs_dir: str, checkpoints: str, lanes: int, only=None, 
         while not stop.is_set():
             with lock:
                 running.discard(index)
-                run = pick_next(plan, runs_dir, checkpoints, taken, only)
+                plan, run = next_of(plans, runs_dir, checkpoints, taken, only)
                 if run is not None:
                     taken.add(run.run)
                     running.add(index)
-                    return run
+                    return plan, run
                 if not running:
                     return None
             stop.wait(poll_s)
         return None
 
     def lane(index):
-        while (run := next_run(index)) is not None:
+        while (picked := next_run(index)) is not None:
+            plan, run = picked
             command = run.command(runs_dir, checkpoints, plan.common)
             command = (["taskset", "-c", str(index)] if pin else []) + [sys.executable] + command[1:]
             print(" ".join(command), flush=True)
@@ -767,8 +776,7 @@ def main(argv=None) -> int:
                 shards.run_plan(plan, runs_dir, checkpoints, args)
         elif args.action == "run":
             try:
-                for plan in plans:
-                    run_all(plan, runs_dir, checkpoints, args.lanes, args.only)
+                run_all(plans, runs_dir, checkpoints, args.lanes, args.only)
             except KeyboardInterrupt:
                 print("python -m vqbench.quality: run: interrupted, its runs ended; run it again to resume them "
                       "from their last checkpoints", file=sys.stderr)
