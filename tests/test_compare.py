@@ -206,8 +206,10 @@ def test_cli_writes_files_and_rejects_bad_arguments(tmp_path, capsys):
     assert (tmp_path / "compare.tables.csv").exists()
     text = (tmp_path / "compare.md").read_text()
     assert "Regenerate: `python -m vqbench.compare" in text
-    shown = os.path.relpath(tmp_path)  # no machine path in a file that may be committed (relative to the run folder)
-    assert f"--out {tmp_path}" not in text and f"`{tmp_path}" not in text and f"--out {shown} " in text and f"Rows: `{shown}/compare.csv`" in text
+    # no machine path in a file that may be committed: tmp_path lies outside the repository, so its last folders only
+    shown = f"<outside>/{tmp_path.parent.name}/{tmp_path.name}"
+    assert f"--out {tmp_path}" not in text and f"`{tmp_path}" not in text and f"--out {shown} " in text
+    assert f"Rows: `<outside>/{tmp_path.name}/compare.csv`" in text
     for bad in (["--heads", "nope"], ["--vocab", "0"], ["--ops", "fly"]):
         with pytest.raises(SystemExit):
             compare.main(bad)

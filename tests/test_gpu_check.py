@@ -18,7 +18,7 @@ def test_dry_run_writes_every_precision_at_both_widths(tmp_path, capsys):
     assert all(r["seconds"] > 0 and 0 < r["share_of_ceiling"] for r in data["records"])
     text = (tmp_path / "cuda-selfcheck.md").read_text()
     assert "| tf32 | 16 | 32 | 320 |" in text
-    shown = os.path.relpath(tmp_path)  # no machine path in a file that may be committed (relative to the run folder)
+    shown = f"<outside>/{tmp_path.parent.name}/{tmp_path.name}"  # no machine path: tmp_path is outside the repository
     assert data["command"] == f"python -m vqbench.gpu_check --out {shown} --dry-run" and data["command"] in text
     assert torch.get_float32_matmul_precision() == "highest"  # TF32 left as it was
 

@@ -35,10 +35,21 @@ def absolute_paths(text):
     return sorted(set(ABSOLUTE.findall(text)) - TOOLS)
 
 
+ESCAPING = re.compile(r"(?:^|(?<=[\s\"'`(=\[,]))(?:\.\./)+[\w.-][\w./-]*")
+
+
+def escaping_paths(text):
+    """Paths relative to the repository's root that climb out of it (../../tmp/run): a machine's folders
+    as surely as an absolute path. Not for markdown, whose links are relative to their own file."""
+    return sorted(p for p in set(ESCAPING.findall(text))
+                  if os.path.relpath(os.path.join(REPO, p), REPO).startswith(".."))
+
+
 def test_the_absolute_path_pattern():
     assert absolute_paths('"checkpoint_dir": "/work/ckpt/run-s0"') == ["/work/ckpt/run-s0"]
     assert absolute_paths("Rows: `/root/out/r.csv`.") == ["/root/out/r.csv"]
     assert absolute_paths("12 tokens/s/core, https://example.org/a/b, ../ckpt/run, N/A, `/usr/bin/time`") == []
+    assert escaping_paths('"--out", "../../tmp/q/runs/r", "runs/a/../b", "<outside>/ck/r"') == ["../../tmp/q/runs/r"]
 
 
 @needs_git
@@ -49,7 +60,8 @@ def test_no_committed_text_file_under_results_holds_an_absolute_path():
             continue
         try:
             with open(os.path.join(REPO, path), encoding="utf-8") as f:
-                hits = absolute_paths(f.read())
+                text = f.read()
+            hits = absolute_paths(text) + ([] if path.endswith(".md") else escaping_paths(text))
         except (UnicodeDecodeError, FileNotFoundError):
             continue
         if hits:
@@ -62,6 +74,10 @@ def test_relative_path_and_argv():
     here = os.getcwd()
     assert relative_path(os.path.join(here, "runs", "r")) == os.path.join("runs", "r")
     assert not os.path.isabs(relative_path("/elsewhere/ckpt"))
+    # outside the repository: the run folder and file only, never the folders above them
+    assert relative_path("/tmp/q/runs/joint-s0/best.pt") == "<outside>/joint-s0/best.pt"
+    assert relative_path("../../tmp/ck/joint-s0") == "<outside>/ck/joint-s0"
+    assert relative_path(os.path.join(here, "a", "..", "runs")) == "runs"
     assert relative_path("runs/r") == "runs/r" and relative_path(None) is None and relative_path(3) == 3
     argv = relative_argv(["--out", os.path.join(here, "o"), f"--checkpoint-dir={here}/c", "--heads", "vq:K=8"])
     assert argv == ["--out", "o", "--checkpoint-dir=c", "--heads", "vq:K=8"]
@@ -71,7 +87,9 @@ def test_compare_records_no_absolute_path(tmp_path):
     assert compare.main(TINY + ["--out", str(tmp_path), "--name", "r"]) == 0
     text = (tmp_path / "r.md").read_text()
     header = text.split("**Table")[0]
-    assert str(tmp_path).lstrip("/") in header and not absolute_paths(header)
+    # tmp_path lies outside the repository: recorded by its last folders only, never the machine's layout above
+    assert f"<outside>/{tmp_path.name}/r.csv" in header
+    assert not absolute_paths(header) and not escaping_paths(header)
 
 
 @pytest.mark.skipif(not os.path.isdir(default_corpus_dir()), reason="no WikiText-2")
@@ -84,10 +102,9 @@ def test_train_records_no_absolute_path(tmp_path, monkeypatch):
     assert train.main(argv) == 0
     for name in ("summary.json", "log.jsonl"):
         text = (out / name).read_text()
-        assert not absolute_paths(text), (name, absolute_paths(text)[:3])
+        assert not absolute_paths(text) and not escaping_paths(text), (name, absolute_paths(text)[:3])
     summary = json.loads((out / "summary.json").read_text())
-    assert not os.path.isabs(summary["config"]["checkpoint_dir"])
-    assert os.path.abspath(summary["config"]["checkpoint_dir"]) == str(checkpoints)
+    assert summary["config"]["checkpoint_dir"] == f"<outside>/{tmp_path.name}/ckpt"  # outside the repository
 
 
 @needs_git

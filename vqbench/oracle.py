@@ -181,7 +181,7 @@ def run(args) -> List[dict]:
     for model in args.model:
         seed = load_softmax_model(model, corpus)[2]["seed"]
         there = scored.get(seed)
-        if there and os.path.abspath(there[0]) != os.path.abspath(model):  # stored relative (relative_path)
+        if there and there[0] != relative_path(model):  # stored as relative_path records it
             raise ValueError(f"model: {model!r} has seed {seed}, scored in {args.out!r} from {there[0]!r} "
                              f"(ratios pair by seed; nothing was changed)")
         todo[model] = [key for key in asked if not there or key not in there[1]]

@@ -13,12 +13,20 @@ import torch
 from vqbench._version import __version__
 
 
+OUTSIDE = "<outside>"  # stands for the folders above a path that lies outside the repository
+
+
 def relative_path(path):
     """path as a committed file may record it: relative to the current folder (the repository's root, where
-    every command is run from), never absolute, since an absolute path names one machine's folders."""
-    if not isinstance(path, str) or not os.path.isabs(path):
+    every command is run from), never absolute; a path outside it (a checkpoint disk, another machine's /tmp)
+    as <outside>/PARENT/NAME, since the folders above name one machine's layout and only the last two (a run
+    folder and its file) say what it was."""
+    if not isinstance(path, str) or not (os.path.isabs(path) or path == ".." or path.startswith("../")):
         return path
-    return os.path.relpath(path)
+    relative = os.path.relpath(path)
+    if relative != ".." and not relative.startswith("../"):
+        return relative
+    return "/".join([OUTSIDE, *os.path.normpath(path).split(os.sep)[-2:]])
 
 
 def relative_argv(argv):
