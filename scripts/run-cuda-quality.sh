@@ -82,7 +82,7 @@ fi
 # per plan, the oracle's estimate from each reference body trained here (a best.pt in CHECKPOINTS), at the K of
 # its premise variants, into oracle-PLAN.csv (one file per plan: its bodies' seeds)
 for plan in "${PLANS[@]}"; do
-mapfile -t ORACLE < <("$PY" - "$plan" "$CHECKPOINTS" <<'EOF'
+    mapfile -t ORACLE < <("$PY" - "$plan" "$CHECKPOINTS" <<'EOF'
 import os, sys
 from vqbench.heads.registry import parse_spec
 from vqbench.quality import Plan
@@ -95,19 +95,19 @@ ks = sorted({parse_spec(e["head"])[1]["K"] for e in plan.entries if e["name"] in
 if models and ks:
     print("--vocabulary", flags.get("--vocabulary", "word"), "--K", *ks, "--model", *models, sep="\n")
 EOF
-)
-if [ "${#ORACLE[@]}" -gt 0 ]; then
-    status=0
-    ORACLE_CSV=$OUT/quality/oracle-$(basename "$plan" .json).csv
-    timeout "$ORACLE_LIMIT" "$PY" -m vqbench.oracle "${ORACLE[@]}" --device "$DEVICE" --out "$ORACLE_CSV" --add \
-        >> "$OUT/oracle.log" 2>&1 || status=$?
-    if [ "$status" -eq 0 ]; then
-        echo "oracle: $ORACLE_CSV"
-    else
-        tail -n 5 "$OUT/oracle.log"
-        echo "oracle: stopped ($status); the runs' files are kept"
+    )
+    if [ "${#ORACLE[@]}" -gt 0 ]; then
+        status=0
+        ORACLE_CSV=$OUT/quality/oracle-$(basename "$plan" .json).csv
+        timeout "$ORACLE_LIMIT" "$PY" -m vqbench.oracle "${ORACLE[@]}" --device "$DEVICE" --out "$ORACLE_CSV" --add \
+            >> "$OUT/oracle.log" 2>&1 || status=$?
+        if [ "$status" -eq 0 ]; then
+            echo "oracle: $ORACLE_CSV"
+        else
+            tail -n 5 "$OUT/oracle.log"
+            echo "oracle: stopped ($status); the runs' files are kept"
+        fi
     fi
-fi
 done
 "$PY" -m vqbench.quality table --plan "${PLANS[@]}" --results "$OUT/quality" > "$OUT/quality-table.log" 2>&1 \
     || { tail -n 5 "$OUT/quality-table.log"; exit 1; }

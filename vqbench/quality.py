@@ -587,7 +587,6 @@ def learned_map_section(plan: Plan, runs_dir: str) -> str:
         moves = [r for r in log_records(os.path.join(runs_dir, run.run, "log.jsonl")) if "reassigned_tokens" in r]
         if not moves:
             continue
-
         vocab = int((s.get("vocabulary") or LSTM_TRACK[1]).rpartition("-")[2])
 
         def share(r):  # of the tokens seen; a log from before that count has the share of the vocabulary only
@@ -612,7 +611,7 @@ def learned_map_section(plan: Plan, runs_dir: str) -> str:
 def run_device(summary: dict) -> str:
     """Where a run trained, in the order its invocations used them: "cpu", a GPU's name, or both joined by
     "+" after a resume elsewhere; "cpu" for a run whose invocations predate the device record."""
-    names = [i.get("device_name") or i["device"] if i.get("device", "cpu") != "cpu" else "cpu"
+    names = [(i.get("device_name") or i["device"]) if i.get("device", "cpu") != "cpu" else "cpu"
              for i in summary.get("invocations", [])]
     return "+".join(dict.fromkeys(names)) or "cpu"
 
@@ -693,8 +692,8 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str, mo
     tracks = "".join(f"\n\nTrack {p.track or '(none)'} (plan `{path}`, its runs named joint-{p.track}-*): "
                      f"{p.description}" for p, path in more)
     cpus = sorted({r["cpu_model"] for r in rows if not on_gpu(r)})
-    sweeps = sweep_section(plans, runs_dir, results_dir) + "".join(equal_time_section(p, runs_dir) + learned_map_section(p, runs_dir)
-                                                                 for p, _ in plans)
+    sweeps = sweep_section(plans, runs_dir, results_dir) + "".join(
+        equal_time_section(p, runs_dir) + learned_map_section(p, runs_dir) for p, _ in plans)
     text = QUALITY_MD.format(plan=plan_path, table=markdown_table(summary) + sweeps, commands=commands,
                              epochs=plan.epochs, cpus=", ".join(cpus), precision=", ".join(sorted({r["precision"] for r in rows})),
                              unfinished=", ".join(unfinished) or "none", unfinished_title=UNFINISHED,

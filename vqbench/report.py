@@ -337,9 +337,9 @@ def setting_claims(variants: dict, soft: dict, paper: str) -> list:
         if form is None or best["name"] != form["name"]:
             out.append("best VQ variant with >= 95% fewer output parameters: " + said(best))
     if soft["last_epoch_gain"] > PLATEAU:  # a budget that stops while softmax still improves compares, but rules nothing
-        out = [f"{line}; at an equal budget of {'/'.join(dict.fromkeys(soft['epochs'].split('/')))} epochs, short of softmax's validation plateau (its "
-               f"last epoch still gained up to {100 * soft['last_epoch_gain']:.1f}%): no verdict on the +4%"
-               for line in out]
+        budget = "/".join(dict.fromkeys(soft["epochs"].split("/")))
+        out = [f"{line}; at an equal budget of {budget} epochs, short of softmax's validation plateau (its last "
+               f"epoch still gained up to {100 * soft['last_epoch_gain']:.1f}%): no verdict on the +4%" for line in out]
     return out
 
 
