@@ -4,10 +4,13 @@ gives every leaf's log-probability (log_probs) or each token's best leaf (predic
 
 Composed from torch ops, each call pays a dozen small ops (gathers of the paths, a sampled product, a scatter of
 the sums, a sort for the node-major gradient), each costing more than its few kilobytes of work. These kernels
-read each token's path from the leaves' paths (stored once as CSR), take its dots four rows at a time with
-float32 accumulation from float32 or bfloat16 inputs (converted as they are loaded, never copied), and write
-each output once; the node vectors' gradient groups the (token, node) pairs by node with a counting sort, and
-is written dense (every row once) or as the touched rows only (``sparse``). ``available()`` is False where they
+read each token's path from the leaves' paths (stored once as CSR) and visit the tokens in their targets' leaf
+order, four at a time: the four then share the top of their paths, whose products are taken four tokens by four
+nodes (8 rows loaded for 16 products; a token's row against four nodes loads 5 for 4), the rest of each path four
+nodes at a time. Sums are float32 from float32 or bfloat16 inputs (converted as they are loaded, never copied;
+bfloat16 pairs multiplied natively where the CPU has AVX512-BF16), and each output is written once. The node
+vectors' gradient is one sweep in that order, a float32 row per level of the current path, each node's row written
+once when the sweep leaves its subtree: dense (every row once) or the touched rows only (``sparse``). ``available()`` is False where they
 cannot be built (no compiler, or VQBENCH_KERNELS=torch) and the tree takes its torch path.
 """
 
@@ -26,6 +29,9 @@ from vqbench.heads.fresh import fresh_empty
 
 SOURCE = r"""
 #include <omp.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 // y += a0 x0 + a1 x1 + a2 x2 + a3 x3 (d elements), float accumulation: four rows streamed at once, so that their
 // loads from memory overlap (one row at a time waits on each row's first cache miss)
@@ -37,129 +43,387 @@ static inline void axpy4(float a0, const T* x0, float a1, const T* x1, float a2,
         y[k] += a0 * load(x0, k) + a1 * load(x1, k) + a2 * load(x2, k) + a3 * load(x3, k);
 }
 
-// acc = sum over pairs e in [e0, e1) of value[e] h_{token[e]} (acc [d], overwritten), four rows at a time
-template <typename TH>
-static inline void gather_sum(const TH* h, int64_t d, const int64_t* token, const float* value, int64_t e0,
-                              int64_t e1, float* acc) {
-    std::fill(acc, acc + d, 0.f);
-    int64_t e = e0;
-    for (; e + 4 <= e1; e += 4)
-        axpy4(value[e], h + token[e] * d, value[e + 1], h + token[e + 1] * d, value[e + 2], h + token[e + 2] * d,
-              value[e + 3], h + token[e + 3] * d, acc, d);
-    for (; e < e1; ++e) axpy(value[e], h + token[e] * d, acc, d);
+#if defined(__AVX512F__)
+// 16 elements as float32 from float32 or bfloat16 (a bfloat16 is the top half of a float32)
+static inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+static inline __m512 load16(const bf16* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+#endif
+
+// y_j += sum_r c[j][r] x_r for four rows x_r and four float32 rows y_j (d elements): 4 rows read and 4 updated for
+// 16 products
+template <typename T>
+static inline void axpy4x4(const float (&c)[4][4], const T* const* x, float* const* y, int64_t d) {
+    int64_t k = 0;
+#if defined(__AVX512F__)
+    __m512 cv[4][4];
+    for (int j = 0; j < 4; ++j)
+        for (int r = 0; r < 4; ++r) cv[j][r] = _mm512_set1_ps(c[j][r]);
+    for (; k + 16 <= d; k += 16) {
+        __m512 x0 = load16(x[0] + k), x1 = load16(x[1] + k), x2 = load16(x[2] + k), x3 = load16(x[3] + k);
+        for (int j = 0; j < 4; ++j) {
+            __m512 a = _mm512_loadu_ps(y[j] + k);
+            a = _mm512_fmadd_ps(cv[j][0], x0, a);
+            a = _mm512_fmadd_ps(cv[j][1], x1, a);
+            a = _mm512_fmadd_ps(cv[j][2], x2, a);
+            a = _mm512_fmadd_ps(cv[j][3], x3, a);
+            _mm512_storeu_ps(y[j] + k, a);
+        }
+    }
+#endif
+    for (; k < d; ++k) {
+        float x0 = load(x[0], k), x1 = load(x[1], k), x2 = load(x[2], k), x3 = load(x[3], k);
+        for (int j = 0; j < 4; ++j) y[j][k] += c[j][0] * x0 + c[j][1] * x1 + c[j][2] * x2 + c[j][3] * x3;
+    }
+}
+
+// the length of the common top of two tokens' paths (leaf upwards: the top is at each path's end)
+static inline int64_t common_top(const int64_t* a, int64_t la, const int64_t* b, int64_t lb) {
+    int64_t c = 0;
+    while (c < la && c < lb && a[la - 1 - c] == b[lb - 1 - c]) ++c;
+    return c;
+}
+
+// the dots of four rows of one operand with four rows of the other, out[4 j + k] = a_j . b_k, float accumulation:
+// 8 rows loaded for 16 products (a row against four rows loads 5 for 4)
+template <typename TA, typename TB>
+static inline void dot4x4(const TA* const* a, const TB* const* b, int64_t d, float* out) {
+    float s[16] = {0.f};
+    int64_t k = 0;
+#if defined(__AVX512BF16__)
+    if constexpr (sizeof(TA) == 2 && sizeof(TB) == 2) {  // bfloat16 pairs multiplied natively, summed in float32
+        __m512 acc[16];
+        for (int r = 0; r < 16; ++r) acc[r] = _mm512_setzero_ps();
+        for (; k + 32 <= d; k += 32) {
+            __m512bh x[4], y[4];
+            for (int j = 0; j < 4; ++j) {
+                x[j] = (__m512bh)_mm512_loadu_si512((const void*)(a[j] + k));
+                y[j] = (__m512bh)_mm512_loadu_si512((const void*)(b[j] + k));
+            }
+            for (int j = 0; j < 4; ++j)
+                for (int r = 0; r < 4; ++r) acc[4 * j + r] = _mm512_dpbf16_ps(acc[4 * j + r], x[j], y[r]);
+        }
+        for (int r = 0; r < 16; ++r) s[r] = _mm512_reduce_add_ps(acc[r]);
+    }
+#endif
+#if defined(__AVX512F__)
+    {
+        __m512 acc[16];
+        for (int r = 0; r < 16; ++r) acc[r] = _mm512_setzero_ps();
+        for (; k + 16 <= d; k += 16) {
+            __m512 x[4], y[4];
+            for (int j = 0; j < 4; ++j) { x[j] = load16(a[j] + k); y[j] = load16(b[j] + k); }
+            for (int j = 0; j < 4; ++j)
+                for (int r = 0; r < 4; ++r) acc[4 * j + r] = _mm512_fmadd_ps(x[j], y[r], acc[4 * j + r]);
+        }
+        for (int r = 0; r < 16; ++r) s[r] += _mm512_reduce_add_ps(acc[r]);
+    }
+#endif
+    for (; k < d; ++k)
+        for (int j = 0; j < 4; ++j) {
+            float x = load(a[j], k);
+            for (int r = 0; r < 4; ++r) s[4 * j + r] += x * load(b[r], k);
+        }
+    std::copy(s, s + 16, out);
+}
+
+// one row against four, as dot4, with bfloat16 pairs multiplied natively where the CPU can
+template <typename TA, typename TB>
+static inline void dot1x4(const TA* w, const TB* a, const TB* b, const TB* c, const TB* e, int64_t d, float* out) {
+#if defined(__AVX512BF16__)
+    if constexpr (sizeof(TA) == 2 && sizeof(TB) == 2) {
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        const TB* rows[4] = {a, b, c, e};
+        int64_t k = 0;
+        for (; k + 32 <= d; k += 32) {
+            __m512bh x = (__m512bh)_mm512_loadu_si512((const void*)(w + k));
+            for (int r = 0; r < 4; ++r)
+                acc[r] = _mm512_dpbf16_ps(acc[r], x, (__m512bh)_mm512_loadu_si512((const void*)(rows[r] + k)));
+        }
+        for (int r = 0; r < 4; ++r) {
+            out[r] = _mm512_reduce_add_ps(acc[r]);
+            for (int64_t t = k; t < d; ++t) out[r] += load(w, t) * load(rows[r], t);
+        }
+        return;
+    }
+#endif
+    dot4(w, a, b, c, e, d, out);
 }
 
 // Huffman tree, forward: the signed scores s[i, k] = sign_k h_i . u_{node_k} along token i's target path, +inf past
 // the path's end (where logsigmoid is 0), and the signs, sign[i, k] (0 past the end); the log-sigmoids are taken
 // by torch's vectorised ops (one libm call per pair here cost more than the dots).
 // h [N, d], u [V-1, d]; the paths of all V leaves as CSR: leaf_start [V+1], leaf_node, leaf_sign (int8, +-1).
-// Each token reads its own row once and its path's rows (four at a time). The tokens go in ``order`` (a
-// permutation of 0..n-1), the order of their targets in the tree's left-to-right leaf order: neighbours share the
-// top of their paths, whose rows then come from the nearest cache rather than from L3 or memory.
+// The tokens go in ``order`` (a permutation of 0..n-1), the order of their targets in the tree's left-to-right
+// leaf order, four at a time: the leaves between two leaves lie below both's lowest common ancestor, so the four
+// tokens of a block share the top of their paths down to that of the first and last (with a Zipf law's targets,
+// two thirds of all (token, node) pairs at N = 2048); those nodes' dots are taken four tokens by four nodes, the
+// rest of each path four nodes at a time against the token's row. Shared rows then come from the nearest cache.
 template <typename TH, typename TW>
 static void path_forward(const TH* h, const TW* u, int64_t d, int64_t n, const int64_t* target, const int64_t* order,
                          const int64_t* leaf_start, const int64_t* leaf_node, const int8_t* leaf_sign,
                          int64_t depth_max, float* scores, float* signs, int threads) {
-#pragma omp parallel for schedule(dynamic, 16) num_threads(threads)
-    for (int64_t step = 0; step < n; ++step) {
-        int64_t i = order[step];
-        const TH* hi = h + i * d;
-        int64_t e0 = leaf_start[target[i]], len = leaf_start[target[i] + 1] - e0;
-        const int64_t* node = leaf_node + e0;
-        const int8_t* sign = leaf_sign + e0;
-        float* s = scores + i * depth_max;
-        float* g = signs + i * depth_max;
-        int64_t k = 0;
-        for (; k + 4 <= len; k += 4)
-            dot4(hi, u + node[k] * d, u + node[k + 1] * d, u + node[k + 2] * d, u + node[k + 3] * d, d, s + k);
-        for (; k < len; ++k) s[k] = dot1(hi, u + node[k] * d, d);
-        for (k = 0; k < len; ++k) {
-            g[k] = sign[k];
-            s[k] *= g[k];
+    constexpr int64_t B = 4;
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
+    for (int64_t block = 0; block < (n + B - 1) / B; ++block) {
+        int64_t first = block * B, count = std::min(B, n - first);
+        int64_t token[B], len[B];
+        const int64_t* node[B];
+        for (int64_t j = 0; j < count; ++j) {
+            token[j] = order[first + j];
+            int64_t e0 = leaf_start[target[token[j]]];
+            len[j] = leaf_start[target[token[j]] + 1] - e0;
+            node[j] = leaf_node + e0;
         }
-        for (; k < depth_max; ++k) {
-            s[k] = INFINITY;
-            g[k] = 0.f;
+        int64_t shared = count == B ? common_top(node[0], len[0], node[B - 1], len[B - 1]) : 0, q = 0;
+        if (shared >= 4) {
+            const TH* rows[B];
+            for (int64_t j = 0; j < B; ++j) rows[j] = h + token[j] * d;
+            float out[16];
+            for (; q + 4 <= shared; q += 4) {  // the shared nodes q..q+3 from the top
+                const TW* cols[4];
+                for (int r = 0; r < 4; ++r) cols[r] = u + node[0][len[0] - 1 - q - r] * d;
+                dot4x4(rows, cols, d, out);
+                for (int64_t j = 0; j < B; ++j)
+                    for (int r = 0; r < 4; ++r) scores[token[j] * depth_max + len[j] - 1 - q - r] = out[4 * j + r];
+            }
+        }
+        for (int64_t j = 0; j < count; ++j) {  // each path's remaining steps 0 .. len - 1 - q
+            const TH* hi = h + token[j] * d;
+            const int64_t* nd = node[j];
+            float* s = scores + token[j] * depth_max;
+            int64_t rest = len[j] - q, k = 0;
+            for (; k + 4 <= rest; k += 4)
+                dot1x4(hi, u + nd[k] * d, u + nd[k + 1] * d, u + nd[k + 2] * d, u + nd[k + 3] * d, d, s + k);
+            for (; k < rest; ++k) s[k] = dot1(hi, u + nd[k] * d, d);
+            const int8_t* sign = leaf_sign + (nd - leaf_node);
+            float* g = signs + token[j] * depth_max;
+            for (k = 0; k < len[j]; ++k) {
+                g[k] = sign[k];
+                s[k] *= g[k];
+            }
+            for (; k < depth_max; ++k) {
+                s[k] = INFINITY;
+                g[k] = 0.f;
+            }
         }
     }
 }
 
 // Huffman tree, gradient of sum_i gout_i out_i for the hidden states: gh_i = sum_k gout_i coef_ik u_{node_k}, each
-// row written once (in h's dtype); the tokens in ``order``, as path_forward.
+// row written once (in h's dtype); the tokens in ``order`` four at a time, as path_forward: the nodes the four
+// share go four nodes by four tokens into four float32 rows, the rest of each path four nodes at a time.
 template <typename TH, typename TW>
 static void path_backward_hidden(const TW* u, int64_t d, int64_t n, const int64_t* target, const int64_t* order,
                                  const int64_t* leaf_start, const int64_t* leaf_node, int64_t depth_max,
                                  const float* coef, const float* gout, TH* gh, int threads) {
+    constexpr int64_t B = 4;
 #pragma omp parallel num_threads(threads)
     {
-        std::vector<float> acc((size_t)d);
-#pragma omp for schedule(dynamic, 16)
-        for (int64_t step = 0; step < n; ++step) {
-            int64_t i = order[step];
-            int64_t e0 = leaf_start[target[i]], len = leaf_start[target[i] + 1] - e0;
-            const int64_t* node = leaf_node + e0;
-            const float* c = coef + i * depth_max;
+        std::vector<float> acc((size_t)(B * d));
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t block = 0; block < (n + B - 1) / B; ++block) {
+            int64_t first = block * B, count = std::min(B, n - first);
+            int64_t token[B], len[B];
+            const int64_t* node[B];
+            for (int64_t j = 0; j < count; ++j) {
+                token[j] = order[first + j];
+                int64_t e0 = leaf_start[target[token[j]]];
+                len[j] = leaf_start[target[token[j]] + 1] - e0;
+                node[j] = leaf_node + e0;
+            }
             std::fill(acc.begin(), acc.end(), 0.f);
-            int64_t k = 0;
-            for (; k + 4 <= len; k += 4)
-                axpy4(gout[i] * c[k], u + node[k] * d, gout[i] * c[k + 1], u + node[k + 1] * d, gout[i] * c[k + 2],
-                      u + node[k + 2] * d, gout[i] * c[k + 3], u + node[k + 3] * d, acc.data(), d);
-            for (; k < len; ++k) axpy(gout[i] * c[k], u + node[k] * d, acc.data(), d);
-            for (int64_t k = 0; k < d; ++k) store(gh, i * d + k, acc[k]);
+            int64_t q = 0;
+            if (count == B) {  // the shared top of the four paths: four nodes by four tokens
+                int64_t shared = common_top(node[0], len[0], node[B - 1], len[B - 1]);
+                float* y[B];
+                for (int64_t j = 0; j < B; ++j) y[j] = acc.data() + j * d;
+                for (; q + 4 <= shared; q += 4) {
+                    const TW* x[4];
+                    float c[4][4];
+                    for (int r = 0; r < 4; ++r) {
+                        x[r] = u + node[0][len[0] - 1 - q - r] * d;
+                        for (int64_t j = 0; j < B; ++j)
+                            c[j][r] = gout[token[j]] * coef[token[j] * depth_max + len[j] - 1 - q - r];
+                    }
+                    axpy4x4(c, x, y, d);
+                }
+            }
+            for (int64_t j = 0; j < count; ++j) {  // each path's remaining steps 0 .. len - 1 - q
+                int64_t i = token[j], rest = len[j] - q, k = 0;
+                const int64_t* nd = node[j];
+                const float* c = coef + i * depth_max;
+                float* a = acc.data() + j * d;
+                for (; k + 4 <= rest; k += 4)
+                    axpy4(gout[i] * c[k], u + nd[k] * d, gout[i] * c[k + 1], u + nd[k + 1] * d, gout[i] * c[k + 2],
+                          u + nd[k + 2] * d, gout[i] * c[k + 3], u + nd[k + 3] * d, a, d);
+                for (; k < rest; ++k) axpy(gout[i] * c[k], u + nd[k] * d, a, d);
+                for (int64_t k = 0; k < d; ++k) store(gh, i * d + k, a[k]);
+            }
         }
     }
 }
 
-// Huffman tree, the (token, node) pairs grouped by node for the node vectors' gradient: a counting sort (serial: E,
-// the summed path lengths, is a few per token). node_start [nodes + 1]; pair_token and pair_value [E] (the pair's
-// coefficient gout_i coef_ik); touched [nodes]: the reached nodes in increasing order. Returns M, how many.
-extern "C" int64_t path_group(int64_t nodes, int64_t n, const int64_t* target, const int64_t* leaf_start,
-                              const int64_t* leaf_node, int64_t depth_max, const float* coef, const float* gout,
-                              int64_t* node_start, int64_t* pair_token, float* pair_value, int64_t* touched) {
-    std::fill(node_start, node_start + nodes + 1, 0);
+// Huffman tree, the nodes the targets' paths reach: row_of [nodes] gets each reached node's row in the gradient
+// (its id where ``dense``, else its rank among the reached nodes) and -1 elsewhere, touched [nodes] the reached nodes
+// in increasing order. Returns M, how many. Serial: E, the summed path lengths, is a few per token.
+extern "C" int64_t path_touched(int64_t nodes, int64_t n, const int64_t* target, const int64_t* leaf_start,
+                                const int64_t* leaf_node, int dense, int64_t* row_of, int64_t* touched) {
+    std::fill(row_of, row_of + nodes, -1);
     for (int64_t i = 0; i < n; ++i)
-        for (int64_t e = leaf_start[target[i]]; e < leaf_start[target[i] + 1]; ++e) ++node_start[leaf_node[e] + 1];
+        for (int64_t e = leaf_start[target[i]]; e < leaf_start[target[i] + 1]; ++e) row_of[leaf_node[e]] = 0;
     int64_t m = 0;
-    for (int64_t r = 0; r < nodes; ++r) {
-        if (node_start[r + 1] > 0) touched[m++] = r;
-        node_start[r + 1] += node_start[r];
-    }
-    std::vector<int64_t> fill(node_start, node_start + nodes);
-    for (int64_t i = 0; i < n; ++i) {
-        int64_t e0 = leaf_start[target[i]], len = leaf_start[target[i] + 1] - e0;
-        for (int64_t k = 0; k < len; ++k) {
-            int64_t slot = fill[leaf_node[e0 + k]]++;
-            pair_token[slot] = i;
-            pair_value[slot] = gout[i] * coef[i * depth_max + k];
+    for (int64_t r = 0; r < nodes; ++r)
+        if (row_of[r] == 0) {
+            row_of[r] = dense ? r : m;
+            touched[m++] = r;
         }
-    }
     return m;
 }
 
-// Huffman tree, gradient for the node vectors from path_group's pairs: row r = sum over r's pairs of value h_token.
-// dense: gw [nodes, d], every row written once (zeros where no pair); else gw [M, d], the touched rows in order.
+// Huffman tree, gradient for the node vectors: row r = sum over the pairs (token i, node r on its path) of
+// gout_i coef_ik h_i, written to gw's row row_of[r] (gw [rows, d] in TW). One sweep over the tokens in ``order``
+// (their targets' leaf order): a node's tokens are then consecutive, so each thread keeps one float32
+// accumulator per level of the current path (at most depth_max rows, in L2) and writes a node's row once when
+// the sweep leaves its subtree. Each hidden row is read once (grouped by node, every pair read its token's row
+// again: E rows from L3 or memory). Each thread sweeps its own range of tokens; the nodes whose tokens straddle
+// two ranges (the tops of the paths at the cuts, at most depth_max per cut) are summed after the sweep.
 template <typename TH, typename TW>
-static void path_backward_weight(const TH* h, int64_t d, int64_t nodes, const int64_t* node_start,
-                                 const int64_t* pair_token, const float* pair_value, const int64_t* touched, int64_t m,
+static void path_backward_weight(const TH* h, int64_t d, int64_t nodes, int64_t n, const int64_t* target,
+                                 const int64_t* order, const int64_t* leaf_start, const int64_t* leaf_node,
+                                 int64_t depth_max, const float* coef, const float* gout, const int64_t* row_of,
                                  bool dense, TW* gw, int threads) {
+    if (dense) {  // rows no path reached are zero: each thread first-touches its own share
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t r = 0; r < nodes; ++r)
+            if (row_of[r] < 0) std::memset(gw + r * d, 0, d * sizeof(TW));
+    }
+    struct Part { std::vector<int64_t> node; std::vector<float> row; };
+    std::vector<Part> parts((size_t)std::max(threads, 1));
 #pragma omp parallel num_threads(threads)
     {
-        std::vector<float> acc((size_t)d);
-        if (dense) {  // dynamic: the touched nodes crowd the high ids (the nodes near the root)
-#pragma omp for schedule(dynamic, 64)
-            for (int64_t r = 0; r < nodes; ++r) {
-                if (node_start[r + 1] == node_start[r]) { std::memset(gw + r * d, 0, d * sizeof(TW)); continue; }
-                gather_sum(h, d, pair_token, pair_value, node_start[r], node_start[r + 1], acc.data());
-                for (int64_t k = 0; k < d; ++k) store(gw, r * d + k, acc[k]);
+        int count = omp_get_num_threads(), me = omp_get_thread_num();
+        int64_t c0 = n * me / count, c1 = n * (me + 1) / count;
+        Part& mine = parts[me];
+        std::vector<float> acc((size_t)(depth_max * d));
+        std::vector<int64_t> active((size_t)depth_max);
+        std::vector<char> shared((size_t)depth_max, 0);  // the node's tokens continue outside [c0, c1)
+        auto path = [&](int64_t step, const int64_t** node, int64_t* len) {
+            int64_t t = target[order[step]];
+            *node = leaf_node + leaf_start[t];
+            *len = leaf_start[t + 1] - leaf_start[t];
+        };
+        auto flush = [&](int64_t level) {
+            const float* a = acc.data() + level * d;
+            if (shared[level]) {
+                mine.node.push_back(active[level]);
+                mine.row.insert(mine.row.end(), a, a + d);
+            } else {
+                TW* out = gw + row_of[active[level]] * d;
+                for (int64_t k = 0; k < d; ++k) store(out, k, a[k]);
             }
-        } else {
-#pragma omp for schedule(dynamic, 16)
-            for (int64_t j = 0; j < m; ++j) {
-                int64_t r = touched[j];
-                gather_sum(h, d, pair_token, pair_value, node_start[r], node_start[r + 1], acc.data());
-                for (int64_t k = 0; k < d; ++k) store(gw, j * d + k, acc[k]);
+        };
+        int64_t height = 0, before = 0, after = 0;
+        if (c0 < c1) {
+            const int64_t *a, *b;
+            int64_t la, lb;
+            path(c0, &a, &la);
+            if (c0 > 0) { path(c0 - 1, &b, &lb); before = common_top(a, la, b, lb); }
+            path(c1 - 1, &a, &la);
+            if (c1 < n) { path(c1, &b, &lb); after = common_top(a, la, b, lb); }
+        }
+        for (int64_t first = c0; first < c1; first += 4) {  // four tokens at a time, as path_forward
+            int64_t count = std::min<int64_t>(4, c1 - first), top = 0;
+            if (count == 4) {  // the levels all four share: their pairs are summed once per block below
+                const int64_t *a, *b;
+                int64_t la, lb;
+                path(first, &a, &la);
+                path(first + 3, &b, &lb);
+                top = common_top(a, la, b, lb);
+            }
+            for (int64_t step = first; step < first + count; ++step) {
+                const int64_t* node;
+                int64_t len;
+                path(step, &node, &len);
+                int64_t keep = 0;  // levels from the top that the previous token's path shares
+                while (keep < height && keep < len && active[keep] == node[len - 1 - keep]) ++keep;
+                for (int64_t level = keep; level < height; ++level) flush(level);
+                for (int64_t level = keep; level < len; ++level) {
+                    active[level] = node[len - 1 - level];
+                    shared[level] = step == c0 && level < before;
+                    std::fill(acc.data() + level * d, acc.data() + (level + 1) * d, 0.f);
+                }
+                height = len;
+                int64_t i = order[step];
+                const TH* hi = h + i * d;
+                const float* c = coef + i * depth_max;
+                int64_t level = top;
+                for (; level + 4 <= len; level += 4) {  // four levels per pass over the token's row
+                    float v0 = gout[i] * c[len - 1 - level], v1 = gout[i] * c[len - 2 - level];
+                    float v2 = gout[i] * c[len - 3 - level], v3 = gout[i] * c[len - 4 - level];
+                    float* a0 = acc.data() + level * d;
+                    float* a1 = a0 + d;
+                    float* a2 = a1 + d;
+                    float* a3 = a2 + d;
+#pragma omp simd
+                    for (int64_t k = 0; k < d; ++k) {
+                        float x = load(hi, k);
+                        a0[k] += v0 * x; a1[k] += v1 * x; a2[k] += v2 * x; a3[k] += v3 * x;
+                    }
+                }
+                for (; level < len; ++level) axpy(gout[i] * c[len - 1 - level], hi, acc.data() + level * d, d);
+            }
+            if (top > 0) {  // the shared levels: four levels by four tokens, then one level at a time
+                const TH* x[4];
+                int64_t len[4];
+                float v[4];
+                for (int j = 0; j < 4; ++j) {
+                    int64_t i = order[first + j], t = target[i];
+                    x[j] = h + i * d;
+                    len[j] = leaf_start[t + 1] - leaf_start[t];
+                }
+                auto value = [&](int j, int64_t level) {
+                    int64_t i = order[first + j];
+                    return gout[i] * coef[i * depth_max + len[j] - 1 - level];
+                };
+                int64_t level = 0;
+                for (; level + 4 <= top; level += 4) {
+                    float c[4][4];
+                    float* y[4];
+                    for (int r = 0; r < 4; ++r) {
+                        y[r] = acc.data() + (level + r) * d;
+                        for (int j = 0; j < 4; ++j) c[r][j] = value(j, level + r);
+                    }
+                    axpy4x4(c, x, y, d);
+                }
+                for (; level < top; ++level) {
+                    for (int j = 0; j < 4; ++j) v[j] = value(j, level);
+                    axpy4(v[0], x[0], v[1], x[1], v[2], x[2], v[3], x[3], acc.data() + level * d, d);
+                }
             }
         }
+        for (int64_t level = 0; level < height; ++level) {
+            if (level < after) shared[level] = 1;
+            flush(level);
+        }
+    }
+    // the straddling nodes: their parts summed in float32, then written once
+    std::vector<std::pair<int64_t, const float*>> pieces;
+    for (const Part& part : parts)
+        for (size_t j = 0; j < part.node.size(); ++j) pieces.emplace_back(part.node[j], part.row.data() + j * d);
+    std::stable_sort(pieces.begin(), pieces.end(),
+                     [](const std::pair<int64_t, const float*>& x, const std::pair<int64_t, const float*>& y) {
+                         return x.first < y.first; });
+    std::vector<float> sum((size_t)d);
+    for (size_t j = 0; j < pieces.size();) {
+        size_t k = j;
+        std::fill(sum.begin(), sum.end(), 0.f);
+        for (; k < pieces.size() && pieces[k].first == pieces[j].first; ++k)
+            for (int64_t t = 0; t < d; ++t) sum[t] += pieces[k].second[t];
+        TW* out = gw + row_of[pieces[j].first] * d;
+        for (int64_t t = 0; t < d; ++t) store(out, t, sum[t]);
+        j = k;
     }
 }
 
@@ -265,9 +529,11 @@ extern "C" void path_backward_hidden_##A##_##B(const void* u, int64_t d, int64_t
         const int64_t* order, const int64_t* ls, const int64_t* ln, int64_t depth_max, const float* coef, \
         const float* gout, void* gh, int threads) { \
     path_backward_hidden((const TB*)u, d, n, target, order, ls, ln, depth_max, coef, gout, (TA*)gh, threads); } \
-extern "C" void path_backward_weight_##A##_##B(const void* h, int64_t d, int64_t nodes, const int64_t* ns, \
-        const int64_t* pt, const float* pv, const int64_t* touched, int64_t m, int dense, void* gw, int threads) { \
-    path_backward_weight((const TA*)h, d, nodes, ns, pt, pv, touched, m, dense != 0, (TB*)gw, threads); } \
+extern "C" void path_backward_weight_##A##_##B(const void* h, int64_t d, int64_t nodes, int64_t n, \
+        const int64_t* target, const int64_t* order, const int64_t* ls, const int64_t* ln, int64_t depth_max, \
+        const float* coef, const float* gout, const int64_t* row_of, int dense, void* gw, int threads) { \
+    path_backward_weight((const TA*)h, d, nodes, n, target, order, ls, ln, depth_max, coef, gout, row_of, dense != 0, \
+                         (TB*)gw, threads); } \
 extern "C" void tree_walk_##A##_##B(const void* scores, int64_t n, int64_t v, const int64_t* left, \
         const int64_t* right, const int64_t* walk_order, const int64_t* slot, float* table, void* out, \
         int64_t* best, int threads) { \
@@ -279,10 +545,10 @@ _P, _I = POINTER, INT64
 SIGNATURES = {
     "path_forward": [_P, _P, _I, _I, _P, _P, _P, _P, _P, _I, _P, _P, INT],
     "path_backward_hidden": [_P, _I, _I, _P, _P, _P, _P, _I, _P, _P, _P, INT],
-    "path_backward_weight": [_P, _I, _I, _P, _P, _P, _P, _I, INT, _P, INT],
+    "path_backward_weight": [_P, _I, _I, _I, _P, _P, _P, _P, _I, _P, _P, _P, INT, _P, INT],
     "tree_walk": [_P, _I, _I, _P, _P, _P, _P, _P, _P, _P, INT],
 }
-PLAIN = {"path_group": ([_I, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P], INT64)}
+PLAIN = {"path_touched": ([_I, _I, _P, _P, _P, INT, _P, _P], INT64)}
 
 
 @lru_cache(maxsize=None)
@@ -333,8 +599,8 @@ def path_backward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tens
     """Gradients of sum_i grad_out_i log p_i (path_forward's): [grad_hidden [N, d] in hidden's dtype, grad_weight,
     touched]. grad_weight in weight's dtype: dense [V-1, d] (rows no path reached are zero, every row written
     once), or with ``sparse`` only the M touched rows [M, d], in the order of touched [M] (int64, increasing). An
-    empty tensor where not wanted. 2 E d FLOPs per gradient wanted; the weight gradient first groups the E pairs by
-    node (a counting sort over V-1 nodes)."""
+    empty tensor where not wanted. 2 E d FLOPs per gradient wanted; the weight gradient first marks the reached
+    nodes (one serial pass over the E pairs and the V-1 nodes), then reads each hidden row once."""
     n, d = hidden.shape
     nodes, depth_max = weight.shape[0], coef.shape[1]
     grad_out = grad_out.float().contiguous()  # held here: a pointer to a temporary would dangle
@@ -345,18 +611,16 @@ def path_backward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tens
             _ptr(grad_out), _ptr(grad_hidden), torch.get_num_threads())
     if not want_weight:
         return [grad_hidden, torch.empty(0, dtype=weight.dtype), torch.empty(0, dtype=torch.int64)]
-    node_start = torch.empty(nodes + 1, dtype=torch.int64)
-    pair_token = torch.empty(pairs, dtype=torch.int64)
-    pair_value = torch.empty(pairs)
+    row_of = torch.empty(nodes, dtype=torch.int64)
     touched = torch.empty(nodes, dtype=torch.int64)
-    m = _library().path_group(nodes, n, _ptr(target), _ptr(leaf_start), _ptr(leaf_node), depth_max, _ptr(coef),
-                              _ptr(grad_out), _ptr(node_start), _ptr(pair_token), _ptr(pair_value), _ptr(touched))
+    m = _library().path_touched(nodes, n, _ptr(target), _ptr(leaf_start), _ptr(leaf_node), 0 if sparse else 1,
+                                _ptr(row_of), _ptr(touched))
     # the dense [V-1, d] gradient is most of a dense training step's traffic: first touched on huge pages
     grad_weight = (torch.empty(m, d, dtype=weight.dtype) if sparse
                    else fresh_empty(weight.shape, dtype=weight.dtype, device="cpu"))
     _function("path_backward_weight", hidden, weight)(
-        _ptr(hidden), d, nodes, _ptr(node_start), _ptr(pair_token), _ptr(pair_value), _ptr(touched), m,
-        0 if sparse else 1, _ptr(grad_weight), torch.get_num_threads())
+        _ptr(hidden), d, nodes, n, _ptr(target), _ptr(order), _ptr(leaf_start), _ptr(leaf_node), depth_max,
+        _ptr(coef), _ptr(grad_out), _ptr(row_of), 0 if sparse else 1, _ptr(grad_weight), torch.get_num_threads())
     return [grad_hidden, grad_weight, touched[:m].clone() if sparse else torch.empty(0, dtype=torch.int64)]
 
 

@@ -332,8 +332,8 @@ class PathWalk(torch.autograd.Function):
     log-sigmoids and the path sum happen in one pass, with float32 accumulation.
 
     Analytic cost, forward: 2 E d FLOPs; reads h (N d) and the M touched rows (M d, from cache after the first
-    reach), writes N log-probabilities and the N x D step coefficients. Backward: 4 E d FLOPs and a counting sort
-    of the E pairs by node; reads h and the touched rows, writes the hidden gradient (N d) and either the whole
+    reach), writes N log-probabilities and the N x D step coefficients. Backward: 4 E d FLOPs and a pass marking
+    the reached nodes; reads h and the touched rows, writes the hidden gradient (N d) and either the whole
     dense weight gradient ((V-1) d: the touched rows' sums and zeros elsewhere, each row once) or, with
     ``sparse``, the M touched rows only.
     """

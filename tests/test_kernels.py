@@ -235,6 +235,57 @@ def test_cpu_kernels_are_built_where_a_compiler_is():
 
 
 
+def shared_tops(tree, target):
+    """For each block of four consecutive tokens in the kernels' order (their targets' leaf order), how many
+    nodes from the root the four paths share."""
+    order = torch.argsort(tree.leaf_rank[target])
+    paths = [tree.leaf_node[tree.leaf_start[t]:tree.leaf_start[t + 1]].tolist() for t in target[order].tolist()]
+    tops = []
+    for first in range(0, len(paths) - 3, 4):
+        a, b = paths[first], paths[first + 3]
+        top = 0
+        while top < min(len(a), len(b)) and a[-1 - top] == b[-1 - top]:
+            top += 1
+        tops.append(top)
+    return tops
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("dtype,atol", DTYPES[1:])
+def test_huffman_kernel_blocks_of_tokens_sharing_the_top_of_their_paths(threads, sparse, dtype, atol):
+    """The kernels take the nodes that four consecutive tokens (in leaf order) share four tokens by four nodes,
+    and sweep the tokens in per-thread ranges for the node gradient, summing the nodes cut between ranges
+    afterwards: Zipf targets (repeated tokens, blocks sharing 4 to 8+ nodes and blocks sharing fewer), N not a
+    multiple of four, d = 50 (a tail past both the 32- and the 16-wide loops), 1 to 3 threads. Same values and
+    gradients as the gather reference."""
+    from vqbench.measuring.measure import make_inputs
+    vocab, d, n = 3000, 50, 403
+    head = vqbench.make_head("hierarchical:tree=huffman" + (",sparse_grad=1" if sparse else ""), vocab, d,
+                             dtype=dtype)
+    hidden, target = make_inputs(vocab, d, n, "cpu", dtype, seed=3)
+    weights = torch.randn(n, generator=torch.Generator().manual_seed(4)).to(dtype)
+    tree = head.tree
+    tops = shared_tops(tree, target)
+    assert max(tops) >= 8 and min(tops) < 4 and n % 4
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours = values_and_grads(tree, tree.target_log_prob, hidden, target, weights)
+    finally:
+        torch.set_num_threads(saved)
+    if sparse:
+        ours[2] = ours[2].to_dense()
+    # the reference in float64 from the same inputs: in bfloat16, index_add's bfloat16 sums would be the less exact
+    # side; the root's gradient sums all 403 tokens' terms (magnitude ~25), so float32 is held to a relative 1e-5
+    exact = copy.deepcopy(tree).double()
+    reference = values_and_grads(exact, lambda h, t: huffman_reference(exact, h, t), hidden.double(), target,
+                                 weights.double())
+    for a, b in zip(ours, reference):
+        assert a.dtype == dtype and a.shape == b.shape
+        torch.testing.assert_close(a.double(), b, atol=atol, rtol=atol if dtype == torch.bfloat16 else 1e-5)
+
+
 @pytest.mark.parametrize("dtype,atol", DTYPES)
 @pytest.mark.parametrize("kernels", [True, False])
 def test_huffman_sparse_gradient_holds_the_dense_gradients_touched_rows(monkeypatch, dtype, atol, kernels):
