@@ -6,7 +6,7 @@
 # before-2, ...; the runs of one side show how far the machine drifted meanwhile (on a shared VM, small ops move by
 # 1.5x within minutes). Writes results/archive/ab-BEFORE-AFTER/{before,after}-I.csv and, from them
 # (python -m vqbench.repro), after-I-vs-before-I.md for each I and before-I-vs-before-1.md for I > 1.
-# Run on a quiet machine (no training, tests or other benchmark). About 15 s a run per head and op pair.
+# Run on a quiet machine (no training, tests or other benchmark). Two heads, two ops, three runs a side: 2.5 minutes.
 #   bash scripts/run-ab.sh BEFORE "SPEC [SPEC ...]" "OP [OP ...]"
 #   e.g. bash scripts/run-ab.sh e26c054 "hierarchical:tree=huffman hierarchical:tree=huffman,sparse_grad=1" "loss train"
 set -euo pipefail
