@@ -265,18 +265,18 @@ static void path_backward_hidden(const TW* u, int64_t d, int64_t n, const int64_
     }
 }
 
-// Huffman tree, the nodes the targets' paths reach: row_of [nodes] gets each reached node's row in the gradient
-// (its id where ``dense``, else its rank among the reached nodes) and -1 elsewhere, touched [nodes] the reached nodes
-// in increasing order. Returns M, how many. Serial: E, the summed path lengths, is a few per token.
+// Huffman tree, the nodes the targets' paths reach: row_of [nodes] gets each reached node's rank among the reached
+// nodes and -1 elsewhere, touched [nodes] the reached nodes in increasing order. Returns M, how many. Serial: E, the
+// summed path lengths, is a few per token.
 extern "C" int64_t path_touched(int64_t nodes, int64_t n, const int64_t* target, const int64_t* leaf_start,
-                                const int64_t* leaf_node, int dense, int64_t* row_of, int64_t* touched) {
+                                const int64_t* leaf_node, int64_t* row_of, int64_t* touched) {
     std::fill(row_of, row_of + nodes, -1);
     for (int64_t i = 0; i < n; ++i)
         for (int64_t e = leaf_start[target[i]]; e < leaf_start[target[i] + 1]; ++e) row_of[leaf_node[e]] = 0;
     int64_t m = 0;
     for (int64_t r = 0; r < nodes; ++r)
         if (row_of[r] == 0) {
-            row_of[r] = dense ? r : m;
+            row_of[r] = m;
             touched[m++] = r;
         }
     return m;
@@ -293,16 +293,7 @@ template <typename TH, typename TW>
 static void path_backward_weight(const TH* h, int64_t d, int64_t nodes, int64_t n, const int64_t* target,
                                  const int64_t* order, const int64_t* leaf_start, const int64_t* leaf_node,
                                  int64_t depth_max, const float* coef, const float* gout, const int64_t* row_of,
-                                 bool dense, TW* gw, int threads) {
-    // rows no path reached are zero. In chunks of 64 rows taken in turn, so that the threads first-touch the same
-    // huge page together: with a half of the matrix each (schedule static), the two threads' concurrent huge-page
-    // faults cost 0.5 s a call in the asv suite (V=50257, d=512: the kernel compacting memory for both at once),
-    // where this order costs 25 ms
-    if (dense) {
-#pragma omp parallel for schedule(dynamic, 64) num_threads(threads)
-        for (int64_t r = 0; r < nodes; ++r)
-            if (row_of[r] < 0) std::memset(gw + r * d, 0, d * sizeof(TW));
-    }
+                                 TW* gw, int threads) {
     struct Part { std::vector<int64_t> node; std::vector<float> row; };
     std::vector<Part> parts((size_t)std::max(threads, 1));
 #pragma omp parallel num_threads(threads)
@@ -431,6 +422,21 @@ static void path_backward_weight(const TH* h, int64_t d, int64_t nodes, int64_t 
     }
 }
 
+// Huffman tree, the dense node gradient gw [nodes, d] from the touched rows' sums rows [M, d] (row_of: each node's
+// rank among the touched, -1 elsewhere): every row written once, in row order, zero where no path reached. In
+// chunks of 64 rows taken in turn, so that the threads first-touch the same huge page together: with a half of the
+// matrix each (schedule static), the two threads' concurrent huge-page faults cost 0.5 s a call in the asv suite
+// (V=50257, d=512: the kernel compacting memory for both at once), where this order costs 25 ms
+extern "C" void expand_rows(const void* rows, int64_t d, int64_t nodes, const int64_t* row_of, int64_t item,
+                            void* gw, int threads) {
+#pragma omp parallel for schedule(dynamic, 64) num_threads(threads)
+    for (int64_t r = 0; r < nodes; ++r) {
+        char* out = (char*)gw + r * d * item;
+        if (row_of[r] < 0) std::memset(out, 0, d * item);
+        else std::memcpy(out, (const char*)rows + row_of[r] * d * item, d * item);
+    }
+}
+
 // log(1 + exp(-|x|)), the part of log sigmoid(x) = min(x, 0) - log(1 + exp(-|x|)) that both branches share,
 // without a libm call so that a loop over lanes vectorises: exp by Cody-Waite reduction and Cephes' polynomial,
 // log by the atanh series on [sqrt(1/2), sqrt(2)] with log1p's rounding correction; below 2e-7 absolute error.
@@ -535,9 +541,9 @@ extern "C" void path_backward_hidden_##A##_##B(const void* u, int64_t d, int64_t
     path_backward_hidden((const TB*)u, d, n, target, order, ls, ln, depth_max, coef, gout, (TA*)gh, threads); } \
 extern "C" void path_backward_weight_##A##_##B(const void* h, int64_t d, int64_t nodes, int64_t n, \
         const int64_t* target, const int64_t* order, const int64_t* ls, const int64_t* ln, int64_t depth_max, \
-        const float* coef, const float* gout, const int64_t* row_of, int dense, void* gw, int threads) { \
-    path_backward_weight((const TA*)h, d, nodes, n, target, order, ls, ln, depth_max, coef, gout, row_of, dense != 0, \
-                         (TB*)gw, threads); } \
+        const float* coef, const float* gout, const int64_t* row_of, void* gw, int threads) { \
+    path_backward_weight((const TA*)h, d, nodes, n, target, order, ls, ln, depth_max, coef, gout, row_of, (TB*)gw, \
+                         threads); } \
 extern "C" void tree_walk_##A##_##B(const void* scores, int64_t n, int64_t v, const int64_t* left, \
         const int64_t* right, const int64_t* walk_order, const int64_t* slot, float* table, void* out, \
         int64_t* best, int threads) { \
@@ -549,10 +555,10 @@ _P, _I = POINTER, INT64
 SIGNATURES = {
     "path_forward": [_P, _P, _I, _I, _P, _P, _P, _P, _P, _I, _P, _P, INT],
     "path_backward_hidden": [_P, _I, _I, _P, _P, _P, _P, _I, _P, _P, _P, INT],
-    "path_backward_weight": [_P, _I, _I, _I, _P, _P, _P, _P, _I, _P, _P, _P, INT, _P, INT],
+    "path_backward_weight": [_P, _I, _I, _I, _P, _P, _P, _P, _I, _P, _P, _P, _P, INT],
     "tree_walk": [_P, _I, _I, _P, _P, _P, _P, _P, _P, _P, INT],
 }
-PLAIN = {"path_touched": ([_I, _I, _P, _P, _P, INT, _P, _P], INT64)}
+PLAIN = {"path_touched": ([_I, _I, _P, _P, _P, _P, _P], INT64), "expand_rows": ([_P, _I, _I, _P, _I, _P, INT], None)}
 
 
 @lru_cache(maxsize=None)
@@ -617,15 +623,20 @@ def path_backward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tens
         return [grad_hidden, torch.empty(0, dtype=weight.dtype), torch.empty(0, dtype=torch.int64)]
     row_of = torch.empty(nodes, dtype=torch.int64)
     touched = torch.empty(nodes, dtype=torch.int64)
-    m = _library().path_touched(nodes, n, _ptr(target), _ptr(leaf_start), _ptr(leaf_node), 0 if sparse else 1,
-                                _ptr(row_of), _ptr(touched))
-    # the dense [V-1, d] gradient is most of a dense training step's traffic: first touched on huge pages
-    grad_weight = (torch.empty(m, d, dtype=weight.dtype) if sparse
-                   else fresh_empty(weight.shape, dtype=weight.dtype, device="cpu"))
+    m = _library().path_touched(nodes, n, _ptr(target), _ptr(leaf_start), _ptr(leaf_node), _ptr(row_of),
+                                _ptr(touched))
+    rows = torch.empty(m, d, dtype=weight.dtype)
     _function("path_backward_weight", hidden, weight)(
         _ptr(hidden), d, nodes, n, _ptr(target), _ptr(order), _ptr(leaf_start), _ptr(leaf_node), depth_max,
-        _ptr(coef), _ptr(grad_out), _ptr(row_of), 0 if sparse else 1, _ptr(grad_weight), torch.get_num_threads())
-    return [grad_hidden, grad_weight, touched[:m].clone() if sparse else torch.empty(0, dtype=torch.int64)]
+        _ptr(coef), _ptr(grad_out), _ptr(row_of), _ptr(rows), torch.get_num_threads())
+    if sparse:
+        return [grad_hidden, rows, touched[:m].clone()]
+    # the dense [V-1, d] gradient is most of a dense training step's traffic: first touched on huge pages, every
+    # row once in row order
+    grad_weight = fresh_empty(weight.shape, dtype=weight.dtype, device="cpu")
+    _library().expand_rows(_ptr(rows), d, nodes, _ptr(row_of), rows.element_size(), _ptr(grad_weight),
+                           torch.get_num_threads())
+    return [grad_hidden, grad_weight, torch.empty(0, dtype=torch.int64)]
 
 
 @torch.library.custom_op("vqbench::huffman_tree_walk", mutates_args=("out",))
