@@ -9,9 +9,10 @@ order, four at a time: the four then share the top of their paths, whose product
 nodes (8 rows loaded for 16 products; a token's row against four nodes loads 5 for 4), the rest of each path four
 nodes at a time. Sums are float32 from float32 or bfloat16 inputs (converted as they are loaded, never copied;
 bfloat16 pairs multiplied natively where the CPU has AVX512-BF16), and each output is written once. The node
-vectors' gradient is one sweep in that order, a float32 row per level of the current path, each node's row written
-once when the sweep leaves its subtree: dense (every row once) or the touched rows only (``sparse``). ``available()`` is False where they
-cannot be built (no compiler, or VQBENCH_KERNELS=torch) and the tree takes its torch path.
+vectors' gradient is one sweep in that order, a float32 row per level of the current path, each touched node's
+row written once when the sweep leaves its subtree; the dense gradient is then written in row order, each row once
+(zero or a touched row). ``available()`` is False where they cannot be built (no compiler, or VQBENCH_KERNELS=torch)
+and the tree takes its torch path.
 """
 
 from __future__ import annotations
@@ -151,6 +152,22 @@ static inline void dot1x4(const TA* w, const TB* a, const TB* b, const TB* c, co
     dot4(w, a, b, c, e, d, out);
 }
 
+// the four tokens at places 4 block .. 4 block + 3 of ``order`` (fewer in the last block) and their target paths
+// (node ids from the leaf up, as leaf_node stores them)
+struct Block {
+    int64_t count, token[4], len[4];
+    const int64_t* node[4];
+    Block(int64_t block, int64_t n, const int64_t* target, const int64_t* order, const int64_t* leaf_start,
+          const int64_t* leaf_node) : count(std::min<int64_t>(4, n - 4 * block)) {
+        for (int64_t j = 0; j < count; ++j) {
+            token[j] = order[4 * block + j];
+            int64_t e0 = leaf_start[target[token[j]]];
+            len[j] = leaf_start[target[token[j]] + 1] - e0;
+            node[j] = leaf_node + e0;
+        }
+    }
+};
+
 // Huffman tree, forward: the signed scores s[i, k] = sign_k h_i . u_{node_k} along token i's target path, +inf past
 // the path's end (where logsigmoid is 0), and the signs, sign[i, k] (0 past the end); the log-sigmoids are taken
 // by torch's vectorised ops (one libm call per pair here cost more than the dots).
@@ -167,15 +184,9 @@ static void path_forward(const TH* h, const TW* u, int64_t d, int64_t n, const i
     constexpr int64_t B = 4;
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
     for (int64_t block = 0; block < (n + B - 1) / B; ++block) {
-        int64_t first = block * B, count = std::min(B, n - first);
-        int64_t token[B], len[B];
-        const int64_t* node[B];
-        for (int64_t j = 0; j < count; ++j) {
-            token[j] = order[first + j];
-            int64_t e0 = leaf_start[target[token[j]]];
-            len[j] = leaf_start[target[token[j]] + 1] - e0;
-            node[j] = leaf_node + e0;
-        }
+        const Block b(block, n, target, order, leaf_start, leaf_node);
+        const int64_t count = b.count, *token = b.token, *len = b.len;
+        const int64_t* const* node = b.node;
         int64_t shared = count == B ? common_top(node[0], len[0], node[B - 1], len[B - 1]) : 0, q = 0;
         if (shared >= 4) {
             const TH* rows[B];
@@ -224,15 +235,9 @@ static void path_backward_hidden(const TW* u, int64_t d, int64_t n, const int64_
         std::vector<float> acc((size_t)(B * d));
 #pragma omp for schedule(dynamic, 4)
         for (int64_t block = 0; block < (n + B - 1) / B; ++block) {
-            int64_t first = block * B, count = std::min(B, n - first);
-            int64_t token[B], len[B];
-            const int64_t* node[B];
-            for (int64_t j = 0; j < count; ++j) {
-                token[j] = order[first + j];
-                int64_t e0 = leaf_start[target[token[j]]];
-                len[j] = leaf_start[target[token[j]] + 1] - e0;
-                node[j] = leaf_node + e0;
-            }
+            const Block b(block, n, target, order, leaf_start, leaf_node);
+            const int64_t count = b.count, *token = b.token, *len = b.len;
+            const int64_t* const* node = b.node;
             std::fill(acc.begin(), acc.end(), 0.f);
             int64_t q = 0;
             if (count == B) {  // the shared top of the four paths: four nodes by four tokens
@@ -283,14 +288,14 @@ extern "C" int64_t path_touched(int64_t nodes, int64_t n, const int64_t* target,
 }
 
 // Huffman tree, gradient for the node vectors: row r = sum over the pairs (token i, node r on its path) of
-// gout_i coef_ik h_i, written to gw's row row_of[r] (gw [rows, d] in TW). One sweep over the tokens in ``order``
+// gout_i coef_ik h_i, written to gw's row row_of[r] (gw [M, d] in TW, the touched rows only). One sweep over the tokens in ``order``
 // (their targets' leaf order): a node's tokens are then consecutive, so each thread keeps one float32
 // accumulator per level of the current path (at most depth_max rows, in L2) and writes a node's row once when
 // the sweep leaves its subtree. Each hidden row is read once (grouped by node, every pair read its token's row
 // again: E rows from L3 or memory). Each thread sweeps its own range of tokens; the nodes whose tokens straddle
 // two ranges (the tops of the paths at the cuts, at most depth_max per cut) are summed after the sweep.
 template <typename TH, typename TW>
-static void path_backward_weight(const TH* h, int64_t d, int64_t nodes, int64_t n, const int64_t* target,
+static void path_backward_weight(const TH* h, int64_t d, int64_t n, const int64_t* target,
                                  const int64_t* order, const int64_t* leaf_start, const int64_t* leaf_node,
                                  int64_t depth_max, const float* coef, const float* gout, const int64_t* row_of,
                                  TW* gw, int threads) {
@@ -539,10 +544,10 @@ extern "C" void path_backward_hidden_##A##_##B(const void* u, int64_t d, int64_t
         const int64_t* order, const int64_t* ls, const int64_t* ln, int64_t depth_max, const float* coef, \
         const float* gout, void* gh, int threads) { \
     path_backward_hidden((const TB*)u, d, n, target, order, ls, ln, depth_max, coef, gout, (TA*)gh, threads); } \
-extern "C" void path_backward_weight_##A##_##B(const void* h, int64_t d, int64_t nodes, int64_t n, \
+extern "C" void path_backward_weight_##A##_##B(const void* h, int64_t d, int64_t n, \
         const int64_t* target, const int64_t* order, const int64_t* ls, const int64_t* ln, int64_t depth_max, \
         const float* coef, const float* gout, const int64_t* row_of, void* gw, int threads) { \
-    path_backward_weight((const TA*)h, d, nodes, n, target, order, ls, ln, depth_max, coef, gout, row_of, (TB*)gw, \
+    path_backward_weight((const TA*)h, d, n, target, order, ls, ln, depth_max, coef, gout, row_of, (TB*)gw, \
                          threads); } \
 extern "C" void tree_walk_##A##_##B(const void* scores, int64_t n, int64_t v, const int64_t* left, \
         const int64_t* right, const int64_t* walk_order, const int64_t* slot, float* table, void* out, \
@@ -555,7 +560,7 @@ _P, _I = POINTER, INT64
 SIGNATURES = {
     "path_forward": [_P, _P, _I, _I, _P, _P, _P, _P, _P, _I, _P, _P, INT],
     "path_backward_hidden": [_P, _I, _I, _P, _P, _P, _P, _I, _P, _P, _P, INT],
-    "path_backward_weight": [_P, _I, _I, _I, _P, _P, _P, _P, _I, _P, _P, _P, _P, INT],
+    "path_backward_weight": [_P, _I, _I, _P, _P, _P, _P, _I, _P, _P, _P, _P, INT],
     "tree_walk": [_P, _I, _I, _P, _P, _P, _P, _P, _P, _P, INT],
 }
 PLAIN = {"path_touched": ([_I, _I, _P, _P, _P, _P, _P], INT64), "expand_rows": ([_P, _I, _I, _P, _I, _P, INT], None)}
@@ -610,7 +615,8 @@ def path_backward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tens
     touched]. grad_weight in weight's dtype: dense [V-1, d] (rows no path reached are zero, every row written
     once), or with ``sparse`` only the M touched rows [M, d], in the order of touched [M] (int64, increasing). An
     empty tensor where not wanted. 2 E d FLOPs per gradient wanted; the weight gradient first marks the reached
-    nodes (one serial pass over the E pairs and the V-1 nodes), then reads each hidden row once."""
+    nodes (one serial pass over the E pairs and the V-1 nodes), then reads each hidden row once into the M touched
+    rows; a dense gradient copies those into place as it writes the V-1 rows in order (M d elements read again)."""
     n, d = hidden.shape
     nodes, depth_max = weight.shape[0], coef.shape[1]
     grad_out = grad_out.float().contiguous()  # held here: a pointer to a temporary would dangle
@@ -627,8 +633,8 @@ def path_backward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tens
                                 _ptr(touched))
     rows = torch.empty(m, d, dtype=weight.dtype)
     _function("path_backward_weight", hidden, weight)(
-        _ptr(hidden), d, nodes, n, _ptr(target), _ptr(order), _ptr(leaf_start), _ptr(leaf_node), depth_max,
-        _ptr(coef), _ptr(grad_out), _ptr(row_of), _ptr(rows), torch.get_num_threads())
+        _ptr(hidden), d, n, _ptr(target), _ptr(order), _ptr(leaf_start), _ptr(leaf_node), depth_max, _ptr(coef),
+        _ptr(grad_out), _ptr(row_of), _ptr(rows), torch.get_num_threads())
     if sparse:
         return [grad_hidden, rows, touched[:m].clone()]
     # the dense [V-1, d] gradient is most of a dense training step's traffic: first touched on huge pages, every
