@@ -333,9 +333,9 @@ class PathWalk(torch.autograd.Function):
 
     Analytic cost, forward: 2 E d FLOPs; reads h (N d) and the M touched rows (M d, from cache after the first
     reach), writes N log-probabilities and the N x D step coefficients. Backward: 4 E d FLOPs and a pass marking
-    the reached nodes; reads h and the touched rows, writes the hidden gradient (N d) and either the whole
-    dense weight gradient ((V-1) d: the touched rows' sums and zeros elsewhere, each row once) or, with
-    ``sparse``, the M touched rows only.
+    the reached nodes; reads h and the touched rows, writes the hidden gradient (N d) and the M touched rows'
+    sums (M d); the dense weight gradient then reads those again and writes (V-1) d, each row once in row order
+    (zero where no path reached), where ``sparse`` returns the M rows as they are.
     """
 
     @staticmethod
