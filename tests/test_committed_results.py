@@ -38,6 +38,24 @@ def test_no_committed_latency_is_below_its_floor():
     assert known == set(KNOWN_BELOW), f"no longer below their floors, drop from KNOWN_BELOW: {set(KNOWN_BELOW) - known}"
 
 
+def test_every_headline_row_over_twice_its_floor_has_its_profile():
+    """Each CPU headline row over 2x its floor has the measured breakdown behind its stated reason: the table
+    scripts/run-profiles.sh writes for it (results/profiles/<spec>_V<V>_<op>_<dtype>_<allocator>.md, named by the
+    script's rule), which results/profiles/README.md cites beside the reason."""
+    from vqbench.report import floor_rows
+    missing, over = [], 0
+    for r in floor_rows(RESULTS):
+        if r["file"] not in ("headline.csv", "headline-thp.csv") or float(r["ratio"]) <= 2:
+            continue
+        over += 1
+        name = f"{r['spec']}_V{r['V']}_{r['op']}_{r['dtype']}_{r['cpu_allocator']}".translate(str.maketrans(":=,", "-__"))
+        if not os.path.isfile(os.path.join(RESULTS, "profiles", name + ".md")):
+            missing.append(f"{r['file']}: {r['spec']} {r['op']} {r['dtype']} {r['cpu_allocator']} at "
+                           f"{float(r['ratio']):.2f}x: no results/profiles/{name}.md")
+    assert over > 0, "no headline row over 2x its floor: the profiles folder and its README can go"
+    assert not missing, "\n".join(missing)
+
+
 def claims_table(text: str) -> list:
     """The lines of the first markdown table after the heading or sentence that introduces the claims."""
     lines = text.splitlines()
