@@ -542,10 +542,16 @@ def test_an_interrupted_runner_ends_its_runs_and_starts_no_more(plan, tmp_path, 
         return children[-1]
 
     monkeypatch.setattr(quality.subprocess, "Popen", sleeper)
-    threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
-    began = time.time()
-    with pytest.raises(KeyboardInterrupt):
-        quality.run_all(plan, runs_dir, checkpoints, lanes=2, poll_s=0.01)
+    # a test process started in the background by a shell without job control inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler: install it for this test
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        began = time.time()
+        with pytest.raises(KeyboardInterrupt):
+            quality.run_all(plan, runs_dir, checkpoints, lanes=2, poll_s=0.01)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(children) == 2 and all(child.wait(timeout=10) == -signal.SIGTERM for child in children)
     assert time.time() - began < 30
 
