@@ -330,7 +330,11 @@ def test_tracks_get_their_own_rows_settings_and_reference(plan, tmp_path):
         fake_summary(runs_dir, f"joint-gpt-softmax-s{seed}", valid=60, test=50.0, seed=seed, params=9_000_000, **track)
         fake_summary(runs_dir, f"joint-gpt-vq-K1024-s{seed}", valid=60, test=55.0 + seed, seed=seed, params=300_000,
                      total_params=12_000_000, **track)
-    quality.write_tables(plan, runs_dir, str(tmp_path / "results"), "plan.json", [(gpt, "gpt.json")])
+    lstm_plan = tmp_path / "lstm.json"  # a second plan on the LSTM track, which names no track
+    lstm_plan.write_text(json.dumps({**PLAN, "description": "an LSTM replicate", "best_seeds": {},
+                                     "runs": PLAN["runs"][:1]}))
+    more = [(gpt, "gpt.json"), (quality.Plan(str(lstm_plan)), "lstm.json")]
+    quality.write_tables(plan, runs_dir, str(tmp_path / "results"), "plan.json", more)
     with open(tmp_path / "results" / "quality.csv") as f:
         rows = {r["run"]: r for r in csv.DictReader(f)}
     assert (rows["joint-softmax-s0"]["body"], rows["joint-softmax-s0"]["vocabulary"]) == ("lstm", "word-33278")
@@ -342,6 +346,8 @@ def test_tracks_get_their_own_rows_settings_and_reference(plan, tmp_path):
     assert by[("gpt-4x256", "vq-K1024")]["setting"] == "4-layer GPT, d=256, cl100k_base WikiText-2 V=100,277"
     text = (tmp_path / "results" / "quality.md").read_text()
     assert "Track gpt (plan `gpt.json`, its runs named joint-gpt-*): a GPT track" in text
+    assert "Track lstm (plan `lstm.json`, its runs named joint-*): an LSTM replicate" in text
+    assert "(none)" not in text and "joint--" not in text
     assert os.path.getsize(tmp_path / "results" / "pareto-gpt-4x256-cl100k_base-100277.png") > 1000
     assert "| gpt-4x256, cl100k_base-100277 | vq-K1024" in text.replace("  ", " ").replace("  ", " ")
 

@@ -157,6 +157,16 @@ class Plan:
             if name not in by_name or not by_name[name]["head"].startswith("vq"):
                 raise ValueError(f"plan: {path!r}: premise names {name!r}, which is no VQ variant of the plan")
 
+    @property
+    def label(self) -> str:
+        """The track's name in text: a plan that names no track trains the LSTM body (no --body flag)."""
+        return self.track or LSTM_TRACK[0]
+
+    @property
+    def run_pattern(self) -> str:
+        """The folder names of the plan's runs, as a glob: PlannedRun.run with any variant and seed."""
+        return f"{self.protocol}-{self.track + '-' if self.track else ''}*"
+
     def planned(self, entry: dict, seed: int, lr: str = "") -> PlannedRun:
         """Seed ``seed`` of ``entry``, trained at ``lr`` (its swept rate) when given."""
         flags = tuple(entry.get("flags", ())) + (("--lr", lr) if lr else ())
@@ -504,7 +514,7 @@ def sweep_section(plans, runs_dir: str, results_dir: str) -> str:
                      if r in found else "" for r in rates]
             table.append([entry["name"], entry["head"], *cells])
         flags = " ".join(plan.sweep_flags) or "none"
-        parts.append(f"\n\n## Learning rates, track {plan.track or '(none)'}\n\nThe same sweep for every variant "
+        parts.append(f"\n\n## Learning rates, track {plan.label}\n\nThe same sweep for every variant "
                      f"of `{path}` whose flags set no rate: seed 0 trained for {plan.sweep_epochs} epoch(s) at "
                      f"each rate, with `{flags}` after the plan's flags; validation perplexity, the chosen rate "
                      f"(lowest) in bold; all of a variant's seeds train at it (results/quality/lr-sweep.csv). "
@@ -549,9 +559,9 @@ def equal_time_section(plan: Plan, runs_dir: str) -> str:
     if not rows:
         if not shared:
             return ""
-        return (f"\n\n## Equal training time, track {plan.track or '(none)'}\n\nNot given: its {len(shared)} "
+        return (f"\n\n## Equal training time, track {plan.label}\n\nNot given: its {len(shared)} "
                 "finished runs trained on a GPU shared with other runs, whose training seconds are no fair clock.")
-    return (f"\n\n## Equal training time, track {plan.track or '(none)'}\n\nEach run's best validation "
+    return (f"\n\n## Equal training time, track {plan.label}\n\nEach run's best validation "
             f"perplexity within the training time its seed's {reference} run took to reach its best epoch "
             "(seconds in training steps, no evaluation; one thread per run; CPU runs only"
             + (f", {len(shared)} runs on a shared GPU left out" if shared else "") + "), beside its best at any time. "
@@ -600,7 +610,7 @@ def learned_map_section(plan: Plan, runs_dir: str) -> str:
                      "yes" if share(moves[-1]) < SETTLED_SHARE else "no"])
     if not rows:
         return ""
-    return (f"\n\n## Learned maps, track {plan.track or '(none)'}\n\nTokens moved to another code at each "
+    return (f"\n\n## Learned maps, track {plan.label}\n\nTokens moved to another code at each "
             "re-assignment (and their share of the distinct tokens seen in its window): the first, the last and "
             f"the fewest; settled: the last moved under {100 * SETTLED_SHARE:.0f}% of them (of V, for a log from before "
             "the count of tokens seen). Every re-assignment is a line of the run's log.jsonl.\n\n"
@@ -689,7 +699,7 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str, mo
                          for p, _ in plans for r in p.runs(runs_dir))
     unfinished = [progress(runs_dir, r.run) for p, _ in plans for r in p.runs(runs_dir)
                   if not p.finished(runs_dir, r)]
-    tracks = "".join(f"\n\nTrack {p.track or '(none)'} (plan `{path}`, its runs named joint-{p.track}-*): "
+    tracks = "".join(f"\n\nTrack {p.label} (plan `{path}`, its runs named {p.run_pattern}): "
                      f"{p.description}" for p, path in more)
     cpus = sorted({r["cpu_model"] for r in rows if not on_gpu(r)})
     sweeps = sweep_section(plans, runs_dir, results_dir) + "".join(
