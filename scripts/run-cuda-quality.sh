@@ -10,9 +10,10 @@
 #   ONLY="softmax vq-K5013" bash scripts/run-cuda-quality.sh OUTDIR   # only these runs or variants
 #   PLAN=configs/premise-transformer.json bash scripts/run-cuda-quality.sh OUTDIR   # another plan: the premise
 #   PLAN="configs/quality-transformer.json configs/premise-transformer.json" bash ...  # several, lanes shared
-# After the runs, the oracle estimates (OUTDIR/quality/oracle-PLAN.csv, --add) from every body of each plan's
-# reference that this machine holds a best.pt of, at the K of the plan's premise variants: a frozen-body head
-# and the estimate from the same body come back from one session, as its checkpoints stay on the machine.
+# After the runs, the oracle estimates (OUTDIR/quality/oracle-PLAN.csv, --add; oracle-PLAN-BODY.csv for a
+# premise body variant other than the reference) from every premise body of each plan that this machine holds
+# a best.pt of, at the K of the plan's premise variants: a frozen-body head and the estimate from the same body
+# come back from one session, as its checkpoints stay on the machine.
 set -euo pipefail
 if [ $# -lt 1 ] || [ $# -gt 2 ] || { [ $# -eq 2 ] && [ "$2" != "--dry-run" ]; }; then
     echo "usage: bash scripts/run-cuda-quality.sh OUTDIR [--dry-run]" >&2
@@ -79,35 +80,42 @@ elif [ "$status" -ne 0 ]; then
     exit 1
 fi
 
-# per plan, the oracle's estimate from each reference body trained here (a best.pt in CHECKPOINTS), at the K of
-# its premise variants, into oracle-PLAN.csv (one file per plan: its bodies' seeds)
+# per plan and premise body variant (default: its reference), the oracle's estimate from each body trained here
+# (a best.pt in CHECKPOINTS), at the K of its premise variants, into oracle-PLAN.csv for the reference's bodies and
+# oracle-PLAN-BODY.csv for another variant's (an oracle file pairs by seed: one body per seed in each)
 for plan in "${PLANS[@]}"; do
-    mapfile -t ORACLE < <("$PY" - "$plan" "$CHECKPOINTS" <<'EOF'
+    read -r -a BODIES <<< "$("$PY" -c 'import sys, vqbench.quality as q; print(*q.Plan(sys.argv[1]).premise_bodies)' \
+        "$plan")"
+    for body in "${BODIES[@]}"; do
+        mapfile -t ORACLE < <("$PY" - "$plan" "$CHECKPOINTS" "$body" <<'EOF'
 import os, sys
 from vqbench.heads.registry import parse_spec
 from vqbench.quality import Plan
-plan, checkpoints = Plan(sys.argv[1]), sys.argv[2]
+plan, checkpoints, body = Plan(sys.argv[1]), sys.argv[2], sys.argv[3]
 flags = dict(zip(plan.common[::2], plan.common[1::2]))
-reference = plan.reference()
-models = [os.path.join(checkpoints, plan.planned(reference, seed).run, "best.pt") for seed in reference["seeds"]]
+entry = next(e for e in plan.entries if e["name"] == body)
+models = [os.path.join(checkpoints, plan.planned(entry, seed).run, "best.pt") for seed in entry["seeds"]]
 models = [m for m in models if os.path.exists(m)]
 ks = sorted({parse_spec(e["head"])[1]["K"] for e in plan.entries if e["name"] in plan.premise})
-if models and ks:
+stem = os.path.splitext(os.path.basename(sys.argv[1]))[0]
+if models and ks:  # the oracle file's name first, then its arguments
+    print(stem + ("" if body == plan.reference()["name"] else "-" + body) + ".csv")
     print("--vocabulary", flags.get("--vocabulary", "word"), "--K", *ks, "--model", *models, sep="\n")
 EOF
-    )
-    if [ "${#ORACLE[@]}" -gt 0 ]; then
-        status=0
-        ORACLE_CSV=$OUT/quality/oracle-$(basename "$plan" .json).csv
-        timeout "$ORACLE_LIMIT" "$PY" -m vqbench.oracle "${ORACLE[@]}" --device "$DEVICE" --out "$ORACLE_CSV" --add \
-            >> "$OUT/oracle.log" 2>&1 || status=$?
-        if [ "$status" -eq 0 ]; then
-            echo "oracle: $ORACLE_CSV"
-        else
-            tail -n 5 "$OUT/oracle.log"
-            echo "oracle: stopped ($status); the runs' files are kept"
+        )
+        if [ "${#ORACLE[@]}" -gt 0 ]; then
+            status=0
+            ORACLE_CSV=$OUT/quality/oracle-${ORACLE[0]}
+            timeout "$ORACLE_LIMIT" "$PY" -m vqbench.oracle "${ORACLE[@]:1}" --device "$DEVICE" --out "$ORACLE_CSV" --add \
+                >> "$OUT/oracle.log" 2>&1 || status=$?
+            if [ "$status" -eq 0 ]; then
+                echo "oracle: $ORACLE_CSV"
+            else
+                tail -n 5 "$OUT/oracle.log"
+                echo "oracle: stopped ($status); the runs' files are kept"
+            fi
         fi
-    fi
+    done
 done
 "$PY" -m vqbench.quality table --plan "${PLANS[@]}" --results "$OUT/quality" > "$OUT/quality-table.log" 2>&1 \
     || { tail -n 5 "$OUT/quality-table.log"; exit 1; }

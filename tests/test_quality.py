@@ -697,6 +697,34 @@ def test_premise_runs_train_each_variant_on_each_finished_softmax_body(tmp_path)
     assert "frozen" not in open(tmp_path / "results" / "quality.md").read().split("Runs not finished yet")[0]
 
 
+def test_premise_bodies_put_the_heads_on_each_named_softmax_variants_bodies(tmp_path):
+    """``bodies`` names the softmax variants whose finished seeds carry the frozen heads: a run on the
+    reference's body keeps the variant's name, one on another body is VARIANT-on-BODY (seed 0 of both exists),
+    and premise.csv names each run's own body."""
+    path = tmp_path / "premise.json"
+    long = {"name": "softmax-long", "head": "softmax", "group": "reference-long", "seeds": [0],
+            "flags": ["--epochs", "40"]}
+    path.write_text(json.dumps({**PLAN, "runs": PLAN["runs"] + [long],
+                                "premise": {"variants": ["vq-K1024"], "bodies": ["softmax", "softmax-long"]}}))
+    plan = quality.Plan(str(path))
+    runs_dir, checkpoints = str(tmp_path / "results" / "runs"), str(tmp_path / "ck")
+    fake_summary(runs_dir, "joint-softmax-long-s0", valid=100, test=90.0, params=6_000_000)
+    frozen = [r for r in plan.runs(runs_dir) if r.group == quality.PREMISE_GROUP]
+    assert [(r.run, r.body_run) for r in frozen] == [("frozen-vq-K1024-on-softmax-long-s0", "joint-softmax-long-s0")]
+    command = frozen[0].command(runs_dir, checkpoints, plan.common)
+    assert command[command.index("--body-from") + 1] == os.path.join(checkpoints, "joint-softmax-long-s0", "best.pt")
+    fake_summary(runs_dir, "joint-softmax-s0", valid=110, test=100.0, params=6_000_000)
+    assert [r.run for r in plan.runs(runs_dir) if r.group == quality.PREMISE_GROUP] == [
+        "frozen-vq-K1024-s0", "frozen-vq-K1024-on-softmax-long-s0"]
+    for run, test in (("frozen-vq-K1024-s0", 115.0), ("frozen-vq-K1024-on-softmax-long-s0", 105.0)):
+        fake_summary(runs_dir, run, valid=test + 10, test=test, params=200_000, config={})
+    quality.write_tables(plan, runs_dir, str(tmp_path / "results"), "plan.json")
+    with open(tmp_path / "results" / "premise.csv") as f:
+        premise = [(r["name"], r["body_run"], r["test_ppl"], r["reference_test_ppl"]) for r in csv.DictReader(f)]
+    assert premise == [("vq-K1024", "joint-softmax-s0", "115.0", "100.0"),
+                       ("vq-K1024-on-softmax-long", "joint-softmax-long-s0", "105.0", "90.0")]
+
+
 def test_a_plan_without_a_premise_writes_no_premise_file(plan, tmp_path):
     runs_dir = str(tmp_path / "results" / "runs")
     fake_summary(runs_dir, "joint-softmax-s0", valid=110, test=100.0)
@@ -708,7 +736,12 @@ def test_a_plan_without_a_premise_writes_no_premise_file(plan, tmp_path):
                                             ({"variants": ["adaptive"]}, "premise names 'adaptive'"),
                                             ({"variants": []}, "premise: variants must be"),
                                             ({"variants": ["vq-K1024", "vq-K1024"]}, "premise: variants must be"),
-                                            (["vq-K1024"], "premise: variants must be")])
+                                            (["vq-K1024"], "premise: variants must be"),
+                                            ({"variants": ["vq-K1024"], "bodies": "softmax"}, "premise: bodies must be"),
+                                            ({"variants": ["vq-K1024"], "bodies": ["vq-K1024"]},
+                                             "premise bodies names 'vq-K1024'"),
+                                            ({"variants": ["vq-K1024"], "bodies": ["nope"]},
+                                             "premise bodies names 'nope'")])
 def test_bad_premises_are_refused_with_one_line(tmp_path, capsys, premise, match):
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({**PLAN, "premise": premise}))

@@ -21,8 +21,9 @@ sweep for every variant, chosen on validation, never on test (lr-sweep.csv, and 
 A plan may test the oracle's premise (``premise``: {"variants": [VQ variant names]}): each named variant's head,
 flags and rate trained on the frozen body of each reference (softmax) seed once that seed's run has finished
 (``--protocol frozen --body-from CHECKPOINTS/<reference run>/best.pt``, the plan's budget; a run waits while
-the body's best.pt is not there). Those runs are no quality.csv rows: premise.csv sets each beside the oracle's
-estimate from the same softmax model (oracle.md).
+the body's best.pt is not there); ``"bodies": [softmax variant names]`` puts the heads on those variants'
+bodies instead (runs named VARIANT-on-BODY, except on the reference's). Those runs are no quality.csv rows:
+premise.csv sets each beside the oracle's estimate from the same softmax model (oracle.md).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class Plan:
             self.entries = [dict(e) for e in data["runs"]]
             self.sweep_rates, self.sweep_flags, self.sweep_epochs, self.sweep_extend = read_sweep(
                 data.get("lr_sweep"))
-            self.premise = read_premise(data.get("premise"))
+            self.premise, bodies = read_premise(data.get("premise"))
             for e in self.entries:
                 missing = [k for k in ("name", "head", "group", "seeds") if k not in e]
                 if missing or not all(isinstance(s, int) and s >= 0 for s in e["seeds"]):
@@ -156,6 +157,12 @@ class Plan:
         for name in self.premise:
             if name not in by_name or not by_name[name]["head"].startswith("vq"):
                 raise ValueError(f"plan: {path!r}: premise names {name!r}, which is no VQ variant of the plan")
+        # the softmax variants whose trained bodies carry the frozen heads (the oracle scores softmax models)
+        self.premise_bodies = bodies or (self.reference()["name"],)
+        for name in self.premise_bodies:
+            if name not in by_name or not by_name[name]["head"].startswith("softmax"):
+                raise ValueError(f"plan: {path!r}: premise bodies names {name!r}, which is no softmax variant "
+                                 f"of the plan")
 
     @property
     def label(self) -> str:
@@ -254,21 +261,24 @@ class Plan:
 
     def premise_runs(self, runs_dir: str, rates: Dict[str, Optional[str]]) -> List[PlannedRun]:
         """The frozen-body runs: each premise variant (at its chosen rate, once chosen) on the body of each
-        reference seed whose run has finished, by seed."""
-        reference = self.reference()
+        seed of each premise body variant (default: the reference) whose run has finished. A run on the
+        reference's body is named after its variant; on another body, VARIANT-on-BODY (their seeds overlap)."""
+        reference = self.reference()["name"]
         out = []
-        for seed in reference["seeds"]:
-            body = self.planned(reference, seed, rates.get(reference["name"]) or "")
-            if not self.finished(runs_dir, body):
-                continue
-            for name in self.premise:
-                entry = next(e for e in self.entries if e["name"] == name)
-                if rates[name] is None:
+        for body_entry in (e for name in self.premise_bodies for e in self.entries if e["name"] == name):
+            for seed in body_entry["seeds"]:
+                body = self.planned(body_entry, seed, rates.get(body_entry["name"]) or "")
+                if not self.finished(runs_dir, body):
                     continue
-                run = self.planned(entry, seed, rates[name])
-                out.append(PlannedRun(name, run.head, "frozen", seed, PREMISE_GROUP, run.flags,
-                                      f"{name}'s head trained on the frozen body of {body.run}", self.epochs,
-                                      self.track, PREMISE_GROUP, body.run))
+                for name in self.premise:
+                    entry = next(e for e in self.entries if e["name"] == name)
+                    if rates[name] is None:
+                        continue
+                    run = self.planned(entry, seed, rates[name])
+                    run_name = name if body_entry["name"] == reference else f"{name}-on-{body_entry['name']}"
+                    out.append(PlannedRun(run_name, run.head, "frozen", seed, PREMISE_GROUP, run.flags,
+                                          f"{name}'s head trained on the frozen body of {body.run}", self.epochs,
+                                          self.track, PREMISE_GROUP, body.run))
         return out
 
     def best_entries(self, runs_dir: str) -> Dict[str, dict]:
@@ -305,15 +315,18 @@ def read_sweep(sweep) -> Tuple[Tuple[float, ...], Tuple[str, ...], int, int]:
     return tuple(float(r) for r in rates), tuple(flags), epochs, extend
 
 
-def read_premise(premise) -> Tuple[str, ...]:
-    """The VQ variant names of a plan's ``premise`` ({"variants": [...]}); () when the plan has none."""
+def read_premise(premise) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """(VQ variant names, softmax body variant names) of a plan's ``premise`` ({"variants": [...], and
+    optionally "bodies": [...]}); ((), ()) when the plan has none, () bodies when it names none."""
     if premise is None:
-        return ()
+        return (), ()
     variants = premise.get("variants") if isinstance(premise, dict) else None
-    if not (isinstance(variants, list) and variants and all(isinstance(v, str) for v in variants)
-            and len(set(variants)) == len(variants)):
-        raise ValueError(f"premise: variants must be a list of distinct variant names, got {variants!r}")
-    return tuple(variants)
+    bodies = premise.get("bodies", []) if isinstance(premise, dict) else None
+    for key, names in (("variants", variants), ("bodies", bodies)):
+        if not (isinstance(names, list) and (names or key == "bodies") and all(isinstance(v, str) for v in names)
+                and len(set(names)) == len(names)):
+            raise ValueError(f"premise: {key} must be a list of distinct variant names, got {names!r}")
+    return tuple(variants), tuple(bodies)
 
 
 def summary_of(runs_dir: str, run: str) -> Optional[dict]:
