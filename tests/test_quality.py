@@ -640,6 +640,31 @@ def test_claims_from_a_budget_short_of_the_plateau_say_they_give_no_verdict(plan
                           "still gained up to 16.8%): no verdict on the +4%" in line for line in claims)
 
 
+def test_the_reference_trained_longer_gives_its_setting_a_reference_perplexity(tmp_path):
+    """A variant of group reference-long (the reference trained longer) gets a claims line of its own: its test
+    perplexity, its ratio to the budget's softmax of the same seed, and whether its own last epoch plateaued."""
+    from vqbench.report import build_report
+    path = tmp_path / "plan.json"
+    long = {"name": "softmax-6ep", "head": "softmax", "group": "reference-long", "seeds": [0],
+            "flags": ["--epochs", "6"]}
+    path.write_text(json.dumps({**PLAN, "epochs": 3, "runs": PLAN["runs"][:2] + [long]}))
+    plan = quality.Plan(str(path))
+    runs_dir = str(tmp_path / "quality" / "runs")
+    for seed in (0, 1):
+        fake_summary(runs_dir, f"joint-softmax-s{seed}", valid=110, test=100.0 + seed, seed=seed, params=6_000_000,
+                     epochs=3, last_epoch_gain=0.168)
+        fake_summary(runs_dir, f"joint-vq-K1024-s{seed}", valid=150, test=104.0, seed=seed, params=200_000, epochs=3)
+    fake_summary(runs_dir, "joint-softmax-6ep-s0", valid=100, test=92.0, params=6_000_000, epochs=6,
+                 last_epoch_gain=0.021, stop="epochs: the budget of 6 epochs")
+    quality.write_tables(plan, runs_dir, str(tmp_path / "quality"), "plan.json")
+    claims = [line for line in build_report(str(tmp_path)).splitlines() if line.startswith("| perplexity")]
+    reference = [line for line in claims if "reference perplexity" in line]
+    assert len(reference) == 1 and ("the same softmax trained 6 epochs (softmax-6ep, 1 seed): test ppl 92.0, x0.920 "
+                                    "of softmax's at 3 epochs (paired by seed); its last epoch gained 2.1%, short of "
+                                    "the plateau too") in reference[0]
+    assert not any("softmax-6ep" in line for line in claims if line not in reference)  # never "the best" of anything
+
+
 def test_each_learned_map_reports_its_moves_and_whether_it_settled(plan, tmp_path):
     runs_dir = str(tmp_path / "runs")
     fake_summary(runs_dir, "joint-vq-learned-s0", valid=100, test=100, vocabulary="cl100k_base-1000")

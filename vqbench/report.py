@@ -22,7 +22,7 @@ from typing import List, Optional, Tuple
 
 from vqbench.quality import UNFINISHED
 from vqbench.train import TrainConfig
-from vqbench.reporting.quality_stats import (_pm, aggregate, markdown_table,
+from vqbench.reporting.quality_stats import (REFERENCE_LONG_GROUP, _pm, aggregate, markdown_table,
                                              typed_quality_row)
 from vqbench.heads.registry import import_modules
 from vqbench.results import read_rows, select_rows
@@ -340,6 +340,15 @@ def setting_claims(variants: dict, soft: dict, paper: str) -> list:
         budget = "/".join(dict.fromkeys(soft["epochs"].split("/")))
         out = [f"{line}; at an equal budget of {budget} epochs, short of softmax's validation plateau (its last "
                f"epoch still gained up to {100 * soft['last_epoch_gain']:.1f}%): no verdict on the +4%" for line in out]
+    longer = next((v for v in variants.values() if v["group"] == REFERENCE_LONG_GROUP), None)
+    if longer is not None and not math.isnan(longer["ratio_mean"]):  # how far the budget stops short of it
+        gain = longer["last_epoch_gain"]
+        seeds = f"{longer['seeds']} seeds" if longer["seeds"] > 1 else "1 seed"
+        out.append(f"reference perplexity, the same softmax trained {longer['epochs']} epochs ({longer['name']}, "
+                   f"{seeds}): test ppl {_pm(longer['test_mean'], longer['test_std'], 1)}, x{longer['ratio_mean']:.3f} "
+                   f"of softmax's at {'/'.join(dict.fromkeys(soft['epochs'].split('/')))} epochs (paired by seed); "
+                   f"its last epoch gained {100 * gain:.1f}%"
+                   + (", short of the plateau too" if gain > PLATEAU else ", within the plateau rule's threshold"))
     return out
 
 

@@ -12,6 +12,7 @@ from tabulate import tabulate
 
 LSTM_TRACK = ("lstm", "word-33278")  # the body and vocabulary of runs whose summary predates the columns
 TIED_GROUP = "tied"  # a plan's group of softmax runs whose output weight is the input embedding
+REFERENCE_LONG_GROUP = "reference-long"  # the reference trained longer: the reference perplexity of its setting
 
 
 def describe_body(body: str) -> str:
