@@ -83,9 +83,10 @@ fi
 # per plan and premise body variant (default: its reference), the oracle's estimate from each body trained here
 # (a best.pt in CHECKPOINTS), at the K of its premise variants, into oracle-PLAN.csv for the reference's bodies and
 # oracle-PLAN-BODY.csv for another variant's (an oracle file pairs by seed: one body per seed in each)
+ORACLE_END=$((SECONDS + ORACLE_LIMIT))  # one limit for all the oracle calls, so the script keeps its 10 minutes
 for plan in "${PLANS[@]}"; do
-    read -r -a BODIES <<< "$("$PY" -c 'import sys, vqbench.quality as q; print(*q.Plan(sys.argv[1]).premise_bodies)' \
-        "$plan")"
+    bodies=$("$PY" -c 'import sys, vqbench.quality as q; print(*q.Plan(sys.argv[1]).premise_bodies)' "$plan")
+    read -r -a BODIES <<< "$bodies"
     for body in "${BODIES[@]}"; do
         mapfile -t ORACLE < <("$PY" - "$plan" "$CHECKPOINTS" "$body" <<'EOF'
 import os, sys
@@ -103,10 +104,13 @@ if models and ks:  # the oracle file's name first, then its arguments
     print("--vocabulary", flags.get("--vocabulary", "word"), "--K", *ks, "--model", *models, sep="\n")
 EOF
         )
-        if [ "${#ORACLE[@]}" -gt 0 ]; then
+        left=$((ORACLE_END - SECONDS))
+        if [ "${#ORACLE[@]}" -gt 0 ] && [ "$left" -le 0 ]; then
+            echo "oracle: no time left of ${ORACLE_LIMIT} s for oracle-${ORACLE[0]}"
+        elif [ "${#ORACLE[@]}" -gt 0 ]; then
             status=0
             ORACLE_CSV=$OUT/quality/oracle-${ORACLE[0]}
-            timeout "$ORACLE_LIMIT" "$PY" -m vqbench.oracle "${ORACLE[@]:1}" --device "$DEVICE" --out "$ORACLE_CSV" --add \
+            timeout "$left" "$PY" -m vqbench.oracle "${ORACLE[@]:1}" --device "$DEVICE" --out "$ORACLE_CSV" --add \
                 >> "$OUT/oracle.log" 2>&1 || status=$?
             if [ "$status" -eq 0 ]; then
                 echo "oracle: $ORACLE_CSV"

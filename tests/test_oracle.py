@@ -402,3 +402,61 @@ def test_a_device_the_oracle_cannot_use_is_refused_with_one_line(tmp_path, capsy
     assert main(["--model", str(tmp_path / "best.pt"), "--device", device, "--out", str(tmp_path / "o.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert said in err and len(err.splitlines()) == 1 and not (tmp_path / "o.csv").exists()
+
+
+def test_an_estimate_from_a_body_trained_longer_pairs_only_with_the_heads_on_that_body(tmp_path):
+    """softmax-6ep (group reference-long) has seed 0 as the reference has: its oracle file of its own pairs
+    with the frozen heads on its body (VARIANT-on-BODY) and with no jointly trained run (those trained for the
+    plan's budget), and the reference's oracle file never takes the heads on the longer body."""
+    import csv
+
+    from vqbench import quality
+    from vqbench.oracle import COLUMNS, write_markdown
+    from vqbench.report import build_report
+
+    results = tmp_path / "quality"
+    results.mkdir()
+    oracle_csv(results / "oracle.csv", [(0, "frequency", 1024, 1.25, 1.3)])  # from ck/joint-softmax-s0/best.pt
+    with open(results / "oracle-6ep.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerow({"model": "ck/joint-softmax-6ep-s0/best.pt", "model_seed": 0, "mapping": "frequency",
+                         "K": 1024, "softmax_ppl": 90.0, "oracle_ppl": 117.0, "oracle_ratio": 1.3,
+                         "oracle_unigram_ppl": 117.0, "oracle_unigram_ratio": 1.3, "within_code_ppl_factor": 3.0,
+                         "exact_rows": 600, "exact_share": 0.7, "test_tokens": 1000, "cpu_model": "test CPU",
+                         "git_commit": "abc"})
+    with open(results / "quality.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=quality.CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for run, name, head, group, test in (("joint-softmax-s0", "softmax", "softmax", "reference", 100.0),
+                                             ("joint-vq-K1024-s0", "vq-K1024", "vq:K=1024", "paper", 150.0),
+                                             ("joint-softmax-6ep-s0", "softmax-6ep", "softmax", "reference-long",
+                                              90.0)):
+            writer.writerow({"run": run, "name": name, "head": head, "mapping": "frequency" if "vq" in name else "",
+                             "protocol": "joint", "seed": 0, "group": group, "epochs": 3, "best_epoch": 3,
+                             "stop": "epochs", "valid_ppl": test, "test_ppl": test, "last_epoch_gain": 0.01,
+                             "output_params": 1000, "tokens_per_s": 1.0})
+    with open(results / "premise.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=quality.PREMISE_COLUMNS)
+        writer.writeheader()
+        for name, body_run, test, reference in (("vq-K1024", "joint-softmax-s0", 140.0, 100.0),
+                                                ("vq-K1024-on-softmax-6ep", "joint-softmax-6ep-s0", 115.0, 90.0)):
+            writer.writerow({"track": "", "body": "lstm", "vocabulary": "word-33278", "name": name,
+                             "head": "vq:K=1024", "mapping": "frequency", "K": 1024, "seed": 0,
+                             "run": f"frozen-{name}-s0", "body_run": body_run, "epochs": 3, "best_epoch": 3,
+                             "stop": "epochs", "valid_ppl": test, "test_ppl": test, "reference_test_ppl": reference,
+                             "tokens_per_s": 1.0, "cpu_model": "test CPU", "git_commit": "abc"})
+    longer = open(write_markdown(str(results / "oracle-6ep.csv"))).read()
+    premise = [line for line in longer.split("## The premise")[1].splitlines() if line.startswith("| vq-K1024")]
+    assert len(premise) == 1 and premise[0].startswith("| vq-K1024-on-softmax-6ep ")
+    cells = [c.strip() for c in premise[0].split("|")[1:-1]]
+    assert cells[4:7] == ["115.0", "117.0", "%.3f (single seed)" % (115 / 117)] and cells[7] == ""
+    assert "| vq-K1024 " not in longer.split("## The premise")[0]  # no joint run of the plan's budget pairs
+    own = open(write_markdown(str(results / "oracle.csv"))).read()
+    premise = [line for line in own.split("## The premise")[1].splitlines() if line.startswith("| vq-K1024")]
+    assert len(premise) == 1 and premise[0].startswith("| vq-K1024 ") and "| 140.0 " in premise[0]
+    sections = build_report(str(tmp_path)).split("### The oracle estimate: ")[1:]
+    assert [s.split("\n")[0] for s in sections] == [
+        "2-layer LSTM, word-level WikiText-2 V=33,278",
+        "2-layer LSTM, word-level WikiText-2 V=33,278 (from joint-softmax-6ep-s0, trained longer than the plan's runs)"]
+    assert "codebook factor" in sections[0] and "codebook factor" not in sections[1]

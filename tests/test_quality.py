@@ -658,7 +658,7 @@ def test_the_reference_trained_longer_gives_its_setting_a_reference_perplexity(t
                  last_epoch_gain=0.021, stop="epochs: the budget of 6 epochs")
     quality.write_tables(plan, runs_dir, str(tmp_path / "quality"), "plan.json")
     claims = [line for line in build_report(str(tmp_path)).splitlines() if line.startswith("| perplexity")]
-    reference = [line for line in claims if "reference perplexity" in line]
+    reference = [line for line in claims if line.startswith("| perplexity, reference | none |")]
     assert len(reference) == 1 and ("the same softmax trained 6 epochs (softmax-6ep, 1 seed): test ppl 92.0, x0.920 "
                                     "of softmax's at 3 epochs (paired by seed); its last epoch gained 2.1%, short of "
                                     "the plateau too") in reference[0]

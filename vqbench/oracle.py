@@ -529,12 +529,24 @@ def premise_markdown(oracle_rows: List[dict], premise: List[dict], variants: Lis
     return table + "\n\n" + " ".join(said)
 
 
-def setting_inputs(oracle_csv: str, variants: List[dict]) -> Tuple[List[dict], List[str], List[dict], List[dict]]:
-    """(oracle rows, the settings of their softmax models, the quality variants of those settings, the rows of
-    premise.csv beside oracle_csv): what one oracle file is set against, never another track's runs."""
-    from vqbench.reporting.quality_stats import setting
+def longer_bodies(oracle_rows: List[dict], quality_rows: List[dict]) -> List[str]:
+    """The run folders of the oracle rows' softmax models that are quality.csv runs of group reference-long:
+    bodies trained longer than the plan's runs, whose estimate no jointly trained run of the plan pairs with."""
+    from vqbench.reporting.quality_stats import REFERENCE_LONG_GROUP
+    longer = {r["run"] for r in quality_rows or () if r.get("group") == REFERENCE_LONG_GROUP}
+    return sorted({model_run(r["model"]) for r in oracle_rows} & longer)
+
+
+def setting_inputs(oracle_csv: str, quality_rows: List[dict], reference: str = "softmax"
+                   ) -> Tuple[List[dict], List[str], List[dict], List[dict]]:
+    """(oracle rows, the settings of their softmax models, the quality variants (typed quality.csv rows
+    aggregated against ``reference``) of those settings that pair with them, the rows of premise.csv beside
+    oracle_csv): what one oracle file is set against, never another track's runs, and no jointly trained run
+    where the softmax models were trained longer than it (their estimate pairs with frozen heads only)."""
+    from vqbench.reporting.quality_stats import aggregate, setting
     rows = read_rows(oracle_csv)
     settings = sorted({setting(r) for r in rows})
+    variants = [] if longer_bodies(rows, quality_rows) else aggregate(quality_rows or [], reference)
     premise_csv = os.path.join(os.path.dirname(oracle_csv), "premise.csv")
     premise = read_premise(premise_csv) if os.path.exists(premise_csv) else []
     return rows, settings, [v for v in variants if v["setting"] in settings], premise
@@ -544,13 +556,13 @@ def write_markdown(oracle_csv: str, quality_csv: str = None) -> str:
     """oracle.md beside oracle_csv, rendered from it and from quality_csv (default: quality.csv beside it,
     when there): a view of the two files, rewritten whenever either changes (`python -m vqbench.quality
     table` does). Returns the path written."""
-    from vqbench.reporting.quality_stats import aggregate, typed_quality_row
+    from vqbench.reporting.quality_stats import typed_quality_row
     quality_csv = quality_csv or os.path.join(os.path.dirname(oracle_csv), "quality.csv")
-    variants = []
+    quality = []
     if os.path.exists(quality_csv):
         with open(quality_csv, newline="") as f:
-            variants = aggregate([typed_quality_row(r) for r in csv.DictReader(f)], "softmax")
-    rows, settings, variants, premise = setting_inputs(oracle_csv, variants)
+            quality = [typed_quality_row(r) for r in csv.DictReader(f)]
+    rows, settings, variants, premise = setting_inputs(oracle_csv, quality)
     models = {(r["model_seed"], r["model"]): r["softmax_ppl"] for r in rows}
     estimate = tabulate(estimate_rows(rows), headers=[
         "mapping", "K", "softmax models", "oracle ppl (1/n)", "oracle / softmax (1/n)",

@@ -47,8 +47,8 @@ from tabulate import tabulate
 from vqbench.measuring import shards
 from vqbench.results import path_component_problem
 from vqbench.train import TrainConfig, log_records
-from vqbench.reporting.quality_stats import (LSTM_TRACK, _pm, aggregate, describe_body, describe_vocabulary,
-                                             markdown_table, mean_std, ratio_cell, setting, t_interval,
+from vqbench.reporting.quality_stats import (LSTM_TRACK, REFERENCE_LONG_GROUP, _pm, aggregate, describe_body,
+                                             describe_vocabulary, markdown_table, mean_std, ratio_cell, setting, t_interval,
                                              t_quantile, typed_quality_row, variant_summary)
 
 DEFAULT_PLAN = os.path.join("configs", "quality.json")
@@ -81,7 +81,7 @@ class PlannedRun:
     epochs: int
     track: str = ""
     variant: str = ""  # the plan entry's name: a sweep run's variant is the one it chooses a rate for
-    body_run: str = ""  # a frozen run's trained body: the reference run folder whose best.pt it loads
+    body_run: str = ""  # a frozen run's trained body: the (softmax) run folder whose best.pt it loads
 
     def wanted(self, only) -> bool:
         """True when ``only`` (run folders or variant names; empty: all) selects this run."""
@@ -171,8 +171,11 @@ class Plan:
 
     @property
     def run_pattern(self) -> str:
-        """The folder names of the plan's runs, as a glob: PlannedRun.run with any variant and seed."""
-        return f"{self.protocol}-{self.track + '-' if self.track else ''}*"
+        """The folder names of the plan's runs, as globs: PlannedRun.run with any variant and seed (a plan
+        without a track shares its glob with the other trackless plans)."""
+        prefix = self.track + "-" if self.track else ""
+        frozen = f", frozen-{prefix}* for its heads on frozen bodies" if self.premise else ""
+        return f"{self.protocol}-{prefix}*{frozen}"
 
     def planned(self, entry: dict, seed: int, lr: str = "") -> PlannedRun:
         """Seed ``seed`` of ``entry``, trained at ``lr`` (its swept rate) when given."""
@@ -454,7 +457,7 @@ def table_rows(plan: Plan, runs_dir: str) -> List[dict]:
 
 
 def premise_rows(plan: Plan, runs_dir: str) -> List[dict]:
-    """One row per finished frozen-body run of ``plan``, with its body's (the reference run's) test perplexity."""
+    """One row per finished frozen-body run of ``plan``, with its body's (the softmax run's) test perplexity."""
     from vqbench.heads.registry import parse_spec
     rows = []
     for run in (r for r in plan.runs(runs_dir) if r.group == PREMISE_GROUP):
@@ -706,8 +709,9 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str, mo
     for index, where in enumerate(settings):  # one figure per setting: ratios are to that setting's softmax
         first = [v for v in summary if v["setting"] == where][0]
         name = "pareto.png" if index == 0 else f"pareto-{first['body']}-{first['vocabulary']}.png"
-        plot_quality_pareto([v for v in summary if v["setting"] == where], os.path.join(results_dir, name),
-                            sources=[os.path.join(results_dir, "quality.csv")])
+        # a reference trained longer than the budget is no point of an equal-budget frontier
+        plot_quality_pareto([v for v in summary if v["setting"] == where and v["group"] != REFERENCE_LONG_GROUP],
+                            os.path.join(results_dir, name), sources=[os.path.join(results_dir, "quality.csv")])
     commands = "\n".join(" ".join(r.command(runs_dir, "$VQBENCH_CHECKPOINTS", p.common))
                          for p, _ in plans for r in p.runs(runs_dir))
     unfinished = [progress(runs_dir, r.run) for p, _ in plans for r in p.runs(runs_dir)

@@ -221,6 +221,8 @@ def claims_table(headline, sweep, quality, reference="softmax", paper="vq-K1024"
     claims = quality_claims(quality, reference, paper)
     for row in claims:
         lines.append(f"| perplexity | +4% over softmax | {row} | results/quality/quality.csv |")
+    for row in reference_claims(quality, reference):
+        lines.append(f"| perplexity, reference | none | {row} | results/quality/quality.csv |")
     if not claims:
         missing = (f"no finished {reference} run to take ratios against" if quality
                    else "no finished quality runs")
@@ -340,15 +342,29 @@ def setting_claims(variants: dict, soft: dict, paper: str) -> list:
         budget = "/".join(dict.fromkeys(soft["epochs"].split("/")))
         out = [f"{line}; at an equal budget of {budget} epochs, short of softmax's validation plateau (its last "
                f"epoch still gained up to {100 * soft['last_epoch_gain']:.1f}%): no verdict on the +4%" for line in out]
-    longer = next((v for v in variants.values() if v["group"] == REFERENCE_LONG_GROUP), None)
-    if longer is not None and not math.isnan(longer["ratio_mean"]):  # how far the budget stops short of it
-        gain = longer["last_epoch_gain"]
-        seeds = f"{longer['seeds']} seeds" if longer["seeds"] > 1 else "1 seed"
-        out.append(f"reference perplexity, the same softmax trained {longer['epochs']} epochs ({longer['name']}, "
-                   f"{seeds}): test ppl {_pm(longer['test_mean'], longer['test_std'], 1)}, x{longer['ratio_mean']:.3f} "
-                   f"of softmax's at {'/'.join(dict.fromkeys(soft['epochs'].split('/')))} epochs (paired by seed); "
-                   f"its last epoch gained {100 * gain:.1f}%"
-                   + (", short of the plateau too" if gain > PLATEAU else ", within the plateau rule's threshold"))
+    return out
+
+
+def reference_claims(quality, reference="softmax") -> list:
+    """Per setting, each variant of group reference-long (the setting's reference trained longer): its test
+    perplexity, its ratio to the reference of the same seed at the setting's budget, and whether its own last
+    epoch reached the plateau: how far that budget stops short of the reference perplexity."""
+    settings = {}
+    for v in aggregate(quality, reference) if quality else []:
+        settings.setdefault(v["setting"], {})[v["name"]] = v
+    out = []
+    for where, variants in settings.items():
+        soft = variants.get(reference)
+        for longer in (v for v in variants.values() if v["group"] == REFERENCE_LONG_GROUP):
+            if soft is None or math.isnan(longer["ratio_mean"]):
+                continue
+            gain = longer["last_epoch_gain"]
+            seeds = f"{longer['seeds']} seeds" if longer["seeds"] > 1 else "1 seed"
+            out.append(f"{where}; the same softmax trained {longer['epochs']} epochs ({longer['name']}, {seeds}): "
+                       f"test ppl {_pm(longer['test_mean'], longer['test_std'], 1)}, x{longer['ratio_mean']:.3f} of "
+                       f"{reference}'s at {'/'.join(dict.fromkeys(soft['epochs'].split('/')))} epochs (paired by "
+                       f"seed); its last epoch gained {100 * gain:.1f}%"
+                       + (", short of the plateau too" if gain > PLATEAU else ", within the plateau rule's threshold"))
     return out
 
 
@@ -368,14 +384,17 @@ def oracle_section(oracle_csv, quality, reference="softmax"):
     """REPORT lines on the oracle estimate of one setting (the softmax models scored in oracle_csv): what a VQ
     head would reach from a trained softmax model's own code probabilities, each measured VQ gap split into the
     mapping's and the codebook's factor, and the estimate's premise tested by heads trained on frozen bodies."""
-    from vqbench.oracle import estimate_summary, gap_markdown, premise_markdown, setting_inputs, target_verdict
-    rows, settings, variants, premise = setting_inputs(oracle_csv, aggregate(quality, reference))
+    from vqbench.oracle import (estimate_summary, gap_markdown, longer_bodies, premise_markdown, setting_inputs,
+                                target_verdict)
+    rows, settings, variants, premise = setting_inputs(oracle_csv, quality, reference)
     vocab = max(int(r["vocabulary"].rpartition("-")[2]) for r in rows)
     # a K x d codebook has K/V of softmax's V x d output parameters
     max_K = math.floor((1 - PAPER_FEWER_PARAMS) * vocab)
     verdict = target_verdict(rows, variants, max_K)
     name = os.path.basename(oracle_csv)
-    return [f"### The oracle estimate: {'; '.join(settings)}", "",
+    longer = longer_bodies(rows, quality)
+    return [f"### The oracle estimate: {'; '.join(settings)}"
+            + (f" (from {', '.join(longer)}, trained longer than the plan's runs)" if longer else ""), "",
             f"From `results/quality/{name}` (`python -m vqbench.oracle`; every mapping and K in "
             f"`results/quality/{name[:-4]}.md`): the test perplexity ratio to softmax that a VQ head would reach if its "
             "code probabilities were exactly a trained softmax model's: an estimate of what the mapping alone "
