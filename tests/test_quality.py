@@ -317,6 +317,57 @@ def test_the_transformer_plan_holds_the_issues_runs_at_their_parameter_targets()
     assert train_cfg.body == "gpt" and train_cfg.d_model % train_cfg.heads == 0
 
 
+def test_the_plateau_plan_trains_the_transformer_plans_main_variants_by_its_rule_at_their_swept_rates():
+    """The same body, flags and heads as the transformer plan, each variant at the rate that plan's sweep chose
+    (the same sweep for every head), three seeds of each named variant, and the plateau rule in place of the
+    cosine budget: a rate held after warm-up, divided by 4 after an epoch gaining < 1%, stopped after two."""
+    plan, budget = quality.Plan(quality.PLATEAU_PLAN), quality.Plan(quality.TRANSFORMER_PLAN)
+    flags, budget_flags = dict(zip(plan.common[::2], plan.common[1::2])), dict(zip(budget.common[::2], budget.common[1::2]))
+    schedule = {"--cosine-epochs": "0", "--lr-decay": "4", "--checkpoint-every": "100"}
+    assert {k: v for k, v in flags.items() if k not in schedule} == {
+        k: v for k, v in budget_flags.items() if k not in schedule and k != "--lr"}
+    assert {k: flags[k] for k in schedule} == schedule and "--lr" not in flags and plan.epochs == 20
+    assert plan.schedule == "to the validation plateau" and plan.track not in ("", budget.track)
+    runs_dir = os.path.join(quality.DEFAULT_RESULTS, "runs")
+    same = {e["name"]: e for e in budget.entries}
+    assert [e["group"] for e in plan.entries] == ["reference", "tied", "paper", "vq", "other"]
+    for entry in plan.entries:
+        twin = same[entry["name"]]
+        assert entry["head"] == twin["head"] and entry["seeds"] == [0, 1, 2], entry["name"]
+        lr = entry["flags"][entry["flags"].index("--lr") + 1]
+        assert lr == budget.chosen_lr(twin, runs_dir), entry["name"]
+        assert [f for f in entry["flags"] if f not in ("--lr", lr)] == twin.get("flags", []), entry["name"]
+    train_cfg = __import__("vqbench.train", fromlist=["parse_args"]).parse_args(
+        list(plan.common) + ["--head", "softmax", "--out", "x"])
+    assert (train_cfg.plateau, train_cfg.patience, train_cfg.cosine_epochs) == (0.01, 2, 0)
+
+
+def test_a_plans_schedule_is_part_of_its_rows_setting(plan, tmp_path):
+    """Two plans on the same body and vocabulary, one trained to the plateau: each variant pairs with its own
+    schedule's reference, the table says the schedule, and each setting gets its own Pareto figure."""
+    runs_dir = str(tmp_path / "results" / "runs")
+    long_plan = tmp_path / "plateau.json"
+    long_plan.write_text(json.dumps({**PLAN, "track": "plateau", "schedule": "to the validation plateau",
+                                     "best_seeds": {}, "runs": PLAN["runs"][:2]}))
+    for seed in (0, 1):
+        fake_summary(runs_dir, f"joint-softmax-s{seed}", valid=110, test=100.0, seed=seed, params=6_000_000)
+        fake_summary(runs_dir, f"joint-vq-K1024-s{seed}", valid=150, test=150.0, seed=seed, params=200_000)
+        fake_summary(runs_dir, f"joint-plateau-softmax-s{seed}", valid=90, test=80.0, seed=seed, params=6_000_000)
+        fake_summary(runs_dir, f"joint-plateau-vq-K1024-s{seed}", valid=95, test=84.0, seed=seed, params=200_000)
+    more = [(quality.Plan(str(long_plan)), "plateau.json")]
+    quality.write_tables(plan, runs_dir, str(tmp_path / "results"), "plan.json", more)
+    with open(tmp_path / "results" / "quality.csv") as f:
+        rows = [quality.typed_quality_row(r) for r in csv.DictReader(f)]
+    assert {r["run"]: r["schedule"] for r in rows}["joint-plateau-vq-K1024-s1"] == "to the validation plateau"
+    by = {(v["setting"], v["name"]): v for v in quality.aggregate(rows, "softmax")}
+    plateau = "2-layer LSTM, word-level WikiText-2 V=33,278, to the validation plateau"
+    assert by[(plateau, "vq-K1024")]["ratio_mean"] == pytest.approx(1.05)  # 84/80, not 84/100
+    assert by[("2-layer LSTM, word-level WikiText-2 V=33,278", "vq-K1024")]["ratio_mean"] == pytest.approx(1.5)
+    text = (tmp_path / "results" / "quality.md").read_text()
+    assert "| lstm, word-33278, to the validation plateau | vq-K1024" in text.replace("  ", " ").replace("  ", " ")
+    assert os.path.getsize(tmp_path / "results" / "pareto-lstm-word-33278-to-the-validation-plateau.png") > 1000
+
+
 def test_tracks_get_their_own_rows_settings_and_reference(plan, tmp_path):
     runs_dir = str(tmp_path / "results" / "runs")
     gpt_plan = tmp_path / "gpt.json"

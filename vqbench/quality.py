@@ -33,6 +33,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -53,17 +54,19 @@ from vqbench.reporting.quality_stats import (LSTM_TRACK, REFERENCE_LONG_GROUP, _
 
 DEFAULT_PLAN = os.path.join("configs", "quality.json")
 TRANSFORMER_PLAN = os.path.join("configs", "quality-transformer.json")
+# the transformer track's main variants trained to the validation plateau (the verdict on the paper's +4% needs it)
+PLATEAU_PLAN = os.path.join("configs", "quality-transformer-plateau.json")
 # each track's softmax trained again with VQ heads on its frozen bodies, for the estimate's premise
 PREMISE_PLANS = (os.path.join("configs", "premise-lstm.json"), os.path.join("configs", "premise-transformer.json"))
 DEFAULT_RESULTS = os.path.join("results", "quality")
 SWEEP_GROUP = "lr-sweep"  # the group of a plan's learning-rate sweep runs: never a row of quality.csv
 PREMISE_GROUP = "premise"  # the group of a plan's frozen-body runs (the oracle's premise): never a quality.csv row
-PREMISE_COLUMNS = ["track", "body", "vocabulary", "name", "head", "mapping", "K", "seed", "run", "body_run",
+PREMISE_COLUMNS = ["track", "body", "vocabulary", "schedule", "name", "head", "mapping", "K", "seed", "run", "body_run",
                    "epochs", "best_epoch", "stop", "valid_ppl", "test_ppl", "reference_test_ppl", "tokens_per_s",
                    "device", "cpu_model", "git_commit"]
 SWEEP_COLUMNS = ["track", "name", "head", "lr", "valid_ppl", "chosen", "epochs", "train_tokens", "tokens_per_s",
                  "run", "device", "cpu_model", "git_commit"]
-CSV_COLUMNS = ["run", "name", "head", "mapping", "body", "vocabulary", "protocol", "seed", "group", "epochs",
+CSV_COLUMNS = ["run", "name", "head", "mapping", "body", "vocabulary", "schedule", "protocol", "seed", "group", "epochs",
                "best_epoch", "stop", "valid_ppl", "test_ppl", "last_epoch_gain", "output_params", "total_params",
                "shared_params", "within_code_ppl_factor", "tokens_per_s", "output_share", "threads", "precision",
                "autocast", "device", "cpu_model", "git_commit", "varies"]
@@ -119,6 +122,9 @@ class Plan:
             self.protocol = data.get("protocol", "joint")
             self.track = str(data.get("track", ""))  # prefixes run folders: tracks share one runs folder
             self.description = str(data.get("description", ""))
+            # a phrase naming the schedule where it differs from the track's usual budget ("to the validation
+            # plateau"): part of every row's setting, so that its runs pair only with their own reference
+            self.schedule = str(data.get("schedule", ""))
             self.common = tuple(data.get("common_flags", ()))
             self.epochs = data.get("epochs", TrainConfig.epochs)
             self.first = tuple(data.get("first", ()))
@@ -444,7 +450,7 @@ def table_rows(plan: Plan, runs_dir: str) -> List[dict]:
         rows.append({"run": run.run, "name": run.name, "head": run.head,
                      "mapping": vq_mapping(run.head, s.get("config", {})),
                      "body": s.get("body") or LSTM_TRACK[0], "vocabulary": s.get("vocabulary") or LSTM_TRACK[1],
-                     "protocol": run.protocol,
+                     "schedule": plan.schedule, "protocol": run.protocol,
                      "seed": run.seed, "group": run.group, "epochs": s["epochs"], "best_epoch": s["best_epoch"],
                      "stop": s["stop"], "valid_ppl": s["valid_ppl"], "test_ppl": s["test_ppl"],
                      "last_epoch_gain": s["last_epoch_gain"], "output_params": s["output_params"],
@@ -465,7 +471,8 @@ def premise_rows(plan: Plan, runs_dir: str) -> List[dict]:
         if not finished(s, run.epochs):
             continue
         rows.append({"track": plan.track, "body": s.get("body") or LSTM_TRACK[0],
-                     "vocabulary": s.get("vocabulary") or LSTM_TRACK[1], "name": run.name, "head": run.head,
+                     "vocabulary": s.get("vocabulary") or LSTM_TRACK[1], "schedule": plan.schedule,
+                     "name": run.name, "head": run.head,
                      "mapping": vq_mapping(run.head, s.get("config", {})), "K": parse_spec(run.head)[1]["K"],
                      "seed": run.seed, "run": run.run, "body_run": run.body_run, "epochs": s["epochs"],
                      "best_epoch": s["best_epoch"], "stop": s["stop"], "valid_ppl": s["valid_ppl"],
@@ -708,7 +715,9 @@ def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str, mo
     settings = list(dict.fromkeys(v["setting"] for v in summary))
     for index, where in enumerate(settings):  # one figure per setting: ratios are to that setting's softmax
         first = [v for v in summary if v["setting"] == where][0]
-        name = "pareto.png" if index == 0 else f"pareto-{first['body']}-{first['vocabulary']}.png"
+        schedule = re.sub(r"[^A-Za-z0-9_]+", "-", first["schedule"]).strip("-")
+        name = ("pareto.png" if index == 0 else
+                f"pareto-{first['body']}-{first['vocabulary']}{'-' + schedule if schedule else ''}.png")
         # a reference trained longer than the budget is no point of an equal-budget frontier
         plot_quality_pareto([v for v in summary if v["setting"] == where and v["group"] != REFERENCE_LONG_GROUP],
                             os.path.join(results_dir, name), sources=[os.path.join(results_dir, "quality.csv")])
@@ -770,9 +779,10 @@ Commands (in queue order):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vqbench.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=["plan", "run", "table"])
-    p.add_argument("--plan", nargs="+", default=[DEFAULT_PLAN, TRANSFORMER_PLAN, *PREMISE_PLANS],
-                   help=f"plan files (default {' '.join([DEFAULT_PLAN, TRANSFORMER_PLAN, *PREMISE_PLANS])}); table reads "
-                        "them all, plan and run go through them in order")
+    plans = [DEFAULT_PLAN, TRANSFORMER_PLAN, PLATEAU_PLAN, *PREMISE_PLANS]
+    p.add_argument("--plan", nargs="+", default=plans,
+                   help=f"plan files (default {' '.join(plans)}); table reads them all, plan and run go through "
+                        "them in order")
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default {DEFAULT_RESULTS})")
     p.add_argument("--checkpoints", help="checkpoint folder (default $VQBENCH_CHECKPOINTS, else the runs folder)")
     p.add_argument("--lanes", type=int, default=2, help="runs at once, one core each (default 2)")

@@ -36,9 +36,11 @@ def describe_vocabulary(vocabulary: str) -> str:
 
 
 def setting(row: dict) -> str:
-    """The setting a quality row or variant was measured in: body, vocabulary and corpus."""
+    """The setting a quality row or variant was measured in: body, vocabulary and corpus, and the schedule
+    where its plan names one (a plan's usual budget names none)."""
     body, vocabulary = row.get("body") or LSTM_TRACK[0], row.get("vocabulary") or LSTM_TRACK[1]
-    return f"{describe_body(body)}, {describe_vocabulary(vocabulary)}"
+    schedule = row.get("schedule") or ""
+    return f"{describe_body(body)}, {describe_vocabulary(vocabulary)}" + (f", {schedule}" if schedule else "")
 
 
 def typed_quality_row(row: dict) -> dict:
@@ -94,9 +96,9 @@ def t_interval(values: List[float], level: float = 0.95) -> Tuple[float, float]:
 
 
 def aggregate(rows: List[dict], reference: str) -> List[dict]:
-    """Per variant of each setting (body, vocabulary): test/valid perplexity mean and std over seeds, and the
-    ratio to the setting's own reference paired by seed (the same seed gives both the same initialisation
-    of the body, dropout stream and data order); settings in first-seen order."""
+    """Per variant of each setting (body, vocabulary, schedule): test/valid perplexity mean and std over seeds,
+    and the ratio to the setting's own reference paired by seed (the same seed gives both the same
+    initialisation of the body, dropout stream and data order); settings in first-seen order."""
     by_setting: Dict[str, Dict[str, List[dict]]] = {}
     for r in rows:
         by_setting.setdefault(setting(r), {}).setdefault(r["name"], []).append(r)
@@ -132,7 +134,7 @@ def variant_summary(name: str, group: List[dict], reference_rows: List[dict], ti
     params = group[0]["output_params"]
     return {**ratio, **tied, "name": name, "head": group[0]["head"], "mapping": group[0].get("mapping", ""),
             "setting": setting(group[0]), "body": group[0].get("body") or LSTM_TRACK[0],
-            "vocabulary": group[0].get("vocabulary") or LSTM_TRACK[1],
+            "vocabulary": group[0].get("vocabulary") or LSTM_TRACK[1], "schedule": group[0].get("schedule") or "",
             "group": group[0]["group"], "seeds": len(group),
             "test_mean": test_mean, "test_std": test_std, "valid_mean": valid_mean, "valid_std": valid_std,
             "output_params": params, "fewer_params": 1 - params / ref_params if ref_params else math.nan,
@@ -160,7 +162,7 @@ def ratio_cell(variant: dict, prefix: str = "") -> str:
 def markdown_table(summary: List[dict]) -> str:
     headers = ["body, vocabulary", "variant", "head", "mapping", "seeds", "test ppl", "valid ppl",
                "test ppl / softmax", "test ppl / tied softmax", "output params", "fewer params", "epochs", "max last-epoch gain", "varies"]
-    body = [[f"{s['body']}, {s['vocabulary']}", s["name"], s["head"], s["mapping"],
+    body = [[f"{s['body']}, {s['vocabulary']}" + (f", {s['schedule']}" if s["schedule"] else ""), s["name"], s["head"], s["mapping"],
              s["seeds"] if s["seeds"] > 1 else "1 (single seed)",
              _pm(s["test_mean"], s["test_std"], 1), _pm(s["valid_mean"], s["valid_std"], 1),
              ratio_cell(s), ratio_cell(s, "tied_"), f"{s['output_params']:,}",
