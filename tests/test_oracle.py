@@ -460,3 +460,38 @@ def test_an_estimate_from_a_body_trained_longer_pairs_only_with_the_heads_on_tha
         "2-layer LSTM, word-level WikiText-2 V=33,278",
         "2-layer LSTM, word-level WikiText-2 V=33,278 (from joint-softmax-6ep-s0, trained longer than the plan's runs)"]
     assert "codebook factor" in sections[0] and "codebook factor" not in sections[1]
+
+
+def test_an_estimate_from_a_body_of_another_schedule_pairs_with_that_schedules_runs(tmp_path):
+    """Oracle rows carry no schedule: they take their softmax model's (its quality.csv row), so an estimate from
+    a body trained to the plateau sits in that setting and splits the gaps of that schedule's VQ runs only."""
+    import csv
+
+    from vqbench import quality
+    from vqbench.oracle import COLUMNS, write_markdown
+
+    results = tmp_path / "quality"
+    results.mkdir()
+    with open(results / "oracle-plateau.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerow({"model": "ck/joint-plateau-softmax-s0/best.pt", "model_seed": 0, "mapping": "frequency",
+                         "K": 1024, "softmax_ppl": 80.0, "oracle_ppl": 88.0, "oracle_ratio": 1.1,
+                         "oracle_unigram_ppl": 88.0, "oracle_unigram_ratio": 1.1, "within_code_ppl_factor": 3.0,
+                         "exact_rows": 600, "exact_share": 0.7, "test_tokens": 1000, "cpu_model": "test CPU",
+                         "git_commit": "abc"})
+    with open(results / "quality.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=quality.CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for run, name, schedule, test in (("joint-softmax-s0", "softmax", "", 100.0),
+                                          ("joint-vq-K1024-s0", "vq-K1024", "", 150.0),
+                                          ("joint-plateau-softmax-s0", "softmax", "to the validation plateau", 80.0),
+                                          ("joint-plateau-vq-K1024-s0", "vq-K1024", "to the validation plateau", 96.0)):
+            writer.writerow({"run": run, "name": name, "head": "vq:K=1024" if "vq" in name else "softmax",
+                             "mapping": "frequency" if "vq" in name else "", "schedule": schedule,
+                             "protocol": "joint", "seed": 0, "group": "paper" if "vq" in name else "reference",
+                             "epochs": 3, "best_epoch": 3, "stop": "epochs", "valid_ppl": test, "test_ppl": test,
+                             "last_epoch_gain": 0.01, "output_params": 1000, "tokens_per_s": 1.0})
+    text = open(write_markdown(str(results / "oracle-plateau.csv"))).read()
+    assert "Setting: 2-layer LSTM, word-level WikiText-2 V=33,278, to the validation plateau." in text
+    assert "1.200" in text and "1.500" not in text  # measured 96/80, never 150/100

@@ -545,6 +545,9 @@ def setting_inputs(oracle_csv: str, quality_rows: List[dict], reference: str = "
     where the softmax models were trained longer than it (their estimate pairs with frozen heads only)."""
     from vqbench.reporting.quality_stats import aggregate, setting
     rows = read_rows(oracle_csv)
+    schedules = {q["run"]: q.get("schedule") or "" for q in quality_rows or ()}
+    for r in rows:  # an oracle row's setting is its softmax model's, schedule included (from that run's row)
+        r["schedule"] = schedules.get(model_run(r["model"]), "")
     settings = sorted({setting(r) for r in rows})
     variants = [] if longer_bodies(rows, quality_rows) else aggregate(quality_rows or [], reference)
     premise_csv = os.path.join(os.path.dirname(oracle_csv), "premise.csv")
