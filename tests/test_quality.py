@@ -584,6 +584,31 @@ def test_lanes_take_runs_of_every_plan_so_none_idles_while_one_plan_has_a_single
     assert sorted(started) == ["joint-gpt-softmax-s0", "joint-softmax-s0"] and most[0] == 2
 
 
+def test_a_runner_with_a_stop_time_passes_it_to_each_run_and_starts_none_after_it(plan, tmp_path, monkeypatch):
+    """--stop-at reaches every run's command (each stops at its first checkpoint after it), and once the time
+    has passed no lane takes another run; a time that is no time is refused naming the flag."""
+    import datetime
+    runs_dir, checkpoints = str(tmp_path / "runs"), str(tmp_path / "ck")
+    commands = []
+
+    class FakeRun:
+        def __init__(self, command, **kwargs):
+            commands.append(command)
+
+        def wait(self):
+            return 0  # a run stopped at the time exits 0 without a summary
+
+    monkeypatch.setattr(quality.subprocess, "Popen", FakeRun)
+    soon = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1)).isoformat()
+    quality.run_all(plan, runs_dir, checkpoints, lanes=1, poll_s=0.01, stop_at=soon)
+    assert commands and all(c[-2:] == ["--stop-at", soon] for c in commands)
+    commands.clear()
+    quality.run_all(plan, runs_dir, checkpoints, lanes=2, poll_s=0.01, stop_at="2000-01-01T00:00")
+    assert commands == []
+    with pytest.raises(SystemExit):
+        quality.main(["run", "--plan", str(tmp_path / "plan.json"), "--stop-at", "tea time"])
+
+
 def test_an_interrupted_runner_ends_its_runs_and_starts_no_more(plan, tmp_path, monkeypatch):
     """A time limit's SIGINT reaches the runner while its lanes train: each running child is ended, no lane
     takes another run, and the interrupt goes on to the caller (python -m vqbench.quality says so in one line)."""

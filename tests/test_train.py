@@ -295,3 +295,25 @@ def test_each_epoch_records_the_training_seconds_so_far_across_resumes(tmp_path)
     assert first["history"][0]["train_seconds"] == one > 0
     assert two > one  # the resumed invocation adds its own steps' seconds, it does not start from zero
     assert two < wall  # evaluation, checkpoints and start-up are not training time
+
+
+def test_a_run_past_its_stop_time_stops_at_a_checkpoint_and_resumes_exactly(tmp_path):
+    """--stop-at in the past: the run stops at its first checkpoint (step 5), writes no summary, logs the stop;
+    --resume without it continues to the same losses as a run never stopped."""
+    straight = str(tmp_path / "straight")
+    train.train(train.parse_args(TINY + ["--steps", "15", "--out", straight]))
+    out = str(tmp_path / "run")
+    assert train.train(train.parse_args(TINY + ["--steps", "15", "--out", out, "--stop-at", "2000-01-01T00:00"])) == {}
+    assert not os.path.exists(os.path.join(out, "summary.json"))
+    assert [r["step"] for r in records(out) if "loss" in r] == [5]
+    assert any(r.get("stopped_at") == "2000-01-01T00:00" for r in records(out))
+    summary = train.train(train.parse_args(TINY + ["--steps", "15", "--out", out, "--resume",
+                                                   "--stop-at", "2999-01-01T00:00+00:00"]))
+    assert losses(out) == pytest.approx(losses(straight), rel=1e-6)
+    assert [(i["from_step"], i["to_step"]) for i in summary["invocations"]] == [(0, 5), (5, 15)]
+
+
+def test_a_stop_time_that_is_no_time_is_refused_naming_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(TINY + ["--out", "x", "--stop-at", "tomorrow"])
+    assert "--stop-at: expected an ISO 8601 time" in capsys.readouterr().err

@@ -377,18 +377,22 @@ def next_of(plans: List[Plan], runs_dir: str, checkpoints: str, taken=(), only=N
     return (started or waiting or [(None, None)])[0]
 
 
-def run_all(plans, runs_dir: str, checkpoints: str, lanes: int, only=None, poll_s: float = 10.0) -> None:
+def run_all(plans, runs_dir: str, checkpoints: str, lanes: int, only=None, poll_s: float = 10.0,
+            stop_at: str = "") -> None:
     """Run the unfinished runs of ``plans`` (a Plan or a list of them) on ``lanes`` lanes (pinned to a core
     each with taskset), each lane taking the next run of any plan (``next_of``) when it is free, so that a plan
     with fewer runs than lanes leaves none idle. A lane with nothing to take waits while another lane runs,
-    since a run that ends may decide more (a swept rate, the best seeds)."""
+    since a run that ends may decide more (a swept rate, the best seeds). With ``stop_at`` (vqbench.train's
+    --stop-at), each run stops at its first checkpoint after that time and no lane takes a run after it."""
+    from vqbench.train import stop_time
+    deadline = stop_time(stop_at)
     plans = [plans] if isinstance(plans, Plan) else list(plans)
     pin = lanes > 1 and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= lanes
     lock, failures, taken, running = threading.Lock(), [], set(), set()
     stop, children = threading.Event(), {}  # an interrupt: no lane takes another run, each child is ended
 
     def next_run(index):
-        while not stop.is_set():
+        while not stop.is_set() and (deadline is None or time.time() < deadline):
             with lock:
                 running.discard(index)
                 plan, run = next_of(plans, runs_dir, checkpoints, taken, only)
@@ -406,6 +410,7 @@ def run_all(plans, runs_dir: str, checkpoints: str, lanes: int, only=None, poll_
             plan, run = picked
             command = run.command(runs_dir, checkpoints, plan.common)
             command = (["taskset", "-c", str(index)] if pin else []) + [sys.executable] + command[1:]
+            command += ["--stop-at", stop_at] if stop_at else []
             print(" ".join(command), flush=True)
             os.makedirs(os.path.join(runs_dir, run.run), exist_ok=True)
             with open(os.path.join(checkpoints, f"{run.run}.stdout.log"), "a") as log:
@@ -788,6 +793,9 @@ def main(argv=None) -> int:
     p.add_argument("--lanes", type=int, default=2, help="runs at once, one core each (default 2)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or variants (by name)")
     shards.add_executor_flags(p, None, exclusive=False)  # --executor: each run a submitit job (vqbench.measuring.shards)
+    p.add_argument("--stop-at", default="", metavar="TIME",
+                   help="run: each run stops at its first checkpoint after TIME (ISO 8601, UTC unless it names a "
+                        "zone) and no run starts after it; the next `run` resumes them")
     p.add_argument("--device", default="cpu",
                    help="where each run trains (vqbench.train --device; default cpu): a run may resume elsewhere")
     args = p.parse_args(argv)
@@ -796,6 +804,13 @@ def main(argv=None) -> int:
     shards.check_executor_args(p, args, submits=args.action == "run" and bool(args.executor))
     if args.no_wait and not args.executor:
         p.error("--no-wait: only with --executor")
+    if args.stop_at and args.executor:
+        p.error("--stop-at: only for runs on this machine's lanes, not with --executor")
+    from vqbench.train import stop_time
+    try:
+        stop_time(args.stop_at)
+    except ValueError as error:
+        p.error(f"--stop-at: {str(error).partition(': ')[2]}")
     try:
         plans = [Plan(path) for path in args.plan]
         for plan in plans if args.device != "cpu" else ():
@@ -812,7 +827,7 @@ def main(argv=None) -> int:
                 shards.run_plan(plan, runs_dir, checkpoints, args)
         elif args.action == "run":
             try:
-                run_all(plans, runs_dir, checkpoints, args.lanes, args.only)
+                run_all(plans, runs_dir, checkpoints, args.lanes, args.only, stop_at=args.stop_at)
             except KeyboardInterrupt:
                 print("python -m vqbench.quality: run: interrupted, its runs ended; run it again to resume them "
                       "from their last checkpoints", file=sys.stderr)

@@ -17,6 +17,8 @@ training stream is rotated by an offset drawn from the seed and the epoch), iden
 head. The run folder gets log.jsonl and summary.json; checkpoint.pt and best.pt go to
 ``--checkpoint-dir`` (default: the run folder). ``--resume`` continues exactly from checkpoint.pt
 and refuses a checkpoint written with another head, corpus, model, optimiser, schedule or seed.
+``--stop-at TIME`` (ISO 8601, UTC unless it names a zone) stops at the first checkpoint after TIME
+without evaluating or writing a summary, so that a run longer than a session ends cleanly and resumes.
 
 Bodies: ``--body lstm`` (the default) or ``--body gpt`` (a pre-LayerNorm decoder, vqbench/training/lm.py,
 with ``--heads`` and a context of ``--bptt`` tokens); ``--vocabulary cl100k_base`` tokenises the
@@ -32,6 +34,7 @@ and batches on the GPU.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -100,12 +103,13 @@ class TrainConfig:
     autocast: str = "none"
     device: str = "cpu"
     reassign_margin: float = 0.0
+    stop_at: str = ""  # a time (ISO 8601, UTC unless it names a zone): stop at the first checkpoint after it
 
 
 # Settings a run may change between invocations: where files go, how often it reports, how long it
 # trains. Every other field decides the trained model, so a resume must match it exactly.
 FREE_FIELDS = ("out", "checkpoint_dir", "epochs", "steps", "eval_every", "checkpoint_every", "log_every",
-               "threads", "resume", "device")
+               "threads", "resume", "device", "stop_at")
 POSITIVE_INT = ("epochs", "batch_size", "bptt", "d_model", "layers", "patience", "checkpoint_every",
                 "log_every", "frozen_batch", "heads")
 NON_NEGATIVE_INT = ("steps", "eval_every", "seed", "train_tokens", "eval_tokens", "reassign_every", "warmup",
@@ -133,6 +137,7 @@ def validate(cfg: TrainConfig) -> None:
             raise ValueError(f"{name}: out of range ({getattr(cfg, name)!r}; lr and clip > 0, lr_decay >= 1, "
                              f"0 <= plateau < 1, 0 <= dropout < 1, weight_decay and reassign_margin >= 0)")
     validate_model(cfg)
+    stop_time(cfg.stop_at)
     if cfg.threads is not None and not 1 <= cfg.threads <= 4096:  # torch takes a C int
         raise ValueError(f"threads: must be between 1 and 4096, got {cfg.threads}")
     if cfg.protocol == "frozen" and not cfg.body_from:
@@ -555,6 +560,7 @@ class Trainer:
                            "to_step": self.step}
         self.run.log(step=self.step, invocation=self.invocation)
         self.tokens, self.elapsed, self.head_seconds, self.timed_steps = 0, 0.0, 0.0, 0
+        self.deadline, self.out_of_time = stop_time(cfg.stop_at), False
 
     def restore(self, saved: dict) -> None:
         # a setting added after the checkpoint was written had its default then
@@ -593,6 +599,11 @@ class Trainer:
     def checkpoint(self) -> None:
         self.invocation["to_step"] = self.step
         self.run.save(self.run.checkpoint, self.payload())
+        if self.deadline is not None:  # past --stop-at: stop right after this checkpoint, so no step is lost
+            late = torch.tensor([time.time() >= self.deadline], dtype=torch.int32, device=self.device)
+            if self.world > 1:  # rank 0's clock decides for every process
+                torch.distributed.broadcast(late, 0)
+            self.out_of_time = bool(late.item())
 
     def save_best(self) -> None:
         self.run.save(self.run.best, {"config": identity(self.cfg), "corpus": corpus_fingerprint(self.corpus),
@@ -607,16 +618,17 @@ class Trainer:
         return self.epoch >= self.cfg.epochs or self.schedule.stopped(self.cfg)
 
     def fit(self) -> None:
-        while not self.finished() and not self.capped():
+        while not self.finished() and not self.capped() and not self.out_of_time:
             batches = self.task.epoch_batches(self.epoch)
             self.steps_per_epoch = len(batches)
             if self.window == 0:
                 self.task.begin_epoch()
-            while self.window < len(batches) and not self.capped():
+            while self.window < len(batches) and not self.capped() and not self.out_of_time:
                 self.train_step(batches[self.window])
             if self.window == len(batches):
                 self.end_epoch()
-        self.checkpoint()
+        if not self.out_of_time:  # else the checkpoint that noticed the time is the last step's
+            self.checkpoint()
 
     def lr_factor(self) -> float:
         """The step's share of the schedule's rate: linear warm-up over --warmup steps, then cosine decay
@@ -774,6 +786,12 @@ def train(cfg: TrainConfig) -> dict:
     started = time.time()
     trainer = Trainer(cfg)
     trainer.fit()
+    if trainer.out_of_time and not trainer.finished() and not trainer.capped():
+        trainer.run.log(step=trainer.step, stopped_at=cfg.stop_at)  # no summary: the run is not over
+        if trainer.rank == 0:
+            print(f"python -m vqbench.train: stopped at step {trainer.step}, the first checkpoint after "
+                  f"--stop-at {cfg.stop_at}; continue with --resume (--out {cfg.out})", file=sys.stderr)
+        return {}
     if trainer.rank != 0:
         return {}
     summary = trainer.summary()
@@ -785,6 +803,19 @@ def train(cfg: TrainConfig) -> dict:
     trainer.run.log(step=trainer.step, summary={k: v for k, v in summary.items()
                                                 if k not in ("config", "history", "invocations")})
     return summary
+
+
+def stop_time(text: str) -> Optional[float]:
+    """--stop-at as seconds since the epoch (None when empty): ISO 8601, UTC unless it names a zone."""
+    if not text:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"stop_at: expected an ISO 8601 time such as 2026-12-05T03:15, got {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()
 
 
 def parse_args(argv=None) -> TrainConfig:
