@@ -430,17 +430,23 @@ def run_all(plans, runs_dir: str, checkpoints: str, lanes: int, only=None, poll_
             t.join()
     except KeyboardInterrupt:  # a time limit's SIGINT: the runs resume from their last checkpoint next time
         stop.set()
-        with lock:
-            for child in children.values():
-                if child.poll() is None:
-                    child.terminate()
-        for child in list(children.values()):  # a join cut by the interrupt may return early: wait on each child
-            child.wait()
+        end_children(children, lock)
         for t in threads:
             t.join()
         raise
     if failures:
         raise RuntimeError(f"runs failed (see their stdout.log under {checkpoints}): {', '.join(failures)}")
+
+
+def end_children(children: dict, lock) -> None:
+    """Terminate the lanes' runs still going ({lane: Popen}) and wait on each (a join cut by an interrupt may
+    return before they have ended)."""
+    with lock:
+        for child in children.values():
+            if child.poll() is None:
+                child.terminate()
+    for child in list(children.values()):
+        child.wait()
 
 
 # --------------------------------------------------------------------------- tables
