@@ -58,7 +58,9 @@ def test_singleton_codes_cost_nothing_and_one_code_costs_the_uniform_guess():
     assert by["one"]["softmax_ppl"] == pytest.approx(softmax)
 
 
-def oracle_csv(path, rows):
+def oracle_csv(path, rows, run="joint-softmax", softmax=100.0):
+    """An oracle file of rows (seed, mapping, K, ratio, unigram ratio) from the models ck/RUN-sSEED/best.pt,
+    whose test perplexity is softmax + seed."""
     import csv
 
     from vqbench.oracle import COLUMNS
@@ -66,9 +68,9 @@ def oracle_csv(path, rows):
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         for seed, mapping, K, ratio, unigram_ratio in rows:
-            writer.writerow({"model": f"ck/joint-softmax-s{seed}/best.pt", "model_seed": seed, "mapping": mapping,
-                             "K": K, "softmax_ppl": 100.0 + seed, "oracle_ppl": (100.0 + seed) * ratio,
-                             "oracle_ratio": ratio, "oracle_unigram_ppl": (100.0 + seed) * unigram_ratio,
+            writer.writerow({"model": f"ck/{run}-s{seed}/best.pt", "model_seed": seed, "mapping": mapping,
+                             "K": K, "softmax_ppl": softmax + seed, "oracle_ppl": (softmax + seed) * ratio,
+                             "oracle_ratio": ratio, "oracle_unigram_ppl": (softmax + seed) * unigram_ratio,
                              "oracle_unigram_ratio": unigram_ratio, "within_code_ppl_factor": 3.0,
                              "exact_rows": 600, "exact_share": 0.7, "test_tokens": 1000, "cpu_model": "test CPU",
                              "git_commit": "abc"})
@@ -404,6 +406,23 @@ def test_a_device_the_oracle_cannot_use_is_refused_with_one_line(tmp_path, capsy
     assert said in err and len(err.splitlines()) == 1 and not (tmp_path / "o.csv").exists()
 
 
+def seed0_quality_csv(path, rows):
+    """quality.csv of seed-0 runs (run, name, group, schedule, test ppl): a VQ name is vq:K=1024, frequency."""
+    import csv
+
+    from vqbench import quality
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=quality.CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for run, name, group, schedule, test in rows:
+            vq = name.startswith("vq")
+            writer.writerow({"run": run, "name": name, "head": "vq:K=1024" if vq else "softmax",
+                             "mapping": "frequency" if vq else "", "schedule": schedule, "protocol": "joint",
+                             "seed": 0, "group": group, "epochs": 3, "best_epoch": 3, "stop": "epochs",
+                             "valid_ppl": test, "test_ppl": test, "last_epoch_gain": 0.01, "output_params": 1000,
+                             "tokens_per_s": 1.0})
+
+
 def test_an_estimate_from_a_body_trained_longer_pairs_only_with_the_heads_on_that_body(tmp_path):
     """softmax-6ep (group reference-long) has seed 0 as the reference has: its oracle file of its own pairs
     with the frozen heads on its body (VARIANT-on-BODY) and with no jointly trained run (those trained for the
@@ -411,31 +430,16 @@ def test_an_estimate_from_a_body_trained_longer_pairs_only_with_the_heads_on_tha
     import csv
 
     from vqbench import quality
-    from vqbench.oracle import COLUMNS, write_markdown
+    from vqbench.oracle import write_markdown
     from vqbench.report import build_report
 
     results = tmp_path / "quality"
     results.mkdir()
     oracle_csv(results / "oracle.csv", [(0, "frequency", 1024, 1.25, 1.3)])  # from ck/joint-softmax-s0/best.pt
-    with open(results / "oracle-6ep.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerow({"model": "ck/joint-softmax-6ep-s0/best.pt", "model_seed": 0, "mapping": "frequency",
-                         "K": 1024, "softmax_ppl": 90.0, "oracle_ppl": 117.0, "oracle_ratio": 1.3,
-                         "oracle_unigram_ppl": 117.0, "oracle_unigram_ratio": 1.3, "within_code_ppl_factor": 3.0,
-                         "exact_rows": 600, "exact_share": 0.7, "test_tokens": 1000, "cpu_model": "test CPU",
-                         "git_commit": "abc"})
-    with open(results / "quality.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=quality.CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for run, name, head, group, test in (("joint-softmax-s0", "softmax", "softmax", "reference", 100.0),
-                                             ("joint-vq-K1024-s0", "vq-K1024", "vq:K=1024", "paper", 150.0),
-                                             ("joint-softmax-6ep-s0", "softmax-6ep", "softmax", "reference-long",
-                                              90.0)):
-            writer.writerow({"run": run, "name": name, "head": head, "mapping": "frequency" if "vq" in name else "",
-                             "protocol": "joint", "seed": 0, "group": group, "epochs": 3, "best_epoch": 3,
-                             "stop": "epochs", "valid_ppl": test, "test_ppl": test, "last_epoch_gain": 0.01,
-                             "output_params": 1000, "tokens_per_s": 1.0})
+    oracle_csv(results / "oracle-6ep.csv", [(0, "frequency", 1024, 1.3, 1.3)], run="joint-softmax-6ep", softmax=90.0)
+    seed0_quality_csv(results / "quality.csv", [("joint-softmax-s0", "softmax", "reference", "", 100.0),
+                                                ("joint-vq-K1024-s0", "vq-K1024", "paper", "", 150.0),
+                                                ("joint-softmax-6ep-s0", "softmax-6ep", "reference-long", "", 90.0)])
     with open(results / "premise.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=quality.PREMISE_COLUMNS)
         writer.writeheader()
@@ -465,33 +469,17 @@ def test_an_estimate_from_a_body_trained_longer_pairs_only_with_the_heads_on_tha
 def test_an_estimate_from_a_body_of_another_schedule_pairs_with_that_schedules_runs(tmp_path):
     """Oracle rows carry no schedule: they take their softmax model's (its quality.csv row), so an estimate from
     a body trained to the plateau sits in that setting and splits the gaps of that schedule's VQ runs only."""
-    import csv
-
-    from vqbench import quality
-    from vqbench.oracle import COLUMNS, write_markdown
+    from vqbench.oracle import write_markdown
 
     results = tmp_path / "quality"
     results.mkdir()
-    with open(results / "oracle-plateau.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerow({"model": "ck/joint-plateau-softmax-s0/best.pt", "model_seed": 0, "mapping": "frequency",
-                         "K": 1024, "softmax_ppl": 80.0, "oracle_ppl": 88.0, "oracle_ratio": 1.1,
-                         "oracle_unigram_ppl": 88.0, "oracle_unigram_ratio": 1.1, "within_code_ppl_factor": 3.0,
-                         "exact_rows": 600, "exact_share": 0.7, "test_tokens": 1000, "cpu_model": "test CPU",
-                         "git_commit": "abc"})
-    with open(results / "quality.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=quality.CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for run, name, schedule, test in (("joint-softmax-s0", "softmax", "", 100.0),
-                                          ("joint-vq-K1024-s0", "vq-K1024", "", 150.0),
-                                          ("joint-plateau-softmax-s0", "softmax", "to the validation plateau", 80.0),
-                                          ("joint-plateau-vq-K1024-s0", "vq-K1024", "to the validation plateau", 96.0)):
-            writer.writerow({"run": run, "name": name, "head": "vq:K=1024" if "vq" in name else "softmax",
-                             "mapping": "frequency" if "vq" in name else "", "schedule": schedule,
-                             "protocol": "joint", "seed": 0, "group": "paper" if "vq" in name else "reference",
-                             "epochs": 3, "best_epoch": 3, "stop": "epochs", "valid_ppl": test, "test_ppl": test,
-                             "last_epoch_gain": 0.01, "output_params": 1000, "tokens_per_s": 1.0})
+    oracle_csv(results / "oracle-plateau.csv", [(0, "frequency", 1024, 1.1, 1.1)], run="joint-plateau-softmax",
+               softmax=80.0)
+    plateau = "to the validation plateau"
+    seed0_quality_csv(results / "quality.csv", [("joint-softmax-s0", "softmax", "reference", "", 100.0),
+                                                ("joint-vq-K1024-s0", "vq-K1024", "paper", "", 150.0),
+                                                ("joint-plateau-softmax-s0", "softmax", "reference", plateau, 80.0),
+                                                ("joint-plateau-vq-K1024-s0", "vq-K1024", "paper", plateau, 96.0)])
     text = open(write_markdown(str(results / "oracle-plateau.csv"))).read()
     assert "Setting: 2-layer LSTM, word-level WikiText-2 V=33,278, to the validation plateau." in text
     assert "1.200" in text and "1.500" not in text  # measured 96/80, never 150/100

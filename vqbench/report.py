@@ -290,6 +290,14 @@ PAPER_FEWER_PARAMS = 0.95  # the paper's cut: +4% perplexity at >= 95% fewer out
 PLATEAU = TrainConfig.plateau  # a last-epoch validation gain above the plateau rule's threshold: not converged
 
 
+def by_setting(quality, reference="softmax") -> dict:
+    """{setting: {variant name: aggregate row}} of the quality rows, settings in first-seen order."""
+    settings = {}
+    for v in aggregate(quality, reference) if quality else []:
+        settings.setdefault(v["setting"], {})[v["name"]] = v
+    return settings
+
+
 def quality_claims(quality, reference="softmax", paper="vq-K1024"):
     """Sentences for the perplexity claim, per setting (body, vocabulary, corpus) and opening with it, so that
     no row reads as another setting's verdict: the paper's form of VQ-Logits (the variant of group "paper",
@@ -297,11 +305,8 @@ def quality_claims(quality, reference="softmax", paper="vq-K1024"):
     cut; the Pareto figure shows the rest), each as its test-perplexity ratio to the setting's untied
     reference (paired by seed, mean ± std and 95% t-interval) with its output parameters; where the setting
     has a tied softmax (group "tied"), the paper's form against it as well."""
-    settings = {}
-    for v in aggregate(quality, reference) if quality else []:
-        settings.setdefault(v["setting"], {})[v["name"]] = v
     out = []
-    for where, variants in settings.items():
+    for where, variants in by_setting(quality, reference).items():
         soft = variants.get(reference)
         if soft is not None:
             out += [f"{where}; {line}" for line in setting_claims(variants, soft, paper)]
@@ -349,11 +354,8 @@ def reference_claims(quality, reference="softmax") -> list:
     """Per setting, each variant of group reference-long (the setting's reference trained longer): its test
     perplexity, its ratio to the reference of the same seed at the setting's budget, and whether its own last
     epoch reached the plateau: how far that budget stops short of the reference perplexity."""
-    settings = {}
-    for v in aggregate(quality, reference) if quality else []:
-        settings.setdefault(v["setting"], {})[v["name"]] = v
     out = []
-    for where, variants in settings.items():
+    for where, variants in by_setting(quality, reference).items():
         soft = variants.get(reference)
         for longer in (v for v in variants.values() if v["group"] == REFERENCE_LONG_GROUP):
             if soft is None or math.isnan(longer["ratio_mean"]):
