@@ -483,3 +483,35 @@ def test_an_estimate_from_a_body_of_another_schedule_pairs_with_that_schedules_r
     text = open(write_markdown(str(results / "oracle-plateau.csv"))).read()
     assert "Setting: 2-layer LSTM, word-level WikiText-2 V=33,278, to the validation plateau." in text
     assert "1.200" in text and "1.500" not in text  # measured 96/80, never 150/100
+
+
+def test_frozen_body_runs_whose_body_has_no_estimate_are_reported_against_their_own_softmax(tmp_path):
+    """REPORT lists the premise runs whose body no oracle file scored (checkpoints left behind on a lent GPU),
+    each against its body's softmax, paired by seed; a run whose body has its estimate stays in its oracle
+    section only."""
+    import csv
+
+    from vqbench import quality
+    from vqbench.report import premise_without_estimate
+
+    results = tmp_path / "quality"
+    results.mkdir()
+    assert premise_without_estimate(str(results)) == []  # no premise.csv
+    with open(results / "premise.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=quality.PREMISE_COLUMNS)
+        writer.writeheader()
+        for seed, body, test, reference in ((0, "joint-softmax", 110.0, 100.0), (1, "joint-softmax", 126.0, 105.0),
+                                            (0, "joint-gpt-softmax", 80.0, 75.0)):
+            writer.writerow({"track": "", "body": "lstm", "vocabulary": "word-33278", "name": "vq-K1024",
+                             "head": "vq:K=1024", "mapping": "frequency", "K": 1024, "seed": seed,
+                             "run": f"frozen-vq-K1024-s{seed}", "body_run": f"{body}-s{seed}", "epochs": 3,
+                             "best_epoch": 3, "stop": "epochs", "valid_ppl": test, "test_ppl": test,
+                             "reference_test_ppl": reference, "tokens_per_s": 1.0, "cpu_model": "test CPU",
+                             "git_commit": "abc"})
+    oracle_csv(results / "oracle.csv", [(0, "frequency", 1024, 1.25, 1.3)], run="joint-gpt-softmax")
+    lines = "\n".join(premise_without_estimate(str(results))).splitlines()
+    row = next(line for line in lines if line.startswith("| 2-layer LSTM"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    ratios = [110 / 100, 126 / 105]
+    assert cells[3] == "0, 1" and cells[6].startswith("%.3f ± %.3f (95%% CI " % mean_std(ratios))
+    assert len([line for line in lines if line.startswith("| 2-layer LSTM")]) == 1  # body s0 of joint-gpt: scored

@@ -520,7 +520,43 @@ def quality_section(results_dir: str, quality, reference: str) -> List[str]:
     from vqbench.oracle import oracle_files
     for oracle_csv in oracle_files(os.path.join(results_dir, "quality")):
         parts += oracle_section(oracle_csv, quality, reference)
-    return parts
+    return parts + premise_without_estimate(os.path.join(results_dir, "quality"))
+
+
+def premise_without_estimate(quality_dir: str) -> List[str]:
+    """REPORT lines on the frozen-body VQ runs of premise.csv whose body no oracle file scored (its checkpoint
+    stayed where it trained): each set against its body's own softmax test perplexity, paired by seed."""
+    from vqbench.oracle import model_run, oracle_files, read_premise, read_rows
+    from tabulate import tabulate
+
+    from vqbench.reporting.quality_stats import mean_std, setting, t_interval
+    path = os.path.join(quality_dir, "premise.csv")
+    if not os.path.exists(path):
+        return []
+    scored = {model_run(r["model"]) for oracle_csv in oracle_files(quality_dir) for r in read_rows(oracle_csv)}
+    groups = {}
+    for r in read_premise(path):
+        if r["body_run"] not in scored:
+            groups.setdefault((setting(r), r["name"], r["head"]), []).append(r)
+    if not groups:
+        return []
+    table = []
+    for (where, name, head), rows in groups.items():
+        rows.sort(key=lambda r: r["seed"])
+        ratios = [r["test_ppl"] / r["reference_test_ppl"] for r in rows]
+        mean, std = mean_std(ratios)
+        low, high = t_interval(ratios)
+        spread = f" ± {std:.3f} (95% CI {low:.3f}-{high:.3f})" if len(ratios) > 1 else " (single seed)"
+        table.append([where, name, head, ", ".join(str(r["seed"]) for r in rows),
+                      _pm(*mean_std([r["test_ppl"] for r in rows]), 1),
+                      _pm(*mean_std([r["reference_test_ppl"] for r in rows]), 1), f"{mean:.3f}{spread}"])
+    return ["### Frozen-body VQ heads without an estimate", "",
+            "VQ heads trained alone on a trained softmax model's frozen body (`results/quality/premise.csv`) "
+            "whose body no oracle file has scored, so the estimate they test is not there yet: each against "
+            "that body's own softmax test perplexity, paired by seed.", "",
+            tabulate(table, headers=["setting", "VQ head", "head", "softmax seeds (bodies)", "frozen-body VQ test ppl",
+                                     "its softmax's test ppl", "VQ / its softmax"],
+                     tablefmt="github", disable_numparse=True), ""]
 
 
 PENDING_FILE = "pending-remeasurement.json"
