@@ -149,3 +149,29 @@ def test_the_test_suite_leaves_the_repository_as_it_was():
     assert after[0] == before[0]
     changed = [f for f, t in after[1].items() if before[1].get(f) != t]
     assert not changed, changed[:10]
+
+
+def test_the_recorded_commit_is_dirty_for_code_only(tmp_path):
+    """A row's git_commit says '+dirty' when the code that measured differs from its commit; results and
+    Markdown prose edited beside a running measurement do not make it so."""
+    from vqbench.measuring.provenance import git_commit
+
+    def run(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, timeout=60)
+
+    (tmp_path / "results").mkdir()
+    for name in ("code.py", "README.md", "results/rows.csv"):
+        (tmp_path / name).write_text("first\n")
+    run("init", "-q")
+    run("add", ".")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    clean = git_commit(str(tmp_path))
+    assert clean and "+dirty" not in clean and clean != "unknown"
+    (tmp_path / "README.md").write_text("edited\n")
+    (tmp_path / "results" / "rows.csv").write_text("edited\n")
+    git_commit.cache_clear()
+    assert git_commit(str(tmp_path)) == clean
+    (tmp_path / "code.py").write_text("edited\n")
+    git_commit.cache_clear()
+    assert git_commit(str(tmp_path)) == clean + "+dirty"
+    git_commit.cache_clear()

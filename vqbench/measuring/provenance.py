@@ -38,15 +38,19 @@ def relative_argv(argv):
     return out
 
 
-@lru_cache(maxsize=1)
-def git_commit() -> str:
-    """The commit of the checkout vqbench runs from, with '+dirty' for uncommitted changes."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@lru_cache(maxsize=4)
+def git_commit(root: str = REPOSITORY) -> str:
+    """The commit of the checkout at root (default the one vqbench runs from), with '+dirty' for uncommitted
+    changes to its code."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, text=True,
                                 capture_output=True, timeout=10).stdout.strip()
-        # results/ is what a sweep writes, not the code that measures: its changes do not count
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+        # results/ is what a sweep writes and Markdown is prose, not the code that measures: their changes do not count
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results",
+                                ":!*.md"],
                                cwd=root, text=True, capture_output=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
