@@ -347,8 +347,11 @@ def test_each_tracks_oracle_file_pairs_only_with_runs_and_frozen_bodies_of_its_o
     frozen = [247 / 260, 248 / 261]  # below the estimate: the trained head predicts codes better
     joint = [280 / 260, 290 / 261]
     assert cells[3] == "0, 1" and cells[4] == "247.5 ± 0.7" and cells[5] == "260.5 ± 0.7"
-    assert cells[6].startswith("%.3f ± %.3f (95%% CI " % mean_std(frozen))
-    assert cells[7].startswith("%.3f ± %.3f (95%% CI " % mean_std(joint))
+    # each frozen head and each estimate against the test perplexity of the softmax whose body it used
+    assert cells[6].startswith("%.3f ± %.3f (95%% CI " % mean_std([247 / 200, 248 / 200]))
+    assert cells[7].startswith("%.3f ± %.3f (95%% CI " % mean_std([260 / 200, 261 / 200]))
+    assert cells[8].startswith("%.3f ± %.3f (95%% CI " % mean_std(frozen))
+    assert cells[9].startswith("%.3f ± %.3f (95%% CI " % mean_std(joint))
     assert "vq-K5013 on the frozen bodies lies below the estimate" in gpt
 
     report = build_report(str(tmp_path))
@@ -372,7 +375,8 @@ def test_the_premise_sentence_follows_the_interval_not_only_the_mean(measured, s
                "body": "lstm", "vocabulary": "word-33278", "model": f"ck/joint-softmax-s{s}/best.pt"}
               for s in range(len(measured))]
     premise = [{"name": "vq-K1024", "head": "vq:K=1024", "mapping": "frequency", "K": 1024, "seed": s,
-                "test_ppl": m, "body": "lstm", "vocabulary": "word-33278", "body_run": f"joint-softmax-s{s}"}
+                "test_ppl": m, "reference_test_ppl": 80.0, "body": "lstm", "vocabulary": "word-33278",
+                "body_run": f"joint-softmax-s{s}"}
                for s, m in enumerate(measured)]
     text = premise_markdown(oracle, premise, [])
     assert said in text
@@ -387,7 +391,7 @@ def test_a_frozen_head_is_set_against_the_estimate_from_its_own_body_only():
                "body": "gpt-4x128", "vocabulary": "cl100k_base-100277", "model": f"ck/{run}/best.pt"}
               for run, ppl in (("joint-gpt-softmax-body-s0", 100.0),)]
     premise = [{"name": name, "head": "vq:K=1024", "mapping": "frequency", "K": 1024, "seed": 0, "test_ppl": 95.0,
-                "body": "gpt-4x128", "vocabulary": "cl100k_base-100277", "body_run": body}
+                "reference_test_ppl": 80.0, "body": "gpt-4x128", "vocabulary": "cl100k_base-100277", "body_run": body}
                for name, body in (("vq-K1024", "joint-gpt-softmax-s0"), ("vq-K1024-on-body", "joint-gpt-softmax-body-s0"))]
     pairs = premise_pairs(oracle, premise, [])
     assert [(p["name"], p["estimate"]) for p in pairs] == [("vq-K1024-on-body", [100.0])]
@@ -454,8 +458,10 @@ def test_an_estimate_from_a_body_trained_longer_pairs_only_with_the_heads_on_tha
     premise = [line for line in longer.split("## The premise")[1].splitlines() if line.startswith("| vq-K1024")]
     assert len(premise) == 1 and premise[0].startswith("| vq-K1024-on-softmax-6ep ")
     cells = [c.strip() for c in premise[0].split("|")[1:-1]]
-    assert cells[4:7] == ["115.0", "117.0", "%.3f (single seed)" % (115 / 117)] and cells[7] == ""
+    assert cells[4:9] == ["115.0", "117.0", "%.3f (single seed)" % (115 / 90), "%.3f (single seed)" % (117 / 90),
+                          "%.3f (single seed)" % (115 / 117)] and cells[9] == ""
     assert "| vq-K1024 " not in longer.split("## The premise")[0]  # no joint run of the plan's budget pairs
+    assert "No jointly trained VQ run is set against this estimate: its softmax model (joint-softmax-6ep-s0)" in longer
     own = open(write_markdown(str(results / "oracle.csv"))).read()
     premise = [line for line in own.split("## The premise")[1].splitlines() if line.startswith("| vq-K1024")]
     assert len(premise) == 1 and premise[0].startswith("| vq-K1024 ") and "| 140.0 " in premise[0]

@@ -357,9 +357,14 @@ def gap_split(oracle_rows: List[dict], variants: List[dict]) -> List[list]:
     return body
 
 
-def gap_markdown(rows: List[dict], variants: List[dict]) -> str:
+def gap_markdown(rows: List[dict], variants: List[dict], longer: List[str] = ()) -> str:
     """The table of each measured VQ variant against the estimate for its mapping and K (``gap_split``), or a
-    sentence saying that there is none yet."""
+    sentence saying why there is none: none has finished yet, or the softmax models (the run folders in longer)
+    trained longer than any jointly trained run, whose estimate therefore pairs with frozen-body heads only."""
+    if longer:
+        return (f"No jointly trained VQ run is set against this estimate: its softmax model ({', '.join(longer)}) "
+                "trained longer than the plan's runs, so only VQ heads trained on that frozen body pair with it "
+                "(below).")
     split = gap_split(rows, variants)
     if not split:
         return "No finished VQ run in quality.csv has a mapping and K scored here yet."
@@ -420,8 +425,9 @@ def target_verdict(rows: List[dict], variants: List[dict], max_K: int, target: f
         said = [f"{goal} lies below every estimate at K <= {max_K}: the lowest, x{lowest:.3f} ({mapping} map, "
                 f"K={k}, {inside} inside a code), is {100 * (lowest / target - 1):.0f}% above it. So a VQ head "
                 f"with one of these mappings and >= 95% fewer output parameters reaches it at this vocabulary "
-                f"only if its code probabilities beat the converged softmax model's own summed ones (an estimate, "
-                f"not a bound: a model trained for the code task may predict codes better)."]
+                f"only if its code probabilities beat the trained softmax model's own summed ones (an estimate, "
+                f"not a bound: a model trained for the code task may predict codes better; the premise test "
+                f"below measures whether heads trained on the frozen bodies do)."]
     else:
         said = [f"{goal} is not ruled out at K <= {max_K}: the {mapping} map at K={k} ({inside} inside a "
                 f"code) has an estimate of x{lowest:.3f}."]
@@ -458,7 +464,8 @@ def model_run(model: str) -> str:
 def premise_pairs(oracle_rows: List[dict], premise: List[dict], variants: List[dict]) -> List[dict]:
     """Per frozen-body VQ variant (premise.csv rows of the oracle rows' setting): the seeds whose softmax model
     has both a frozen-body run and an oracle row for its mapping and K from that same model (by run folder); measured and estimated test ppl in
-    seed order; and the same variant trained jointly with its body, as measured / estimate per paired seed."""
+    seed order, with that softmax model's own test ppl; and the same variant trained jointly with its body, as
+    measured / estimate per paired seed."""
     from vqbench.heads.registry import coerce_option, head_class, parse_spec
     from vqbench.reporting.quality_stats import setting
     settings = {setting(r) for r in oracle_rows}
@@ -479,6 +486,7 @@ def premise_pairs(oracle_rows: List[dict], premise: List[dict], variants: List[d
             out.append({"name": name, "mapping": first["mapping"], "K": first["K"], "biased": bool(biased),
                         "seeds": seeds, "measured": [runs[s]["test_ppl"] for s in seeds],
                         "estimate": [estimate[s] for s in seeds],
+                        "softmax": [runs[s]["reference_test_ppl"] for s in seeds],
                         "joint": [m / e for m, e in zip(g["measured"], g["estimate"])] if g else []})
     return out
 
@@ -504,10 +512,13 @@ def premise_markdown(oracle_rows: List[dict], premise: List[dict], variants: Lis
                 "(`python -m vqbench.quality run --only premise`, once the softmax runs' best.pt are there).")
     table = tabulate([[p["name"], p["mapping"], p["K"], ", ".join(map(str, p["seeds"])),
                        _mean_std(p["measured"], 1), _mean_std(p["estimate"], 1),
+                       _factor_cell([m / s for m, s in zip(p["measured"], p["softmax"])]),
+                       _factor_cell([e / s for e, s in zip(p["estimate"], p["softmax"])]),
                        _factor_cell([m / e for m, e in zip(p["measured"], p["estimate"])]), _factor_cell(p["joint"])]
                       for p in pairs],
                      headers=["VQ head", "mapping", "K", "softmax seeds (bodies)", "frozen-body VQ test ppl",
-                              "estimate ppl", "measured / estimate (frozen body)",
+                              "estimate ppl", "frozen-body VQ / its softmax", "estimate / its softmax",
+                              "measured / estimate (frozen body)",
                               "measured / estimate (trained jointly)"], tablefmt="github", disable_numparse=True)
     from vqbench.reporting.quality_stats import t_interval
     said = []
@@ -575,7 +586,7 @@ def write_markdown(oracle_csv: str, quality_csv: str = None) -> str:
                       for r in rows if r.get("note"))
     if notes:
         estimate += "\n\n" + notes
-    split_text = gap_markdown(rows, variants)
+    split_text = gap_markdown(rows, variants, longer_bodies(rows, quality))
     text = ORACLE_MD.format(
         name=os.path.basename(oracle_csv), setting="; ".join(settings),
         premise=premise_markdown(rows, premise, variants), cpus=", ".join(sorted({r["cpu_model"] for r in rows})), commits=", ".join(sorted({r["git_commit"] for r in rows})),

@@ -405,7 +405,7 @@ def oracle_section(oracle_csv, quality, reference="softmax"):
             f"K/V of softmax's V x d output parameters, so K <= {max_K} gives >= {100 * PAPER_FEWER_PARAMS:.0f}% "
             f"fewer (V={vocab:,}). Estimate: " + estimate_summary(rows, max_K) + ".", "",
             *([verdict, ""] if verdict else []),
-            gap_markdown(rows, variants), "",
+            gap_markdown(rows, variants, longer), "",
             "The premise, tested: VQ heads trained on each softmax model's frozen body against the estimate from "
             "that model (`results/quality/premise.csv`).", "",
             premise_markdown(rows, premise, variants), ""]
