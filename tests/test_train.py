@@ -2,6 +2,7 @@
 continues exactly and refuses other settings, the schedule decays and stops, summaries carry their
 provenance, frozen training works, and 2-process DDP matches one process."""
 
+import datetime
 import json
 import math
 import os
@@ -311,6 +312,28 @@ def test_a_run_past_its_stop_time_stops_at_a_checkpoint_and_resumes_exactly(tmp_
                                                    "--stop-at", "2999-01-01T00:00+00:00"]))
     assert losses(out) == pytest.approx(losses(straight), rel=1e-6)
     assert [(i["from_step"], i["to_step"]) for i in summary["invocations"]] == [(0, 5), (5, 15)]
+
+
+def test_each_invocation_records_its_wall_seconds_from_before_its_setup(tmp_path, monkeypatch):
+    """An invocation stopped by --stop-at records the wall seconds to its last checkpoint, and every invocation's
+    seconds count from before the corpus and the task are built (a frozen body's feature pass is part of a run's
+    cost), with `started` stamped at that same moment."""
+    build = train.TASKS["joint"]
+
+    def slow_setup(*args, **kwargs):
+        time.sleep(1.0)
+        return build(*args, **kwargs)
+
+    monkeypatch.setitem(train.TASKS, "joint", slow_setup)
+    out = str(tmp_path / "run")
+    before = time.time()
+    train.train(train.parse_args(TINY + ["--steps", "10", "--out", out, "--stop-at", "2000-01-01T00:00"]))
+    summary = train.train(train.parse_args(TINY + ["--steps", "10", "--out", out, "--resume"]))
+    first, second = summary["invocations"]
+    assert (first["from_step"], first["to_step"]) == (0, 5)
+    assert first["seconds"] >= 1.0 and second["seconds"] >= 1.0
+    started = datetime.datetime.strptime(first["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    assert int(before) <= started < before + 1.0  # stamped before the setup's second, not after it
 
 
 def test_a_stop_time_that_is_no_time_is_refused_naming_the_flag(capsys):

@@ -526,6 +526,9 @@ class Trainer:
     the plateau schedule, checkpoints that resume exactly."""
 
     def __init__(self, cfg: TrainConfig):
+        # an invocation's wall time counts from here: loading the corpus and a frozen body's feature pass are
+        # part of what a run costs
+        self.started = time.time()
         validate(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -556,7 +559,8 @@ class Trainer:
                            "world_size": self.world, "epochs": cfg.epochs, "steps": cfg.steps,
                            "device": str(self.device), "device_name": device_name(str(self.device)),
                            "autocast": str(self.autocast).replace("torch.", "") if self.autocast else "none",
-                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_step": self.step,
+                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
+                           "from_step": self.step,
                            "to_step": self.step}
         self.run.log(step=self.step, invocation=self.invocation)
         self.tokens, self.elapsed, self.head_seconds, self.timed_steps = 0, 0.0, 0.0, 0
@@ -597,7 +601,9 @@ class Trainer:
                 **({"reassigner": self.reassigner.state_dict()} if self.reassigner else {})}
 
     def checkpoint(self) -> None:
+        # an invocation stopped later resumes from here, so its record ends here: steps and wall seconds
         self.invocation["to_step"] = self.step
+        self.invocation["seconds"] = round(time.time() - self.started, 1)
         self.run.save(self.run.checkpoint, self.payload())
         if self.deadline is not None:  # past --stop-at: stop right after this checkpoint, so no step is lost
             late = torch.tensor([time.time() >= self.deadline], dtype=torch.int32, device=self.device)
@@ -783,7 +789,6 @@ def time_head(head, hidden, targets, synchronize=lambda: None) -> float:
 
 def train(cfg: TrainConfig) -> dict:
     """Train (or continue) a run; returns its summary (empty on processes other than rank 0)."""
-    started = time.time()
     trainer = Trainer(cfg)
     trainer.fit()
     if trainer.out_of_time and not trainer.finished() and not trainer.capped():
@@ -795,7 +800,7 @@ def train(cfg: TrainConfig) -> dict:
     if trainer.rank != 0:
         return {}
     summary = trainer.summary()
-    trainer.invocation["seconds"] = time.time() - started
+    trainer.invocation["seconds"] = round(time.time() - trainer.started, 1)
     path = os.path.join(trainer.run.dir, "summary.json")
     with open(path + ".tmp", "w") as f:
         json.dump(summary, f, indent=2)
