@@ -217,6 +217,20 @@ def test_first_variants_queue_every_seed_and_started_runs_resume_first(tmp_path)
     assert quality.pick_next(plan, runs_dir, checkpoints, only=["vq-K1024"]).run == "joint-vq-K1024-s0"
 
 
+def test_plan_prints_only_the_runs_that_only_selects_and_refuses_a_name_that_selects_none(tmp_path, capsys):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(PLAN))
+    results = str(tmp_path / "results")
+    assert quality.main(["plan", "--plan", str(path), "--results", results, "--only", "vq-K1024"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed and all("joint-vq-K1024-s" in line for line in printed)
+    assert len(printed) == len([r for r in quality.Plan(str(path)).runs(results) if r.name == "vq-K1024"])
+    for action in ("plan", "run"):
+        assert quality.main([action, "--plan", str(path), "--results", results, "--only", "vq-K1O24"]) == 2
+        err = capsys.readouterr().err
+        assert "--only: 'vq-K1O24' names no variant or run" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("change, match", [({"epochs": 0}, "epochs must be an integer >= 1"),
                                            ({"epochs": "20"}, "epochs must be an integer"),
                                            ({"common_flags": ["--epochs", "5"]}, "give the epoch budget as"),

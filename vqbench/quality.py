@@ -787,6 +787,17 @@ Commands (in queue order):
 """
 
 
+def check_only(plans: List[Plan], runs_dir: str, only) -> None:
+    """Raise ValueError naming the first of ``only`` that selects nothing: a misspelt name would otherwise
+    run (or print) nothing without a word."""
+    known = {PREMISE_GROUP} | {e["name"] for plan in plans for e in plan.entries}
+    known |= {n for plan in plans for r in plan.runs(runs_dir) for n in (r.run, r.name, r.variant)}
+    for name in only or ():
+        if name not in known:
+            raise ValueError(f"--only: {name!r} names no variant or run of these plans (a run that is not queued "
+                             "yet is selected by its variant's name)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m vqbench.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=["plan", "run", "table"])
@@ -797,7 +808,7 @@ def main(argv=None) -> int:
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default {DEFAULT_RESULTS})")
     p.add_argument("--checkpoints", help="checkpoint folder (default $VQBENCH_CHECKPOINTS, else the runs folder)")
     p.add_argument("--lanes", type=int, default=2, help="runs at once, one core each (default 2)")
-    p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or variants (by name)")
+    p.add_argument("--only", nargs="+", metavar="RUN", help="plan and run: only these runs or variants (by name; a name that selects none is an error)")
     shards.add_executor_flags(p, None, exclusive=False)  # --executor: each run a submitit job (vqbench.measuring.shards)
     p.add_argument("--stop-at", default="", metavar="TIME",
                    help="run: each run stops at its first checkpoint after TIME (ISO 8601, UTC unless it names a "
@@ -823,9 +834,10 @@ def main(argv=None) -> int:
             plan.common += ("--device", args.device)
         runs_dir = os.path.join(args.results, "runs")
         checkpoints = args.checkpoints or default_checkpoints(runs_dir)
+        check_only(plans, runs_dir, args.only)
         if args.action == "plan":
             for plan in plans:
-                for run in plan.runs(runs_dir):
+                for run in (r for r in plan.runs(runs_dir) if r.wanted(args.only)):
                     done = plan.finished(runs_dir, run)
                     print(("# done: " if done else "") + " ".join(run.command(runs_dir, checkpoints, plan.common)))
         elif args.action == "run" and args.executor:
