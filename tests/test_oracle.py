@@ -356,8 +356,10 @@ def test_each_tracks_oracle_file_pairs_only_with_runs_and_frozen_bodies_of_its_o
 
     report = build_report(str(tmp_path))
     sections = report.split("### The oracle estimate: ")[1:]
-    assert [s.split("\n")[0] for s in sections] == ["2-layer LSTM, word-level WikiText-2 V=33,278",
-                                                   "4-layer GPT, d=128, cl100k_base WikiText-2 V=100,277"]
+    # each title names the softmax models scored, so two files of one setting get sections told apart
+    assert [s.split("\n")[0].split(" (from ")[0] for s in sections] == [
+        "2-layer LSTM, word-level WikiText-2 V=33,278", "4-layer GPT, d=128, cl100k_base WikiText-2 V=100,277"]
+    assert sections[1].split("\n")[0].endswith("(from joint-gpt-softmax-s0, joint-gpt-softmax-s1)")
     assert "K <= 1663 gives >= 95% fewer" in sections[0] and "K <= 5013 gives >= 95% fewer" in sections[1]
     assert "lies below the estimate" in sections[1] and "lies below the estimate" not in sections[0]
 
@@ -386,7 +388,7 @@ def test_the_premise_sentence_follows_the_interval_not_only_the_mean(measured, s
 def test_a_frozen_head_is_set_against_the_estimate_from_its_own_body_only():
     """Two softmax models of one seed (a plan's softmax and a retrained replicate): a head trained on the
     replicate's frozen body pairs with the replicate's estimate, never with the other model's."""
-    from vqbench.oracle import premise_pairs
+    from vqbench.oracle import premise_markdown, premise_pairs
     oracle = [{"model_seed": 0, "mapping": "frequency", "K": 1024, "oracle_ppl": ppl, "oracle_unigram_ppl": ppl,
                "body": "gpt-4x128", "vocabulary": "cl100k_base-100277", "model": f"ck/{run}/best.pt"}
               for run, ppl in (("joint-gpt-softmax-body-s0", 100.0),)]
@@ -395,6 +397,31 @@ def test_a_frozen_head_is_set_against_the_estimate_from_its_own_body_only():
                for name, body in (("vq-K1024", "joint-gpt-softmax-s0"), ("vq-K1024-on-body", "joint-gpt-softmax-body-s0"))]
     pairs = premise_pairs(oracle, premise, [])
     assert [(p["name"], p["estimate"]) for p in pairs] == [("vq-K1024-on-body", [100.0])]
+    # an estimate from the plan's own softmax, whose body no frozen head used, says where its setting's heads are
+    plan_model = [{**oracle[0], "model": "ck/joint-gpt-softmax-s1/best.pt"}]
+    text = premise_markdown(plan_model, premise[1:], [])
+    assert text.startswith("No VQ head trained on a frozen softmax body has finished for these softmax models")
+    assert "trained on other softmax models' bodies (joint-gpt-softmax-body-s0)" in text
+
+
+def test_a_premise_plans_frozen_head_is_set_beside_the_joint_variant_of_its_head_and_mapping():
+    """A premise plan names its frozen head vq-K1024-on-body; the jointly trained column still gets the
+    quality variant with that head and mapping (vq-K1024), but not when two variants share them."""
+    from vqbench.oracle import premise_pairs
+    oracle = [{"model_seed": s, "mapping": "frequency", "K": 1024, "oracle_ppl": 100.0, "oracle_unigram_ppl": 100.0,
+               "oracle_ratio": 1.25, "oracle_unigram_ratio": 1.25, "body": "lstm", "vocabulary": "word-33278",
+               "model": f"ck/joint-softmax-body-s{s}/best.pt"} for s in (0, 1)]
+    premise = [{"name": "vq-K1024-on-body", "head": "vq:K=1024", "mapping": "frequency", "K": 1024, "seed": s,
+                "test_ppl": 110.0, "reference_test_ppl": 80.0, "body": "lstm", "vocabulary": "word-33278",
+                "body_run": f"joint-softmax-body-s{s}"} for s in (0, 1)]
+
+    def variant(name, mapping="frequency"):
+        return {"name": name, "head": "vq:K=1024", "mapping": mapping, "ratio_mean": 1.4,
+                "seed_ratios": {0: 1.375, 1: 1.5}}
+
+    pairs = premise_pairs(oracle, premise, [variant("vq-K1024"), variant("vq-K1024-learned", "learned")])
+    assert [p["joint"] for p in pairs] == [[1.375 / 1.25, 1.5 / 1.25]]
+    assert premise_pairs(oracle, premise, [variant("vq-K1024"), variant("vq-K1024-again")])[0]["joint"] == []
 
 
 
@@ -467,7 +494,7 @@ def test_an_estimate_from_a_body_trained_longer_pairs_only_with_the_heads_on_tha
     assert len(premise) == 1 and premise[0].startswith("| vq-K1024 ") and "| 140.0 " in premise[0]
     sections = build_report(str(tmp_path)).split("### The oracle estimate: ")[1:]
     assert [s.split("\n")[0] for s in sections] == [
-        "2-layer LSTM, word-level WikiText-2 V=33,278",
+        "2-layer LSTM, word-level WikiText-2 V=33,278 (from joint-softmax-s0)",
         "2-layer LSTM, word-level WikiText-2 V=33,278 (from joint-softmax-6ep-s0, trained longer than the plan's runs)"]
     assert "codebook factor" in sections[0] and "codebook factor" not in sections[1]
 

@@ -336,7 +336,7 @@ def paired_gaps(oracle_rows: List[dict], variants: List[dict]) -> List[dict]:
         oracle = {r["model_seed"]: r[column] for r in oracle_rows if (r["mapping"], r["K"]) == (v["mapping"], K)}
         seeds = sorted(set(v["seed_ratios"]) & set(oracle))
         if seeds:
-            paired.append({"name": v["name"], "mapping": v["mapping"], "K": K, "biased": bool(biased),
+            paired.append({"name": v["name"], "head": v["head"], "mapping": v["mapping"], "K": K, "biased": bool(biased),
                            "seeds": seeds, "measured": [v["seed_ratios"][s] for s in seeds],
                            "estimate": [oracle[s] for s in seeds]})
     return paired
@@ -465,11 +465,13 @@ def premise_pairs(oracle_rows: List[dict], premise: List[dict], variants: List[d
     """Per frozen-body VQ variant (premise.csv rows of the oracle rows' setting): the seeds whose softmax model
     has both a frozen-body run and an oracle row for its mapping and K from that same model (by run folder); measured and estimated test ppl in
     seed order, with that softmax model's own test ppl; and the same variant trained jointly with its body, as
-    measured / estimate per paired seed."""
+    measured / estimate per paired seed: the quality variant of the frozen run's name, else the one variant with
+    its head and mapping (a premise plan names its frozen heads VARIANT-on-BODY after their own plan's body)."""
     from vqbench.heads.registry import coerce_option, head_class, parse_spec
     from vqbench.reporting.quality_stats import setting
     settings = {setting(r) for r in oracle_rows}
-    joint = {g["name"]: g for g in paired_gaps(oracle_rows, variants)}
+    gaps = paired_gaps(oracle_rows, variants)
+    joint = {g["name"]: g for g in gaps}
     out = []
     for name, head in dict.fromkeys((r["name"], r["head"]) for r in premise if setting(r) in settings):
         runs = {r["seed"]: r for r in premise if (r["name"], r["head"]) == (name, head) and setting(r) in settings}
@@ -482,7 +484,8 @@ def premise_pairs(oracle_rows: List[dict], premise: List[dict], variants: List[d
                     and model_run(r["model"]) == runs[r["model_seed"]]["body_run"]}
         seeds = sorted(set(runs) & set(estimate))
         if seeds:
-            g = joint.get(name)
+            alike = [g for g in gaps if (g["head"], g["mapping"]) == (head, first["mapping"])]
+            g = joint.get(name) or (alike[0] if len(alike) == 1 else None)
             out.append({"name": name, "mapping": first["mapping"], "K": first["K"], "biased": bool(biased),
                         "seeds": seeds, "measured": [runs[s]["test_ppl"] for s in seeds],
                         "estimate": [estimate[s] for s in seeds],
@@ -506,10 +509,18 @@ def premise_markdown(oracle_rows: List[dict], premise: List[dict], variants: Lis
     """The table of frozen-body VQ runs against the estimate from the same softmax model, and what it says of
     the premise (that a head trained for the code task predicts codes no better than the softmax's sums), or a
     sentence saying that no such run has finished yet."""
+    from vqbench.reporting.quality_stats import setting
     pairs = premise_pairs(oracle_rows, premise, variants)
     if not pairs:
+        settings = {setting(r) for r in oracle_rows}
+        others = sorted({r["body_run"] for r in premise if setting(r) in settings}
+                        - {model_run(r["model"]) for r in oracle_rows})
+        elsewhere = (f" The frozen-body heads of this setting were trained on other softmax models' bodies "
+                     f"({', '.join(others)}): they pair with the estimate from those bodies, in the oracle file that "
+                     "scores them.") if others else ""
         return ("No VQ head trained on a frozen softmax body has finished for these softmax models yet "
-                "(`python -m vqbench.quality run --only premise`, once the softmax runs' best.pt are there).")
+                "(`python -m vqbench.quality run --only premise`, once the softmax runs' best.pt are there)."
+                + elsewhere)
     table = tabulate([[p["name"], p["mapping"], p["K"], ", ".join(map(str, p["seeds"])),
                        _mean_std(p["measured"], 1), _mean_std(p["estimate"], 1),
                        _factor_cell([m / s for m, s in zip(p["measured"], p["softmax"])]),

@@ -386,8 +386,8 @@ def oracle_section(oracle_csv, quality, reference="softmax"):
     """REPORT lines on the oracle estimate of one setting (the softmax models scored in oracle_csv): what a VQ
     head would reach from a trained softmax model's own code probabilities, each measured VQ gap split into the
     mapping's and the codebook's factor, and the estimate's premise tested by heads trained on frozen bodies."""
-    from vqbench.oracle import (estimate_summary, gap_markdown, longer_bodies, premise_markdown, setting_inputs,
-                                target_verdict)
+    from vqbench.oracle import (estimate_summary, gap_markdown, longer_bodies, model_run, premise_markdown,
+                                setting_inputs, target_verdict)
     rows, settings, variants, premise = setting_inputs(oracle_csv, quality, reference)
     vocab = max(int(r["vocabulary"].rpartition("-")[2]) for r in rows)
     # a K x d codebook has K/V of softmax's V x d output parameters
@@ -395,8 +395,11 @@ def oracle_section(oracle_csv, quality, reference="softmax"):
     verdict = target_verdict(rows, variants, max_K)
     name = os.path.basename(oracle_csv)
     longer = longer_bodies(rows, quality)
-    return [f"### The oracle estimate: {'; '.join(settings)}"
-            + (f" (from {', '.join(longer)}, trained longer than the plan's runs)" if longer else ""), "",
+    # the softmax models in the title: two oracle files of one setting (a plan's bodies and a premise plan's
+    # retrained ones) get sections of their own
+    models = sorted({model_run(r["model"]) for r in rows})
+    return [f"### The oracle estimate: {'; '.join(settings)} (from {', '.join(models)}"
+            + (", trained longer than the plan's runs)" if longer else ")"), "",
             f"From `results/quality/{name}` (`python -m vqbench.oracle`; every mapping and K in "
             f"`results/quality/{name[:-4]}.md`): the test perplexity ratio to softmax that a VQ head would reach if its "
             "code probabilities were exactly a trained softmax model's: an estimate of what the mapping alone "
