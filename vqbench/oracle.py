@@ -336,8 +336,8 @@ def paired_gaps(oracle_rows: List[dict], variants: List[dict]) -> List[dict]:
         oracle = {r["model_seed"]: r[column] for r in oracle_rows if (r["mapping"], r["K"]) == (v["mapping"], K)}
         seeds = sorted(set(v["seed_ratios"]) & set(oracle))
         if seeds:
-            paired.append({"name": v["name"], "head": v["head"], "mapping": v["mapping"], "K": K, "biased": bool(biased),
-                           "seeds": seeds, "measured": [v["seed_ratios"][s] for s in seeds],
+            paired.append({"name": v["name"], "head": v["head"], "mapping": v["mapping"], "K": K,
+                           "biased": bool(biased), "seeds": seeds, "measured": [v["seed_ratios"][s] for s in seeds],
                            "estimate": [oracle[s] for s in seeds]})
     return paired
 

@@ -808,7 +808,8 @@ def main(argv=None) -> int:
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default {DEFAULT_RESULTS})")
     p.add_argument("--checkpoints", help="checkpoint folder (default $VQBENCH_CHECKPOINTS, else the runs folder)")
     p.add_argument("--lanes", type=int, default=2, help="runs at once, one core each (default 2)")
-    p.add_argument("--only", nargs="+", metavar="RUN", help="plan and run: only these runs or variants (by name; a name that selects none is an error)")
+    p.add_argument("--only", nargs="+", metavar="RUN",
+                   help="plan and run: only these runs or variants (by name; a name that selects none is an error)")
     shards.add_executor_flags(p, None, exclusive=False)  # --executor: each run a submitit job (vqbench.measuring.shards)
     p.add_argument("--stop-at", default="", metavar="TIME",
                    help="run: each run stops at its first checkpoint after TIME (ISO 8601, UTC unless it names a "
