@@ -3,7 +3,8 @@
 # long run (issue 31: a softmax epoch of WikiText-2 in cl100k_base in about 30 minutes, the output layer
 # most of the parameters). Each candidate trains STEPS steps of 16 x 128 tokens from scratch (bf16 autocast
 # where the CPU has it) and reports tokens/s and the output layer's share of a step; the minutes per epoch
-# follow from the training split's token count. Writes results/quality/transformer-size.{csv,md}.
+# follow from the training split's token count. Adds its rows to results/quality/transformer-size.csv (every
+# earlier measurement kept) and rewrites transformer-size.md from it, one table per measurement.
 # Run on a quiet machine: no training, tests or benchmark at the same time. About 15 minutes.
 #
 # PLAN=configs/quality-transformer.json bash scripts/size-transformer.sh: instead of the candidate sizes, every
@@ -54,45 +55,4 @@ else
         echo "$label $layers x $d, $threads threads: done" >&2
     done
 fi
-python - "$scratch" "$STEPS" "$NAME" "${PLAN:-}" <<'PY'
-import csv, glob, json, os, sys
-from tabulate import tabulate
-from vqbench.training.data import load_corpus
-scratch, steps, name, plan = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-train_tokens = load_corpus(vocabulary="cl100k_base").ids["train"].numel()
-rows = []
-for path in sorted(glob.glob(os.path.join(scratch, "*", "summary.json")), key=os.path.getmtime):
-    s = json.load(open(path))
-    c = s["config"]
-    rows.append({**({"variant": os.path.basename(os.path.dirname(path))} if plan else {}),
-                 "head": c["head"], "tied": bool(c.get("tie_embeddings")), "layers": c["layers"], "d": c["d_model"], "threads": s["threads"],
-                 "steps": steps, "tokens_per_s": round(s["tokens_per_s"], 1),
-                 "minutes_per_epoch": round(train_tokens / s["tokens_per_s"] / 60, 1),
-                 "output_share": round(s["output_share"], 3), "output_params": s["output_params"],
-                 "total_params": s["total_params"], "autocast": s["autocast"], "cpu_model": s["cpu_model"],
-                 "torch_version": s["torch_version"], "git_commit": s["git_commit"]})
-if plan:  # each variant's speed against the plan's reference, measured in this one run
-    reference = rows[0]["tokens_per_s"]
-    for r in rows:
-        r["speed_vs_first"] = round(r["tokens_per_s"] / reference, 2)
-with open(f"results/quality/{name}.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-first = rows[0]
-what = (f"each variant of `{plan}` at its size, flags and swept rate (the first row is its reference; "
-        "speed_vs_first: tokens/s over the first row's; a learned map's re-assignments, every 500 steps, fall "
-        "outside the steps timed)" if plan else "candidate sizes")
-command = f"PLAN={plan} bash scripts/size-transformer.sh" if plan else "bash scripts/size-transformer.sh"
-with open(f"results/quality/{name}.md", "w") as f:
-    f.write(f"# Transformer track: training speed, {what}\n\nMeasured by `{command}` "
-            f"({steps} steps of 16 x 128 tokens from scratch per row, the first steps included; "
-            f"{first['cpu_model']}, torch {first['torch_version']}, autocast {first['autocast']}, commit "
-            f"{first['git_commit']}), on a quiet machine. Minutes per epoch: the {train_tokens:,} training "
-            f"tokens of WikiText-2 in cl100k_base over tokens/s. Output share: the head's loss forward and "
-            f"backward over a whole step, timed on some steps.\n\n")
-    f.write(tabulate([{k: v for k, v in r.items() if k not in ("cpu_model", "torch_version", "git_commit",
-                                                                "autocast")} for r in rows],
-                     headers="keys", tablefmt="github") + "\n")
-print(f"results/quality/{name}.md")
-PY
+python -m vqbench.reporting.speed_table "$scratch" "$STEPS" "$NAME" "${PLAN:-}"

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import HEAD_CLASSES
 from vqbench import train
+from vqbench.measuring.provenance import cpu_id
 from vqbench.training.data import default_corpus_dir
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(default_corpus_dir()),
@@ -150,6 +151,8 @@ def test_summary_records_provenance_and_every_invocation(tmp_path):
     ranges = [(i["from_step"], i["to_step"]) for i in summary["invocations"]]
     assert ranges == [(0, 10), (10, 15)]
     assert all(i["git_commit"] and i["cpu_model"] and "argv" in i for i in summary["invocations"])
+    # a masked model name ("AMD EPYC") covers CPUs of different speed: family, model and vector tier tell them apart
+    assert summary["cpu_id"] == cpu_id() and all(i["cpu_id"] == cpu_id() for i in summary["invocations"])
     for key in ("seed", "epochs", "best_epoch", "stop", "history", "precision", "cpu_model", "corpus"):
         assert key in summary
 

@@ -49,7 +49,7 @@ from vqbench.training.data import batchify, bptt_batches, corpus_fingerprint, lo
 from vqbench.training.evaluate import EVAL_BATCH, hidden_states, perplexity, state_perplexity
 from vqbench.training.data import VOCABULARIES
 from vqbench.training.lm import BODIES, LanguageModel, detach_state, make_body
-from vqbench.measuring.provenance import (cpu_flags, cpu_model, device_name, git_commit, relative_argv,
+from vqbench.measuring.provenance import (cpu_flags, cpu_id, cpu_model, device_name, git_commit, relative_argv,
                                           relative_path)
 from vqbench.heads.contract import _TRUE
 from vqbench.heads.registry import import_modules, make_head, parse_spec
@@ -555,7 +555,8 @@ class Trainer:
             # --resume with no checkpoint (it was lost) starts over: nothing of an earlier log continues
             self.run.set_aside_log_after(-1)
         self.invocation = {"argv": relative_argv(sys.argv[1:]), "git_commit": git_commit(), "cpu_model": cpu_model(),
-                           "torch_version": str(torch.__version__), "threads": torch.get_num_threads(),
+                           "cpu_id": cpu_id(), "torch_version": str(torch.__version__),
+                           "threads": torch.get_num_threads(),
                            "world_size": self.world, "epochs": cfg.epochs, "steps": cfg.steps,
                            "device": str(self.device), "device_name": device_name(str(self.device)),
                            "autocast": str(self.autocast).replace("torch.", "") if self.autocast else "none",
@@ -751,8 +752,9 @@ class Trainer:
             "precision": str(next(self.head.parameters()).dtype).replace("torch.", ""),
             "autocast": self.invocation["autocast"], **self.parameter_counts(),
             "body": body_label(self.cfg), "vocabulary": self.corpus.label,
-            "git_commit": git_commit(), "cpu_model": cpu_model(), "torch_version": str(torch.__version__),
-            "threads": torch.get_num_threads(), "corpus": corpus_fingerprint(self.corpus),
+            "git_commit": git_commit(), "cpu_model": cpu_model(), "cpu_id": cpu_id(),
+            "torch_version": str(torch.__version__), "threads": torch.get_num_threads(),
+            "corpus": corpus_fingerprint(self.corpus),
             "config": {k: relative_path(v) for k, v in asdict(self.cfg).items()},
             "invocations": self.invocations + [self.invocation]}
 

@@ -64,8 +64,9 @@ def _cpuinfo(field: str):
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(field):
-                    return line.split(":", 1)[1].strip()
+                key, colon, value = line.partition(":")
+                if colon and key.strip() == field:
+                    return value.strip()
     except OSError:
         pass
     return None
@@ -80,6 +81,22 @@ def cpu_model() -> str:
 def cpu_flags() -> frozenset:
     """The CPU's feature flags (avx512_bf16, amx_bf16, ...), empty where /proc/cpuinfo does not say."""
     return frozenset((_cpuinfo("flags") or "").split())
+
+
+# the vector tiers that decide how fast a CPU trains, best first: bf16 autocast is native only on the first two
+ISA_TIERS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
+@lru_cache(maxsize=1)
+def cpu_id() -> str:
+    """The CPU beyond its model name, which a virtual machine may cut to the vendor's family name ("AMD EPYC"
+    for a Zen 3 without AVX-512 and for a Zen 4 with AVX-512 bf16 alike): vendor, family, model and stepping,
+    and its best vector tier, e.g. "AuthenticAMD family 25 model 1 stepping 1, avx2"; "" where /proc/cpuinfo
+    does not say."""
+    fields = (("", "vendor_id"), ("family ", "cpu family"), ("model ", "model"), ("stepping ", "stepping"))
+    chip = " ".join(label + value for label, value in ((label, _cpuinfo(field)) for label, field in fields) if value)
+    tier = next((t for t in ISA_TIERS if t in cpu_flags()), "")
+    return ", ".join(x for x in (chip, tier) if x)
 
 
 def device_name(device: str) -> str:
