@@ -915,3 +915,11 @@ def test_a_rate_chosen_at_the_grids_edge_is_swept_one_step_further(tmp_path):
     header = next(line for line in text.split("## Learning rates")[1].splitlines() if line.startswith("| variant"))
     assert [c.strip() for c in header.split("|")[3:-1]] == ["lr 9e-05", "lr 0.0003", "lr 0.001", "lr 0.003", "lr 0.009"]
     assert "**110.00**" in text and "at most 1 time(s) per side" in text
+
+
+def test_a_rows_cpu_id_names_every_kind_of_cpu_its_invocations_trained_on():
+    from vqbench.quality import run_cpu_ids
+    zen3, zen4 = "AuthenticAMD family 25 model 1 stepping 1, avx2", "AuthenticAMD family 25 model 17 stepping 1, avx512_bf16"
+    assert run_cpu_ids({"invocations": [{"threads": 1}]}) == ""  # logged before cpu_id was recorded
+    assert run_cpu_ids({"invocations": [{"cpu_id": zen4}, {"cpu_id": zen4}]}) == zen4
+    assert run_cpu_ids({"invocations": [{"cpu_id": zen4}, {}, {"cpu_id": zen3}]}) == f"{zen4} + {zen3}"

@@ -63,13 +63,13 @@ SWEEP_GROUP = "lr-sweep"  # the group of a plan's learning-rate sweep runs: neve
 PREMISE_GROUP = "premise"  # the group of a plan's frozen-body runs (the oracle's premise): never a quality.csv row
 PREMISE_COLUMNS = ["track", "body", "vocabulary", "schedule", "name", "head", "mapping", "K", "seed", "run", "body_run",
                    "epochs", "best_epoch", "stop", "valid_ppl", "test_ppl", "reference_test_ppl", "tokens_per_s",
-                   "device", "cpu_model", "git_commit"]
+                   "device", "cpu_model", "cpu_id", "git_commit"]
 SWEEP_COLUMNS = ["track", "name", "head", "lr", "valid_ppl", "chosen", "epochs", "train_tokens", "tokens_per_s",
                  "run", "device", "cpu_model", "git_commit"]
 CSV_COLUMNS = ["run", "name", "head", "mapping", "body", "vocabulary", "schedule", "protocol", "seed", "group", "epochs",
                "best_epoch", "stop", "valid_ppl", "test_ppl", "last_epoch_gain", "output_params", "total_params",
                "shared_params", "within_code_ppl_factor", "tokens_per_s", "output_share", "threads", "precision",
-               "autocast", "device", "cpu_model", "git_commit", "varies"]
+               "autocast", "device", "cpu_model", "cpu_id", "git_commit", "varies"]
 
 
 @dataclass(frozen=True)
@@ -469,7 +469,8 @@ def table_rows(plan: Plan, runs_dir: str) -> List[dict]:
                      "output_share": s.get("output_share", ""), "autocast": s.get("autocast", "none"),
                      "within_code_ppl_factor": s.get("within_code_ppl_factor", ""),
                      "tokens_per_s": s["tokens_per_s"], "threads": run_threads(s), "precision": s["precision"],
-                     "device": run_device(s), "cpu_model": s["cpu_model"], "git_commit": s["git_commit"], "varies": run.varies})
+                     "device": run_device(s), "cpu_model": s["cpu_model"], "cpu_id": run_cpu_ids(s),
+                     "git_commit": s["git_commit"], "varies": run.varies})
     return rows
 
 
@@ -489,7 +490,7 @@ def premise_rows(plan: Plan, runs_dir: str) -> List[dict]:
                      "best_epoch": s["best_epoch"], "stop": s["stop"], "valid_ppl": s["valid_ppl"],
                      "test_ppl": s["test_ppl"], "reference_test_ppl": body["test_ppl"],
                      "tokens_per_s": s["tokens_per_s"], "device": run_device(s), "cpu_model": s["cpu_model"],
-                     "git_commit": s["git_commit"]})
+                     "cpu_id": run_cpu_ids(s), "git_commit": s["git_commit"]})
     return rows
 
 
@@ -613,6 +614,14 @@ def run_threads(summary: dict) -> str:
     if not counts and "threads" in summary:
         counts = [str(summary["threads"])]
     return "+".join(dict.fromkeys(counts))
+
+
+def run_cpu_ids(summary: dict) -> str:
+    """The CPUs a run trained on by family, model and vector tier (provenance.cpu_id), in the order its
+    invocations used them, joined by " + " ("" where no invocation recorded one): a model name such as "AMD
+    EPYC" covers CPUs on which one seed takes different trajectories, so runs pair exactly only on one cpu_id."""
+    ids = [i["cpu_id"] for i in summary.get("invocations", []) if i.get("cpu_id")]
+    return " + ".join(dict.fromkeys(ids))
 
 
 SETTLED_SHARE = 0.01  # a learned map has settled when its last re-assignment moved under 1% of the tokens it saw
