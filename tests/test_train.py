@@ -343,3 +343,14 @@ def test_a_stop_time_that_is_no_time_is_refused_naming_the_flag(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(TINY + ["--out", "x", "--stop-at", "tomorrow"])
     assert "--stop-at: expected an ISO 8601 time" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hidden_grad", [True, False])
+def test_the_head_probe_differentiates_the_hidden_states_only_when_a_step_does(hidden_grad):
+    import torch
+    from vqbench.heads.registry import make_head
+    head = make_head("vq:K=8", vocab_size=40, d_model=6)
+    hidden, targets = torch.randn(10, 6), torch.randint(0, 40, (10,))
+    assert train.time_head(head, hidden, targets, hidden_grad=hidden_grad) > 0
+    assert (hidden.grad is not None) is hidden_grad  # a frozen body's step never computes it
+    assert all(p.grad is None for p in head.parameters())  # the probe leaves the step's gradients as they were

@@ -682,7 +682,8 @@ class Trainer:
                          seen_tokens=seen, reassigned_share_of_seen=moved / seen if seen else 0.0)
         if self.step % self.cfg.log_every == 0:
             with self.autocast_context():
-                self.head_seconds += time_head(self.head, hidden.detach(), targets, self.synchronize)
+                self.head_seconds += time_head(self.head, hidden.detach(), targets, self.synchronize,
+                                               hidden_grad=self.cfg.protocol != "frozen")
             self.timed_steps += 1
             self.run.log(step=self.step, epoch=self.epoch + 1, loss=self.task.logged_loss(loss),
                          lr=rate, tokens_per_s=self.tokens / self.elapsed, **self.speed())
@@ -775,10 +776,12 @@ class Trainer:
         return f"steps: the cap of {self.cfg.steps} steps"
 
 
-def time_head(head, hidden, targets, synchronize=lambda: None) -> float:
-    """Seconds of the head's loss forward + backward on detached hidden states (gradients discarded)."""
+def time_head(head, hidden, targets, synchronize=lambda: None, hidden_grad: bool = True) -> float:
+    """Seconds of the head's loss forward + backward on detached hidden states (gradients discarded).
+    hidden_grad: whether the backward computes the gradient of the hidden states, as a step does only when the
+    body trains (without it a frozen body's step is the head alone, and the probe would time more than a step)."""
     saved = [p.grad for p in head.parameters()]
-    hidden = hidden.requires_grad_(True)
+    hidden = hidden.requires_grad_(hidden_grad)
     synchronize()
     start = time.perf_counter()
     head.loss(hidden, targets).backward()
