@@ -64,9 +64,8 @@ def add_measurement(path: str, rows: Sequence[Dict]) -> List[Dict]:
             reader = csv.DictReader(f)
             columns = list(reader.fieldnames or [])
             kept = list(reader)
-    columns += [c for r in rows for c in r if c not in columns]
-    columns = list(dict.fromkeys(columns))
-    every = kept + [dict(r) for r in rows]
+    columns = list(dict.fromkeys(columns + [c for r in rows for c in r]))
+    every = kept + list(rows)
     partial = path + ".tmp"
     with open(partial, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval="")
