@@ -95,8 +95,12 @@ def cpu_id() -> str:
     does not say."""
     fields = (("", "vendor_id"), ("family ", "cpu family"), ("model ", "model"), ("stepping ", "stepping"))
     chip = " ".join(label + value for label, value in ((label, _cpuinfo(field)) for label, field in fields) if value)
-    tier = next((t for t in ISA_TIERS if t in cpu_flags()), "")
-    return ", ".join(x for x in (chip, tier) if x)
+    return ", ".join(x for x in (chip, vector_tier()) if x)
+
+
+def vector_tier() -> str:
+    """The CPU's best vector tier of ISA_TIERS ("avx512_bf16", "avx2", ...), "" where it has none of them."""
+    return next((t for t in ISA_TIERS if t in cpu_flags()), "")
 
 
 def device_name(device: str) -> str:
