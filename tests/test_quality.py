@@ -659,7 +659,8 @@ def test_perplexity_at_equal_training_time_uses_each_seeds_softmax_time_to_its_b
         return [{"epoch": i + 1, "valid_ppl": ppl, "train_seconds": seconds} for i, (ppl, seconds) in enumerate(epochs)]
 
     fake_summary(runs_dir, "joint-softmax-s0", valid=100, test=100, best_epoch=2, output_share=0.8,
-                 history=history((130.0, 600.0), (100.0, 1200.0), (101.0, 1800.0)))
+                 history=history((130.0, 600.0), (100.0, 1200.0), (101.0, 1800.0)),
+                 invocations=[{"threads": 2, "from_step": 0, "to_step": 900}])
     fake_summary(runs_dir, "joint-vq-K1024-s0", valid=105, test=105, best_epoch=5, output_share=0.2,
                  history=history((140.0, 300.0), (120.0, 600.0), (112.0, 900.0), (110.0, 1200.0), (105.0, 1500.0)))
     fake_summary(runs_dir, "joint-adaptive-s0", valid=99, test=99, best_epoch=1, output_share=0.3,
@@ -668,8 +669,10 @@ def test_perplexity_at_equal_training_time_uses_each_seeds_softmax_time_to_its_b
     text = quality.equal_time_section(plan, runs_dir)
     lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()
              if line.startswith("| ") and "variant" not in line}
-    assert lines["softmax"] == ["0", "100", "0.80", "100.00", "20", "100.00"]
-    assert lines["vq-K1024"] == ["0", "100", "0.20", "105.00", "20", "110.00"]  # 1200 s: its fourth epoch
+    # the thread count is a column: seconds compare only between runs trained with the same count
+    assert lines["softmax"] == ["0", "2", "100", "0.80", "100.00", "20", "100.00"]
+    assert lines["vq-K1024"] == ["0", "not recorded", "100", "0.20", "105.00", "20", "110.00"]  # 1200 s: 4th epoch
+    assert "one thread per run" not in text
     assert lines["adaptive"][-1] == "no epoch ended by then"
     assert lines["lowrank"][-1] == "no epoch ended by then"  # a history without seconds
     assert quality.equal_time_section(plan, str(tmp_path / "empty")) == ""

@@ -588,7 +588,8 @@ def equal_time_section(plan: Plan, runs_dir: str) -> str:
         if run.seed not in budgets:
             continue
         within = best_within(s.get("history", []), budgets[run.seed])
-        rows.append([run.name, run.seed, f"{s['tokens_per_s']:,.0f}", f"{s.get('output_share', math.nan):.2f}",
+        rows.append([run.name, run.seed, run_threads(s) or "not recorded", f"{s['tokens_per_s']:,.0f}",
+                     f"{s.get('output_share', math.nan):.2f}",
                      f"{min(h['valid_ppl'] for h in s['history']):.2f}", f"{budgets[run.seed] / 60:.0f}",
                      f"{within:.2f}" if within is not None else "no epoch ended by then"])
     if not rows:
@@ -598,11 +599,13 @@ def equal_time_section(plan: Plan, runs_dir: str) -> str:
                 "finished runs trained on a GPU shared with other runs, whose training seconds are no fair clock.")
     return (f"\n\n## Equal training time, track {plan.label}\n\nEach run's best validation "
             f"perplexity within the training time its seed's {reference} run took to reach its best epoch "
-            "(seconds in training steps, no evaluation; one thread per run; CPU runs only"
+            "(seconds in training steps, no evaluation; CPU runs only"
             + (f", {len(shared)} runs on a shared GPU left out" if shared else "") + "), beside its best at any time. "
+            "threads: each run's torch threads, by invocation (seconds compare only between runs with the same "
+            "count). "
             "tokens/s: training tokens per second of training; output share: the head's loss forward and backward "
             "over a whole step, timed on some steps.\n\n"
-            + tabulate(rows, headers=["variant", "seed", "tokens/s", "output share", "best valid ppl",
+            + tabulate(rows, headers=["variant", "seed", "threads", "tokens/s", "output share", "best valid ppl",
                                       f"{reference} minutes", "best valid ppl within them"], tablefmt="github",
                        disable_numparse=True))
 
