@@ -400,7 +400,8 @@ def test_a_frozen_head_is_set_against_the_estimate_from_its_own_body_only():
     # an estimate from the plan's own softmax, whose body no frozen head used, says where its setting's heads are
     plan_model = [{**oracle[0], "model": "ck/joint-gpt-softmax-s1/best.pt"}]
     text = premise_markdown(plan_model, premise[1:], [])
-    assert text.startswith("No VQ head trained on a frozen softmax body has finished for these softmax models")
+    assert text.startswith("No VQ head trained on a frozen softmax body is set against these softmax models.")
+    assert "yet" not in text  # the setting's heads are elsewhere: nothing here waits for a run
     assert "trained on other softmax models' bodies (joint-gpt-softmax-body-s0)" in text
 
 
@@ -422,6 +423,20 @@ def test_a_premise_plans_frozen_head_is_set_beside_the_joint_variant_of_its_head
     pairs = premise_pairs(oracle, premise, [variant("vq-K1024"), variant("vq-K1024-learned", "learned")])
     assert [p["joint"] for p in pairs] == [[1.375 / 1.25, 1.5 / 1.25]]
     assert premise_pairs(oracle, premise, [variant("vq-K1024"), variant("vq-K1024-again")])[0]["joint"] == []
+
+
+@pytest.mark.parametrize("measured, share", [((1.5, 1.5), "55%"), ((1.1, 1.1), "n/a: the estimate lies above"),
+                                             ((0.9, 0.9), "")])
+def test_the_mappings_share_of_the_gap_is_given_only_where_it_is_a_part_of_the_gap(measured, share):
+    """log(estimate) / log(measured) is a share only for 1 <= estimate <= measured: an estimate above the
+    measured ratio (x1.25 against x1.1) gets no share over 100%, and a VQ run below its softmax none at all."""
+    from vqbench.oracle import gap_split
+    oracle = [{"model_seed": s, "mapping": "frequency", "K": 1024, "oracle_ratio": 1.25,
+               "oracle_unigram_ratio": 1.25} for s in (0, 1)]
+    variant = {"name": "vq-K1024", "head": "vq:K=1024", "mapping": "frequency", "ratio_mean": measured[0],
+               "seed_ratios": dict(enumerate(measured))}
+    [row] = gap_split(oracle, [variant])
+    assert row[-1].startswith(share) and (share or row[-1] == "")
 
 
 

@@ -349,8 +349,10 @@ def gap_split(oracle_rows: List[dict], variants: List[dict]) -> List[list]:
     body = []
     for g in paired_gaps(oracle_rows, variants):
         measured_mean, estimate_mean = statistics.fmean(g["measured"]), statistics.fmean(g["estimate"])
+        # a share of the gap is a part of it: none where the estimate lies above the measured ratio
         share = (f"{100 * math.log(estimate_mean) / math.log(measured_mean):.0f}%"
-                 if measured_mean > 1 and estimate_mean >= 1 else "")
+                 if 1 <= estimate_mean <= measured_mean and measured_mean > 1
+                 else "n/a: the estimate lies above the measured ratio" if estimate_mean > measured_mean > 1 else "")
         body.append([g["name"], g["mapping"], g["K"], "unigram share (per-token bias)" if g["biased"] else "1/n",
                      ", ".join(map(str, g["seeds"])), _mean_std(g["measured"], 3), _mean_std(g["estimate"], 3),
                      _mean_std([m / b for m, b in zip(g["measured"], g["estimate"])], 3), share])
@@ -515,12 +517,13 @@ def premise_markdown(oracle_rows: List[dict], premise: List[dict], variants: Lis
         settings = {setting(r) for r in oracle_rows}
         others = sorted({r["body_run"] for r in premise if setting(r) in settings}
                         - {model_run(r["model"]) for r in oracle_rows})
-        elsewhere = (f" The frozen-body heads of this setting were trained on other softmax models' bodies "
-                     f"({', '.join(others)}): they pair with the estimate from those bodies, in the oracle file that "
-                     "scores them.") if others else ""
+        if others:  # this setting's premise is tested elsewhere: nothing here is waiting for a run
+            return ("No VQ head trained on a frozen softmax body is set against these softmax models. The "
+                    f"frozen-body heads of this setting were trained on other softmax models' bodies "
+                    f"({', '.join(others)}): they pair with the estimate from those bodies, in the oracle file "
+                    "that scores them.")
         return ("No VQ head trained on a frozen softmax body has finished for these softmax models yet "
-                "(`python -m vqbench.quality run --only premise`, once the softmax runs' best.pt are there)."
-                + elsewhere)
+                "(`python -m vqbench.quality run --only premise`, once the softmax runs' best.pt are there).")
     table = tabulate([[p["name"], p["mapping"], p["K"], ", ".join(map(str, p["seeds"])),
                        _mean_std(p["measured"], 1), _mean_std(p["estimate"], 1),
                        _factor_cell([m / s for m, s in zip(p["measured"], p["softmax"])]),
@@ -627,11 +630,14 @@ token (an exact output row for it). Softmax models: {models}.
 
 ## Measured VQ runs against their estimate
 
-Per seed s: measured = VQ test ppl / softmax test ppl of seed s; oracle = the estimate from softmax seed s;
-codebook's factor = measured / oracle = VQ test ppl / oracle ppl. Each column is a mean ± std over the
-seeds that have both a VQ run and a softmax model scored here (a single value: one such seed).
-The mapping's share of the gap is log(oracle) / log(measured): the rest is the codebook's (K x d rows
-standing in for sums of softmax rows, trained jointly with the body).
+Per seed s: measured = VQ test ppl / the test ppl of its own plan's softmax seed s; oracle = the estimate
+from the softmax model of seed s scored here / that model's test ppl; codebook's factor = measured / oracle,
+each ratio to its own softmax model (VQ test ppl / oracle ppl where the model scored here is the one the VQ
+run's ratio divides by; a replicate trained again, as in a premise plan, differs from it by its own seed-level
+noise). Each column is a mean ± std over the seeds that have both a VQ run and a softmax model scored here
+(a single value: one such seed). The mapping's share of the gap is log(oracle) / log(measured), the rest
+being the codebook's (K x d rows standing in for sums of softmax rows, trained jointly with the body); none
+where the estimate lies above the measured ratio.
 
 {split}
 
@@ -641,8 +647,10 @@ The estimate assumes that a VQ head predicts codes no better than the softmax mo
 Tested here: the same VQ head (its mapping and K) trained alone on the frozen body of softmax seed s, under the
 plan's schedule and budget, its test perplexity against the estimate from that same softmax model (a ratio
 below 1: the trained head predicts codes better, and the estimate overstates the mapping's cost). Beside it,
-the VQ model trained jointly with its own body, against the same estimate (its body differs from the
-softmax's). Each cell: mean ± std over the seeds, with the 95% t-interval.
+the VQ model trained jointly with its own body, against the same estimate as a ratio of ratios: its test ppl
+over its own plan's softmax of seed s, divided by the estimate over the softmax model scored here (the
+codebook's factor above; its body differs from both). Each cell: mean ± std over the seeds, with the 95%
+t-interval.
 
 {premise}
 """

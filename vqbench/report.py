@@ -555,7 +555,8 @@ def premise_without_estimate(quality_dir: str) -> List[str]:
                       _pm(*mean_std([r["reference_test_ppl"] for r in rows]), 1), f"{mean:.3f}{spread}"])
     return ["### Frozen-body VQ heads without an estimate", "",
             "VQ heads trained alone on a trained softmax model's frozen body (`results/quality/premise.csv`) "
-            "whose body no oracle file has scored, so the estimate they test is not there yet: each against "
+            "whose body no oracle file has scored (the oracle needs that body's best.pt), so no estimate is set "
+            "against them: each against "
             "that body's own softmax test perplexity, paired by seed.", "",
             tabulate(table, headers=["setting", "VQ head", "head", "softmax seeds (bodies)", "frozen-body VQ test ppl",
                                      "its softmax's test ppl", "VQ / its softmax"],
