@@ -349,10 +349,10 @@ def gap_split(oracle_rows: List[dict], variants: List[dict]) -> List[list]:
     body = []
     for g in paired_gaps(oracle_rows, variants):
         measured_mean, estimate_mean = statistics.fmean(g["measured"]), statistics.fmean(g["estimate"])
-        # a share of the gap is a part of it: none where the estimate lies above the measured ratio
-        share = (f"{100 * math.log(estimate_mean) / math.log(measured_mean):.0f}%"
-                 if 1 <= estimate_mean <= measured_mean and measured_mean > 1
-                 else "n/a: the estimate lies above the measured ratio" if estimate_mean > measured_mean > 1 else "")
+        share = ""
+        if measured_mean > 1 and estimate_mean >= 1:  # a share of the gap is a part of it, never over 100%
+            share = (f"{100 * math.log(estimate_mean) / math.log(measured_mean):.0f}%" if estimate_mean <= measured_mean
+                     else "n/a: the estimate lies above the measured ratio")
         body.append([g["name"], g["mapping"], g["K"], "unigram share (per-token bias)" if g["biased"] else "1/n",
                      ", ".join(map(str, g["seeds"])), _mean_std(g["measured"], 3), _mean_std(g["estimate"], 3),
                      _mean_std([m / b for m, b in zip(g["measured"], g["estimate"])], 3), share])
