@@ -254,6 +254,25 @@ def test_unfinished_runs_show_their_progress_from_the_log(tmp_path):
     assert quality.progress(str(runs_dir), "joint-softmax-s1") == "joint-softmax-s1 (not started)"
 
 
+def test_a_run_that_started_over_says_how_often(tmp_path):
+    # two restarts from nothing, each moving a whole earlier log; a resume's set-aside steps hold no invocation
+    run = tmp_path / "runs" / "joint-softmax-s2"
+    run.mkdir(parents=True)
+    attempt = '{"step": 0, "invocation": {"from_step": 0, "to_step": 0}}\n{"step": 50, "epoch": 1, "loss": 7.8}\n' \
+              '{"step": 500, "invocation": {"from_step": 500, "to_step": 500}}\n'
+    (run / "log.superseded.jsonl").write_text('{"step": 550, "epoch": 1, "loss": 6.0}\n' + attempt + attempt)
+    (run / "log.jsonl").write_text('{"step": 0, "invocation": {"from_step": 0, "to_step": 0}}\n'
+                                   '{"step": 100, "epoch": 1, "loss": 7.4}\n')
+    assert quality.progress(str(tmp_path / "runs"), "joint-softmax-s2") == (
+        "joint-softmax-s2 (step 100; started over from step 0 twice with no checkpoint to resume from, earlier "
+        "attempts in log.superseded.jsonl)")
+    (run / "log.superseded.jsonl").write_text(attempt)
+    (run / "log.jsonl").unlink()
+    assert quality.progress(str(tmp_path / "runs"), "joint-softmax-s2") == (
+        "joint-softmax-s2 (not started; started over from step 0 once with no checkpoint to resume from, "
+        "earlier attempts in log.superseded.jsonl)")
+
+
 def test_the_markdown_table_names_each_vq_runs_mapping(plan, tmp_path):
     # vq-K1024 and vq-learned share a head spec; only the mapping column tells the frozen map from the learned.
     runs_dir = str(tmp_path / "runs")

@@ -708,17 +708,31 @@ def vq_mapping(head: str, config: dict) -> str:
 
 def progress(runs_dir: str, run: str) -> str:
     """'run (step S, validation ppl after each epoch: a / b)' from an unfinished run's log.jsonl, or 'run (not
-    started)': how far the committed log of a run in progress has got."""
+    started)': how far the committed log of a run in progress has got; and, where it started over with no
+    checkpoint to resume from (one lost with its machine), how often (its earlier attempts' logs are in
+    log.superseded.jsonl)."""
     path = os.path.join(runs_dir, run, "log.jsonl")
+    restarts = restart_count(os.path.join(runs_dir, run, "log.superseded.jsonl"))
+    times = {1: "once", 2: "twice"}.get(restarts, f"{restarts} times")
+    restarted = (f"; started over from step 0 {times} with no checkpoint to resume from, earlier attempts in "
+            f"log.superseded.jsonl" if restarts else "")
     if not os.path.exists(path):
-        return f"{run} (not started)"
+        return f"{run} (not started{restarted})"
     step, valid = 0, []
     for entry in log_records(path):
         step = max(step, entry.get("step", 0))
         if "valid_ppl" in entry:
             valid.append(f"{entry['valid_ppl']:.1f}")
     epochs = f", validation ppl after each epoch: {' / '.join(valid)}" if valid else ""
-    return f"{run} (step {step:,}{epochs})"
+    return f"{run} (step {step:,}{epochs}{restarted})"
+
+
+def restart_count(superseded: str) -> int:
+    """How often a run started over from nothing (--resume without its checkpoint): the invocations from
+    step 0 in its log.superseded.jsonl, where such a restart moves the whole earlier log (a resume from a
+    checkpoint moves only the steps past it, which hold no invocation)."""
+    return sum(1 for entry in log_records(superseded)
+               if isinstance(entry.get("invocation"), dict) and entry["invocation"].get("from_step") == 0)
 
 
 def write_tables(plan: Plan, runs_dir: str, results_dir: str, plan_path: str, more=()) -> str:
