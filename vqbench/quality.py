@@ -715,7 +715,7 @@ def progress(runs_dir: str, run: str) -> str:
     restarts = restart_count(os.path.join(runs_dir, run, "log.superseded.jsonl"))
     times = {1: "once", 2: "twice"}.get(restarts, f"{restarts} times")
     restarted = (f"; started over from step 0 {times} with no checkpoint to resume from, earlier attempts in "
-            f"log.superseded.jsonl" if restarts else "")
+                 f"log.superseded.jsonl" if restarts else "")
     if not os.path.exists(path):
         return f"{run} (not started{restarted})"
     step, valid = 0, []
