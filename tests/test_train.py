@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import HEAD_CLASSES
 from vqbench import train
@@ -89,6 +90,36 @@ def test_frozen_protocol_trains_the_head_on_a_trained_body(tmp_path):
     assert math.isfinite(again["valid_ppl"])
     with open(os.path.join(learned, "log.jsonl")) as f:
         assert sum("reassigned_tokens" in r for r in map(json.loads, f)) == 3
+
+
+def test_two_runs_on_one_body_may_write_its_cache_at_once(tmp_path, monkeypatch):
+    """Two lanes training heads on one frozen body both compute its hidden states: the other lane's whole write
+    of the same cache, landing between this run's save and its rename, must not take this run's file away."""
+    body = str(tmp_path / "body")
+    train.train(train.parse_args(SMALL + ["--head", "softmax", "--epochs", "1", "--train-tokens", "4000",
+                                          "--out", body]))
+    cached_states, real_save = train.FrozenTask.cached_states, torch.save
+    calls, other_lane_wrote = [], []
+
+    def recording(self, split, ids, batch_size):
+        calls.append((self, split, ids, batch_size))
+        return cached_states(self, split, ids, batch_size)
+
+    def save_then_other_lane(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        if isinstance(f, str) and ".hidden-" in f and not other_lane_wrote:
+            other_lane_wrote.append(f)
+            cached_states(*calls[-1])
+
+    monkeypatch.setattr(train.FrozenTask, "cached_states", recording)
+    monkeypatch.setattr(torch, "save", save_then_other_lane)
+    summary = train.train(train.parse_args(SMALL + [
+        "--head", "vq:K=64", "--protocol", "frozen", "--body-from", f"{body}/best.pt", "--steps", "10",
+        "--log-every", "5", "--frozen-batch", "256", "--out", str(tmp_path / "frozen")]))
+    assert other_lane_wrote and math.isfinite(summary["valid_ppl"])
+    names = os.listdir(body)
+    assert not [name for name in names if name.endswith(".tmp")], names
+    assert sorted(name.split("-")[1] for name in names if ".hidden-" in name) == ["test", "train", "valid"]
 
 
 def test_frozen_protocol_trains_a_vq_head_on_a_trained_gpt_body(tmp_path):

@@ -39,6 +39,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional, Tuple
@@ -319,8 +320,17 @@ class FrozenTask:
             except Exception:  # a damaged cache is recomputed, never trusted
                 pass
         states = tuple(t.cpu() for t in hidden_states(self.body, ids, self.cfg.bptt, batch_size))
-        torch.save(states, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        # a temporary of this writer's own: two lanes training heads on one body write the same cache at once,
+        # and a shared temporary name would let the other's rename take this one's file away
+        fd, partial = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=os.path.basename(path) + ".",
+                                       suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(states, partial)
+            os.replace(partial, path)
+        finally:
+            if os.path.exists(partial):
+                os.remove(partial)
         return states
 
     def trainable(self) -> torch.nn.Module:
